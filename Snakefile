@@ -1,0 +1,29 @@
+# Libra pipeline: raw problems -> samples -> verification -> Libra Bench -> judge scores.
+# Table of contents only: the rules live in rules/*.smk, the logic in the librarm package.
+# Values come from params.yaml (the same file DVC reads); presets overlay it with
+#   snakemake --cores 2 --configfile workflow/presets/ci.yaml
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/problems.smk"
+include: "rules/bootstrap.smk"
+include: "rules/sample.smk"
+include: "rules/verify.smk"
+include: "rules/bench.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        PHASE_TARGETS,
+
+
+onstart:
+    ensure_pipeline_run(config)

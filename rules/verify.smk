@@ -1,0 +1,32 @@
+rule verify:
+    input:
+        samples="results/samples/{generator}/{subset}.jsonl",
+        problems="results/problems/{subset}.jsonl",
+    output:
+        labels="results/verify/{generator}/{subset}.jsonl",
+        meta="results/verify/{generator}/{subset}.meta.json",
+    wildcard_constraints:
+        generator=any_regex(GENERATORS),
+        subset=any_regex(EVAL_SUBSETS),
+    params:
+        **rule_params(config, "verify"),
+    log:
+        "results/logs/verify/{generator}/{subset}.log",
+    threads: 2
+    shell:
+        "{PY} -m librarm.cli stage verify --config {CONFIG} --inputs {input.samples} {input.problems}"
+        " --generator {wildcards.generator} --subset {wildcards.subset}"
+        " --out {output.labels} --threads {threads} > {log} 2>&1"
+
+
+rule verify_stats:
+    input:
+        expand("results/verify/{generator}/{subset}.jsonl", generator=GENERATORS, subset=EVAL_SUBSETS),
+    output:
+        "results/verify/stats.json",
+    params:
+        **rule_params(config, "verify"),
+    log:
+        "results/logs/verify/stats.log",
+    shell:
+        "{PY} -m librarm.cli stage verify-stats --config {CONFIG} --inputs {input} --out {output} > {log} 2>&1"

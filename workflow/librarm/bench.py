@@ -1,0 +1,156 @@
+"""Libra Bench assembly: drop malformed records, deduplicate, balance correct/incorrect per cell,
+select deterministically by hashing ids, write the 8-field public file and stats."""
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .io import InputError, read_jsonl, stable_hash, write_json, write_jsonl
+
+PUBLIC_FIELDS = ("index", "question", "response", "label", "model", "reference", "subset", "response_with_cot")
+
+
+class ShortfallError(ValueError):
+    """A balance cell has fewer items of a label than required (bench.balance.on_shortfall: error)."""
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def cell_key(rec: Mapping[str, Any], unit: str) -> tuple:
+    if unit == "subset_generator":
+        return (rec["subset"], rec["generator"])
+    if unit == "problem_generator":
+        return (rec["subset"], rec["problem_id"], rec["generator"])
+    raise ValueError(f"unknown balance unit {unit!r}")
+
+
+def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_label: int | None,
+             on_shortfall: str, subset_order: Sequence[str]) -> tuple[list[dict], dict]:
+    """Pure function: verified sample records -> (public bench rows, stats)."""
+    stats: dict[str, Any] = {"input": len(records)}
+    dropped = Counter(r["reason"] for r in records if r["label"] is None)
+    stats["dropped_malformed"] = dict(sorted(dropped.items()))
+    gradable = [r for r in records if r["label"] is not None]
+    seen: set = set()
+    unique = []
+    for r in sorted(gradable, key=lambda r: r["sample_id"]):
+        k = (r["problem_id"], r["generator"], _norm(r["response_with_cot"]))
+        if k in seen:
+            continue
+        seen.add(k)
+        unique.append(r)
+    stats["dropped_duplicates"] = len(gradable) - len(unique)
+    cells: dict[tuple, dict[int, list]] = defaultdict(lambda: {0: [], 1: []})
+    for r in unique:
+        cells[cell_key(r, unit)][int(r["label"])].append(r)
+    chosen = []
+    outcome = Counter()
+    short_cells = []
+    for key in sorted(cells):
+        by_label = cells[key]
+        for lab in (0, 1):   # deterministic, order-free: rank by a hash of the sample id
+            by_label[lab].sort(key=lambda r: stable_hash(seed, "bench", r["sample_id"]))
+        avail = min(len(by_label[0]), len(by_label[1]))
+        target = per_label if per_label is not None else avail
+        short = avail < target or avail == 0
+        if short:
+            short_cells.append({"cell": list(key), "correct": len(by_label[1]), "incorrect": len(by_label[0])})
+            if on_shortfall == "error":
+                continue
+            if on_shortfall == "drop_cell":
+                outcome["dropped"] += 1
+                continue
+            outcome["partial" if avail else "empty"] += 1
+        else:
+            outcome["full"] += 1
+        k = min(avail, target)
+        chosen.extend(by_label[0][:k] + by_label[1][:k])
+    if short_cells and on_shortfall == "error":
+        sample = "; ".join(f"{'/'.join(map(str, c['cell']))} (correct={c['correct']}, incorrect={c['incorrect']})"
+                           for c in short_cells[:5])
+        raise ShortfallError(f"{len(short_cells)} balance cell(s) below per_label={per_label}: {sample}"
+                             " (set bench.balance.on_shortfall to take_available or drop_cell)")
+    rank = {s: i for i, s in enumerate(subset_order)}
+    chosen.sort(key=lambda r: (rank.get(r["subset"], len(rank)), r["subset"], r["problem_id"], r["generator"],
+                               r["sample_idx"]))
+    rows = [{"index": i, "question": r["question"], "response": r["response"], "label": int(r["label"]),
+             "model": r["generator"], "reference": r["gold"], "subset": r["subset"],
+             "response_with_cot": r["response_with_cot"]} for i, r in enumerate(chosen)]
+    stats["cells"] = {"total": len(cells), **{k: outcome.get(k, 0) for k in ("full", "partial", "empty", "dropped")}}
+    stats["shortfall_cells"] = short_cells
+    stats["n_items"] = len(rows)
+    by_subset: dict = defaultdict(Counter)
+    for r in rows:
+        by_subset[r["subset"]][r["label"]] += 1
+    stats["subsets"] = {s: {"n": c[0] + c[1], "correct": c[1], "incorrect": c[0],
+                            "problems": len({r["question"] for r in rows if r["subset"] == s})}
+                        for s, c in by_subset.items()}
+    stats["generators"] = dict(Counter(r["model"] for r in rows))
+    return rows, stats
+
+
+def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out_path: str | Path,
+              stats_path: str | Path) -> dict:
+    """Stage `bench`: read the verify files named by params, write libra_bench.jsonl and stats.json."""
+    from .config import sets_by_role
+    from .provenance import provenance
+
+    records = []
+    for p in verify_paths:
+        records.extend(read_jsonl(p, {"sample_id": "str", "problem_id": "str", "subset": "str", "generator": "str",
+                                      "reason": "str", "label": "int?", "response": "str",
+                                      "response_with_cot": "str", "gold": "str", "question": "str",
+                                      "sample_idx": "int"}, id_field="sample_id").records)
+    bal = params["bench"]["balance"]
+    rows, stats = assemble(records, seed=params["seed"], unit=bal["unit"], per_label=bal.get("per_label"),
+                           on_shortfall=bal["on_shortfall"], subset_order=sets_by_role(params, "eval"))
+    if not rows:
+        raise ValueError("the bench is empty: no cell had both correct and incorrect responses")
+    write_jsonl(out_path, rows)
+    stats["balance"] = dict(bal)
+    stats["provenance"] = provenance(data=[str(p) for p in verify_paths])
+    write_json(stats_path, stats)
+    return stats
+
+
+# ----------------------------------------------------------------------------- reading any bench file
+_TRUE = {"1", "true", "True", "TRUE"}
+_FALSE = {"0", "false", "False", "FALSE"}
+
+
+def parse_label(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str) and value.strip() in _TRUE | _FALSE:
+        return 1 if value.strip() in _TRUE else 0
+    return None
+
+
+def read_bench(path: str | Path) -> list[dict]:
+    """Read a benchmark file in the public Libra Bench schema; labels may be 0/1, bool or
+    'true'/'false' strings. Anything else is an InputError naming file, line and field."""
+    schema = {"index": "int", "question": "str", "response": "str", "subset": "str"}
+    rows = []
+    report = read_jsonl(path, schema, id_field="index")
+    for lineno, row in enumerate(report.records, start=1):
+        if "label" not in row:
+            raise InputError(f"{path}:{lineno}: field 'label': missing")
+        label = parse_label(row["label"])
+        if label is None:
+            raise InputError(f"{path}:{lineno}: field 'label': expected 0/1, true/false or 'true'/'false', "
+                             f"got {row['label']!r}")
+        if not row["subset"].strip():
+            raise InputError(f"{path}:{lineno}: field 'subset': empty")
+        rows.append({**row, "label": label, "model": row.get("model") or "unknown",
+                     "response_with_cot": row.get("response_with_cot") or row["response"]})
+    if not rows:
+        raise InputError(f"{path}: no items")
+    return rows

@@ -1,0 +1,261 @@
+"""Command line: `librarm stage ...` (what the Snakemake rules call), `librarm score` (any bench
+file, any judge, outside the DAG), `librarm dvc-yaml`, `librarm validate`, `librarm train-tiny`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .config import ConfigError, load_params, validate_params
+
+log = logging.getLogger("librarm")
+
+
+def _load_config(path: str) -> dict:
+    p = Path(path)
+    cfg = json.loads(p.read_text()) if p.suffix == ".json" else load_params(p)
+    validate_params(cfg, source=str(p))
+    return cfg
+
+
+def _sections(cfg: Mapping[str, Any], phase: str) -> dict:
+    from .phases import PHASES, lookup
+
+    return {k: lookup(cfg, k) for k in PHASES[phase].params}
+
+
+def _threads(n: int | None) -> int | None:
+    if n:
+        import os
+
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    return n
+
+
+def cmd_stage(a: argparse.Namespace) -> int:
+    from . import tracking
+
+    cfg = _load_config(a.config)
+    step = a.step
+    threads = _threads(a.threads)
+    phase = {"problems": "problems", "bootstrap-tiny": "bootstrap", "prepare-model": "bootstrap",
+             "bootstrap-stats": "bootstrap", "sample": "sample", "sample-stats": "sample", "verify": "verify",
+             "verify-stats": "verify", "bench": "bench", "evaluate": "evaluate", "eval-summary": "evaluate"}[step]
+    wildcards = {k: v for k, v in (("generator", a.generator), ("subset", a.subset), ("judge", a.judge),
+                                   ("model", a.model)) if v}
+    with tracking.stage_run(cfg, step, _sections(cfg, phase), wildcards) as run:
+        metrics, artifacts = _run_step(step, cfg, a, threads)
+        run.log_metrics(metrics)
+        for art in artifacts:
+            run.log_artifact(art)
+    print(json.dumps(_headline(metrics), indent=1, sort_keys=True, default=str))
+    return 0
+
+
+def _headline(metrics: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("provenance", "train_log", "cells", "overlap", "ci95")}
+
+
+def _run_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) -> tuple[dict, list[str]]:
+    out = a.out
+    if step == "problems":
+        from .problems import run_problems
+
+        stats = run_problems(cfg, Path(out).parent)
+        return stats, [out]
+    if step == "bootstrap-tiny":
+        from .tinyworld import run_bootstrap
+
+        stats = run_bootstrap(cfg, a.inputs, a.models_dir, out, threads)
+        return {"models": {k: v.get("accuracy") for k, v in stats["models"].items()}}, [out]
+    if step == "prepare-model":
+        from .gguf import run_prepare_model
+        from .io import write_json
+
+        info = run_prepare_model(cfg, a.model, a.models_dir)
+        write_json(out, info)
+        return {"parameters": info["parameters"]}, [out]
+    if step == "bootstrap-stats":
+        from .io import read_json, write_json
+
+        stats: dict[str, Any] = {"models": {}, "origin": None}
+        for p in a.inputs:
+            d = read_json(p)
+            if "params_hash" in d:          # the tiny-world bootstrap
+                stats.update(d)
+            else:
+                stats["models"][Path(p).stem] = d
+        write_json(out, stats)
+        return {"models": {k: v.get("mean_accuracy") for k, v in stats["models"].items()}}, [out]
+    if step == "sample":
+        from .sampling import run_sample
+
+        meta = run_sample(cfg, a.generator, a.subset, a.inputs[0], out, threads=threads)
+        return meta, []
+    if step == "sample-stats":
+        from .sampling import summarize_samples
+
+        return summarize_samples(a.inputs, out), [out]
+    if step == "verify":
+        from .verify import run_verify
+
+        v = cfg.get("verify", {})
+        meta = run_verify(a.inputs[0], a.inputs[1:], out, workers=threads or 1,
+                          timeout_s=v.get("timeout_s", 5.0), memory_mb=v.get("memory_mb", 2048))
+        return meta, []
+    if step == "verify-stats":
+        from .verify import summarize_verify
+
+        return summarize_verify(a.inputs, out), [out]
+    if step == "bench":
+        from .bench import run_bench
+
+        stats = run_bench(cfg, a.inputs, out, Path(out).with_name("stats.json"))
+        return stats, [str(Path(out).with_name("stats.json"))]
+    if step == "evaluate":
+        from .evaluate import run_evaluate
+
+        metrics = run_evaluate(cfg, a.judge, a.inputs[0], Path(out).parent, threads)
+        return metrics, [out]
+    if step == "eval-summary":
+        from .evaluate import summarize_eval
+
+        paths = {Path(p).parent.name: p for p in a.inputs}
+        summary = summarize_eval(paths, out, Path(out).with_name("table.md"))
+        return summary, [out, str(Path(out).with_name("table.md"))]
+    raise SystemExit(f"unknown step {step}")
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    """Score any file in the public Libra Bench schema with any judge from params."""
+    from .evaluate import run_evaluate
+
+    overlays = []
+    if a.model:
+        name = a.judge
+        overlays.append({"models": {f"cli_{name}": {"source": "path", "path": a.model}},
+                         "judges": {name: {"model": f"cli_{name}", "backend": a.backend, "kind": a.kind}}})
+    cfg = load_params(a.params, a.preset or (), overlays)
+    if a.judge not in cfg["judges"]:
+        raise ConfigError(f"judge {a.judge!r} is not in params 'judges' ({', '.join(cfg['judges'])}); "
+                          "pass --model PATH to score a model folder directly")
+    metrics = run_evaluate(cfg, a.judge, a.bench, a.out, a.threads)
+    print(json.dumps(_headline(metrics), indent=1, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_dvc_yaml(a: argparse.Namespace) -> int:
+    from .phases import check_dvc_yaml, render_dvc_yaml
+
+    if a.check:
+        problems = check_dvc_yaml(a.path)
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    Path(a.path).write_text(render_dvc_yaml())
+    return 0
+
+
+def cmd_validate(a: argparse.Namespace) -> int:
+    cfg = load_params(a.params, a.preset or ())
+    print(f"{a.params} + presets {a.preset or []}: valid ({len(cfg['generators'])} generators, "
+          f"{len(cfg['judges'])} judges)")
+    return 0
+
+
+def cmd_params(a: argparse.Namespace) -> int:
+    import yaml
+
+    cfg = load_params(a.params, a.preset or ())
+    text = yaml.safe_dump(cfg, sort_keys=False, width=120)
+    if a.write:
+        Path(a.write).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_train_tiny(a: argparse.Namespace) -> int:
+    """Retrain the tiny models from params and (with --ship) store them as the shipped weights."""
+    import tempfile
+
+    from .problems import run_problems
+    from .tinyworld import run_bootstrap, ship_models
+
+    cfg = load_params(a.params, a.preset or ())
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="librarm-tiny-"))
+    run_problems(cfg, work / "problems")
+    files = [str(work / "problems" / f"{s['name']}.jsonl") for s in cfg["problems"]["sets"]]
+    stats = run_bootstrap(cfg, files, work / "models", work / "stats.json", a.threads, force_train=True)
+    print(json.dumps({k: v for k, v in stats["models"].items()}, indent=1))
+    if a.ship:
+        ship_models(cfg, work / "models", stats["train_log"])
+        print(f"shipped to {cfg['bootstrap']['shipped_dir']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="librarm", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("stage", help="run one pipeline step (called by the Snakemake rules)")
+    s.add_argument("step")
+    s.add_argument("--config", required=True, help="effective config (JSON written by the Snakefile, or a params YAML)")
+    s.add_argument("--inputs", nargs="*", default=[])
+    s.add_argument("--out", required=True)
+    s.add_argument("--models-dir")
+    for w in ("generator", "subset", "judge", "model"):
+        s.add_argument(f"--{w}")
+    s.add_argument("--threads", type=int, default=None)
+    s.set_defaults(func=cmd_stage)
+
+    sc = sub.add_parser("score", help="score a Libra-Bench-schema file with a judge")
+    sc.add_argument("--bench", required=True)
+    sc.add_argument("--judge", required=True, help="a key of params 'judges' (or a new name with --model)")
+    sc.add_argument("--model", help="a model folder to use as the judge")
+    sc.add_argument("--backend", default="hf", choices=["hf", "vllm", "http"])
+    sc.add_argument("--kind", default="generative", choices=["generative", "scalar"])
+    sc.add_argument("--params", default="params.yaml")
+    sc.add_argument("--preset", action="append")
+    sc.add_argument("--out", required=True)
+    sc.add_argument("--threads", type=int, default=None)
+    sc.set_defaults(func=cmd_score)
+
+    d = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the phase registry")
+    d.add_argument("--check", action="store_true")
+    d.add_argument("--path", default="dvc.yaml")
+    d.set_defaults(func=cmd_dvc_yaml)
+
+    for name, fn, helptext in (("validate", cmd_validate, "validate params.yaml (+ presets)"),
+                               ("params", cmd_params, "print params.yaml merged with presets")):
+        v = sub.add_parser(name, help=helptext)
+        v.add_argument("--params", default="params.yaml")
+        v.add_argument("--preset", action="append")
+        if name == "params":
+            v.add_argument("--write", help="write the merged params to this file instead of printing")
+        v.set_defaults(func=fn)
+
+    t = sub.add_parser("train-tiny", help="retrain the tiny-world models (and --ship them)")
+    t.add_argument("--params", default="params.yaml")
+    t.add_argument("--preset", action="append")
+    t.add_argument("--ship", action="store_true")
+    t.add_argument("--workdir")
+    t.add_argument("--threads", type=int, default=2)
+    t.set_defaults(func=cmd_train_tiny)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

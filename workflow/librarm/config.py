@@ -1,0 +1,153 @@
+"""params.yaml: loading, preset overlays, schema validation and cross-reference checks."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+WORKFLOW_DIR = PACKAGE_DIR.parent
+REPO_ROOT = WORKFLOW_DIR.parent
+SCHEMA_PATH = WORKFLOW_DIR / "schemas" / "params.schema.json"
+PRESETS_DIR = WORKFLOW_DIR / "presets"
+RESULTS = "results"
+MODELS_DIR = f"{RESULTS}/bootstrap/models"
+
+
+class ConfigError(ValueError):
+    """params.yaml is invalid; the message names the key."""
+
+
+def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
+    """Overlay dicts recursively (lists and scalars are replaced), like Snakemake's --configfile."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
+    return path
+
+
+def load_params(path: str | Path = "params.yaml", presets: Iterable[str] = (),
+                overlays: Iterable[Mapping] = ()) -> dict:
+    """Load params.yaml, apply presets then explicit overlays, validate, return the dict."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        params = yaml.safe_load(fh)
+    for name in presets:
+        with open(preset_path(name), encoding="utf-8") as fh:
+            params = deep_merge(params, yaml.safe_load(fh) or {})
+    for overlay in overlays:
+        params = deep_merge(params, overlay)
+    validate_params(params, source=str(path))
+    return params
+
+
+def _key_path(error) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def validate_params(params: Mapping[str, Any], source: str = "params") -> None:
+    """Schema validation, then checks that names refer to things that exist."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            key = _key_path(err)
+            if err.validator == "additionalProperties":
+                lines.append(f"{key}: {err.message} (unknown key)")
+            else:
+                lines.append(f"{key}: {err.message}")
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines))
+    _cross_check(params, source)
+
+
+def _cross_check(p: Mapping[str, Any], source: str) -> None:
+    problems: list[str] = []
+    models = p["models"]
+    names = [s["name"] for s in p["problems"]["sets"]]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"problems.sets: duplicate set name {dup!r}")
+    if not any(s["role"] == "eval" for s in p["problems"]["sets"]):
+        problems.append("problems.sets: at least one set needs role 'eval'")
+    for i, s in enumerate(p["problems"]["sets"]):
+        key = f"problems.sets.{i}"
+        if s["source"] == "synthetic":
+            for need in ("n", "steps"):
+                if need not in s:
+                    problems.append(f"{key}.{need}: required for source 'synthetic'")
+        elif s["source"] == "jsonl" and "path" not in s:
+            problems.append(f"{key}.path: required for source 'jsonl'")
+        elif s["source"] == "hf":
+            for need in ("hf_id", "revision"):
+                if need not in s:
+                    problems.append(f"{key}.{need}: required for source 'hf' (pin a revision)")
+    for name, m in models.items():
+        key = f"models.{name}"
+        if m["source"] == "hub" and ("id" not in m or "revision" not in m):
+            problems.append(f"{key}: source 'hub' needs 'id' and a pinned 'revision'")
+        if m["source"] == "gguf" and ("package" not in m or "gguf_file" not in m):
+            problems.append(f"{key}: source 'gguf' needs 'package' and 'gguf_file'")
+        if m["source"] == "path" and "path" not in m:
+            problems.append(f"{key}.path: required for source 'path'")
+        if m["source"] == "tiny" and m.get("role") in ("generator", "policy") and "step_noise" not in m:
+            problems.append(f"{key}.step_noise: required for a tiny {m.get('role')}")
+        if m["source"] == "tiny" and m.get("role") == "judge" and m.get("init") not in models:
+            problems.append(f"{key}.init: must name a model in 'models', got {m.get('init')!r}")
+    if any(m["source"] == "tiny" for m in models.values()) and "bootstrap" not in p:
+        problems.append("bootstrap: required when a model has source 'tiny'")
+    for section in ("generators", "judges"):
+        for name, g in p[section].items():
+            if g["backend"] == "pseudo":
+                if "pseudo" not in g:
+                    problems.append(f"{section}.{name}.pseudo: required for backend 'pseudo'")
+                continue
+            if g.get("model") not in models:
+                problems.append(f"{section}.{name}.model: {g.get('model')!r} is not a key of 'models'")
+            if g["backend"] == "http" and "base_url" not in g:
+                problems.append(f"{section}.{name}.base_url: required for backend 'http'")
+    for j in p["evaluate"]["judges"]:
+        if j not in p["judges"]:
+            problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+
+
+def model_ref(params: Mapping[str, Any], name: str) -> dict:
+    """Where model `name` lives: {'path': local folder or hub id, 'revision': str|None, 'local': bool}."""
+    m = params["models"][name]
+    if m["source"] in ("tiny", "gguf"):
+        return {"path": f"{MODELS_DIR}/{name}", "revision": None, "local": True}
+    if m["source"] == "path":
+        return {"path": m["path"], "revision": None, "local": True}
+    return {"path": m["id"], "revision": m["revision"], "local": False}
+
+
+def local_model_dirs(params: Mapping[str, Any], model_names: Iterable[str]) -> list[str]:
+    """Model folders the pipeline itself produces (inputs of the jobs that use them)."""
+    out = []
+    for name in model_names:
+        if params["models"][name]["source"] in ("tiny", "gguf"):
+            out.append(f"{MODELS_DIR}/{name}")
+    return sorted(set(out))
+
+
+def sets_by_role(params: Mapping[str, Any], role: str) -> list[str]:
+    return [s["name"] for s in params["problems"]["sets"] if s["role"] == role]

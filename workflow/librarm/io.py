@@ -1,0 +1,173 @@
+"""File I/O shared by every stage: atomic writes, strict JSONL reading, stable hashing."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+
+class InputError(ValueError):
+    """Bad input data: the message names the file, the line and the field."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def dumps(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no NaN) so that equal data gives equal bytes."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n",
+                       encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(dumps(rec) + "\n")
+            n += 1
+    return n
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
+
+
+@dataclass
+class JsonlReport:
+    """What a strict JSONL read kept and what it set aside."""
+
+    records: list[dict]
+    quarantined: list[dict] = field(default_factory=list)  # {"line": n, "field": f, "error": msg}
+
+    @property
+    def n_quarantined(self) -> int:
+        return len(self.quarantined)
+
+
+def read_jsonl(path: str | os.PathLike, schema: Mapping[str, str] | None = None, *,
+               id_field: str | None = None, on_bad: str = "error") -> JsonlReport:
+    """Read JSONL strictly.
+
+    `schema` maps required field -> type name ("str", "int", ...; a trailing "?" allows null).
+    A bad line (not UTF-8, not JSON, not an object, missing/mistyped field, duplicate id) raises
+    InputError naming file, line and field when on_bad == "error", else it is quarantined and
+    counted in the report.
+    """
+    if on_bad not in ("error", "quarantine"):
+        raise ValueError(f"on_bad must be 'error' or 'quarantine', got {on_bad!r}")
+    path = Path(path)
+    report = JsonlReport(records=[])
+    seen: set = set()
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            problem = None
+            rec = None
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = ("<line>", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            else:
+                if not text.strip():
+                    continue
+                try:
+                    rec = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    problem = ("<line>", f"invalid JSON: {exc.msg} (column {exc.colno})")
+                else:
+                    if not isinstance(rec, dict):
+                        problem = ("<line>", f"expected a JSON object, got {type(rec).__name__}")
+            if problem is None and schema:
+                problem = _check_fields(rec, schema)
+            if problem is None and id_field is not None:
+                key = rec.get(id_field)
+                if key in seen:
+                    problem = (id_field, f"duplicate id {key!r}")
+                seen.add(key)
+            if problem is None:
+                report.records.append(rec)
+                continue
+            fld, msg = problem
+            if on_bad == "error":
+                raise InputError(f"{path}:{lineno}: field '{fld}': {msg}")
+            report.quarantined.append({"line": lineno, "field": fld, "error": msg})
+    return report
+
+
+def _check_fields(rec: dict, schema: Mapping[str, str]) -> tuple[str, str] | None:
+    for name, tname in schema.items():
+        nullable = tname.endswith("?")
+        tname = tname.rstrip("?")
+        if name not in rec:
+            return name, "missing"
+        value = rec[name]
+        if value is None:
+            if nullable:
+                continue
+            return name, "is null"
+        want = _TYPES[tname]
+        # bool is an int in Python; an int field must not accept true/false.
+        if tname in ("int", "float") and isinstance(value, bool):
+            return name, f"expected {tname}, got bool"
+        if not isinstance(value, want):
+            return name, f"expected {tname}, got {type(value).__name__}"
+    return None
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Hex digest of the canonical JSON of `parts`: the one way ids, seeds and keys are hashed."""
+    digest = hashlib.sha256(dumps(list(parts)).encode("utf-8")).hexdigest()
+    return digest[:length]
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed derived from ids, so per-item draws never depend on processing order."""
+    return int(stable_hash(*parts, length=16), 16) & ((1 << 63) - 1)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_sha256(root: str | os.PathLike) -> str:
+    """Hash of a folder's files (relative names and contents), for model folders."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()

@@ -1,0 +1,147 @@
+"""Judges: the prompt, verdict parsing, and the generative and scalar (classifier) reward models."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from .io import stable_seed
+from .think import split_think
+
+# A verdict is \boxed{correct|incorrect} (or yes/no, true/false) or "Verdict: correct".
+_VERDICT_RE = re.compile(
+    r"\\boxed\{\s*(?:\\text\{\s*)?(correct|incorrect|yes|no|true|false)\s*\}?\s*\}"
+    r"|verdict\s*[:=]\s*\**\s*(correct|incorrect|yes|no|true|false)\b",
+    re.IGNORECASE,
+)
+_POSITIVE = {"correct", "yes", "true"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    value: int | None      # 1 correct, 0 incorrect, None no verdict
+    status: str            # parsed | truncated | unterminated | no_verdict | overflow_skipped
+
+
+def parse_verdict(text: str, finish_reason: str = "stop", prompt_opens_think: bool = False,
+                  reasoning: str | None = None) -> Verdict:
+    """The LAST verdict after the end of the thinking block. A truncated output or a thinking block
+    with no closing tag has no verdict (counted), never a guess; a verdict inside the thinking
+    does not count (first-match parsers are biased toward early, tentative verdicts)."""
+    if finish_reason == "length":
+        return Verdict(None, "truncated")
+    parts = split_think(text, prompt_opens_think=prompt_opens_think, reasoning=reasoning)
+    if not parts.closed:
+        return Verdict(None, "unterminated")
+    matches = list(_VERDICT_RE.finditer(parts.final))
+    if not matches:
+        return Verdict(None, "no_verdict")
+    word = (matches[-1].group(1) or matches[-1].group(2)).lower()
+    return Verdict(int(word in _POSITIVE), "parsed")
+
+
+def judge_prompt(template: str, question: str, response: str) -> str:
+    return template.format(question=question, response=response)
+
+
+def fit_prompt(tok, template: str, system_prompt: str | None, question: str, response: str,
+               max_tokens: int, overflow: str) -> tuple[list[dict] | None, str]:
+    """Chat messages for one item within max_tokens: (messages, status) with status ok|truncated|skipped.
+    truncate_response keeps the END of the response (where the answer is) behind a '[...]' marker."""
+    from .sampling import render_chat
+    from .tinyworld import judge_messages
+
+    def count(resp: str) -> int:
+        msgs = judge_messages(template, question, resp, system_prompt)
+        return len(tok(render_chat(tok, msgs), add_special_tokens=False)["input_ids"])
+
+    if count(response) <= max_tokens:
+        return judge_messages(template, question, response, system_prompt), "ok"
+    if overflow == "skip":
+        return None, "skipped"
+    ids = tok(response, add_special_tokens=False)["input_ids"]
+    lo, hi = 0, len(ids)          # find the longest tail that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count("[...]" + tok.decode(ids[len(ids) - mid:])) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        return None, "skipped"
+    return judge_messages(template, question, "[...]" + tok.decode(ids[len(ids) - lo:]), system_prompt), "truncated"
+
+
+def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], params: Mapping[str, Any],
+                   judge_name: str, threads: int | None = None, sampler=None) -> list[dict]:
+    """Judge every item; returns one prediction record per item (same order)."""
+    from .sampling import SampleRequest, SamplingConfig, make_sampler
+
+    jcfg = params["judge"]
+    cfg = SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
+                         max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg.get("batch_size", 32))
+    sampler = sampler or make_sampler(spec, params, cfg, threads)
+    tok = getattr(sampler, "tok", None)
+    prompts, status = [], []
+    for it in items:
+        if tok is None:      # remote judge without a local tokenizer: no token budget to enforce
+            from .tinyworld import judge_messages
+            msgs, st = judge_messages(jcfg["prompt_template"], it["question"], it["response"],
+                                      jcfg.get("system_prompt")), "ok"
+        else:
+            msgs, st = fit_prompt(tok, jcfg["prompt_template"], jcfg.get("system_prompt"), it["question"],
+                                  it["response"], jcfg["max_prompt_tokens"], jcfg["overflow"])
+        prompts.append(msgs)
+        status.append(st)
+    todo = [i for i, m in enumerate(prompts) if m is not None]
+    reqs = [SampleRequest(prompts[i], stable_seed(params["seed"], "judge", judge_name, items[i]["index"]))
+            for i in todo]
+    results = dict(zip(todo, sampler.generate(reqs))) if reqs else {}
+    out = []
+    for i, it in enumerate(items):
+        base = {"index": it["index"], "subset": it["subset"], "model": it["model"], "label": it["label"],
+                "question": it["question"], "prompt_status": status[i]}
+        if i not in results:
+            out.append({**base, "pred": None, "status": "overflow_skipped", "truncated": False, "output": None,
+                        "completion_tokens": 0})
+            continue
+        res = results[i]
+        v = parse_verdict(res.text, res.finish_reason, spec.get("prompt_opens_think", False), res.reasoning)
+        out.append({**base, "pred": v.value, "status": v.status, "truncated": res.finish_reason == "length",
+                    "output": res.text, "completion_tokens": res.completion_tokens})
+    return out
+
+
+# ----------------------------------------------------------------------------- scalar RM
+def scalar_scores(items: Sequence[Mapping[str, Any]], path: str, revision: str | None = None,
+                  batch_size: int = 16, threads: int | None = None) -> list[float]:
+    """Score (question, response) with AutoModelForSequenceClassification: the positive-class
+    logit margin for 2-label heads, the single logit for 1-label heads."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    model = AutoModelForSequenceClassification.from_pretrained(path, revision=revision)
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.config.pad_token_id = tok.pad_token_id
+    texts = []
+    for it in items:
+        msgs = [{"role": "user", "content": it["question"]}, {"role": "assistant", "content": it["response"]}]
+        if getattr(tok, "chat_template", None):
+            texts.append(tok.apply_chat_template(msgs, tokenize=False))
+        else:
+            texts.append(f"{it['question']}\n\n{it['response']}")
+    scores: list[float] = []
+    tok.padding_side = "right"
+    with torch.inference_mode():
+        for s in range(0, len(texts), batch_size):
+            enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
+                      max_length=getattr(model.config, "max_position_embeddings", 2048), add_special_tokens=False)
+            logits = model(**enc).logits.float()
+            vals = logits[:, 1] - logits[:, 0] if logits.shape[-1] == 2 else logits[:, 0]
+            scores.extend(float(v) for v in vals)
+    return scores

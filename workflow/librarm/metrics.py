@@ -1,0 +1,172 @@
+"""Judge metrics on a labeled benchmark: per-subset accuracy, Libra score, macro-F1, confusion,
+parse rates, per-generator accuracy, a problem-prior baseline, AUROC for scalar scores, and
+seeded bootstrap intervals that resample problems (with all their items) within each subset."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+# Per-item count vector; every metric is a function of these counts summed over a set of items.
+# pred None (no verdict) counts as wrong everywhere except *_parsed_only.
+_F = ("n", "correct", "tp", "fp", "fn", "tn", "parsed", "parsed_correct", "truncated")
+_IDX = {f: i for i, f in enumerate(_F)}
+
+
+def item_counts(label: int, pred: int | None, truncated: bool = False) -> np.ndarray:
+    v = np.zeros(len(_F), dtype=np.int64)
+    v[_IDX["n"]] = 1
+    v[_IDX["truncated"]] = int(truncated)
+    eff = pred if pred is not None else 1 - label          # no verdict: scored as the wrong class
+    v[_IDX["correct"]] = int(eff == label)
+    v[_IDX["tp"]] = int(label == 1 and eff == 1)
+    v[_IDX["fp"]] = int(label == 0 and eff == 1)
+    v[_IDX["fn"]] = int(label == 1 and eff == 0)
+    v[_IDX["tn"]] = int(label == 0 and eff == 0)
+    if pred is not None:
+        v[_IDX["parsed"]] = 1
+        v[_IDX["parsed_correct"]] = int(pred == label)
+    return v
+
+
+def _safe(a: float, b: float) -> float:
+    return float(a / b) if b else 0.0
+
+
+def accuracy(c: np.ndarray) -> float:
+    return _safe(c[..., _IDX["correct"]], c[..., _IDX["n"]])
+
+
+def macro_f1(c: np.ndarray) -> float:
+    tp, fp, fn, tn = (c[..., _IDX[k]] for k in ("tp", "fp", "fn", "tn"))
+    f1_pos = _safe(2 * tp, 2 * tp + fp + fn)
+    f1_neg = _safe(2 * tn, 2 * tn + fn + fp)
+    return (f1_pos + f1_neg) / 2
+
+
+def _vec_accuracy(c: np.ndarray) -> np.ndarray:
+    n = c[..., _IDX["n"]]
+    return np.divide(c[..., _IDX["correct"]], n, out=np.zeros(n.shape, dtype=float), where=n > 0)
+
+
+def _vec_macro_f1(c: np.ndarray) -> np.ndarray:
+    tp, fp, fn, tn = (c[..., _IDX[k]].astype(float) for k in ("tp", "fp", "fn", "tn"))
+    d1, d0 = 2 * tp + fp + fn, 2 * tn + fn + fp
+    f1 = np.divide(2 * tp, d1, out=np.zeros_like(tp), where=d1 > 0)
+    f0 = np.divide(2 * tn, d0, out=np.zeros_like(tn), where=d0 > 0)
+    return (f1 + f0) / 2
+
+
+def summarize(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """items: {label, pred (0/1/None), subset, model, question[, truncated]} -> metrics dict."""
+    by_subset: dict[str, np.ndarray] = {}
+    by_gen: dict[str, np.ndarray] = {}
+    total = np.zeros(len(_F), dtype=np.int64)
+    conf = {"label_1": {"pred_1": 0, "pred_0": 0, "none": 0}, "label_0": {"pred_1": 0, "pred_0": 0, "none": 0}}
+    for it in items:
+        v = item_counts(it["label"], it["pred"], bool(it.get("truncated")))
+        by_subset[it["subset"]] = by_subset.get(it["subset"], 0) + v
+        by_gen[it["model"]] = by_gen.get(it["model"], 0) + v
+        total += v
+        conf[f"label_{it['label']}"]["none" if it["pred"] is None else f"pred_{it['pred']}"] += 1
+    subset_acc = {s: round(accuracy(c), 6) for s, c in sorted(by_subset.items())}
+    n = int(total[_IDX["n"]])
+    return {
+        "libra_score": round(float(np.mean(list(subset_acc.values()))), 6) if subset_acc else 0.0,
+        "subset_accuracy": subset_acc,
+        "accuracy": round(accuracy(total), 6),
+        "macro_f1": round(macro_f1(total), 6),
+        "confusion": conf,
+        "accuracy_parsed_only": round(_safe(total[_IDX["parsed_correct"]], total[_IDX["parsed"]]), 6),
+        "unparsed_rate": round(_safe(n - total[_IDX["parsed"]], n), 6),
+        "truncated_rate": round(_safe(total[_IDX["truncated"]], n), 6),
+        "generator_accuracy": {g: round(accuracy(c), 6) for g, c in sorted(by_gen.items())},
+        "n_items": n,
+        "n_problems": len({(it["subset"], it["question"]) for it in items}),
+    }
+
+
+def problem_prior_predictions(items: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Predict each item's label from its problem's leave-one-out base rate (the items of the same
+    question, minus itself); ties and lone items fall back to the subset's leave-one-out rate.
+    A judge that does not beat this has learned problem difficulty, not response correctness."""
+    by_problem: dict[tuple, list[int]] = defaultdict(list)
+    by_subset: dict[str, list[int]] = defaultdict(list)
+    for it in items:
+        by_problem[(it["subset"], it["question"])].append(it["label"])
+        by_subset[it["subset"]].append(it["label"])
+    preds = []
+    for it in items:
+        labels = by_problem[(it["subset"], it["question"])]
+        others, pos = len(labels) - 1, sum(labels) - it["label"]
+        if others and 2 * pos != others:
+            preds.append(int(2 * pos > others))
+            continue
+        s = by_subset[it["subset"]]
+        s_others, s_pos = len(s) - 1, sum(s) - it["label"]
+        preds.append(int(2 * s_pos >= s_others) if s_others else 1)
+    return preds
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
+    """Rank-based AUROC (ties get half credit); None when one class is absent."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        return None
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    allv = np.concatenate([pos, neg])[order]
+    ranks = np.empty(len(allv))
+    i = 0
+    while i < len(allv):                       # average ranks over ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[i:j + 1] = (i + j) / 2 + 1
+        i = j + 1
+    r = np.empty(len(allv))
+    r[order] = ranks
+    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """The threshold (predict 1 when score >= t) with the highest accuracy; midpoints between scores."""
+    s = np.sort(np.unique(np.asarray(scores, dtype=float)))
+    cands = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2, [s[-1] + 1.0]])
+    y = np.asarray(labels)
+    sc = np.asarray(scores, dtype=float)
+    accs = [float(np.mean((sc >= t).astype(int) == y)) for t in cands]
+    return float(cands[int(np.argmax(accs))])
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def bootstrap_intervals(items: Sequence[Mapping[str, Any]], resamples: int = 2000, seed: int = 0,
+                        cluster: bool = True, alpha: float = 0.05) -> dict[str, list[float]]:
+    """Percentile intervals for libra_score, accuracy, macro_f1 and each subset's accuracy.
+
+    Stratified by subset; within a subset, whole problems (all their items) are resampled when
+    `cluster` is True, single items otherwise. Items of one problem are correlated, so the
+    item-level interval is too narrow."""
+    subsets = sorted({it["subset"] for it in items})
+    rng = np.random.default_rng(seed)
+    per_subset_draws = []
+    for s in subsets:
+        groups: dict[Any, np.ndarray] = {}
+        for i, it in enumerate(items):
+            if it["subset"] != s:
+                continue
+            key = it["question"] if cluster else i
+            groups[key] = groups.get(key, 0) + item_counts(it["label"], it["pred"], bool(it.get("truncated")))
+        mat = np.stack(list(groups.values()))                      # clusters x fields
+        idx = rng.integers(0, len(mat), size=(resamples, len(mat)))
+        per_subset_draws.append(mat[idx].sum(axis=1))              # resamples x fields
+    draws = np.stack(per_subset_draws)                              # subsets x resamples x fields
+    sub_acc = _vec_accuracy(draws)                                   # subsets x resamples
+    total = draws.sum(axis=0)
+    stats = {"libra_score": sub_acc.mean(axis=0), "accuracy": _vec_accuracy(total), "macro_f1": _vec_macro_f1(total)}
+    for k, s in enumerate(subsets):
+        stats[f"subset_accuracy.{s}"] = sub_acc[k]
+    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    return {k: [round(float(np.percentile(v, lo)), 6), round(float(np.percentile(v, hi)), 6)] for k, v in stats.items()}

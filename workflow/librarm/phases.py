@@ -1,0 +1,128 @@
+"""The one registry of the DAG's phases: what each reads (params keys, code, upstream outputs)
+and writes. dvc.yaml is generated from it, Snakemake rules take their params from it, and a test
+checks both against what Snakemake actually builds."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .config import REPO_ROOT
+
+PKG = "workflow/librarm"
+COMMON_CODE = ("io.py", "config.py", "provenance.py", "tracking.py", "cli.py", "phases.py")
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    target: str                       # the phase's summary file: Snakemake target and DVC metric
+    out: str                          # the DVC output folder (every rule of the phase writes under it)
+    params: tuple[str, ...]           # params.yaml keys (dotted) the phase reads
+    code: tuple[str, ...]             # librarm modules the phase runs (besides COMMON_CODE)
+    upstream: tuple[str, ...] = ()    # phases whose outputs it reads
+    rules_file: str = ""
+
+    @property
+    def code_files(self) -> list[str]:
+        return [f"{PKG}/{m}" for m in sorted(set(self.code) | set(COMMON_CODE))]
+
+
+PHASES: dict[str, Phase] = {p.name: p for p in (
+    Phase("problems", "results/problems/stats.json", "results/problems", ("seed", "problems"),
+          ("problems.py",), (), "rules/problems.smk"),
+    Phase("bootstrap", "results/bootstrap/stats.json", "results/bootstrap",
+          ("seed", "problems", "models", "bootstrap", "judge.prompt_template", "judge.system_prompt"),
+          ("tinyworld.py", "sampling.py", "think.py", "verify.py", "gguf.py"), ("problems",), "rules/bootstrap.smk"),
+    Phase("sample", "results/samples/stats.json", "results/samples", ("seed", "models", "generators", "sampling"),
+          ("sampling.py", "think.py"), ("problems", "bootstrap"), "rules/sample.smk"),
+    Phase("verify", "results/verify/stats.json", "results/verify", ("verify",),
+          ("verify.py", "think.py", "sampling.py", "problems.py"), ("problems", "sample"), "rules/verify.smk"),
+    Phase("bench", "results/bench/stats.json", "results/bench", ("seed", "bench", "problems"),
+          ("bench.py",), ("verify",), "rules/bench.smk"),
+    Phase("evaluate", "results/eval/summary.json", "results/eval",
+          ("seed", "models", "judges", "judge", "evaluate"),
+          ("evaluate.py", "judge.py", "metrics.py", "sampling.py", "think.py", "bench.py", "tinyworld.py"),
+          ("bench", "bootstrap"), "rules/evaluate.smk"),
+)}
+
+
+def lookup(params: Mapping[str, Any], dotted: str) -> Any:
+    cur: Any = params
+    for part in dotted.split("."):
+        cur = cur.get(part) if isinstance(cur, Mapping) else None
+    return cur
+
+
+def param_name(dotted: str) -> str:
+    """Snakemake params names cannot hold dots: judge.prompt_template -> judge__prompt_template."""
+    return dotted.replace(".", "__")
+
+
+def code_hash(phase: str, root: Path = REPO_ROOT) -> str:
+    """Hash of the phase's module sources: a Snakemake param, so editing a module reruns the phase
+    (DVC sees the same files as deps)."""
+    h = hashlib.sha256()
+    for f in PHASES[phase].code_files:
+        h.update(f.encode())
+        h.update((root / f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def rule_params(config: Mapping[str, Any], phase: str, **override) -> dict[str, Any]:
+    """The `params:` of a phase's rules: each params key it reads, plus the code hash."""
+    out = {param_name(k): _constant(lookup(config, k)) for k in PHASES[phase].params}
+    out["code"] = code_hash(phase)
+    out.update(override)
+    return out
+
+
+def _constant(value: Any):
+    # A function, so that Snakemake does not expand "{...}" inside string values (prompt templates).
+    return lambda wildcards: value
+
+
+def dvc_stages() -> dict[str, Any]:
+    stages = {}
+    for p in PHASES.values():
+        deps = ["Snakefile", "rules/common.smk", p.rules_file] + p.code_files
+        deps += [PHASES[u].out for u in p.upstream]
+        stages[p.name] = {
+            "cmd": f"snakemake --cores all {p.target}",
+            "deps": deps,
+            "params": list(p.params),
+            "outs": [p.out],
+        }
+    return stages
+
+
+def render_dvc_yaml() -> str:
+    doc = {
+        "stages": dvc_stages(),
+        "metrics": [p.target for p in PHASES.values()] + [],
+    }
+    header = ("# GENERATED from workflow/librarm/phases.py by `librarm dvc-yaml`; do not edit by hand.\n"
+              "# One DVC stage per phase; each runs Snakemake on the phase's target.\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+def check_dvc_yaml(path: str | Path = "dvc.yaml") -> list[str]:
+    """Differences between the committed dvc.yaml and the registry ([] when they agree)."""
+    want = yaml.safe_load(render_dvc_yaml())
+    have = yaml.safe_load(Path(path).read_text())
+    problems = []
+    for name in sorted(set(want["stages"]) | set(have.get("stages", {}))):
+        w, h = want["stages"].get(name), have.get("stages", {}).get(name)
+        if w is None or h is None:
+            problems.append(f"stage {name}: {'missing in dvc.yaml' if h is None else 'not in the registry'}")
+            continue
+        for key in ("cmd", "deps", "params", "outs"):
+            if (sorted(w[key]) if isinstance(w[key], list) else w[key]) != \
+               (sorted(h.get(key, [])) if isinstance(h.get(key), list) else h.get(key)):
+                problems.append(f"stage {name}: {key} differ: registry {w[key]!r} vs dvc.yaml {h.get(key)!r}")
+    if sorted(want["metrics"]) != sorted(have.get("metrics", [])):
+        problems.append("metrics differ")
+    return problems

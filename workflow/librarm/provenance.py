@@ -1,0 +1,89 @@
+"""Provenance records written beside every output: code, data and model identities, versions."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .io import file_sha256
+
+LIBRARIES = ("librarm", "torch", "transformers", "trl", "datasets", "math-verify", "mlflow", "dvc",
+             "snakemake", "vllm", "numpy", "pandas")
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str | None]:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def device_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "machine": platform.machine()}
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        if info["cuda"]:
+            info["gpu"] = torch.cuda.get_device_name(0)
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["cuda"] = False
+    return info
+
+
+def model_identity(path_or_id: str, revision: str | None = None) -> dict[str, Any]:
+    """Model folder hash plus tokenizer and chat-template hashes (local folders); id+revision otherwise."""
+    p = Path(path_or_id)
+    out: dict[str, Any] = {"model": path_or_id, "revision": revision}
+    if not p.is_dir():
+        return out
+    weights = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin")))
+    out["weights_sha256"] = hashlib.sha256("".join(file_sha256(w) for w in weights).encode()).hexdigest()
+    tok = p / "tokenizer.json"
+    if tok.exists():
+        out["tokenizer_sha256"] = file_sha256(tok)
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        f = p / name
+        if f.exists():
+            text = f.read_text(encoding="utf-8")
+            if name == "chat_template.jinja" or "chat_template" in text:
+                out["chat_template_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+                break
+    return out
+
+
+def provenance(models: Iterable[Mapping[str, Any]] = (), data: Iterable[str | None] = (),
+               revisions: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    data_ids = {}
+    for d in data:
+        if d and Path(d).is_file():
+            data_ids[d] = file_sha256(d)
+        elif d:
+            data_ids[d] = None
+    return {
+        "git_commit": git_commit(),
+        "libraries": library_versions(),
+        "device": device_info(),
+        "models": list(models),
+        "data": data_ids,
+        "revisions": dict(revisions or {}),
+    }

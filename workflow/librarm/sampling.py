@@ -1,0 +1,481 @@
+"""One Sampler interface, three backends (hf, vllm, http) plus data-built pseudo generators,
+and the resumable sample stage.
+
+Every sample has its own seed derived from (seed, generator, problem id, sample index), so a
+sample does not depend on which batch, chunk or rerun produced it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from .io import atomic_path, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .think import split_think
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 64
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be >= 1")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any], **override) -> "SamplingConfig":
+        keys = {"temperature", "top_p", "max_new_tokens", "batch_size"}
+        vals = {k: v for k, v in section.items() if k in keys}
+        vals.update({k: v for k, v in override.items() if v is not None})
+        return cls(**vals)
+
+
+@dataclass
+class SampleRequest:
+    messages: list[dict]          # chat messages; backends render them their own way
+    seed: int
+    problem: Mapping[str, Any] = field(default_factory=dict)   # for pseudo generators only
+
+
+@dataclass
+class SampleResult:
+    text: str
+    finish_reason: str            # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning: str | None = None  # separate reasoning field (HTTP APIs)
+
+
+class Sampler(Protocol):
+    name: str
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]: ...
+
+
+# ----------------------------------------------------------------------------- hf backend
+def load_causal_lm(path: str, revision: str | None = None, threads: int | None = None):
+    """Load tokenizer + causal LM the way every stage does (local folder or hub id)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok, model
+
+
+def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+
+
+class HFSampler:
+    """Batched sampling with a KV cache and one torch.Generator per row (per-sample seeds)."""
+
+    def __init__(self, path: str, cfg: SamplingConfig, revision: str | None = None, threads: int | None = None,
+                 model=None, tokenizer=None):
+        self.name = f"hf:{path}"
+        self.cfg = cfg
+        if model is None:
+            tokenizer, model = load_causal_lm(path, revision, threads)
+        self.tok, self.model = tokenizer, model
+        eos = self.tok.eos_token_id
+        self.stop_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            self.stop_ids.add(gen_eos)
+        elif gen_eos:
+            self.stop_ids.update(gen_eos)
+
+    def encode_prompts(self, requests: Sequence[SampleRequest]) -> list[list[int]]:
+        return [self.tok(render_chat(self.tok, r.messages), add_special_tokens=False)["input_ids"] for r in requests]
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+        out: list[SampleResult] = []
+        ids = self.encode_prompts(requests)
+        bs = self.cfg.batch_size
+        for start in range(0, len(requests), bs):
+            out.extend(self._generate_batch(ids[start:start + bs], [r.seed for r in requests[start:start + bs]]))
+        return out
+
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[SampleResult]:
+        out = []
+        bs = self.cfg.batch_size
+        for start in range(0, len(prompt_ids), bs):
+            out.extend(self._generate_batch(prompt_ids[start:start + bs], seeds[start:start + bs]))
+        return out
+
+    def _generate_batch(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[SampleResult]:
+        import torch
+
+        cfg = self.cfg
+        pad = self.tok.pad_token_id
+        n = len(prompt_ids)
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.full((n, width), pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, p in enumerate(prompt_ids):           # left padding
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        gens = [torch.Generator().manual_seed(int(s) % (2**63)) for s in seeds]
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        done = [False] * n
+        reason = ["length"] * n
+        generated: list[list[int]] = [[] for _ in range(n)]
+        with torch.inference_mode():
+            res = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True)
+            past = res.past_key_values
+            logits = res.logits[:, -1, :].float()
+            next_pos = position[:, -1:] + 1
+            for _ in range(cfg.max_new_tokens):
+                tokens = self._pick(logits, gens, done)
+                for i in range(n):
+                    if done[i]:
+                        continue
+                    t = int(tokens[i])
+                    if t in self.stop_ids:
+                        done[i], reason[i] = True, "stop"
+                    else:
+                        generated[i].append(t)
+                if all(done):
+                    break
+                step = torch.tensor([[int(t)] if not d else [pad] for t, d in zip(tokens, done)], dtype=torch.long)
+                mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=1)
+                res = self.model(input_ids=step, attention_mask=mask, position_ids=next_pos,
+                                 cache=past, use_cache=True)
+                past = res.past_key_values
+                logits = res.logits[:, -1, :].float()
+                next_pos = next_pos + 1
+        return [SampleResult(self.tok.decode(g, skip_special_tokens=True), reason[i], len(prompt_ids[i]), len(g))
+                for i, g in enumerate(generated)]
+
+    def _pick(self, logits, gens, done):
+        import torch
+
+        cfg = self.cfg
+        if cfg.temperature == 0:
+            return logits.argmax(-1).tolist()
+        probs = torch.softmax(logits / cfg.temperature, dim=-1)
+        if cfg.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+            probs = probs / probs.sum(-1, keepdim=True)
+        out = []
+        for i in range(probs.shape[0]):
+            if done[i]:
+                out.append(0)
+                continue
+            out.append(int(torch.multinomial(probs[i], 1, generator=gens[i])))
+        return out
+
+
+# ----------------------------------------------------------------------------- vllm backend
+class VLLMSampler:
+    """vLLM offline engine (GPU). Imported lazily: the CPU install has no vllm.
+
+    One request per sample with its own seed (n=1 per request): a single seeded SamplingParams
+    shared by a batch would correlate the samples."""
+
+    def __init__(self, path: str, cfg: SamplingConfig, revision: str | None = None,
+                 tensor_parallel_size: int = 1, seed: int = 0):
+        try:
+            import vllm
+        except ImportError as exc:  # pragma: no cover - exercised on GPU machines
+            raise RuntimeError("backend 'vllm' needs the optional GPU extra: pip install -e '.[vllm]' "
+                               "(see envs/gpu-inference.yaml)") from exc
+        self._vllm = vllm
+        self.name = f"vllm:{path}"
+        self.cfg = cfg
+        self.llm = vllm.LLM(model=path, revision=revision, tensor_parallel_size=tensor_parallel_size, seed=seed)
+        self.tok = self.llm.get_tokenizer()
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+        prompts = [render_chat(self.tok, r.messages) for r in requests]
+        params = [self._vllm.SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                            max_tokens=self.cfg.max_new_tokens, seed=int(r.seed) % (2**31))
+                  for r in requests]
+        outs = self.llm.generate(prompts, params)
+        results = []
+        for o in outs:
+            c = o.outputs[0]
+            results.append(SampleResult(c.text, "length" if c.finish_reason == "length" else "stop",
+                                        len(o.prompt_token_ids), len(c.token_ids)))
+        return results
+
+
+# ----------------------------------------------------------------------------- http backend
+class HTTPError(RuntimeError):
+    pass
+
+
+class HTTPSampler:
+    """OpenAI-compatible /chat/completions: one request per sample, bounded concurrency,
+    retries with exponential backoff on 429/5xx and connection errors."""
+
+    RETRY_STATUS = {429, 500, 502, 503, 504}
+
+    def __init__(self, base_url: str, model: str, cfg: SamplingConfig, api_key_env: str | None = None,
+                 concurrency: int = 8, max_retries: int = 6, backoff_s: float = 0.5, timeout_s: float = 600.0,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.name = f"http:{model}"
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.cfg = cfg
+        self.api_key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not self.api_key:
+            raise RuntimeError(f"environment variable {api_key_env} (named by api_key_env) is not set")
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+        self.retries = 0
+        self._lock = threading.Lock()
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, req: SampleRequest) -> SampleResult:
+        import requests as http
+
+        body = {"model": self.model, "messages": req.messages, "temperature": self.cfg.temperature,
+                "top_p": self.cfg.top_p, "max_tokens": self.cfg.max_new_tokens, "seed": int(req.seed) % (2**31), "n": 1}
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        jitter = random.Random(req.seed)
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = http.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
+            except (http.ConnectionError, http.Timeout) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status_code == 200:
+                    return self._parse(resp.json())
+                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                if resp.status_code not in self.RETRY_STATUS:
+                    raise HTTPError(f"{self.url}: {last}")
+                retry_after = resp.headers.get("Retry-After")
+                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                    with self._lock:
+                        self.retries += 1
+                    self.sleep(float(retry_after))
+                    continue
+            if attempt < self.max_retries:
+                with self._lock:
+                    self.retries += 1
+                self.sleep(self.backoff_s * (2 ** attempt) * (1 + jitter.random()))
+        raise HTTPError(f"{self.url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+
+    @staticmethod
+    def _parse(payload: Mapping[str, Any]) -> SampleResult:
+        choice = payload["choices"][0]
+        msg = choice.get("message", {})
+        usage = payload.get("usage") or {}
+        reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+        return SampleResult(msg.get("content") or "", "length" if choice.get("finish_reason") == "length" else "stop",
+                            int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), reasoning)
+
+
+# ----------------------------------------------------------------------------- pseudo generators
+def wrong_answer(answer: str) -> str:
+    """A deterministic wrong answer of the same form (integers shift by one, else add 1)."""
+    a = answer.strip()
+    if re.fullmatch(r"-?\d+", a):
+        return str(int(a) + 1)
+    return f"{a}+1"
+
+
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every \\boxed{...} content, brace-balanced."""
+    spans, i = [], 0
+    while True:
+        i = text.find("\\boxed{", i)
+        if i < 0:
+            return spans
+        j, depth = i + len("\\boxed{"), 1
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        if depth:
+            return spans
+        spans.append((i + len("\\boxed{"), j - 1))
+        i = j
+
+
+class PseudoSampler:
+    """Responses built from the data: the reference solution (correct by construction) or the same
+    solution with a wrong boxed answer. Gives real LaTeX to the verifier when models rarely solve."""
+
+    def __init__(self, kind: str):
+        if kind not in ("reference", "reference_wrong"):
+            raise ValueError(f"unknown pseudo generator {kind!r}")
+        self.kind = kind
+        self.name = f"pseudo:{kind}"
+
+    def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+        out = []
+        for r in requests:
+            answer = r.problem["answer"]
+            solution = r.problem.get("solution") or ""
+            if "</think>" in solution:      # tiny-world references already carry a trace
+                text = solution
+            else:
+                spans = _boxed_spans(solution)
+                body = solution[: spans[-1][0] - len("\\boxed{")].rstrip() if spans else solution.strip()
+                text = f"<think>{body}</think>\nThe final answer is \\boxed{{{answer}}}."
+            if self.kind == "reference_wrong":
+                spans = _boxed_spans(text)
+                s, e = spans[-1]
+                text = text[:s] + wrong_answer(answer) + text[e:]
+            out.append(SampleResult(text, "stop", 0, len(text.split())))
+        return out
+
+
+# ----------------------------------------------------------------------------- factory
+def make_sampler(spec: Mapping[str, Any], params: Mapping[str, Any], cfg: SamplingConfig,
+                 threads: int | None = None) -> Sampler:
+    """Build the sampler for a generator/judge spec ({model, backend, ...}) from params."""
+    from .config import model_ref
+
+    backend = spec["backend"]
+    if backend == "pseudo":
+        return PseudoSampler(spec["pseudo"])
+    ref = model_ref(params, spec["model"])
+    if backend == "hf":
+        return HFSampler(ref["path"], cfg, ref["revision"], threads)
+    if backend == "vllm":
+        return VLLMSampler(ref["path"], cfg, ref["revision"], spec.get("tensor_parallel_size", 1), params["seed"])
+    if backend == "http":
+        return HTTPSampler(spec["base_url"], ref["path"], cfg, spec.get("api_key_env"), spec.get("concurrency", 8))
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+# ----------------------------------------------------------------------------- sample stage
+def problem_messages(problem: Mapping[str, Any], system_prompt: str | None, template: str | None = None) -> list[dict]:
+    content = (template or "{problem}").format(problem=problem["problem"])
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return msgs + [{"role": "user", "content": content}]
+
+
+def sample_seed(seed: int, generator: str, problem_id: str, idx: int) -> int:
+    return stable_seed(seed, "sample", generator, problem_id, idx)
+
+
+def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_path: str | Path,
+               out_path: str | Path, store_root: str | Path = "results/.resume/samples",
+               threads: int | None = None, sampler: Sampler | None = None,
+               progress: bool = True) -> dict:
+    """Stage `sample`: n samples per problem for one (generator, subset).
+
+    Work is cut into fixed chunks (a block of `batch_size` problems x one sample index). A finished
+    chunk is stored atomically under `store_root` (outside the DVC outputs), keyed by everything
+    that changes a sample except `n`; so a rerun after an interruption, or after raising n, only
+    generates the missing chunks, and the final file is the same as a clean run's.
+    """
+    from tqdm import tqdm
+
+    from .provenance import model_identity, provenance
+
+    gspec = params["generators"][generator]
+    scfg = params["sampling"]
+    cfg = SamplingConfig.from_params(scfg, max_new_tokens=gspec.get("max_new_tokens"))
+    n = scfg["n"]
+    problems = read_jsonl(problems_path, {"id": "str", "problem": "str", "answer": "str"}, id_field="id").records
+    if gspec["backend"] == "pseudo":
+        ident = {"model": f"pseudo:{gspec['pseudo']}"}
+    else:
+        from .config import model_ref
+
+        ref = model_ref(params, gspec["model"])
+        ident = model_identity(ref["path"], ref["revision"])
+    system_prompt = scfg.get("system_prompt")
+    template = scfg.get("problem_template")
+    key = stable_hash(ident, asdict(cfg), system_prompt, template, params["seed"], generator, subset,
+                      [p["id"] for p in problems], gspec.get("prompt_opens_think", False))
+    store = Path(store_root) / generator / subset / key
+    store.mkdir(parents=True, exist_ok=True)
+    bs = cfg.batch_size
+    chunks = [(g, k) for k in range(n) for g in range(0, len(problems), bs)]
+    todo = [c for c in chunks if not (store / f"chunk-{c[0]:06d}-{c[1]:04d}.jsonl").exists()]
+    started = time.time()
+    generated = 0
+    gen_tokens = 0
+    if todo:
+        sampler = sampler or make_sampler(gspec, params, cfg, threads)
+        for g, k in tqdm(todo, desc=f"sample {generator}/{subset}", disable=not progress):
+            block = problems[g:g + bs]
+            reqs = [SampleRequest(problem_messages(p, system_prompt, template),
+                                  sample_seed(params["seed"], generator, p["id"], k), p) for p in block]
+            results = sampler.generate(reqs)
+            recs = [_sample_record(p, k, r, res, generator, subset, cfg, gspec) for p, r, res in zip(block, reqs, results)]
+            write_jsonl(store / f"chunk-{g:06d}-{k:04d}.jsonl", recs)
+            generated += len(recs)
+            gen_tokens += sum(r["completion_tokens"] for r in recs)
+    elapsed = time.time() - started
+    by_key = {}
+    for g, k in chunks:
+        for rec in read_jsonl(store / f"chunk-{g:06d}-{k:04d}.jsonl").records:
+            by_key[(rec["problem_id"], rec["sample_idx"])] = rec
+    order = {p["id"]: i for i, p in enumerate(problems)}
+    records = sorted(by_key.values(), key=lambda r: (order[r["problem_id"]], r["sample_idx"]))
+    write_jsonl(out_path, records)
+    meta = {
+        "generator": generator, "subset": subset, "n": n, "n_records": len(records),
+        "generated_now": generated, "reused": len(records) - generated,
+        "tokens_per_s": round(gen_tokens / elapsed, 1) if generated and elapsed > 0 else None,
+        "finish_length": sum(r["finish_reason"] == "length" for r in records),
+        "has_think": sum(r["has_think"] for r in records),
+        "store_key": key, "sampling": asdict(cfg),
+        "provenance": provenance(models=[ident], data=[str(problems_path)]),
+    }
+    write_json(str(out_path).removesuffix(".jsonl") + ".meta.json", meta)
+    return meta
+
+
+def _sample_record(problem, idx, req, res: SampleResult, generator, subset, cfg, gspec) -> dict:
+    parts = split_think(res.text, prompt_opens_think=gspec.get("prompt_opens_think", False), reasoning=res.reasoning)
+    with_cot = res.text if res.reasoning is None else f"<think>{res.reasoning}</think>\n{res.text}"
+    return {
+        "sample_id": f"{generator}|{problem['id']}|{idx}",
+        "problem_id": problem["id"], "subset": subset, "generator": generator, "sample_idx": idx,
+        "seed": req.seed, "question": problem["problem"],
+        "response_with_cot": with_cot, "response": parts.final, "has_think": parts.has_think,
+        "think_closed": parts.closed, "finish_reason": res.finish_reason,
+        "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+        "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens},
+    }
+
+
+def summarize_samples(meta_paths: Sequence[str | Path], out_path: str | Path) -> dict:
+    metas = [json.loads(Path(p).read_text()) for p in meta_paths]
+    stats = {
+        "jobs": {f"{m['generator']}/{m['subset']}": {k: m[k] for k in ("n_records", "generated_now", "reused",
+                                                                       "finish_length", "has_think", "tokens_per_s")}
+                 for m in metas},
+        "n_records": sum(m["n_records"] for m in metas),
+        "truncated_rate": (sum(m["finish_length"] for m in metas) / max(1, sum(m["n_records"] for m in metas))),
+    }
+    write_json(out_path, stats)
+    return stats

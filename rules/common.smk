@@ -5,11 +5,12 @@ import re
 import sys
 from pathlib import Path
 
-from librarm.config import MODELS_DIR, local_model_dirs, sets_by_role, validate_params
+from librarm.config import MODELS_DIR, local_model_dirs, prune_removed, sets_by_role, validate_params
 from librarm.io import atomic_path
 from librarm.phases import PHASES, rule_params
 from librarm.tracking import ensure_pipeline_run
 
+prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")
 
 PY = sys.executable

@@ -29,7 +29,8 @@ def cell_key(rec: Mapping[str, Any], unit: str) -> tuple:
 
 
 def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_label: int | None,
-             on_shortfall: str, subset_order: Sequence[str]) -> tuple[list[dict], dict]:
+             on_shortfall: str, subset_order: Sequence[str],
+             per_label_by_subset: Mapping[str, int] | None = None) -> tuple[list[dict], dict]:
     """Pure function: verified sample records -> (public bench rows, stats)."""
     stats: dict[str, Any] = {"input": len(records)}
     dropped = Counter(r["reason"] for r in records if r["label"] is None)
@@ -55,7 +56,8 @@ def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_
         for lab in (0, 1):   # deterministic, order-free: rank by a hash of the sample id
             by_label[lab].sort(key=lambda r: stable_hash(seed, "bench", r["sample_id"]))
         avail = min(len(by_label[0]), len(by_label[1]))
-        target = per_label if per_label is not None else avail
+        want = (per_label_by_subset or {}).get(key[0], per_label)
+        target = want if want is not None else avail
         short = avail < target or avail == 0
         if short:
             short_cells.append({"cell": list(key), "correct": len(by_label[1]), "incorrect": len(by_label[0])})
@@ -107,7 +109,8 @@ def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out
                                       "sample_idx": "int"}, id_field="sample_id").records)
     bal = params["bench"]["balance"]
     rows, stats = assemble(records, seed=params["seed"], unit=bal["unit"], per_label=bal.get("per_label"),
-                           on_shortfall=bal["on_shortfall"], subset_order=sets_by_role(params, "eval"))
+                           on_shortfall=bal["on_shortfall"], subset_order=sets_by_role(params, "eval"),
+                           per_label_by_subset=bal.get("per_label_by_subset"))
     if not rows:
         raise ValueError("the bench is empty: no cell had both correct and incorrect responses")
     write_jsonl(out_path, rows)

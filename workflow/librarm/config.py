@@ -25,11 +25,23 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
     """Overlay dicts recursively (lists and scalars are replaced), like Snakemake's --configfile."""
     out = copy.deepcopy(dict(base))
     for key, value in overlay.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        if value is None and isinstance(out.get(key), Mapping):
+            out.pop(key)          # `key: null` in an overlay removes a registry entry
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def prune_removed(params: dict) -> dict:
+    """Snakemake merges --configfile overlays itself and keeps `name: null` entries; drop them
+    from the registries so that an overlay can remove a model, generator or judge."""
+    for section in ("models", "generators", "judges"):
+        if isinstance(params.get(section), dict):
+            for key in [k for k, v in params[section].items() if v is None]:
+                del params[section][key]
+    return params
 
 
 def preset_path(name: str) -> Path:

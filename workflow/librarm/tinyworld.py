@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .io import read_json, stable_hash, stable_seed, tree_sha256, write_json
-from .problems import ArithmeticProblem, problem_key, random_arithmetic
+from .problems import ArithmeticProblem, in_problem_region, random_arithmetic
 
 # Bump when the meaning of the bootstrap params changes (corpus format, training recipe).
 TINY_WORLD_VERSION = 1
@@ -80,10 +80,11 @@ def noisy_trace(prob: ArithmeticProblem, rng: random.Random, step_noise: float, 
     return "<think>" + "\n".join(lines) + "</think>\n\\boxed{" + str(cur) + "}"
 
 
-def corpus_problem(rng: random.Random, excluded: set, max_value: int, max_operand: int) -> ArithmeticProblem:
+def corpus_problem(rng: random.Random, max_value: int, max_operand: int) -> ArithmeticProblem:
+    """A training-corpus problem: never in the region the problem sets are drawn from."""
     while True:
         prob = random_arithmetic(rng, rng.randint(1, 5), max_value, max_operand)
-        if ("arith", prob.key) not in excluded:
+        if not in_problem_region(prob):
             return prob
 
 
@@ -158,23 +159,17 @@ def save_model(model, tok, out_dir: str | Path) -> None:
 def bootstrap_hash(params: Mapping[str, Any]) -> str:
     """Everything that determines the tiny models' weights."""
     tiny = {k: v for k, v in params["models"].items() if v["source"] == "tiny"}
-    return stable_hash(TINY_WORLD_VERSION, params["seed"], params["bootstrap"].get("architecture"),
+    return stable_hash(TINY_WORLD_VERSION, params["seed"],
                        {k: v for k, v in params["bootstrap"].items() if k not in ("shipped_dir", "eval_samples")},
-                       tiny, params["problems"], params["judge"]["prompt_template"],
+                       tiny, params["problems"].get("synthetic", {}), params["judge"]["prompt_template"],
                        params["judge"].get("system_prompt"))
 
 
-def train_tiny_models(params: Mapping[str, Any], problem_files: Sequence[str | Path], out_root: str | Path,
-                      threads: int | None = None) -> dict:
+def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: int | None = None) -> dict:
     """Train every tiny model in params into out_root/<name>: core -> noisy fine-tunes -> judge."""
     import copy
 
     import torch
-
-    from .problems import load_problem_sets
-    from .sampling import HFSampler, SampleRequest, SamplingConfig
-    from .think import split_think
-    from .verify import extract_boxed
 
     if threads:
         torch.set_num_threads(threads)
@@ -182,7 +177,6 @@ def train_tiny_models(params: Mapping[str, Any], problem_files: Sequence[str | P
     seed = params["seed"]
     syn = params["problems"].get("synthetic", {})
     max_value, max_operand = syn.get("max_value", 99), syn.get("max_operand", 9)
-    excluded = {problem_key(r) for r in load_problem_sets(problem_files).values()}
     tok = build_tokenizer()
     max_len = b["architecture"]["max_positions"]
     out_root = Path(out_root)
@@ -193,7 +187,7 @@ def train_tiny_models(params: Mapping[str, Any], problem_files: Sequence[str | P
         rng = random.Random(stable_seed(seed, "corpus", tag))
         ex = []
         for _ in range(n):
-            prob = corpus_problem(rng, excluded, max_value, max_operand)
+            prob = corpus_problem(rng, max_value, max_operand)
             prompt = tok.apply_chat_template([{"role": "user", "content": prob.text()}], tokenize=False,
                                              add_generation_prompt=True)
             ex.append((prompt, noisy_trace(prob, rng, noise, b["malformed_rate"])))
@@ -220,7 +214,7 @@ def train_tiny_models(params: Mapping[str, Any], problem_files: Sequence[str | P
             continue
         t0 = time.time()
         init = trained[spec["init"]]
-        examples, agree = judge_format_traces(params, init, tok, excluded, max_value, max_operand, b["judge_traces"],
+        examples, agree = judge_format_traces(params, init, tok, max_value, max_operand, b["judge_traces"],
                                               stable_seed(seed, "judge-traces", name))
         model = copy.deepcopy(init)
         curve = train_lm(model, tok, examples, b["judge_steps"], b["batch_size"], b["learning_rate"] / 3,
@@ -231,7 +225,7 @@ def train_tiny_models(params: Mapping[str, Any], problem_files: Sequence[str | P
     return log
 
 
-def judge_format_traces(params, policy, tok, excluded, max_value, max_operand, n, seed):
+def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
     """The base judge's training data: for a problem and a candidate response, the policy's OWN
     sampled solution, then a comparison of its answer with the response's. No correctness label
     enters: the verdict is agreement with the policy's own attempt."""
@@ -242,7 +236,7 @@ def judge_format_traces(params, policy, tok, excluded, max_value, max_operand, n
     rng = random.Random(seed)
     template = params["judge"]["prompt_template"]
     system_prompt = params["judge"].get("system_prompt")
-    probs = [corpus_problem(rng, excluded, max_value, max_operand) for _ in range(n)]
+    probs = [corpus_problem(rng, max_value, max_operand) for _ in range(n)]
     # Candidate responses to judge: traces of a random skill level (their correctness is not used).
     candidates = [noisy_trace(p, rng, rng.choice([0.0, 0.1, 0.3, 0.5]), 0.0) for p in probs]
     sampler = HFSampler("policy", SamplingConfig(temperature=1.0, max_new_tokens=96, batch_size=256),
@@ -289,7 +283,7 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
         origin = "shipped"
         train_log = read_json(manifest).get("train_log", {})
     elif names:
-        train_log = train_tiny_models(params, problem_files, out_root, threads)
+        train_log = train_tiny_models(params, out_root, threads)
     bands = measure_skill(params, problem_files, out_root, names)
     stats = {
         "params_hash": phash, "origin": origin, "models": bands,
@@ -313,9 +307,9 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
 
     problems = load_problem_sets(problem_files)
     b = params["bootstrap"]
-    scfg = params["sampling"]
-    cfg = SamplingConfig(temperature=scfg["temperature"], top_p=scfg["top_p"],
-                         max_new_tokens=scfg["max_new_tokens"], batch_size=scfg["batch_size"])
+    # Fixed decoding (temperature 1, as generators sample by default) so that the bands do not
+    # move when sampling params change, and the bootstrap does not depend on them.
+    cfg = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=128, batch_size=128)
     out = {}
     for name in names:
         spec = params["models"][name]

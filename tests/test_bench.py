@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from librarm.bench import PUBLIC_FIELDS, ShortfallError, assemble, parse_label, read_bench
+from librarm.io import InputError
+
+
+def rec(gen, pid, idx, label, subset="s1", reason=None, text=None):
+    return {"sample_id": f"{gen}|{pid}|{idx}", "problem_id": pid, "generator": gen, "subset": subset,
+            "sample_idx": idx, "label": label, "reason": reason or ("correct" if label else "wrong_answer"),
+            "question": f"Q {pid}", "response": f"\\boxed{{{idx}}}", "gold": "1",
+            "response_with_cot": text or f"<think>{gen} {pid} {idx}</think>\\boxed{{{idx}}}"}
+
+
+def make(n_gen=2, n_prob=5, n=6, p_correct=0.5):
+    out = []
+    for g in range(n_gen):
+        for p in range(n_prob):
+            for i in range(n):
+                out.append(rec(f"g{g}", f"p{p}", i, int(i < n * p_correct)))
+    return out
+
+
+def test_balanced_per_cell_and_public_schema():
+    rows, stats = assemble(make(), seed=1, unit="subset_generator", per_label=None, on_shortfall="error",
+                           subset_order=["s1"])
+    assert all(tuple(r) == PUBLIC_FIELDS or set(r) == set(PUBLIC_FIELDS) for r in rows)
+    for g in ("g0", "g1"):
+        labels = [r["label"] for r in rows if r["model"] == g]
+        assert labels.count(0) == labels.count(1) == 15
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+    assert all(isinstance(r["label"], int) for r in rows)
+
+
+def test_malformed_dropped_and_counted():
+    recs = make() + [rec("g0", "p0", 99, None, reason="truncated"), rec("g0", "p1", 98, None, reason="no_final_answer")]
+    rows, stats = assemble(recs, seed=1, unit="subset_generator", per_label=None, on_shortfall="error",
+                           subset_order=["s1"])
+    assert stats["dropped_malformed"] == {"no_final_answer": 1, "truncated": 1}
+    assert all(r["response_with_cot"].find(" 99<") < 0 for r in rows)
+
+
+def test_duplicates_removed_per_problem_generator():
+    recs = make() + [rec("g0", "p0", 50, 1, text="<think>g0 p0 0</think>\\boxed{0}")]
+    _, stats = assemble(recs, seed=1, unit="subset_generator", per_label=None, on_shortfall="error",
+                        subset_order=["s1"])
+    assert stats["dropped_duplicates"] == 1
+
+
+def test_problem_generator_unit():
+    recs = make(n_prob=3, n=4, p_correct=0.25)   # each (problem, generator): 1 correct, 3 incorrect
+    rows, stats = assemble(recs, seed=1, unit="problem_generator", per_label=None, on_shortfall="error",
+                           subset_order=["s1"])
+    assert len(rows) == 2 * 3 * 2 and stats["cells"]["total"] == 6
+
+
+@pytest.mark.parametrize("policy", ["error", "take_available", "drop_cell"])
+def test_shortfall_policies(policy):
+    recs = make(n_gen=1) + [rec("g9", "p0", i, 1) for i in range(4)] + [rec("g9", "p0", 9, 0)]
+    kwargs = dict(seed=1, unit="subset_generator", per_label=3, on_shortfall=policy, subset_order=["s1"])
+    if policy == "error":
+        with pytest.raises(ShortfallError, match="s1/g9"):
+            assemble(recs, **kwargs)
+        return
+    rows, stats = assemble(recs, **kwargs)
+    g9 = [r for r in rows if r["model"] == "g9"]
+    if policy == "take_available":
+        assert len(g9) == 2 and stats["cells"]["partial"] == 1
+    else:
+        assert g9 == [] and stats["cells"]["dropped"] == 1
+    assert len([r for r in rows if r["model"] == "g0"]) == 6
+
+
+def test_deterministic_and_adding_generator_keeps_others():
+    base = make(n_gen=2)
+    rows1, _ = assemble(base, seed=3, unit="subset_generator", per_label=5, on_shortfall="error", subset_order=["s1"])
+    rows2, _ = assemble(list(reversed(base)), seed=3, unit="subset_generator", per_label=5, on_shortfall="error",
+                        subset_order=["s1"])
+    assert rows1 == rows2
+    more = base + [rec("g7", f"p{p}", i, i % 2) for p in range(5) for i in range(6)]
+    rows3, _ = assemble(more, seed=3, unit="subset_generator", per_label=5, on_shortfall="error", subset_order=["s1"])
+    pick = lambda rows: sorted(r["response_with_cot"] for r in rows if r["model"] in ("g0", "g1"))
+    assert pick(rows1) == pick(rows3)
+
+
+@pytest.mark.parametrize("value,expected", [(1, 1), (0, 0), (True, 1), (False, 0), ("true", 1), ("False", 0),
+                                            ("1", 1), ("yes", None), (2, None), (None, None)])
+def test_label_forms(value, expected):
+    assert parse_label(value) == expected
+
+
+def test_read_bench_rejects_bad_label(tmp_path):
+    p = tmp_path / "b.jsonl"
+    row = {"index": 0, "question": "q", "response": "r", "label": "true", "model": "m", "reference": "1",
+           "subset": "s", "response_with_cot": "r"}
+    p.write_text(json.dumps(row) + "\n" + json.dumps(dict(row, index=1, label="maybe")) + "\n")
+    with pytest.raises(InputError, match=r"b.jsonl:2: field 'label'"):
+        read_bench(p)

@@ -1,0 +1,68 @@
+import copy
+
+import pytest
+import yaml
+
+from librarm.config import ConfigError, deep_merge, load_params, validate_params
+
+
+def test_default_params_valid(params):
+    assert params["sampling"]["n"] >= 1
+
+
+@pytest.mark.parametrize("preset", ["ci", "smoke-real", "paper"])
+def test_presets_valid(repo, preset):
+    load_params(repo / "params.yaml", [preset])
+
+
+def _bad(params, mutate):
+    p = copy.deepcopy(params)
+    mutate(p)
+    with pytest.raises(ConfigError) as exc:
+        validate_params(p)
+    return str(exc.value)
+
+
+def test_unknown_key_named(params):
+    msg = _bad(params, lambda p: p["sampling"].__setitem__("temprature", 1.0))
+    assert "sampling" in msg and "temprature" in msg and "unknown key" in msg
+
+
+def test_wrong_type_named(params):
+    msg = _bad(params, lambda p: p["sampling"].__setitem__("n", "four"))
+    assert "sampling.n" in msg
+
+
+def test_out_of_range_named(params):
+    msg = _bad(params, lambda p: p["sampling"].__setitem__("top_p", 1.5))
+    assert "sampling.top_p" in msg
+
+
+def test_dangling_reference_named(params):
+    msg = _bad(params, lambda p: p["generators"]["gen_weak"].__setitem__("model", "nope"))
+    assert "generators.gen_weak.model" in msg
+
+
+def test_eval_judge_must_exist(params):
+    msg = _bad(params, lambda p: p["evaluate"].__setitem__("judges", ["missing"]))
+    assert "evaluate.judges" in msg
+
+
+def test_hub_model_needs_revision(params):
+    msg = _bad(params, lambda p: p["models"].__setitem__("x", {"source": "hub", "id": "org/model"}))
+    assert "models.x" in msg and "revision" in msg
+
+
+def test_bootstrap_resamples_minimum(params):
+    msg = _bad(params, lambda p: p["evaluate"].__setitem__("bootstrap_resamples", 100))
+    assert "evaluate.bootstrap_resamples" in msg
+
+
+def test_overlay_null_removes_entry():
+    merged = deep_merge({"models": {"a": {"x": 1}, "b": {"x": 2}}}, {"models": {"a": None}})
+    assert merged == {"models": {"b": {"x": 2}}}
+
+
+def test_overlay_lists_replace_dicts_merge():
+    merged = deep_merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}})
+    assert merged == {"a": {"b": 1, "c": [3]}}

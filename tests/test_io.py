@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from librarm.io import InputError, atomic_path, read_jsonl, stable_seed, write_jsonl
+
+SCHEMA = {"id": "str", "n": "int"}
+
+
+def _write(tmp_path, lines: list[bytes]):
+    p = tmp_path / "data.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    return p
+
+
+@pytest.mark.parametrize("line,field,words", [
+    (b'{"id": "b", "n": 1', "<line>", "invalid JSON"),
+    (b'{"id": "b"}', "n", "missing"),
+    (b'{"id": "b", "n": "1"}', "n", "expected int"),
+    (b'{"id": "b", "n": true}', "n", "bool"),
+    (b'{"id": "a", "n": 2}', "id", "duplicate"),
+    (b'{"id": "b", "n": 1, "x": "\xff"}', "<line>", "UTF-8"),
+    (b'[1, 2]', "<line>", "object"),
+])
+def test_bad_line_names_file_line_field(tmp_path, line, field, words):
+    p = _write(tmp_path, [b'{"id": "a", "n": 1}', line])
+    with pytest.raises(InputError) as exc:
+        read_jsonl(p, SCHEMA, id_field="id")
+    msg = str(exc.value)
+    assert f"{p}:2:" in msg and f"'{field}'" in msg and words in msg
+
+
+def test_quarantine_counts_instead_of_failing(tmp_path):
+    p = _write(tmp_path, [b'{"id": "a", "n": 1}', b'oops', b'{"id": "c"}', b'{"id": "d", "n": 4}'])
+    rep = read_jsonl(p, SCHEMA, id_field="id", on_bad="quarantine")
+    assert [r["id"] for r in rep.records] == ["a", "d"]
+    assert rep.n_quarantined == 2 and [q["line"] for q in rep.quarantined] == [2, 3]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("crash")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_write_jsonl_canonical(tmp_path):
+    p = tmp_path / "x.jsonl"
+    write_jsonl(p, [{"b": 1, "a": "é"}])
+    assert p.read_text(encoding="utf-8") == json.dumps({"a": "é", "b": 1}, ensure_ascii=False) + "\n"
+
+
+def test_stable_seed_depends_on_ids_only():
+    assert stable_seed(1, "gen", "p1", 0) == stable_seed(1, "gen", "p1", 0)
+    assert stable_seed(1, "gen", "p1", 0) != stable_seed(1, "gen", "p1", 1)

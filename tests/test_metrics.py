@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from librarm.metrics import (auroc, best_threshold, bootstrap_intervals, problem_prior_predictions,
+                             summarize)
+
+
+def item(label, pred, subset="a", model="m", q="q0", truncated=False):
+    return {"label": label, "pred": pred, "subset": subset, "model": model, "question": q, "truncated": truncated}
+
+
+def test_summary_counts_unparsed_as_wrong():
+    items = [item(1, 1), item(0, 0), item(1, None), item(0, 1, subset="b"), item(1, 1, subset="b")]
+    m = summarize(items)
+    assert m["subset_accuracy"] == {"a": pytest.approx(2 / 3, abs=1e-6), "b": 0.5}
+    assert m["libra_score"] == pytest.approx((2 / 3 + 0.5) / 2, abs=1e-6)
+    assert m["unparsed_rate"] == 0.2 and m["accuracy_parsed_only"] == 0.75
+    assert m["confusion"]["label_1"] == {"pred_1": 2, "pred_0": 0, "none": 1}
+    assert m["n_items"] == 5 and m["n_problems"] == 2
+
+
+def test_macro_f1_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.where(rng.random(300) < 0.7, y, 1 - y)
+    m = summarize([item(int(a), int(b)) for a, b in zip(y, p)])
+    assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"), abs=1e-6)
+
+
+def test_problem_prior_leave_one_out():
+    items = [item(1, None, q="easy"), item(1, None, q="easy"), item(1, None, q="easy"), item(0, None, q="easy"),
+             item(0, None, q="hard"), item(0, None, q="hard"), item(0, None, q="hard"), item(1, None, q="hard")]
+    # each item sees only the OTHER items of its problem
+    assert problem_prior_predictions(items) == [1, 1, 1, 1, 0, 0, 0, 0]
+    # a tie among the others falls back to the subset's leave-one-out rate
+    tie = [item(1, None, q="t"), item(1, None, q="t"), item(0, None, q="t"), item(0, None, q="u")]
+    assert problem_prior_predictions(tie)[0] == 0
+
+
+def test_auroc_and_threshold():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auroc([1, 1], [1, 1]) is None
+    t = best_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
+    assert 0.2 < t < 0.8
+
+
+def _correlated(n_problems=60, per_problem=10, seed=0):
+    """Items of one problem share its difficulty: the judge is right on all or none of them."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for p in range(n_problems):
+        right = rng.random() < 0.6
+        for k in range(per_problem):
+            label = k % 2
+            items.append(item(label, label if right else 1 - label, subset="ab"[p % 2], q=f"q{p}"))
+    return items
+
+
+def test_problem_level_interval_wider_than_item_level():
+    items = _correlated()
+    clustered = bootstrap_intervals(items, resamples=2000, seed=1, cluster=True)["libra_score"]
+    naive = bootstrap_intervals(items, resamples=2000, seed=1, cluster=False)["libra_score"]
+    assert clustered[1] - clustered[0] > 1.5 * (naive[1] - naive[0])
+    est = summarize(items)["libra_score"]
+    assert clustered[0] <= est <= clustered[1]
+
+
+def test_bootstrap_seeded_and_has_all_keys():
+    items = _correlated(seed=2)
+    a = bootstrap_intervals(items, resamples=2000, seed=5)
+    assert a == bootstrap_intervals(items, resamples=2000, seed=5)
+    assert {"libra_score", "accuracy", "macro_f1", "subset_accuracy.a", "subset_accuracy.b"} <= set(a)

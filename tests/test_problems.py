@@ -1,0 +1,99 @@
+import copy
+import json
+
+import pytest
+
+from conftest import SHARED_DATA, needs_shared_data
+from librarm.io import InputError
+from librarm.problems import (decontaminate, in_problem_region, load_jsonl_set, overlap_report,
+                              parse_arithmetic, random_arithmetic, run_problems, synthesize_sets)
+from librarm.tinyworld import corpus_problem
+
+SPECS = [{"name": "a", "role": "eval", "n": 200, "steps": 2}, {"name": "b", "role": "eval", "n": 200, "steps": 3},
+         {"name": "c", "role": "eval", "n": 200, "steps": 4}, {"name": "jp", "role": "judge_pool", "n": 300, "steps": [2, 3, 4]},
+         {"name": "dp", "role": "dpo_pool", "n": 300, "steps": [2, 3, 4]}]
+
+
+def test_synthetic_sets_are_pairwise_disjoint_and_seeded():
+    sets = synthesize_sets(SPECS, seed=7)
+    report = overlap_report(sets)
+    assert all(v["exact"] == 0 for v in report.values()), report
+    assert synthesize_sets(SPECS, seed=7) == sets
+    assert synthesize_sets(SPECS, seed=8) != sets
+    for rec in sets["c"]:
+        prob = parse_arithmetic(rec["problem"])
+        assert len(prob.ops) == 4 and str(prob.answer) == rec["answer"]
+        assert all(0 <= v <= 99 for v in prob.values())
+
+
+def test_overlap_check_detects_planted_duplicate():
+    # Negative twin of the disjointness guard: a planted repeat must be counted.
+    sets = synthesize_sets(SPECS[:2], seed=7)
+    planted = copy.deepcopy(sets)
+    planted["b"].append(dict(planted["a"][0], id="b-planted", set="b"))
+    assert overlap_report(planted)["a|b"]["exact"] == 1
+
+
+def test_corpus_never_draws_from_the_problem_region():
+    import random
+
+    rng = random.Random(0)
+    assert not any(in_problem_region(corpus_problem(rng, 99, 9)) for _ in range(2000))
+    sets = synthesize_sets(SPECS, seed=3)
+    assert all(in_problem_region(parse_arithmetic(r["problem"])) for recs in sets.values() for r in recs)
+
+
+def test_run_problems_writes_sets_and_stats(tmp_path, params):
+    stats = run_problems(params, tmp_path)
+    for s in params["problems"]["sets"]:
+        assert (tmp_path / f"{s['name']}.jsonl").exists()
+        assert stats["sets"][s["name"]]["n"] == s["n"]
+    assert all(v["exact"] == 0 for v in stats["overlap"].values())
+    assert stats["provenance"]["libraries"]["torch"]
+
+
+@needs_shared_data()
+def test_real_math500_level_filter_and_limit():
+    spec = {"name": "m5", "role": "eval", "source": "jsonl", "path": str(SHARED_DATA / "math500.jsonl"), "level": 5}
+    recs, bad = load_jsonl_set(spec, seed=0)
+    assert bad == 0 and len(recs) == 134 and all(r["meta"]["level"] == 5 for r in recs)
+    few, _ = load_jsonl_set({**spec, "limit": 5}, seed=0)
+    assert len(few) == 5 and few == load_jsonl_set({**spec, "limit": 5}, seed=0)[0]
+
+
+@needs_shared_data()
+def test_decontamination_against_real_eval():
+    evalset, _ = load_jsonl_set({"name": "e", "role": "eval", "source": "jsonl",
+                                 "path": str(SHARED_DATA / "math500.jsonl")}, seed=0)
+    pool = [dict(evalset[0], id="dup", set="pool")] + [
+        {"id": "x", "set": "pool", "problem": "What is 2+2?", "answer": "4"}]
+    kept, removed = decontaminate(pool, evalset)
+    assert removed == 1 and [r["id"] for r in kept] == ["x"]
+
+
+def test_bad_problem_line_names_file_line_field(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"id": "1", "problem": "x", "answer": "1"}\n{"id": "2", "problem": "y"}\n')
+    spec = {"name": "s", "role": "eval", "source": "jsonl", "path": str(p)}
+    with pytest.raises(InputError, match=r"p.jsonl:2: field 'answer': missing"):
+        load_jsonl_set(spec, seed=0)
+    recs, bad = load_jsonl_set(spec, seed=0, on_bad="quarantine")
+    assert len(recs) == 1 and bad == 1
+
+
+def test_hf_loader_uses_pinned_revision(monkeypatch):
+    import datasets
+
+    from librarm.problems import load_hf_set
+
+    seen = {}
+
+    def fake_load(name, config=None, split=None, revision=None):
+        seen.update(name=name, split=split, revision=revision)
+        return [{"unique_id": "u1", "problem": "p", "answer": 3, "level": 5}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    recs, bad = load_hf_set({"name": "h", "role": "eval", "source": "hf", "hf_id": "org/ds", "revision": "abc123",
+                             "split": "test", "fields": {"id": "unique_id"}}, seed=0)
+    assert seen == {"name": "org/ds", "split": "test", "revision": "abc123"}
+    assert recs[0]["id"] == "u1" and recs[0]["answer"] == "3"

@@ -1,0 +1,40 @@
+from librarm.think import split_think
+
+
+def test_tagged_block():
+    s = split_think("<think>a\nb</think>\nThe answer is \\boxed{3}.")
+    assert s.thinking == "a\nb" and s.final == "The answer is \\boxed{3}." and s.has_think and s.closed
+
+
+def test_prompt_opened_think_only_closing_tag():
+    # R1-distill / QwQ: the chat template puts <think> in the prompt; the completion has only </think>.
+    s = split_think("let me see 2+2=4</think>\n\\boxed{4}", prompt_opens_think=True)
+    assert s.thinking == "let me see 2+2=4" and s.final == "\\boxed{4}" and s.has_final
+
+
+def test_no_tags_is_all_final():
+    s = split_think("The answer is 5.")
+    assert not s.has_think and s.final == "The answer is 5." and s.has_final
+
+
+def test_separate_reasoning_field():
+    s = split_think("\\boxed{7}", reasoning="think think")
+    assert s.thinking == "think think" and s.final == "\\boxed{7}" and s.has_think
+
+
+def test_unterminated_block_has_no_final_answer():
+    s = split_think("<think>so the answer is \\boxed{5}")
+    assert not s.closed and s.final == "" and not s.has_final
+    s2 = split_think("so the answer is \\boxed{5}", prompt_opens_think=True)
+    assert not s2.has_final
+
+
+def test_several_closing_tags_final_after_last():
+    s = split_think("<think>x</think> draft \\boxed{1} <think>again</think> final \\boxed{2}")
+    assert s.final == "final \\boxed{2}"
+    assert "<think>" not in s.thinking and "</think>" not in s.thinking
+
+
+def test_thinking_only_has_no_final():
+    s = split_think("<think>the answer is \\boxed{9}</think>")
+    assert s.closed and not s.has_final

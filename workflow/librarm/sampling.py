@@ -208,8 +208,13 @@ class VLLMSampler:
         self.llm = vllm.LLM(model=path, revision=revision, tensor_parallel_size=tensor_parallel_size, seed=seed)
         self.tok = self.llm.get_tokenizer()
 
+    def encode_prompts(self, requests: Sequence[SampleRequest]) -> list[list[int]]:
+        return [self.tok(render_chat(self.tok, r.messages), add_special_tokens=False)["input_ids"] for r in requests]
+
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
-        prompts = [render_chat(self.tok, r.messages) for r in requests]
+        # Token ids, not text: vLLM tokenizes a text prompt with add_special_tokens=True, which adds a
+        # second BOS to chat templates that already emit one (Llama-3, DeepSeek-R1-Distill).
+        prompts = [{"prompt_token_ids": ids} for ids in self.encode_prompts(requests)]
         params = [self._vllm.SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                             max_tokens=self.cfg.max_new_tokens, seed=int(r.seed) % (2**31))
                   for r in requests]
@@ -277,7 +282,7 @@ class HTTPSampler:
                 if resp.status_code not in self.RETRY_STATUS:
                     raise HTTPError(f"{self.url}: {last}")
                 retry_after = resp.headers.get("Retry-After")
-                if retry_after and retry_after.replace(".", "", 1).isdigit():
+                if retry_after and retry_after.replace(".", "", 1).isdigit() and attempt < self.max_retries:
                     with self._lock:
                         self.retries += 1
                     self.sleep(float(retry_after))
@@ -300,10 +305,14 @@ class HTTPSampler:
 
 # ----------------------------------------------------------------------------- pseudo generators
 def wrong_answer(answer: str) -> str:
-    """A deterministic wrong answer of the same form (integers shift by one, else add 1)."""
+    """A deterministic wrong answer of the same form (integers shift by one; otherwise the first
+    number in it shifts by one, since "(a, b)+1" is graded equal to (a, b); else add 1)."""
     a = answer.strip()
     if re.fullmatch(r"-?\d+", a):
         return str(int(a) + 1)
+    m = re.search(r"\d+", a)
+    if m:
+        return a[:m.start()] + str(int(m.group()) + 1) + a[m.end():]
     return f"{a}+1"
 
 

@@ -77,7 +77,8 @@ def ensure_pipeline_run(params: Mapping[str, Any]) -> str | None:
         return None
     client, exp_id = _client_and_experiment(params)
     ident = pipeline_identity(params)
-    found = _retry(lambda: client.search_runs([exp_id], f"tags.`{PIPELINE_TAG}` = '{ident['pipeline_id']}'",
+    found = _retry(lambda: client.search_runs([exp_id], f"tags.`{PIPELINE_TAG}` = '{ident['pipeline_id']}' "
+                                              "and tags.`librarm.kind` = 'pipeline'",
                                               max_results=1))
     if found:
         return found[0].info.run_id

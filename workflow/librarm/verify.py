@@ -47,9 +47,15 @@ def parse_gold(gold: str):
     _quiet_math_verify()
 
     parsed = parse("\\boxed{" + gold + "}", parsing_timeout=None)
-    if not parsed:
+    if not _has_expr(parsed):
         parsed = parse(f"${gold}$", parsing_timeout=None)
-    return parsed
+    # math-verify appends the raw matched text as a fallback; a gold with nothing else did not
+    # parse, and comparing it as a string would grade an identical string `correct`.
+    return parsed if _has_expr(parsed) else []
+
+
+def _has_expr(parsed) -> bool:
+    return any(not isinstance(p, str) for p in parsed)
 
 
 def grade_answer(gold: str, final: str) -> tuple[str, str | None]:
@@ -90,6 +96,11 @@ def _worker_main(conn, memory_mb: int | None) -> None:
             pass
     import math_verify  # noqa: F401  (import once, before the first item)
 
+    try:
+        grade_answer("1", "\\boxed{1}")  # warm up math-verify's lazy parts
+    except Exception:
+        pass
+    conn.send("ready")  # the parent starts no item's clock before this
     while True:
         msg = conn.recv()
         if msg is None:
@@ -122,6 +133,7 @@ class VerifierPool:
         self.ctx = mp.get_context("spawn")
         self.killed = 0
         self.slots: list[_Slot] = []
+        self.startup_timeout_s = 120.0
 
     def _spawn(self) -> _Slot:
         parent, child = self.ctx.Pipe()
@@ -130,8 +142,22 @@ class VerifierPool:
         child.close()
         return _Slot(proc, parent)
 
+    def _await_ready(self, s: _Slot) -> None:
+        """Wait until a worker has imported math-verify, so that start-up (about a second, more on a
+        busy machine) is never charged to an item's timeout. A worker that cannot start is an error."""
+        try:
+            if s.conn.poll(self.startup_timeout_s) and s.conn.recv() == "ready":
+                return
+        except (EOFError, OSError):
+            pass
+        s.proc.kill()
+        raise RuntimeError(f"verifier worker did not start within {self.startup_timeout_s} s "
+                           f"(exit code {s.proc.exitcode}; memory_mb={self.memory_mb} too low?)")
+
     def __enter__(self):
         self.slots = [self._spawn() for _ in range(self.workers)]
+        for s in self.slots:
+            self._await_ready(s)
         return self
 
     def __exit__(self, *exc):
@@ -190,6 +216,7 @@ class VerifierPool:
         s.proc.join(timeout=2)
         self.killed += 1
         self.slots[k] = self._spawn()
+        self._await_ready(self.slots[k])
 
 
 def grade_serial(items: Sequence[tuple[str, str]]) -> list[tuple[str, str | None]]:

@@ -1,0 +1,270 @@
+"""The DAG itself: dry-runs of every preset, lint, drift between Snakemake and dvc.yaml (with a
+planted-mismatch twin), and, marked slow, a real ci run with the Snakemake/DVC agreement checks:
+no-op reruns both ways, exact rerun sets after a params edit and after a module edit."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LIBRARM_TRACKING": "0"}
+
+
+def run(cmd, cwd, check=True, env=None, timeout=1800):
+    res = subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout, shell=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def dry_run_jobs(cwd, extra="") -> dict[str, int]:
+    """Job counts per rule that `snakemake -n` would run (empty when nothing to do)."""
+    res = run(f"snakemake -n --quiet rules {extra}", cwd)
+    jobs: dict[str, int] = {}
+    text = res.stdout + res.stderr
+    block = re.search(r"Job stats:\n(.*?)\n\n", text + "\n\n", re.S)
+    if not block:
+        return jobs
+    for line in block.group(1).splitlines()[2:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total",):
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+# ----------------------------------------------------------------------------- static checks
+@pytest.mark.parametrize("preset", [None, "ci", "smoke-real", "paper"])
+def test_dry_run(preset):
+    extra = f"--configfile workflow/presets/{preset}.yaml" if preset else ""
+    res = run(f"snakemake -n -p {extra}", REPO)
+    assert "bench" in res.stdout
+    if preset == "paper":
+        assert "gpu=4" in res.stdout                     # resources for the tensor-parallel vLLM jobs
+        assert res.stdout.count("rule sample:") == 15     # 5 generators x 3 subsets
+
+
+def test_lint_clean():
+    res = run("snakemake --lint", REPO, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dvc_yaml_matches_registry():
+    from librarm.phases import check_dvc_yaml
+
+    assert check_dvc_yaml(REPO / "dvc.yaml") == []
+
+
+def load_rules(configfiles=()):
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with SnakemakeApi(OutputSettings(quiet={"all"} if False else None)) as api:
+            wf = api.workflow(resource_settings=ResourceSettings(cores=1),
+                              config_settings=ConfigSettings(configfiles=[Path(c) for c in configfiles]),
+                              storage_settings=StorageSettings(), snakefile=Path("Snakefile"), workdir=Path("."))
+            w = wf._get_workflow()
+            w.include(wf.snakefile, overwrite_default_target=True)
+            return [{"name": r.name, "outputs": [str(o) for o in r.output],
+                     "params": sorted(n for n in r.params._names if n != "code"),
+                     "has_code_param": "code" in r.params._names} for r in w.rules if r.name != "all"]
+    finally:
+        os.chdir(cwd)
+
+
+def drift(rules, dvc_doc) -> list[str]:
+    """What Snakemake builds vs what dvc.yaml declares: every rule output lies in exactly one
+    stage's outs; each rule's params keys equal its stage's params; every stage has rules and its
+    cmd targets a file some rule writes."""
+    problems = []
+    stages = dvc_doc["stages"]
+    rules_of: dict[str, list] = {s: [] for s in stages}
+    for r in rules:
+        homes = set()
+        for out in r["outputs"]:
+            owner = [s for s, st in stages.items() for o in st["outs"] if out == o or out.startswith(o.rstrip("/") + "/")]
+            if len(owner) != 1:
+                problems.append(f"rule {r['name']}: output {out} is in {len(owner)} DVC stages' outs")
+            homes.update(owner)
+        if len(homes) != 1:
+            problems.append(f"rule {r['name']}: outputs span stages {sorted(homes)}")
+            continue
+        stage = homes.pop()
+        rules_of[stage].append(r["name"])
+        want = sorted(k.replace(".", "__") for k in stages[stage].get("params", []))
+        if r["params"] != want:
+            problems.append(f"rule {r['name']}: params {r['params']} but DVC stage {stage} lists {want}")
+        if not r["has_code_param"]:
+            problems.append(f"rule {r['name']}: no code-hash param (module edits would not rerun it)")
+    for s, st in stages.items():
+        if not rules_of[s]:
+            problems.append(f"DVC stage {s}: no Snakemake rule writes into {st['outs']}")
+        target = st["cmd"].split()[-1]
+        if not any(target in r["outputs"] for r in rules):
+            problems.append(f"DVC stage {s}: cmd target {target} is no rule's output")
+    return problems
+
+
+def test_no_drift_between_snakemake_and_dvc():
+    rules = load_rules()
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert drift(rules, doc) == []
+
+
+def test_drift_detects_planted_mismatch():
+    rules = load_rules()
+    doc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    bad = copy.deepcopy(doc)
+    bad["stages"]["sample"]["params"].remove("sampling")
+    assert any("rule sample:" in p for p in drift(rules, bad))
+    bad2 = copy.deepcopy(doc)
+    bad2["stages"]["bench"]["outs"] = ["results/benchmark"]
+    assert any("bench" in p for p in drift(rules, bad2))
+    from librarm.phases import check_dvc_yaml
+
+    tmp = REPO / "results" / ".drift-test-dvc.yaml"
+    tmp.parent.mkdir(exist_ok=True)
+    tmp.write_text(yaml.safe_dump(bad))
+    try:
+        assert check_dvc_yaml(tmp)
+    finally:
+        tmp.unlink()
+
+
+# ----------------------------------------------------------------------------- a real ci run
+@pytest.fixture(scope="module")
+def ci_copy(tmp_path_factory):
+    """A copy of the repo whose params.yaml is the ci preset (what dvc repro reads), run once."""
+    root = tmp_path_factory.mktemp("ci") / "repo"
+    ignore = shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
+                                    "*.egg-info")
+    shutil.copytree(REPO, root, ignore=ignore, symlinks=True)
+    shared = REPO.parent / "shared"
+    if shared.exists() and not (root.parent / "shared").exists():
+        os.symlink(shared, root.parent / "shared")
+    # The copy's own librarm must be the one imported (module-edit test), not the installed one.
+    ENV["PYTHONPATH"] = str(root / "workflow")
+    run(f"{sys.executable} -m librarm.cli params --preset ci --write params.yaml", root)
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm ci-copy --allow-empty", root)
+    run("snakemake --cores 2", root, timeout=1800)
+    yield root
+    ENV.pop("PYTHONPATH", None)
+
+
+def outputs_digest(root: Path) -> dict[str, str]:
+    from librarm.io import file_sha256
+
+    out = {}
+    for p in sorted((root / "results").rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith(("results/logs", "results/.")) and not rel.endswith(".meta.json"):
+            out[rel] = file_sha256(p)
+    return out
+
+
+@pytest.mark.slow
+def test_ci_run_outputs(ci_copy):
+    r = ci_copy / "results"
+    bench = [json.loads(l) for l in (r / "bench" / "libra_bench.jsonl").read_text().splitlines()]
+    assert bench and set(bench[0]) == {"index", "question", "response", "label", "model", "reference", "subset",
+                                       "response_with_cot"}
+    m = json.loads((r / "eval" / "base" / "metrics.json").read_text())
+    for key in ("libra_score", "subset_accuracy", "macro_f1", "confusion", "ci95", "generator_accuracy",
+                "unparsed_rate", "n_items", "n_problems"):
+        assert key in m
+    assert json.loads((r / "verify" / "stats.json").read_text())["reasons"]
+    assert (r / "eval" / "table.md").read_text().startswith("| judge |")
+
+
+@pytest.mark.slow
+def test_bench_byte_identical_on_rerun(ci_copy):
+    before = (ci_copy / "results/bench/libra_bench.jsonl").read_bytes()
+    run("snakemake --cores 2 --forcerun bench --until bench", ci_copy)
+    assert (ci_copy / "results/bench/libra_bench.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_snakemake_and_dvc_agree(ci_copy):
+    before = outputs_digest(ci_copy)
+    res = run("dvc repro", ci_copy, timeout=1800)
+    assert outputs_digest(ci_copy) == before, "dvc repro after snakemake changed outputs"
+    assert "Nothing to be done" in res.stdout + res.stderr or "nothing to be done" in (res.stdout + res.stderr).lower()
+    assert dry_run_jobs(ci_copy) == {}, "snakemake wants to rerun after dvc repro"
+    status = run("dvc status", ci_copy).stdout
+    assert "up to date" in status.lower(), status
+    metrics = run("dvc metrics show", ci_copy).stdout
+    for phase in ("problems", "bootstrap", "samples", "verify", "bench", "eval"):
+        assert f"results/{phase}/" in metrics
+
+
+def _edit_param(root: Path, dotted: str, value):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    cur = params
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        cur = cur[k]
+    cur[keys[-1]] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _dvc_dry(root: Path) -> set[str]:
+    out = run("dvc repro --dry", root).stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+SAMPLE_SIDE = {"sample", "sample_stats", "verify", "verify_stats", "bench", "evaluate", "eval_summary"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dotted,value,snake_rules,dvc_stages", [
+    ("sampling.max_new_tokens", 79, SAMPLE_SIDE, {"sample", "verify", "bench", "evaluate"}),
+    ("judge.max_new_tokens", 95, {"evaluate", "eval_summary"}, {"evaluate"}),
+])
+def test_param_edit_reruns_exact_set(ci_copy, dotted, value, snake_rules, dvc_stages):
+    original = (ci_copy / "params.yaml").read_text()
+    try:
+        _edit_param(ci_copy, dotted, value)
+        jobs = dry_run_jobs(ci_copy)
+        assert set(jobs) - {"all"} == snake_rules
+        assert not {"problems", "bootstrap_tiny", "bootstrap_stats"} & set(jobs)
+        assert _dvc_dry(ci_copy) == dvc_stages
+    finally:
+        (ci_copy / "params.yaml").write_text(original)
+    assert dry_run_jobs(ci_copy) == {}
+
+
+@pytest.mark.slow
+def test_unrelated_edit_reruns_nothing(ci_copy):
+    """Negative twin: a value no stage reads changes nothing."""
+    original = (ci_copy / "params.yaml").read_text()
+    try:
+        _edit_param(ci_copy, "tracking.experiment", "other")
+        assert dry_run_jobs(ci_copy) == {}
+    finally:
+        (ci_copy / "params.yaml").write_text(original)
+
+
+@pytest.mark.slow
+def test_module_edit_reruns_users_and_downstream(ci_copy):
+    mod = ci_copy / "workflow/librarm/bench.py"
+    original = mod.read_text()
+    try:
+        mod.write_text(original + "\n# edited\n")
+        jobs = dry_run_jobs(ci_copy)
+        assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"}
+        assert _dvc_dry(ci_copy) == {"bench", "evaluate"}
+    finally:
+        mod.write_text(original)

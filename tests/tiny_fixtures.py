@@ -1,0 +1,26 @@
+"""Small models made on the spot for integration tests (random init: fast, offline)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_random_lm(out_dir: Path, seed: int = 0, hidden: int = 32, layers: int = 1) -> Path:
+    from librarm.tinyworld import build_model, build_tokenizer, save_model
+
+    tok = build_tokenizer()
+    arch = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_layers": layers, "num_heads": 2,
+            "max_positions": 512}
+    model = build_model(arch, len(tok), tok.pad_token_id, tok.eos_token_id, seed)
+    save_model(model, tok, out_dir)
+    return out_dir
+
+
+def params_with_path_model(params: dict, model_dir: Path, **sampling) -> dict:
+    import copy
+
+    p = copy.deepcopy(params)
+    p["models"]["rand"] = {"source": "path", "path": str(model_dir), "role": "generator"}
+    p["generators"] = {"rand": {"model": "rand", "backend": "hf"}}
+    p["judges"]["rand_judge"] = {"model": "rand", "backend": "hf", "kind": "generative"}
+    p["sampling"].update(sampling)
+    return p

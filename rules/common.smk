@@ -1,6 +1,7 @@
 # Shared by every rule: config validation, the effective-config file the jobs read, and the
 # lists of files derived from params (never directory globs).
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -13,7 +14,6 @@ from librarm.tracking import ensure_pipeline_run
 prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")
 
-PY = sys.executable
 PHASE_TARGETS = [p.target for p in PHASES.values()]
 SET_NAMES = [s["name"] for s in config["problems"]["sets"]]
 EVAL_SUBSETS = sets_by_role(config, "eval")
@@ -35,6 +35,21 @@ def _write_effective_config() -> str:
 
 
 CONFIG = _write_effective_config()
+
+
+def job_params(phase, **override):
+    """A rule's params: the params keys its phase reads (from the registry), the phase's code
+    hash, per-job overrides, and the effective-config path the job reads."""
+    return rule_params(config, phase, cfg=CONFIG, **override)
+
+
+def rule_env(backends=()):
+    """The conda env file for a rule: GPU inference when a job of it uses vLLM."""
+    return "../envs/gpu-inference.yaml" if "vllm" in backends else "../envs/cpu.yaml"
+
+
+SAMPLE_ENV = rule_env({g["backend"] for g in config["generators"].values()})
+EVAL_ENV = rule_env({config["judges"][j]["backend"] for j in JUDGES})
 
 
 def any_regex(names):

@@ -1,4 +1,6 @@
 rule evaluate:
+    conda:
+        EVAL_ENV
     input:
         bench="results/bench/libra_bench.jsonl",
         model=judge_model,
@@ -8,8 +10,7 @@ rule evaluate:
     wildcard_constraints:
         judge=any_regex(JUDGES),
     params:
-        **rule_params(
-            config,
+        **job_params(
             "evaluate",
             judges=lambda wc: config["judges"][wc.judge],
             models=lambda wc: config["models"].get(config["judges"][wc.judge]["model"], {}),
@@ -20,19 +21,21 @@ rule evaluate:
         "results/logs/evaluate/{judge}.log",
     threads: 2
     shell:
-        "{PY} -m librarm.cli stage evaluate --config {CONFIG} --judge {wildcards.judge} --inputs {input.bench}"
+        "python -m librarm.cli stage evaluate --config {params.cfg} --judge {wildcards.judge} --inputs {input.bench}"
         " --out {output.metrics} --threads {threads} > {log} 2>&1"
 
 
 rule eval_summary:
+    conda:
+        "../envs/cpu.yaml"
     input:
         expand("results/eval/{judge}/metrics.json", judge=JUDGES),
     output:
         summary="results/eval/summary.json",
         table="results/eval/table.md",
     params:
-        **rule_params(config, "evaluate"),
+        **job_params("evaluate"),
     log:
         "results/logs/evaluate/summary.log",
     shell:
-        "{PY} -m librarm.cli stage eval-summary --config {CONFIG} --inputs {input} --out {output.summary} > {log} 2>&1"
+        "python -m librarm.cli stage eval-summary --config {params.cfg} --inputs {input} --out {output.summary} > {log} 2>&1"

@@ -1,11 +1,13 @@
 rule problems:
+    conda:
+        "../envs/cpu.yaml"
     output:
         sets=expand("results/problems/{name}.jsonl", name=SET_NAMES),
         stats="results/problems/stats.json",
     params:
-        **rule_params(config, "problems"),
+        **job_params("problems"),
     log:
         "results/logs/problems.log",
     threads: 1
     shell:
-        "{PY} -m librarm.cli stage problems --config {CONFIG} --out {output.stats} > {log} 2>&1"
+        "python -m librarm.cli stage problems --config {params.cfg} --out {output.stats} > {log} 2>&1"

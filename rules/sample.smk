@@ -1,4 +1,6 @@
 rule sample:
+    conda:
+        SAMPLE_ENV
     input:
         problems="results/problems/{subset}.jsonl",
         model=generator_model,
@@ -10,8 +12,7 @@ rule sample:
         subset=any_regex(EVAL_SUBSETS),
     params:
         # Per-job values, so editing one generator reruns only its jobs.
-        **rule_params(
-            config,
+        **job_params(
             "sample",
             generators=lambda wc: config["generators"][wc.generator],
             models=lambda wc: config["models"].get(config["generators"][wc.generator].get("model"), {}),
@@ -22,19 +23,21 @@ rule sample:
         "results/logs/sample/{generator}/{subset}.log",
     threads: 2
     shell:
-        "{PY} -m librarm.cli stage sample --config {CONFIG} --generator {wildcards.generator}"
+        "python -m librarm.cli stage sample --config {params.cfg} --generator {wildcards.generator}"
         " --subset {wildcards.subset} --inputs {input.problems} --out {output.samples}"
         " --threads {threads} > {log} 2>&1"
 
 
 rule sample_stats:
+    conda:
+        "../envs/cpu.yaml"
     input:
         expand("results/samples/{generator}/{subset}.meta.json", generator=GENERATORS, subset=EVAL_SUBSETS),
     output:
         "results/samples/stats.json",
     params:
-        **rule_params(config, "sample"),
+        **job_params("sample"),
     log:
         "results/logs/sample/stats.log",
     shell:
-        "{PY} -m librarm.cli stage sample-stats --config {CONFIG} --inputs {input} --out {output} > {log} 2>&1"
+        "python -m librarm.cli stage sample-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

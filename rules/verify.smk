@@ -1,4 +1,6 @@
 rule verify:
+    conda:
+        "../envs/cpu.yaml"
     input:
         samples="results/samples/{generator}/{subset}.jsonl",
         problems="results/problems/{subset}.jsonl",
@@ -9,24 +11,26 @@ rule verify:
         generator=any_regex(GENERATORS),
         subset=any_regex(EVAL_SUBSETS),
     params:
-        **rule_params(config, "verify"),
+        **job_params("verify"),
     log:
         "results/logs/verify/{generator}/{subset}.log",
     threads: 2
     shell:
-        "{PY} -m librarm.cli stage verify --config {CONFIG} --inputs {input.samples} {input.problems}"
+        "python -m librarm.cli stage verify --config {params.cfg} --inputs {input.samples} {input.problems}"
         " --generator {wildcards.generator} --subset {wildcards.subset}"
         " --out {output.labels} --threads {threads} > {log} 2>&1"
 
 
 rule verify_stats:
+    conda:
+        "../envs/cpu.yaml"
     input:
         expand("results/verify/{generator}/{subset}.jsonl", generator=GENERATORS, subset=EVAL_SUBSETS),
     output:
         "results/verify/stats.json",
     params:
-        **rule_params(config, "verify"),
+        **job_params("verify"),
     log:
         "results/logs/verify/stats.log",
     shell:
-        "{PY} -m librarm.cli stage verify-stats --config {CONFIG} --inputs {input} --out {output} > {log} 2>&1"
+        "python -m librarm.cli stage verify-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

@@ -189,7 +189,8 @@ def cmd_train_tiny(a: argparse.Namespace) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="librarm-tiny-"))
     run_problems(cfg, work / "problems")
     files = [str(work / "problems" / f"{s['name']}.jsonl") for s in cfg["problems"]["sets"]]
-    stats = run_bootstrap(cfg, files, work / "models", work / "stats.json", a.threads, force_train=True)
+    stats = run_bootstrap(cfg, files, work / "models", work / "stats.json", a.threads, force_train=True,
+                          cache_dir=work / "cache")
     print(json.dumps({k: v for k, v in stats["models"].items()}, indent=1))
     if a.ship:
         ship_models(cfg, work / "models", stats["train_log"])

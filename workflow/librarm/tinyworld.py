@@ -165,7 +165,8 @@ def bootstrap_hash(params: Mapping[str, Any]) -> str:
                        params["judge"].get("system_prompt"))
 
 
-def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: int | None = None) -> dict:
+def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: int | None = None,
+                      cache_dir: str | Path | None = "results/.resume/bootstrap") -> dict:
     """Train every tiny model in params into out_root/<name>: core -> noisy fine-tunes -> judge."""
     import copy
 
@@ -194,10 +195,25 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
         return ex
 
     t0 = time.time()
-    core = build_model(b["architecture"], len(tok), tok.pad_token_id, tok.eos_token_id, stable_seed(seed, "init"))
-    core_curve = train_lm(core, tok, gen_examples(0.0, 20000, "core"), b["core_steps"], b["batch_size"],
-                          b["learning_rate"], stable_seed(seed, "train", "core"), max_len, "core")
-    log["core"] = {"loss_curve": core_curve, "seconds": round(time.time() - t0, 1)}
+    # The shared core (clean traces) is the slow part; it is cached outside the DVC outputs so that
+    # changing a model's step_noise retrains only the short fine-tunes.
+    core_key = stable_hash(TINY_WORLD_VERSION, seed, b["architecture"], b["core_steps"], b["batch_size"],
+                           b["learning_rate"], b["malformed_rate"], max_value, max_operand)
+    core_dir = Path(cache_dir) / f"core-{core_key}" if cache_dir else None
+    if core_dir is not None and (core_dir / "config.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        core = AutoModelForCausalLM.from_pretrained(core_dir)
+        log["core"] = read_json(core_dir / "train_log.json")
+        log["core"]["cached"] = True
+    else:
+        core = build_model(b["architecture"], len(tok), tok.pad_token_id, tok.eos_token_id, stable_seed(seed, "init"))
+        core_curve = train_lm(core, tok, gen_examples(0.0, 20000, "core"), b["core_steps"], b["batch_size"],
+                              b["learning_rate"], stable_seed(seed, "train", "core"), max_len, "core")
+        log["core"] = {"loss_curve": core_curve, "seconds": round(time.time() - t0, 1)}
+        if core_dir is not None:
+            save_model(core, tok, core_dir)
+            write_json(core_dir / "train_log.json", log["core"])
     trained = {}
     for name, spec in tiny.items():
         if spec.get("role") not in ("generator", "policy", "teacher") or "step_noise" not in spec:
@@ -262,7 +278,8 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
 
 
 def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path], out_root: str | Path,
-                  stats_path: str | Path, threads: int | None = None, force_train: bool = False) -> dict:
+                  stats_path: str | Path, threads: int | None = None, force_train: bool = False,
+                  cache_dir: str | Path | None = "results/.resume/bootstrap") -> dict:
     """Stage `bootstrap`: tiny models (shipped weights when their params hash matches, else trained),
     then skill bands measured on the eval subsets and written to stats.json."""
     from .provenance import model_identity, provenance
@@ -283,7 +300,7 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
         origin = "shipped"
         train_log = read_json(manifest).get("train_log", {})
     elif names:
-        train_log = train_tiny_models(params, out_root, threads)
+        train_log = train_tiny_models(params, out_root, threads, cache_dir)
     bands = measure_skill(params, problem_files, out_root, names)
     stats = {
         "params_hash": phash, "origin": origin, "models": bands,

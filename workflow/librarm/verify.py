@@ -156,8 +156,12 @@ class VerifierPool:
 
     def __enter__(self):
         self.slots = [self._spawn() for _ in range(self.workers)]
-        for s in self.slots:
-            self._await_ready(s)
+        try:
+            for s in self.slots:
+                self._await_ready(s)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc):

@@ -21,7 +21,7 @@ Only the surface VLLMSampler uses is reproduced, with vLLM 0.11.x's signatures a
 
 The "model" writes a deterministic text from (prompt token ids, seed): the same seed gives the same
 text, different seeds give different texts; greedy requests (temperature 0) ignore the seed, and
-``seed=None`` draws a fresh random seed. Its natural length is 30-200 tokens (the tokenizer is
+``seed=None`` draws a fresh random seed. Its natural length is about 50-220 tokens (the tokenizer is
 byte-level, one token per ASCII character); it is cut at ``max_tokens`` with finish_reason
 "length".
 

@@ -1,0 +1,61 @@
+"""GRPO reward functions for the generative judge, each small and named in a registry.
+
+TRL calls each as f(prompts=..., completions=..., completion_ids=..., **dataset_columns) and
+expects one float per completion. Dataset columns (`label`, `item_id`) arrive aligned with the
+completions, so rewards never depend on dataset order.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .judge import parse_verdict
+
+
+def correctness_reward(completions: Sequence[str], label: Sequence[int], **_: Any) -> list[float]:
+    """1 when the parsed verdict equals the item's label, else 0 (no verdict counts as wrong)."""
+    return [float(parse_verdict(c).value == int(y)) for c, y in zip(completions, label)]
+
+
+def format_reward(completions: Sequence[str], **_: Any) -> list[float]:
+    """1 when the output has a parseable verdict after a closed thinking block (our addition)."""
+    return [float(parse_verdict(c).status == "parsed") for c in completions]
+
+
+def length_penalty(n_tokens: int, l_exp: int, l_max: int) -> float:
+    """Our reconstruction of the paper's length penalty (its exact formula is not public):
+    0 up to L_exp, then falling linearly to -1 at L_max (and -1 beyond); a step from 0 to -1
+    when L_max == L_exp."""
+    if n_tokens <= l_exp:
+        return 0.0
+    if l_max <= l_exp:
+        return -1.0
+    return -min(1.0, (n_tokens - l_exp) / (l_max - l_exp))
+
+
+def make_length_reward(l_exp: int, l_max: int) -> Callable[..., list[float]]:
+    def length_reward(completion_ids: Sequence[Sequence[int]], **_: Any) -> list[float]:
+        return [length_penalty(len(ids), l_exp, l_max) for ids in completion_ids]
+
+    return length_reward
+
+
+def build_reward_funcs(weights: dict[str, float], l_exp: int, l_max: int) -> tuple[list[Callable], list[float]]:
+    """Reward functions and weights from params (`rl.rewards: {name: weight}`); weight 0 drops one."""
+    registry: dict[str, Callable] = {
+        "correctness": correctness_reward,
+        "format": format_reward,
+        "length": make_length_reward(l_exp, l_max),
+    }
+    unknown = set(weights) - set(registry)
+    if unknown:
+        raise ValueError(f"unknown reward functions {sorted(unknown)}; known: {sorted(registry)}")
+    funcs, w = [], []
+    for name, weight in weights.items():
+        if weight:
+            fn = registry[name]
+            fn.__name__ = name
+            funcs.append(fn)
+            w.append(float(weight))
+    if not funcs:
+        raise ValueError("rl.rewards: every weight is 0")
+    return funcs, w

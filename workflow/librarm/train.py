@@ -1,0 +1,326 @@
+"""Learning to think: judge-training data (V2V on the judge pool), rejection sampling from a
+teacher judge, SFT (TRL SFTTrainer), GRPO (TRL GRPOTrainer) and a scalar reward model
+(TRL RewardTrainer). Each stage is one function; heavy imports stay inside them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .io import read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+
+RESUME_ROOT = "results/.resume/train"
+
+
+# ----------------------------------------------------------------------------- judge_data
+def build_judge_items(records: Sequence[Mapping[str, Any]], seed: int, val_fraction: float,
+                      exclude_generators: Sequence[str], per_label: int | None) -> tuple[list[dict], list[dict], dict]:
+    """Verifiable judging items from verified judge-pool samples: drop malformed, dedupe, balance
+    labels per generator (as the bench does), hold out `exclude_generators` entirely, and split
+    train/validation by problem (all items of a problem on one side)."""
+    from .bench import assemble
+
+    kept = [r for r in records if r["generator"] not in set(exclude_generators)]
+    rows, stats = assemble(kept, seed=seed, unit="subset_generator", per_label=per_label,
+                           on_shortfall="take_available", subset_order=sorted({r["subset"] for r in kept}))
+    pid_of = {(r["question"], r["response_with_cot"], r["generator"]): r["problem_id"] for r in kept}
+    problems = sorted({pid_of[(r["question"], r["response_with_cot"], r["model"])] for r in rows},
+                      key=lambda p: stable_hash(seed, "judge-split", p))
+    n_val = max(1, int(round(val_fraction * len(problems)))) if problems else 0
+    val_problems = set(problems[:n_val])
+    train, val = [], []
+    for r in rows:
+        pid = pid_of[(r["question"], r["response_with_cot"], r["model"])]
+        item = {**r, "problem_id": pid, "item_id": f"{pid}|{r['model']}|{stable_hash(r['response_with_cot'], length=8)}"}
+        (val if pid in val_problems else train).append(item)
+    for i, it in enumerate(train):
+        it["index"] = i
+    for i, it in enumerate(val):
+        it["index"] = i
+    stats = {"train": len(train), "val": len(val), "train_problems": len(problems) - n_val,
+             "val_problems": n_val, "excluded_generators": list(exclude_generators),
+             "label_balance": {"train": dict(Counter(i["label"] for i in train)),
+                               "val": dict(Counter(i["label"] for i in val))},
+             "assembly": {k: stats[k] for k in ("dropped_malformed", "dropped_duplicates", "cells")}}
+    return train, val, stats
+
+
+def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path], problem_paths: Sequence[str | Path],
+                   out_dir: str | Path) -> dict:
+    """Stage `judge_data`: train.jsonl / val.jsonl / stats.json, with the disjointness check."""
+    from .problems import load_problem_sets, overlap_report
+
+    out_dir = Path(out_dir)
+    cfg = params["judge_data"]
+    records = []
+    for p in verify_paths:
+        records.extend(read_jsonl(p).records)
+    # The judge pool must be disjoint from the bench subsets and the DPO pool.
+    sets: dict[str, list] = defaultdict(list)
+    for rec in load_problem_sets(problem_paths).values():
+        sets[rec["set"]].append(rec)
+    pools = [s["name"] for s in params["problems"]["sets"] if s["role"] == "judge_pool"]
+    overlaps = {k: v for k, v in overlap_report(sets).items() if set(k.split("|")) & set(pools) and v["exact"]}
+    if overlaps:
+        raise ValueError(f"judge pool overlaps other sets: {overlaps}")
+    train, val, stats = build_judge_items(records, params["seed"], cfg["val_fraction"],
+                                          cfg.get("exclude_generators", []), cfg.get("per_label"))
+    if not train or not val:
+        raise ValueError(f"judge_data: empty split (train={len(train)}, val={len(val)})")
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "val.jsonl", val)
+    stats["disjoint_checked"] = sorted(overlap_report(sets))
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+# ----------------------------------------------------------------------------- rejection sampling
+def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: Sequence[str | Path],
+           out_dir: str | Path, threads: int | None = None, sampler=None) -> dict:
+    """Stage `rs`: the teacher judges each training item k times; trajectories whose verdict
+    matches the label are accepted (at most m per item); labels are rebalanced after filtering;
+    verified-correct solutions are mixed in at `mix_ratio`. Writes trajectories.jsonl (every
+    trajectory, `accepted` and `kept` flags), sft.jsonl (prompt/completion) and stats.json."""
+    from .judge import parse_verdict
+    from .sampling import SampleRequest, SamplingConfig, make_sampler, problem_messages, render_chat
+    from .tinyworld import judge_messages
+
+    cfg = params["rs"]
+    jcfg = params["judge"]
+    out_dir = Path(out_dir)
+    items = read_jsonl(train_path).records
+    teacher = params["judges"][cfg["teacher"]]
+    scfg = SamplingConfig(temperature=cfg.get("temperature", 1.0), top_p=1.0,
+                          max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg.get("batch_size", 32))
+    sampler = sampler or make_sampler(teacher, params, scfg, threads)
+    tok = getattr(sampler, "tok", None)
+    reqs, keys = [], []
+    for it in items:
+        msgs = judge_messages(jcfg["prompt_template"], it["question"], it["response"], jcfg.get("system_prompt"))
+        for k in range(cfg["k"]):
+            reqs.append(SampleRequest(msgs, stable_seed(params["seed"], "rs", it["item_id"], k)))
+            keys.append((it, k, msgs))
+    results = sampler.generate(reqs)
+    trajs = []
+    per_item: dict[str, int] = Counter()
+    for (it, k, msgs), res in zip(keys, results):
+        v = parse_verdict(res.text, res.finish_reason)
+        accepted = v.value is not None and v.value == it["label"]
+        keep = accepted and per_item[it["item_id"]] < cfg["max_per_item"]
+        per_item[it["item_id"]] += keep
+        trajs.append({"item_id": it["item_id"], "k": k, "label": it["label"], "verdict": v.value, "status": v.status,
+                      "generator": it["model"], "subset": it["subset"], "accepted": accepted, "kept": keep,
+                      "prompt": render_chat(tok, msgs) if tok is not None else json.dumps(msgs),
+                      "completion": res.text, "completion_tokens": res.completion_tokens})
+    # Rebalance: as many kept trajectories of label 1 as of label 0 (hash-ranked, deterministic).
+    by_label = {0: [t for t in trajs if t["kept"] and t["label"] == 0], 1: [t for t in trajs if t["kept"] and t["label"] == 1]}
+    n_bal = min(len(by_label[0]), len(by_label[1]))
+    for lab in (0, 1):
+        ranked = sorted(by_label[lab], key=lambda t: stable_hash(params["seed"], "rs-balance", t["item_id"], t["k"]))
+        for t in ranked[n_bal:]:
+            t["kept"] = False
+    judging = [t for t in trajs if t["kept"]]
+    # Non-judging reasoning data: verified-correct solutions from the judge pool.
+    sols = []
+    for p in solutions_paths:
+        sols.extend(r for r in read_jsonl(p).records if r["reason"] == "correct")
+    sols.sort(key=lambda r: stable_hash(params["seed"], "rs-mix", r["sample_id"]))
+    n_mix = min(len(sols), int(round(cfg["mix_ratio"] * len(judging))))
+    mixture = []
+    for r in sols[:n_mix]:
+        msgs = problem_messages({"problem": r["question"]}, params["sampling"].get("system_prompt"),
+                                params["sampling"].get("problem_template"))
+        mixture.append({"prompt": render_chat(tok, msgs) if tok is not None else json.dumps(msgs),
+                        "completion": r["response_with_cot"], "kind": "reasoning", "item_id": r["sample_id"]})
+    sft_rows = [{"prompt": t["prompt"], "completion": t["completion"], "kind": "judging", "item_id": t["item_id"],
+                 "label": t["label"]} for t in judging] + mixture
+    write_jsonl(out_dir / "trajectories.jsonl", trajs)
+    write_jsonl(out_dir / "sft.jsonl", sft_rows)
+    stats = rs_stats(trajs, items, cfg.get("acceptance_band", [0.2, 0.9]))
+    stats.update({"judging_examples": len(judging), "reasoning_examples": len(mixture), "teacher": cfg["teacher"]})
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+def rs_stats(trajs: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]], band: Sequence[float]) -> dict:
+    def rate(group):
+        return round(sum(t["accepted"] for t in group) / len(group), 4) if group else None
+
+    out: dict[str, Any] = {"acceptance_rate": rate(trajs)}
+    for key in ("label", "generator", "subset"):
+        groups = defaultdict(list)
+        for t in trajs:
+            groups[str(t[key])].append(t)
+        out[f"acceptance_by_{key}"] = {k: rate(v) for k, v in sorted(groups.items())}
+    accepted_items = {t["item_id"] for t in trajs if t["accepted"]}
+    out["items_none_accepted"] = sum(1 for it in items if it["item_id"] not in accepted_items)
+    out["warnings"] = [f"acceptance {k}={v} outside band {list(band)}"
+                       for k, v in [("all", out["acceptance_rate"])] + [(f"label {a}", b) for a, b in out["acceptance_by_label"].items()]
+                       if v is not None and not band[0] <= v <= band[1]]
+    return out
+
+
+# ----------------------------------------------------------------------------- SFT
+@dataclass
+class TrainConfig:
+    """What every judge-training stage shares; checked at construction."""
+
+    max_steps: int
+    learning_rate: float
+    batch_size: int = 16
+    seed: int = 0
+    save_steps: int = 50
+    logging_steps: int = 5
+    max_length: int = 512
+
+    def __post_init__(self):
+        if self.max_steps < 1 or self.batch_size < 1 or self.save_steps < 1:
+            raise ValueError("max_steps, batch_size and save_steps must be >= 1")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError("learning_rate must be in (0, 1)")
+
+
+def _latest_checkpoint(resume_dir: Path) -> str | None:
+    ckpts = sorted(resume_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def _finish(trainer, tok, out_dir: Path, started: float, tokens: int) -> dict:
+    import shutil
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    hist = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
+    elapsed = time.time() - started
+    return {"global_step": trainer.state.global_step, "log_history": hist, "seconds": round(elapsed, 1),
+            "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None}
+
+
+def verdict_only(completion: str) -> str:
+    """The `nothink` target: the verdict alone, no thinking."""
+    from .judge import parse_verdict
+
+    v = parse_verdict(completion)
+    return "\\boxed{correct}" if v.value == 1 else "\\boxed{incorrect}"
+
+
+def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: TrainConfig, *,
+            name: str, verdict_only_targets: bool = False, report_to_mlflow: bool = False,
+            resume_root: str | Path = RESUME_ROOT, threads: int | None = None) -> dict:
+    """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
+    completion the raw trajectory (TRL appends EOS), so no chat template can strip the thinking.
+    Loss on completion tokens only. Resumes from the last checkpoint under resume_root/name."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    rows = read_jsonl(data_path).records
+    if verdict_only_targets:
+        rows = [dict(r, completion=verdict_only(r["completion"])) if r["kind"] == "judging" else r for r in rows]
+    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    tok = AutoTokenizer.from_pretrained(init_model)
+    model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
+    resume_dir = Path(resume_root) / name
+    args = SFTConfig(
+        output_dir=str(resume_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.max_steps // 20),
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
+        max_length=cfg.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
+        report_to=["mlflow"] if report_to_mlflow else [], disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    started = time.time()
+    trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+    tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
+    tokens = int(tokens * trainer.state.global_step * cfg.batch_size / max(1, len(rows)))
+    return _finish(trainer, tok, Path(out_dir), started, tokens)
+
+
+# ----------------------------------------------------------------------------- GRPO
+def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], k: int, name: str) -> list[float]:
+    """Fraction of k sampled verdicts that match each item's label (for filtering)."""
+    from .judge import parse_verdict
+    from .sampling import SampleRequest
+    from .tinyworld import judge_messages
+
+    jcfg = params["judge"]
+    reqs = [SampleRequest(judge_messages(jcfg["prompt_template"], it["question"], it["response"], jcfg.get("system_prompt")),
+                          stable_seed(params["seed"], "passrate", name, it["item_id"], j))
+            for it in items for j in range(k)]
+    res = sampler.generate(reqs)
+    out = []
+    for i, it in enumerate(items):
+        group = res[i * k:(i + 1) * k]
+        out.append(sum(parse_verdict(r.text, r.finish_reason).value == it["label"] for r in group) / k)
+    return out
+
+
+def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
+             name: str, rewards: Mapping[str, float], report_to_mlflow: bool = False,
+             resume_root: str | Path = RESUME_ROOT, threads: int | None = None) -> dict:
+    """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
+    right or always wrong give no gradient: they are filtered by pass rate first."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .rewards import build_reward_funcs
+    from .sampling import HFSampler, SamplingConfig, render_chat
+    from .tinyworld import judge_messages
+
+    if threads:
+        torch.set_num_threads(threads)
+    rl = params["rl"]
+    jcfg = params["judge"]
+    items = read_jsonl(train_path).records
+    tok = AutoTokenizer.from_pretrained(init_model)
+    model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
+    sampler = HFSampler(init_model, SamplingConfig(temperature=rl["temperature"], max_new_tokens=rl["max_completion_length"],
+                                                   batch_size=jcfg.get("batch_size", 64)), model=model, tokenizer=tok)
+    rates = pass_rates(items, sampler, params, rl["passrate_k"], name)
+    lo, hi = rl["passrate_band"]
+    kept = [it for it, r in zip(items, rates) if lo <= r <= hi]
+    filt = {"items": len(items), "kept": len(kept), "always_right": sum(r == 1 for r in rates),
+            "always_wrong": sum(r == 0 for r in rates), "mean_pass_rate": round(sum(rates) / max(1, len(rates)), 4)}
+    if not kept:
+        raise ValueError(f"rl: no item with pass rate in {rl['passrate_band']} ({filt})")
+    rows = [{"prompt": render_chat(tok, judge_messages(jcfg["prompt_template"], it["question"], it["response"],
+                                                       jcfg.get("system_prompt"))),
+             "label": it["label"], "item_id": it["item_id"]} for it in kept]
+    funcs, weights = build_reward_funcs(dict(rewards), rl["l_exp"], rl["l_max"])
+    resume_dir = Path(resume_root) / name
+    args = GRPOConfig(
+        output_dir=str(resume_dir), max_steps=rl["steps"], per_device_train_batch_size=rl["batch_size"],
+        num_generations=rl["num_generations"], max_completion_length=rl["max_completion_length"],
+        learning_rate=rl["learning_rate"], beta=rl["beta"], temperature=rl["temperature"], seed=params["seed"],
+        reward_weights=weights, logging_steps=1, save_steps=rl.get("save_steps", 25), save_total_limit=1,
+        use_cpu=not torch.cuda.is_available(), report_to=["mlflow"] if report_to_mlflow else [],
+        disable_tqdm=True, shuffle_dataset=True, lr_scheduler_type="constant",
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tok)
+    started = time.time()
+    trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+    hist = trainer.state.log_history
+    tokens = sum(h.get("completions/mean_length", 0) * rl["batch_size"] for h in hist)
+    out = _finish(trainer, tok, Path(out_dir), started, int(tokens))
+    out["passrate_filter"] = filt
+    zero = [h["frac_reward_zero_std"] for h in hist if "frac_reward_zero_std" in h]
+    out["zero_advantage_share"] = round(sum(zero) / len(zero), 4) if zero else None
+    out["reward_curve"] = [{"step": h.get("step"), "reward": h.get("reward"),
+                            "correctness": h.get("rewards/correctness/mean"),
+                            "length": h.get("completions/mean_length")} for h in hist if "reward" in h]
+    return out

@@ -18,6 +18,10 @@ from tiny_fixtures import make_random_lm, params_with_path_model
     ("Verdict: incorrect", "stop", 0, "parsed"),
     ("\\boxed{\\text{correct}}", "stop", 1, "parsed"),
     ("\\boxed{yes}", "stop", 1, "parsed"),
+    ("The answer is correct.", "stop", 1, "parsed"),                 # plain-language fallback
+    ("The final answer is not correct.", "stop", 0, "parsed"),
+    ("It looks wrong to me.", "stop", 0, "parsed"),
+    ("\\boxed{incorrect}. The method is correct.", "stop", 0, "parsed"),  # explicit verdict wins
 ])
 def test_parse_verdict(text, finish, value, status):
     v = parse_verdict(text, finish)

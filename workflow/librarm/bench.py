@@ -25,6 +25,8 @@ def cell_key(rec: Mapping[str, Any], unit: str) -> tuple:
         return (rec["subset"], rec["generator"])
     if unit == "problem_generator":
         return (rec["subset"], rec["problem_id"], rec["generator"])
+    if unit == "subset":        # pools generators: for sets where each generator is one-sided (smoke-real)
+        return (rec["subset"],)
     raise ValueError(f"unknown balance unit {unit!r}")
 
 

@@ -14,7 +14,10 @@ _VERDICT_RE = re.compile(
     r"|verdict\s*[:=]\s*\**\s*(correct|incorrect|yes|no|true|false)\b",
     re.IGNORECASE,
 )
-_POSITIVE = {"correct", "yes", "true"}
+# Plain-language fallback for small chat models ("The answer is correct.", "... is not correct"),
+# used only when no explicit verdict is present; negation flips it.
+_PLAIN_RE = re.compile(r"\b(?:is|was|seems|looks|appears)\s+(not\s+)?(correct|incorrect|right|wrong)\b", re.IGNORECASE)
+_POSITIVE = {"correct", "yes", "true", "right"}
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,14 @@ def parse_verdict(text: str, finish_reason: str = "stop", prompt_opens_think: bo
     if not parts.closed:
         return Verdict(None, "unterminated")
     matches = list(_VERDICT_RE.finditer(parts.final))
-    if not matches:
-        return Verdict(None, "no_verdict")
-    word = (matches[-1].group(1) or matches[-1].group(2)).lower()
-    return Verdict(int(word in _POSITIVE), "parsed")
+    if matches:
+        word = (matches[-1].group(1) or matches[-1].group(2)).lower()
+        return Verdict(int(word in _POSITIVE), "parsed")
+    plain = list(_PLAIN_RE.finditer(parts.final))
+    if plain:
+        negated, word = plain[-1].group(1), plain[-1].group(2).lower()
+        return Verdict(int((word in _POSITIVE) != bool(negated)), "parsed")
+    return Verdict(None, "no_verdict")
 
 
 def judge_prompt(template: str, question: str, response: str) -> str:

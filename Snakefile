@@ -1,4 +1,4 @@
-# Libra pipeline: raw problems -> samples -> verification -> Libra Bench -> judge scores.
+# Libra pipeline: raw problems -> samples -> verification -> Libra Bench -> judge training -> judge scores.
 # Table of contents only: the rules live in rules/*.smk, the logic in the librarm package.
 # Values come from params.yaml (the same file DVC reads); presets overlay it with
 #   snakemake --cores 2 --configfile workflow/presets/ci.yaml
@@ -16,6 +16,7 @@ include: "rules/bootstrap.smk"
 include: "rules/sample.smk"
 include: "rules/verify.smk"
 include: "rules/bench.smk"
+include: "rules/train.smk"
 include: "rules/evaluate.smk"
 
 

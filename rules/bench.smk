@@ -10,5 +10,6 @@ rule bench:
         **job_params("bench"),
     log:
         "results/logs/bench.log",
+    threads: 1
     shell:
         "python -m librarm.cli stage bench --config {params.cfg} --inputs {input} --out {output.bench} > {log} 2>&1"

@@ -50,5 +50,6 @@ rule bootstrap_stats:
         **job_params("bootstrap"),
     log:
         "results/logs/bootstrap/stats.log",
+    threads: 1
     shell:
         "python -m librarm.cli stage bootstrap-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

@@ -8,15 +8,21 @@ from pathlib import Path
 
 from librarm.config import MODELS_DIR, local_model_dirs, prune_removed, sets_by_role, validate_params
 from librarm.io import atomic_path
-from librarm.phases import PHASES, rule_params
+from librarm.phases import PHASES, active_phases, rule_params
 from librarm.tracking import ensure_pipeline_run
 
 prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")
 
-PHASE_TARGETS = [p.target for p in PHASES.values()]
+PHASE_TARGETS = [p.target for p in active_phases(config)]
 SET_NAMES = [s["name"] for s in config["problems"]["sets"]]
 EVAL_SUBSETS = sets_by_role(config, "eval")
+LEARNING = bool(config.get("judge_data"))
+JUDGE_POOL = config["judge_data"]["pool"] if LEARNING else None
+# Generators sample the eval subsets, and the judge pool when the judge is trained.
+SAMPLED_SUBSETS = EVAL_SUBSETS + ([JUDGE_POOL] if LEARNING else [])
+TRAIN_GENERATORS = [g for g in config["generators"] if g not in (config.get("judge_data") or {}).get("exclude_generators", [])]
+TRAINED_MODELS = [m for m, s in config["models"].items() if s["source"] == "trained"]
 GENERATORS = list(config["generators"])
 JUDGES = list(config["evaluate"]["judges"])
 TINY_MODELS = [m for m, s in config["models"].items() if s["source"] == "tiny"]
@@ -64,3 +70,24 @@ def generator_model(wildcards):
 
 def judge_model(wildcards):
     return local_model_dirs(config, [config["judges"][wildcards.judge]["model"]])
+
+
+def train_inputs(wildcards):
+    spec = config["models"][wildcards.model]
+    data = {"train": "results/judge_data/train.jsonl", "val": "results/judge_data/val.jsonl"}
+    if spec["train"] in ("sft", "nothink"):
+        data["sft"] = "results/rs/sft.jsonl"
+        init = config["sft"].get("init", "judge_base")
+    elif spec["train"] == "rl":
+        init = config["rl"]["variants"][wildcards.model]["init"]
+    else:
+        init = config["scalar_rm"]["init"]
+    data["init"] = local_model_dirs(config, [init])
+    return data
+
+
+def threshold_split(wildcards):
+    """A scalar RM's threshold is chosen on labeled items that are not the bench."""
+    if config["judges"][wildcards.judge]["kind"] == "scalar":
+        return [config["evaluate"]["threshold_split"]]
+    return []

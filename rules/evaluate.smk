@@ -4,6 +4,7 @@ rule evaluate:
     input:
         bench="results/bench/libra_bench.jsonl",
         model=judge_model,
+        threshold=threshold_split,
     output:
         metrics="results/eval/{judge}/metrics.json",
         predictions="results/eval/{judge}/predictions.jsonl",
@@ -29,13 +30,19 @@ rule eval_summary:
     conda:
         "../envs/cpu.yaml"
     input:
-        expand("results/eval/{judge}/metrics.json", judge=JUDGES),
+        metrics=expand("results/eval/{judge}/metrics.json", judge=JUDGES),
+        predictions=expand("results/eval/{judge}/predictions.jsonl", judge=JUDGES),
+        bench="results/bench/libra_bench.jsonl",
+        extra=(["results/judge_data/train.jsonl", "results/train/stats.json"] if LEARNING else []),
     output:
         summary="results/eval/summary.json",
         table="results/eval/table.md",
+        comparisons="results/eval/comparisons.json",
     params:
         **job_params("evaluate"),
     log:
         "results/logs/evaluate/summary.log",
+    threads: 1
     shell:
-        "python -m librarm.cli stage eval-summary --config {params.cfg} --inputs {input} --out {output.summary} > {log} 2>&1"
+        "python -m librarm.cli stage eval-summary --config {params.cfg} --inputs {input.metrics}"
+        " --bench {input.bench} --extra {input.extra} --out {output.summary} > {log} 2>&1"

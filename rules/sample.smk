@@ -9,7 +9,7 @@ rule sample:
         meta="results/samples/{generator}/{subset}.meta.json",
     wildcard_constraints:
         generator=any_regex(GENERATORS),
-        subset=any_regex(EVAL_SUBSETS),
+        subset=any_regex(SAMPLED_SUBSETS),
     params:
         # Per-job values, so editing one generator reruns only its jobs.
         **job_params(
@@ -32,12 +32,13 @@ rule sample_stats:
     conda:
         "../envs/cpu.yaml"
     input:
-        expand("results/samples/{generator}/{subset}.meta.json", generator=GENERATORS, subset=EVAL_SUBSETS),
+        expand("results/samples/{generator}/{subset}.meta.json", generator=GENERATORS, subset=SAMPLED_SUBSETS),
     output:
         "results/samples/stats.json",
     params:
         **job_params("sample"),
     log:
         "results/logs/sample/stats.log",
+    threads: 1
     shell:
         "python -m librarm.cli stage sample-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

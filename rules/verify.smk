@@ -9,7 +9,7 @@ rule verify:
         meta="results/verify/{generator}/{subset}.meta.json",
     wildcard_constraints:
         generator=any_regex(GENERATORS),
-        subset=any_regex(EVAL_SUBSETS),
+        subset=any_regex(SAMPLED_SUBSETS),
     params:
         **job_params("verify"),
     log:
@@ -25,12 +25,13 @@ rule verify_stats:
     conda:
         "../envs/cpu.yaml"
     input:
-        expand("results/verify/{generator}/{subset}.jsonl", generator=GENERATORS, subset=EVAL_SUBSETS),
+        expand("results/verify/{generator}/{subset}.jsonl", generator=GENERATORS, subset=SAMPLED_SUBSETS),
     output:
         "results/verify/stats.json",
     params:
         **job_params("verify"),
     log:
         "results/logs/verify/stats.log",
+    threads: 1
     shell:
         "python -m librarm.cli stage verify-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

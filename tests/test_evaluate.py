@@ -106,6 +106,7 @@ def test_scalar_rm_threshold_from_split(tmp_path, params):
     p = params_with_path_model(params, tmp_path / "rm")
     p["judges"]["scalar"] = {"model": "rand", "backend": "hf", "kind": "scalar"}
     bench = _bench_file(tmp_path / "bench.jsonl")
+    p["evaluate"]["threshold_split"] = None
     with pytest.raises(ValueError, match="threshold_split"):
         run_evaluate(p, "scalar", bench, tmp_path / "out")
     p["evaluate"]["threshold_split"] = str(_bench_file(tmp_path / "val.jsonl"))

@@ -51,7 +51,7 @@ def test_dry_run(preset):
     assert "bench" in res.stdout
     if preset == "paper":
         assert "gpu=4" in res.stdout                     # resources for the tensor-parallel vLLM jobs
-        assert res.stdout.count("rule sample:") == 15     # 5 generators x 3 subsets
+        assert res.stdout.count("rule sample:") == 20     # 5 generators x (3 eval subsets + judge pool)
 
 
 def test_lint_clean():

@@ -19,6 +19,13 @@ def params_with_path_model(params: dict, model_dir: Path, **sampling) -> dict:
     import copy
 
     p = copy.deepcopy(params)
+    # Only the foundation stages: drop the learning-to-think sections and the judges they train.
+    for key in ("judge_data", "rs", "sft", "rl", "scalar_rm", "compare"):
+        p.pop(key, None)
+    p["models"] = {k: v for k, v in p["models"].items() if v["source"] != "trained"}
+    p["judges"] = {"base": p["judges"]["base"]}
+    p["evaluate"]["judges"] = ["base"]
+    p["evaluate"]["threshold_split"] = None
     p["models"]["rand"] = {"source": "path", "path": str(model_dir), "role": "generator"}
     p["generators"] = {"rand": {"model": "rand", "backend": "hf"}}
     p["judges"]["rand_judge"] = {"model": "rand", "backend": "hf", "kind": "generative"}

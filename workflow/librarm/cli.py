@@ -43,7 +43,8 @@ def cmd_stage(a: argparse.Namespace) -> int:
     threads = _threads(a.threads)
     phase = {"problems": "problems", "bootstrap-tiny": "bootstrap", "prepare-model": "bootstrap",
              "bootstrap-stats": "bootstrap", "sample": "sample", "sample-stats": "sample", "verify": "verify",
-             "verify-stats": "verify", "bench": "bench", "evaluate": "evaluate", "eval-summary": "evaluate"}[step]
+             "verify-stats": "verify", "bench": "bench", "evaluate": "evaluate", "eval-summary": "evaluate",
+             "judge-data": "judge_data", "rs": "rs", "train": "train", "train-stats": "train"}[step]
     wildcards = {k: v for k, v in (("generator", a.generator), ("subset", a.subset), ("judge", a.judge),
                                    ("model", a.model)) if v}
     with tracking.stage_run(cfg, step, _sections(cfg, phase), wildcards) as run:
@@ -124,8 +125,45 @@ def _run_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) 
         from .evaluate import summarize_eval
 
         paths = {Path(p).parent.name: p for p in a.inputs}
-        summary = summarize_eval(paths, out, Path(out).with_name("table.md"))
-        return summary, [out, str(Path(out).with_name("table.md"))]
+        extra = {Path(p).name: p for p in a.extra}
+        summary = summarize_eval(paths, out, Path(out).with_name("table.md"), params=cfg, bench_path=a.bench,
+                                 judge_train_path=extra.get("train.jsonl"), train_stats_path=extra.get("stats.json"))
+        return summary, [out, str(Path(out).with_name("table.md")), str(Path(out).with_name("comparisons.json"))]
+    if step == "judge-data":
+        from .train import run_judge_data
+
+        stats = run_judge_data(cfg, a.inputs, a.problems, Path(out).parent)
+        return stats, [out]
+    if step == "rs":
+        from .train import run_rs
+
+        stats = run_rs(cfg, a.inputs[0], a.inputs[1:], Path(out).parent, threads)
+        return stats, [out]
+    if step == "train":
+        from . import tracking
+        from .train import train_judge
+
+        data = {"train": "results/judge_data/train.jsonl", "val": "results/judge_data/val.jsonl",
+                "sft": "results/rs/sft.jsonl"}
+        kind = cfg["models"][a.model]["train"]
+        log = train_judge(cfg, kind, a.model, data, a.models_dir, out, threads,
+                          report_to_mlflow=tracking.enabled(cfg))
+        return {k: log[k] for k in ("global_step", "seconds", "tokens_per_s") if k in log} | \
+            {"final_val_accuracy": (log["val_curve"][-1]["val_accuracy"] if log.get("val_curve") else None)}, [out]
+    if step == "train-stats":
+        from .io import read_json, write_json
+
+        stats = {}
+        for p in a.inputs:
+            d = read_json(p)
+            stats[Path(p).stem] = {k: d.get(k) for k in ("kind", "init", "global_step", "seconds", "tokens_per_s",
+                                                         "val_curve", "passrate_filter", "zero_advantage_share",
+                                                         "reward_curve", "pairs")}
+            stats[Path(p).stem]["loss_curve"] = [{"step": h.get("step"), "loss": h.get("loss")}
+                                                 for h in d.get("log_history", []) if "loss" in h]
+        write_json(out, stats)
+        return {k: {"final_val_accuracy": (v["val_curve"][-1]["val_accuracy"] if v.get("val_curve") else None),
+                    "seconds": v["seconds"], "tokens_per_s": v["tokens_per_s"]} for k, v in stats.items()}, [out]
     raise SystemExit(f"unknown step {step}")
 
 
@@ -205,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("step")
     s.add_argument("--config", required=True, help="effective config (JSON written by the Snakefile, or a params YAML)")
     s.add_argument("--inputs", nargs="*", default=[])
+    s.add_argument("--problems", nargs="*", default=[])
+    s.add_argument("--bench")
+    s.add_argument("--extra", nargs="*", default=[])
     s.add_argument("--out", required=True)
     s.add_argument("--models-dir")
     for w in ("generator", "subset", "judge", "model"):

@@ -15,6 +15,7 @@ SCHEMA_PATH = WORKFLOW_DIR / "schemas" / "params.schema.json"
 PRESETS_DIR = WORKFLOW_DIR / "presets"
 RESULTS = "results"
 MODELS_DIR = f"{RESULTS}/bootstrap/models"
+TRAINED_DIR = f"{RESULTS}/train"
 
 
 class ConfigError(ValueError):
@@ -37,10 +38,12 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
 def prune_removed(params: dict) -> dict:
     """Snakemake merges --configfile overlays itself and keeps `name: null` entries; drop them
     from the registries so that an overlay can remove a model, generator or judge."""
-    for section in ("models", "generators", "judges"):
-        if isinstance(params.get(section), dict):
-            for key in [k for k, v in params[section].items() if v is None]:
-                del params[section][key]
+    registries = [params.get(s) for s in ("models", "generators", "judges")]
+    registries.append(params.get("rl", {}).get("variants") if isinstance(params.get("rl"), dict) else None)
+    for reg in registries:
+        if isinstance(reg, dict):
+            for key in [k for k, v in reg.items() if v is None]:
+                del reg[key]
     return params
 
 
@@ -138,8 +141,51 @@ def _cross_check(p: Mapping[str, Any], source: str) -> None:
     for j in p["evaluate"]["judges"]:
         if j not in p["judges"]:
             problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")
+    _cross_check_learning(p, problems)
     if problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+
+
+def _cross_check_learning(p: Mapping[str, Any], problems: list[str]) -> None:
+    models = p["models"]
+    trained = {n: m for n, m in models.items() if m["source"] == "trained"}
+    if trained and "judge_data" not in p:
+        problems.append("judge_data: required when a model has source 'trained'")
+    for n, m in trained.items():
+        if "train" not in m:
+            problems.append(f"models.{n}.train: required for source 'trained' (sft | nothink | rl | scalar)")
+        elif m["train"] == "rl" and n not in p.get("rl", {}).get("variants", {}):
+            problems.append(f"models.{n}: an rl model must be a key of rl.variants")
+        elif m["train"] in ("sft", "nothink") and "sft" not in p:
+            problems.append(f"models.{n}: section 'sft' is required")
+        elif m["train"] == "scalar" and "scalar_rm" not in p:
+            problems.append(f"models.{n}: section 'scalar_rm' is required")
+    if "judge_data" in p:
+        jd = p["judge_data"]
+        if jd["pool"] not in sets_by_role(p, "judge_pool"):
+            problems.append(f"judge_data.pool: {jd['pool']!r} is not a problem set with role 'judge_pool'")
+        for g in jd.get("exclude_generators", []):
+            if g not in p["generators"]:
+                problems.append(f"judge_data.exclude_generators: {g!r} is not a generator")
+        if "rs" in p and p["rs"]["teacher"] not in p["judges"]:
+            problems.append(f"rs.teacher: {p['rs']['teacher']!r} is not a key of 'judges'")
+    for name, v in p.get("rl", {}).get("variants", {}).items():
+        if name not in models:
+            problems.append(f"rl.variants.{name}: not a key of 'models'")
+        if v["init"] not in models:
+            problems.append(f"rl.variants.{name}.init: {v['init']!r} is not a key of 'models'")
+    kinds = {m.get("train") for m in trained.values()}
+    for key, needed in (("sft", {"sft", "nothink"}), ("scalar_rm", {"scalar"})):
+        init = p.get(key, {}).get("init")
+        if kinds & needed and init is not None and init not in models:
+            problems.append(f"{key}.init: {init!r} is not a key of 'models'")
+    for a, b in p.get("compare", {}).get("pairs", []):
+        for j in (a, b):
+            if j not in p["evaluate"]["judges"]:
+                problems.append(f"compare.pairs: {j!r} is not in evaluate.judges")
+    if any(p["judges"].get(j, {}).get("kind") == "scalar" for j in p["evaluate"]["judges"]) \
+            and not p["evaluate"].get("threshold_split"):
+        problems.append("evaluate.threshold_split: required when a scalar judge is evaluated")
 
 
 def model_ref(params: Mapping[str, Any], name: str) -> dict:
@@ -147,6 +193,8 @@ def model_ref(params: Mapping[str, Any], name: str) -> dict:
     m = params["models"][name]
     if m["source"] in ("tiny", "gguf"):
         return {"path": f"{MODELS_DIR}/{name}", "revision": None, "local": True}
+    if m["source"] == "trained":
+        return {"path": f"{TRAINED_DIR}/{name}", "revision": None, "local": True}
     if m["source"] == "path":
         return {"path": m["path"], "revision": None, "local": True}
     return {"path": m["id"], "revision": m["revision"], "local": False}
@@ -156,8 +204,8 @@ def local_model_dirs(params: Mapping[str, Any], model_names: Iterable[str]) -> l
     """Model folders the pipeline itself produces (inputs of the jobs that use them)."""
     out = []
     for name in model_names:
-        if params["models"][name]["source"] in ("tiny", "gguf"):
-            out.append(f"{MODELS_DIR}/{name}")
+        if params["models"][name]["source"] in ("tiny", "gguf", "trained"):
+            out.append(model_ref(params, name)["path"])
     return sorted(set(out))
 
 

@@ -68,26 +68,74 @@ def _fmt_ci(ci: Sequence[float] | None) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
 
 
-def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path, out_md: str | Path) -> dict:
-    """results/eval/summary.json and table.md: one row per judge, reward-bench style."""
+def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path, out_md: str | Path, *,
+                   params: Mapping[str, Any] | None = None, bench_path: str | Path | None = None,
+                   judge_train_path: str | Path | None = None, train_stats_path: str | Path | None = None) -> dict:
+    """results/eval/summary.json, table.md and comparisons.json: one row per judge (reward-bench
+    style), paired comparisons, seen vs held-out generators, the shortcut probe, training stats."""
+    from .compare import paired_comparison, seen_heldout_accuracy, shortcut_probe
+    from .io import read_jsonl
+
+    params = params or {}
     rows = {name: read_json(p) for name, p in metric_paths.items()}
-    subsets = sorted({s for m in rows.values() for s in m["subset_accuracy"]})
-    gens = sorted({g for m in rows.values() for g in m["generator_accuracy"]})
+    preds = {name: read_jsonl(Path(p).with_name("predictions.jsonl")).records for name, p in metric_paths.items()}
+    heldout = (params.get("judge_data") or {}).get("exclude_generators", [])
+    resamples = (params.get("compare") or {}).get("resamples", 2000)
+    seed = params.get("seed", 0)
+    extra_rows: dict[str, dict] = {}
+    if bench_path and judge_train_path:
+        probe = shortcut_probe(read_jsonl(judge_train_path).records, read_bench(bench_path))
+        extra_rows["shortcut_probe"] = score_predictions(probe, resamples, seed)
+        preds["shortcut_probe"] = probe
+    all_rows = {**rows, **extra_rows}
+    subsets = sorted({s for m in all_rows.values() for s in m["subset_accuracy"]})
+    gens = sorted({g for m in all_rows.values() for g in m["generator_accuracy"]})
     lines = ["| judge | Libra score | 95% CI | " + " | ".join(subsets) + " | macro-F1 | unparsed | prior baseline |",
              "|---|---:|---|" + "---:|" * len(subsets) + "---:|---:|---:|"]
-    for name, m in rows.items():
+    for name, m in all_rows.items():
         lines.append(f"| {name} | {100 * m['libra_score']:.1f} | {_fmt_ci(m['ci95'].get('libra_score'))} | "
                      + " | ".join(f"{100 * m['subset_accuracy'].get(s, float('nan')):.1f}" for s in subsets)
                      + f" | {100 * m['macro_f1']:.1f} | {100 * m['unparsed_rate']:.1f}% | "
                      f"{100 * m['problem_prior_baseline']['libra_score']:.1f} |")
-    lines += ["", "Accuracy per generator (%):", "",
-              "| judge | " + " | ".join(gens) + " |", "|---|" + "---:|" * len(gens)]
-    for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{100 * m['generator_accuracy'].get(g, float('nan')):.1f}"
-                                                  for g in gens) + " |")
+    lines += ["", "Accuracy per generator (%)" + (f"; held out of judge training: {', '.join(heldout)}" if heldout else "")
+              + ":", "", "| judge | " + " | ".join(gens) + (" | seen | held-out |" if heldout else " |"),
+              "|---|" + "---:|" * (len(gens) + (2 if heldout else 0))]
+    seen_held = {}
+    for name, m in all_rows.items():
+        row = f"| {name} | " + " | ".join(f"{100 * m['generator_accuracy'].get(g, float('nan')):.1f}" for g in gens)
+        if heldout:
+            sh = seen_heldout_accuracy(preds[name], heldout)
+            seen_held[name] = sh
+            row += " | " + " | ".join("n/a" if sh[k] is None else f"{100 * sh[k]:.1f}" for k in ("seen", "held_out"))
+        lines.append(row + " |")
+    comparisons = {}
+    pairs = (params.get("compare") or {}).get("pairs", [])
+    if pairs:
+        lines += ["", "Paired comparisons (Libra score difference, problem-clustered bootstrap; McNemar exact test):", "",
+                  "| A vs B | diff (points) | 95% CI | p (bootstrap) | McNemar p | A only right | B only right |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
+        for a, b in pairs:
+            if a not in preds or b not in preds:
+                continue
+            c = paired_comparison(preds[a], preds[b], resamples, seed)
+            comparisons[f"{a} vs {b}"] = c
+            lines.append(f"| {a} vs {b} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci95'])} | {c['p_bootstrap']:.4f} | "
+                         f"{c['mcnemar']['p']:.4g} | {c['mcnemar']['a_only']} | {c['mcnemar']['b_only']} |")
+    if train_stats_path and Path(train_stats_path).exists():
+        ts = read_json(train_stats_path)
+        lines += ["", "Training:", "", "| model | kind | steps | seconds | tokens/s | final val accuracy |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for name, s in ts.items():
+            val = s["val_curve"][-1]["val_accuracy"] if s.get("val_curve") else None
+            lines.append(f"| {name} | {s.get('kind')} | {s.get('global_step')} | {s.get('seconds')} | "
+                         f"{s.get('tokens_per_s')} | {'' if val is None else f'{100 * val:.1f}'} |")
     md = "\n".join(lines) + "\n"
     write_text(out_md, md)
+    write_json(Path(out_json).with_name("comparisons.json"), comparisons)
     summary = {name: {k: m[k] for k in ("libra_score", "subset_accuracy", "macro_f1", "unparsed_rate", "n_items")}
-               | {"libra_score_ci95": m["ci95"]["libra_score"]} for name, m in rows.items()}
-    write_json(out_json, summary)
-    return summary
+               | {"libra_score_ci95": m["ci95"]["libra_score"]} | ({"seen_heldout": seen_held[name]} if name in seen_held else {})
+               for name, m in all_rows.items()}
+    write_json(out_json, {"judges": summary, "comparisons": {k: {kk: v[kk] for kk in ("diff", "ci95", "p_bootstrap")}
+                                                              | {"mcnemar_p": v["mcnemar"]["p"]}
+                                                              for k, v in comparisons.items()}})
+    return {"judges": summary, "comparisons": comparisons}

@@ -25,6 +25,7 @@ class Phase:
     code: tuple[str, ...]             # librarm modules the phase runs (besides COMMON_CODE)
     upstream: tuple[str, ...] = ()    # phases whose outputs it reads
     rules_file: str = ""
+    optional: str | None = None       # params section that switches the phase on (None: always on)
 
     @property
     def code_files(self) -> list[str]:
@@ -43,11 +44,24 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("verify.py", "think.py", "sampling.py", "problems.py"), ("problems", "sample"), "rules/verify.smk"),
     Phase("bench", "results/bench/stats.json", "results/bench", ("seed", "bench", "problems"),
           ("bench.py",), ("verify",), "rules/bench.smk"),
+    Phase("judge_data", "results/judge_data/stats.json", "results/judge_data", ("seed", "judge_data", "problems"),
+          ("train.py", "bench.py", "problems.py"), ("problems", "verify"), "rules/train.smk", optional="judge_data"),
+    Phase("rs", "results/rs/stats.json", "results/rs", ("seed", "rs", "judge", "judges", "models", "sampling"),
+          ("train.py", "judge.py", "sampling.py", "think.py", "tinyworld.py"), ("judge_data", "verify", "bootstrap"),
+          "rules/train.smk", optional="rs"),
+    Phase("train", "results/train/stats.json", "results/train", ("seed", "sft", "rl", "scalar_rm", "judge", "models"),
+          ("train.py", "rewards.py", "judge.py", "sampling.py", "think.py", "tinyworld.py"),
+          ("rs", "judge_data", "bootstrap"), "rules/train.smk", optional="judge_data"),
     Phase("evaluate", "results/eval/summary.json", "results/eval",
-          ("seed", "models", "judges", "judge", "evaluate"),
-          ("evaluate.py", "judge.py", "metrics.py", "sampling.py", "think.py", "bench.py", "tinyworld.py"),
-          ("bench", "bootstrap"), "rules/evaluate.smk"),
+          ("seed", "models", "judges", "judge", "evaluate", "compare", "judge_data.exclude_generators"),
+          ("evaluate.py", "judge.py", "metrics.py", "sampling.py", "think.py", "bench.py", "tinyworld.py", "compare.py"),
+          ("bench", "bootstrap", "train", "judge_data"), "rules/evaluate.smk"),
 )}
+
+
+def active_phases(config: Mapping[str, Any]) -> list[Phase]:
+    """Phases this config runs (the learning-to-think phases need their params sections)."""
+    return [p for p in PHASES.values() if p.optional is None or config.get(p.optional)]
 
 
 def lookup(params: Mapping[str, Any], dotted: str) -> Any:

@@ -197,8 +197,8 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
     t0 = time.time()
     # The shared core (clean traces) is the slow part; it is cached outside the DVC outputs so that
     # changing a model's step_noise retrains only the short fine-tunes.
-    core_key = stable_hash(TINY_WORLD_VERSION, seed, b["architecture"], b["core_steps"], b["batch_size"],
-                           b["learning_rate"], b["malformed_rate"], max_value, max_operand)
+    keys = cache_keys(params)
+    core_key = keys["_core"]
     core_dir = Path(cache_dir) / f"core-{core_key}" if cache_dir else None
     if core_dir is not None and (core_dir / "config.json").exists():
         from transformers import AutoModelForCausalLM
@@ -218,27 +218,74 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
     for name, spec in tiny.items():
         if spec.get("role") not in ("generator", "policy", "teacher") or "step_noise" not in spec:
             continue
-        t0 = time.time()
-        model = copy.deepcopy(core)
-        curve = train_lm(model, tok, gen_examples(spec["step_noise"], 8000, name), b["finetune_steps"],
-                         b["batch_size"], b["learning_rate"] / 3, stable_seed(seed, "train", name), max_len, name)
+        key = keys[name]
+        model, entry = _cached_model(cache_dir, key)
+        if model is None:
+            t0 = time.time()
+            model = copy.deepcopy(core)
+            curve = train_lm(model, tok, gen_examples(spec["step_noise"], 8000, name), b["finetune_steps"],
+                             b["batch_size"], b["learning_rate"] / 3, stable_seed(seed, "train", name), max_len, name)
+            entry = {"loss_curve": curve, "seconds": round(time.time() - t0, 1)}
+            _store_model(cache_dir, key, model, tok, entry)
         save_model(model, tok, out_root / name)
-        trained[name] = model
-        log[name] = {"loss_curve": curve, "seconds": round(time.time() - t0, 1)}
+        trained[name] = (model, key)
+        log[name] = entry
     for name, spec in tiny.items():
         if spec.get("role") != "judge":
             continue
-        t0 = time.time()
-        init = trained[spec["init"]]
-        examples, agree = judge_format_traces(params, init, tok, max_value, max_operand, b["judge_traces"],
-                                              stable_seed(seed, "judge-traces", name))
-        model = copy.deepcopy(init)
-        curve = train_lm(model, tok, examples, b["judge_steps"], b["batch_size"], b["learning_rate"] / 3,
-                         stable_seed(seed, "train", name), max_len, name)
-        save_model(model, tok, out_root / name)
-        log[name] = {"loss_curve": curve, "seconds": round(time.time() - t0, 1), "traces": len(examples),
+        init, _ = trained[spec["init"]]
+        key = keys[name]
+        model, entry = _cached_model(cache_dir, key)
+        if model is None:
+            t0 = time.time()
+            examples, agree = judge_format_traces(params, init, tok, max_value, max_operand, b["judge_traces"],
+                                                  stable_seed(seed, "judge-traces", name))
+            model = copy.deepcopy(init)
+            curve = train_lm(model, tok, examples, b["judge_steps"], b["batch_size"], b["learning_rate"] / 3,
+                             stable_seed(seed, "train", name), max_len, name)
+            entry = {"loss_curve": curve, "seconds": round(time.time() - t0, 1), "traces": len(examples),
                      "own_answer_agreement_rate": agree}
+            _store_model(cache_dir, key, model, tok, entry)
+        save_model(model, tok, out_root / name)
+        log[name] = entry
     return log
+
+
+def cache_keys(params: Mapping[str, Any]) -> dict[str, str]:
+    """Cache key of the shared core ("_core") and of every tiny model: everything its weights depend on."""
+    b = params["bootstrap"]
+    syn = params["problems"].get("synthetic", {})
+    keys = {"_core": stable_hash(TINY_WORLD_VERSION, params["seed"], b["architecture"], b["core_steps"], b["batch_size"],
+                                 b["learning_rate"], b["malformed_rate"], syn.get("max_value", 99),
+                                 syn.get("max_operand", 9))}
+    tiny = {k: v for k, v in params["models"].items() if v["source"] == "tiny"}
+    for name, spec in tiny.items():
+        if spec.get("role") in ("generator", "policy", "teacher") and "step_noise" in spec:
+            keys[name] = stable_hash(keys["_core"], name, spec, b["finetune_steps"])
+    for name, spec in tiny.items():
+        if spec.get("role") == "judge":
+            keys[name] = stable_hash(keys[spec["init"]], name, spec, b["judge_steps"], b["judge_traces"],
+                                     params["judge"]["prompt_template"], params["judge"].get("system_prompt"))
+    return keys
+
+
+def _cached_model(cache_dir, key):
+    """(model, train log) from the bootstrap cache, or (None, None)."""
+    d = Path(cache_dir) / f"model-{key}" if cache_dir else None
+    if d is None or not (d / "config.json").exists():
+        return None, None
+    from transformers import AutoModelForCausalLM
+
+    entry = read_json(d / "train_log.json")
+    entry["cached"] = True
+    return AutoModelForCausalLM.from_pretrained(d), entry
+
+
+def _store_model(cache_dir, key, model, tok, entry) -> None:
+    if cache_dir:
+        d = Path(cache_dir) / f"model-{key}"
+        save_model(model, tok, d)
+        write_json(d / "train_log.json", entry)
 
 
 def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):

@@ -215,7 +215,7 @@ def verdict_only(completion: str) -> str:
 
 def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: TrainConfig, *,
             name: str, verdict_only_targets: bool = False, report_to_mlflow: bool = False,
-            resume_root: str | Path = RESUME_ROOT, threads: int | None = None) -> dict:
+            resume_root: str | Path = RESUME_ROOT, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
     completion the raw trajectory (TRL appends EOS), so no chat template can strip the thinking.
     Loss on completion tokens only. Resumes from the last checkpoint under resume_root/name."""
@@ -240,7 +240,7 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
         max_length=cfg.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
         report_to=["mlflow"] if report_to_mlflow else [], disable_tqdm=True, dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
     started = time.time()
     trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
     tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
@@ -269,7 +269,7 @@ def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str,
 
 def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
              name: str, rewards: Mapping[str, float], report_to_mlflow: bool = False,
-             resume_root: str | Path = RESUME_ROOT, threads: int | None = None) -> dict:
+             resume_root: str | Path = RESUME_ROOT, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
     right or always wrong give no gradient: they are filtered by pass rate first."""
     import torch
@@ -305,13 +305,14 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     args = GRPOConfig(
         output_dir=str(resume_dir), max_steps=rl["steps"], per_device_train_batch_size=rl["batch_size"],
         num_generations=rl["num_generations"], max_completion_length=rl["max_completion_length"],
-        learning_rate=rl["learning_rate"], beta=rl["beta"], temperature=rl["temperature"], seed=params["seed"],
+        learning_rate=rl["learning_rate"], beta=rl.get("beta", 0.0), temperature=rl.get("temperature", 1.0),
+        seed=rl.get("seed", 0),
         reward_weights=weights, logging_steps=1, save_steps=rl.get("save_steps", 25), save_total_limit=1,
         use_cpu=not torch.cuda.is_available(), report_to=["mlflow"] if report_to_mlflow else [],
         disable_tqdm=True, shuffle_dataset=True, lr_scheduler_type="constant",
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tok)
+                          processing_class=tok, callbacks=list(callbacks))
     started = time.time()
     trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
     hist = trainer.state.log_history
@@ -323,4 +324,131 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     out["reward_curve"] = [{"step": h.get("step"), "reward": h.get("reward"),
                             "correctness": h.get("rewards/correctness/mean"),
                             "length": h.get("completions/mean_length")} for h in hist if "reward" in h]
+    return out
+
+
+# ----------------------------------------------------------------------------- validation curve
+def val_accuracy(model, tok, items: Sequence[Mapping[str, Any]], params: Mapping[str, Any], tag: str) -> float:
+    """Judge accuracy (no verdict = wrong) of a live model on validation items."""
+    from .judge import run_generative
+    from .sampling import HFSampler, SamplingConfig
+
+    jcfg = params["judge"]
+    sampler = HFSampler("live", SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
+                                               max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg.get("batch_size", 64)),
+                        model=model, tokenizer=tok)
+    was_training = model.training
+    model.eval()
+    preds = run_generative(items, {"backend": "hf"}, params, f"val-{tag}", sampler=sampler)
+    if was_training:
+        model.train()
+    return round(sum(p["pred"] == p["label"] for p in preds) / max(1, len(preds)), 4)
+
+
+def make_val_callback(items, params, every: int, tag: str):
+    """A TrainerCallback that records validation accuracy every `every` steps (and at the end)."""
+    from transformers import TrainerCallback
+
+    class ValCurve(TrainerCallback):
+        def __init__(self):
+            self.curve: list[dict] = []
+
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                acc = val_accuracy(model, processing_class, items, params, tag)
+                self.curve.append({"step": state.global_step, "val_accuracy": acc})
+                state.log_history.append({"step": state.global_step, "val_accuracy": acc})
+
+    return ValCurve()
+
+
+# ----------------------------------------------------------------------------- scalar reward model
+def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int) -> list[dict]:
+    """(chosen correct, rejected incorrect) responses of the same problem, hash-paired."""
+    by_q: dict[str, dict[int, list]] = defaultdict(lambda: {0: [], 1: []})
+    for it in items:
+        by_q[it["question"]][it["label"]].append(it)
+    pairs = []
+    for q in sorted(by_q):
+        pos = sorted(by_q[q][1], key=lambda r: stable_hash(seed, "rm", r["item_id"]))
+        neg = sorted(by_q[q][0], key=lambda r: stable_hash(seed, "rm", r["item_id"]))
+        for a, b in list(zip(pos, neg))[:per_problem]:
+            pairs.append({"question": q, "chosen": a["response"], "rejected": b["response"]})
+    return pairs
+
+
+def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
+                  name: str = "judge_scalar", report_to_mlflow: bool = False, resume_root: str | Path = RESUME_ROOT,
+                  threads: int | None = None) -> dict:
+    """TRL RewardTrainer (Bradley-Terry on correct-vs-incorrect pairs of the same problem) from the
+    base judge's weights with a fresh 1-logit head: the paper's non-thinking baseline family.
+    Its decision threshold is chosen later, on the validation split."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = params["scalar_rm"]
+    items = read_jsonl(train_path).records
+    pairs = reward_pairs(items, params["seed"], cfg.get("pairs_per_problem", 4))
+    if not pairs:
+        raise ValueError("scalar_rm: no (correct, incorrect) pair of the same problem in the training items")
+    tok = AutoTokenizer.from_pretrained(init_model)
+    model = AutoModelForSequenceClassification.from_pretrained(init_model, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+
+    def chat(q, r):
+        return tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": r}],
+                                       tokenize=False)
+
+    ds = Dataset.from_list([{"chosen": chat(p["question"], p["chosen"]), "rejected": chat(p["question"], p["rejected"])}
+                            for p in pairs])
+    resume_dir = Path(resume_root) / name
+    args = RewardConfig(output_dir=str(resume_dir), max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"],
+                        learning_rate=cfg["learning_rate"], logging_steps=5, save_steps=50, save_total_limit=1,
+                        seed=cfg.get("seed", 0), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                        report_to=["mlflow"] if report_to_mlflow else [], max_length=512)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    started = time.time()
+    trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+    out = _finish(trainer, tok, Path(out_dir), started, 0)
+    out["pairs"] = len(pairs)
+    return out
+
+
+# ----------------------------------------------------------------------------- stage entry points
+def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Mapping[str, str], out_dir: str | Path,
+                log_path: str | Path, threads: int | None = None, report_to_mlflow: bool = False) -> dict:
+    """One training job of the `train` phase: kind in sft | nothink | rl | scalar. Writes the final
+    model to out_dir (a DVC output) and a log JSON (curves, tokens/s) to log_path."""
+    from .config import model_ref
+
+    val = read_jsonl(data["val"]).records
+    if kind in ("sft", "nothink"):
+        c = params["sft"]
+        cfg = TrainConfig(max_steps=c["steps"], learning_rate=c["learning_rate"], batch_size=c["batch_size"],
+                          seed=c.get("seed", 0), save_steps=c.get("save_steps", 50), max_length=c.get("max_length", 512))
+        init = model_ref(params, params["sft"].get("init", "judge_base"))["path"]
+        out = run_sft(data["sft"], init, out_dir, cfg, name=model_name, verdict_only_targets=kind == "nothink",
+                      report_to_mlflow=report_to_mlflow, threads=threads,
+                      callbacks=[make_val_callback(val[: c.get("val_items", 60)], params, c.get("val_every", 50), model_name)])
+    elif kind == "rl":
+        variant = params["rl"]["variants"][model_name]
+        rewards = variant.get("rewards", params["rl"]["rewards"])
+        init = model_ref(params, variant["init"])["path"]
+        out = run_grpo(params, data["train"], init, out_dir, name=model_name, rewards=rewards,
+                       report_to_mlflow=report_to_mlflow, threads=threads,
+                       callbacks=[make_val_callback(val[: params["rl"].get("val_items", 60)], params,
+                                                    params["rl"].get("val_every", 20), model_name)])
+    elif kind == "scalar":
+        init = model_ref(params, params["scalar_rm"]["init"])["path"]
+        out = run_scalar_rm(params, data["train"], init, out_dir, name=model_name, report_to_mlflow=report_to_mlflow,
+                            threads=threads)
+    else:
+        raise ValueError(f"unknown training kind {kind!r}")
+    out.update({"kind": kind, "model": model_name, "init": init})
+    out["val_curve"] = [h for h in out.get("log_history", []) if "val_accuracy" in h]
+    write_json(log_path, out)
     return out

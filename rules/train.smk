@@ -1,0 +1,75 @@
+# Learning to think: judge-training items (V2V on the judge pool), rejection sampling from a
+# teacher judge, and the judges trained from them (SFT, verdict-only SFT, GRPO variants, scalar RM).
+if LEARNING:
+    rule judge_data:
+        conda:
+            "../envs/cpu.yaml"
+        input:
+            verify=expand("results/verify/{generator}/{pool}.jsonl", generator=TRAIN_GENERATORS, pool=JUDGE_POOL),
+            problems=expand("results/problems/{name}.jsonl", name=SET_NAMES),
+        output:
+            train="results/judge_data/train.jsonl",
+            val="results/judge_data/val.jsonl",
+            stats="results/judge_data/stats.json",
+        params:
+            **job_params("judge_data"),
+        log:
+            "results/logs/judge_data.log",
+        threads: 1
+        shell:
+            "python -m librarm.cli stage judge-data --config {params.cfg} --inputs {input.verify}"
+            " --problems {input.problems} --out {output.stats} > {log} 2>&1"
+
+    rule rs:
+        conda:
+            "../envs/cpu.yaml"
+        input:
+            train="results/judge_data/train.jsonl",
+            solutions=expand("results/verify/{generator}/{pool}.jsonl", generator=TRAIN_GENERATORS, pool=JUDGE_POOL),
+            model=lambda wc: local_model_dirs(config, [config["judges"][config["rs"]["teacher"]]["model"]]),
+        output:
+            trajectories="results/rs/trajectories.jsonl",
+            sft="results/rs/sft.jsonl",
+            stats="results/rs/stats.json",
+        params:
+            **job_params("rs", judges=lambda wc: config["judges"][config["rs"]["teacher"]]),
+        log:
+            "results/logs/rs.log",
+        threads: 2
+        shell:
+            "python -m librarm.cli stage rs --config {params.cfg} --inputs {input.train} {input.solutions}"
+            " --out {output.stats} --threads {threads} > {log} 2>&1"
+
+    rule train_judge:
+        conda:
+            "../envs/cpu.yaml"
+        input:
+            unpack(train_inputs),
+        output:
+            model=directory("results/train/{model}"),
+            log="results/train/{model}.json",
+        wildcard_constraints:
+            model=any_regex(TRAINED_MODELS),
+        params:
+            **job_params("train", models=lambda wc: config["models"][wc.model]),
+        log:
+            "results/logs/train/{model}.log",
+        threads: 2
+        shell:
+            "python -m librarm.cli stage train --config {params.cfg} --model {wildcards.model}"
+            " --models-dir {output.model} --out {output.log} --threads {threads} > {log} 2>&1"
+
+    rule train_stats:
+        conda:
+            "../envs/cpu.yaml"
+        input:
+            expand("results/train/{model}.json", model=TRAINED_MODELS),
+        output:
+            "results/train/stats.json",
+        params:
+            **job_params("train"),
+        log:
+            "results/logs/train/stats.log",
+        threads: 1
+        shell:
+            "python -m librarm.cli stage train-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

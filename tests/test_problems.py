@@ -97,3 +97,26 @@ def test_hf_loader_uses_pinned_revision(monkeypatch):
                              "split": "test", "fields": {"id": "unique_id"}}, seed=0)
     assert seen == {"name": "org/ds", "split": "test", "revision": "abc123"}
     assert recs[0]["id"] == "u1" and recs[0]["answer"] == "3"
+
+
+def test_judge_compare_line_is_digitwise():
+    from librarm.tinyworld import compare_line
+
+    assert compare_line("73", "75") == "mine=073 theirs=075 match=yyn"
+    assert compare_line("7", "7") == "mine=007 theirs=007 match=yyy"
+    assert compare_line("101", "99") == "mine=101 theirs=099 match=nnn"
+
+
+def test_noisy_trace_slip_rate_and_malformed_forms():
+    import random
+
+    from librarm.tinyworld import noisy_trace
+
+    rng = random.Random(0)
+    probs = [random_arithmetic(rng, 3, 99, 9) for _ in range(2000)]
+    clean = sum(noisy_trace(p, rng, 0.0, 0.0).endswith("\\boxed{" + str(p.answer) + "}") for p in probs)
+    assert clean == 2000
+    right = sum(noisy_trace(p, rng, 0.3, 0.0).endswith("\\boxed{" + str(p.answer) + "}") for p in probs)
+    assert abs(right / 2000 - 0.7 ** 3) < 0.05          # each step slips with probability 0.3
+    malformed = [noisy_trace(p, rng, 0.0, 1.0) for p in probs[:200]]
+    assert any(m.endswith("</think>") for m in malformed) and any("wait, check" in m for m in malformed)

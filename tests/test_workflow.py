@@ -206,7 +206,7 @@ def test_snakemake_and_dvc_agree(ci_copy):
     status = run("dvc status", ci_copy).stdout
     assert "up to date" in status.lower(), status
     metrics = run("dvc metrics show", ci_copy).stdout
-    for phase in ("problems", "bootstrap", "samples", "verify", "bench", "eval"):
+    for phase in ("problems", "bootstrap", "samples", "verify", "bench", "judge_data", "rs", "train", "eval"):
         assert f"results/{phase}/" in metrics
 
 
@@ -225,13 +225,18 @@ def _dvc_dry(root: Path) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
-SAMPLE_SIDE = {"sample", "sample_stats", "verify", "verify_stats", "bench", "evaluate", "eval_summary"}
+TRAIN_SIDE = {"judge_data", "rs", "train_judge", "train_stats"}
+SAMPLE_SIDE = {"sample", "sample_stats", "verify", "verify_stats", "bench", "evaluate", "eval_summary"} | TRAIN_SIDE
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dotted,value,snake_rules,dvc_stages", [
-    ("sampling.max_new_tokens", 79, SAMPLE_SIDE, {"sample", "verify", "bench", "evaluate"}),
-    ("judge.max_new_tokens", 95, {"evaluate", "eval_summary"}, {"evaluate"}),
+    ("sampling.max_new_tokens", 79, SAMPLE_SIDE,
+     {"sample", "verify", "bench", "judge_data", "rs", "train", "evaluate"}),
+    # the judging params feed the teacher's rejection sampling, training (validation curves, GRPO
+    # prompts) and evaluation, not the bench
+    ("judge.max_new_tokens", 95, {"rs", "train_judge", "train_stats", "evaluate", "eval_summary"},
+     {"rs", "train", "evaluate"}),
 ])
 def test_param_edit_reruns_exact_set(ci_copy, dotted, value, snake_rules, dvc_stages):
     original = (ci_copy / "params.yaml").read_text()
@@ -264,8 +269,9 @@ def test_module_edit_reruns_users_and_downstream(ci_copy):
     try:
         mod.write_text(original + "\n# edited\n")
         jobs = dry_run_jobs(ci_copy)
-        assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"}
-        assert _dvc_dry(ci_copy) == {"bench", "evaluate"}
+        # bench.py is used by bench, by judge_data (same assembly) and by evaluate (bench reader)
+        assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"} | TRAIN_SIDE
+        assert _dvc_dry(ci_copy) == {"bench", "judge_data", "rs", "train", "evaluate"}
     finally:
         mod.write_text(original)
 

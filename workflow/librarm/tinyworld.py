@@ -21,6 +21,8 @@ from .problems import ArithmeticProblem, in_problem_region, random_arithmetic
 
 # Bump when the meaning of the bootstrap params changes (corpus format, training recipe).
 TINY_WORLD_VERSION = 1
+# Bump when the judging trace format changes (retrains the judges only, not the core or generators).
+JUDGE_TRACE_FORMAT = 2
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -159,7 +161,7 @@ def save_model(model, tok, out_dir: str | Path) -> None:
 def bootstrap_hash(params: Mapping[str, Any]) -> str:
     """Everything that determines the tiny models' weights."""
     tiny = {k: v for k, v in params["models"].items() if v["source"] == "tiny"}
-    return stable_hash(TINY_WORLD_VERSION, params["seed"],
+    return stable_hash(TINY_WORLD_VERSION, JUDGE_TRACE_FORMAT, params["seed"],
                        {k: v for k, v in params["bootstrap"].items() if k not in ("shipped_dir", "eval_samples")},
                        tiny, params["problems"].get("synthetic", {}), params["judge"]["prompt_template"],
                        params["judge"].get("system_prompt"))
@@ -264,7 +266,7 @@ def cache_keys(params: Mapping[str, Any]) -> dict[str, str]:
             keys[name] = stable_hash(keys["_core"], name, spec, b["finetune_steps"])
     for name, spec in tiny.items():
         if spec.get("role") == "judge":
-            keys[name] = stable_hash(keys[spec["init"]], name, spec, b["judge_steps"], b["judge_traces"],
+            keys[name] = stable_hash(keys[spec["init"]], name, spec, JUDGE_TRACE_FORMAT, b["judge_steps"], b["judge_traces"],
                                      params["judge"]["prompt_template"], params["judge"].get("system_prompt"))
     return keys
 
@@ -286,6 +288,14 @@ def _store_model(cache_dir, key, model, tok, entry) -> None:
         d = Path(cache_dir) / f"model-{key}"
         save_model(model, tok, d)
         write_json(d / "train_log.json", entry)
+
+
+def compare_line(mine: str, theirs: str) -> str:
+    """The judge's comparison step, digit by digit on zero-padded answers ("mine=073 theirs=075
+    match=yyn"): a per-position check a tiny model learns, where whole-number equality it did not."""
+    width = max(3, len(mine), len(theirs))
+    a, b = mine.zfill(width), theirs.zfill(width)
+    return f"mine={a} theirs={b} match={''.join('y' if x == y else 'n' for x, y in zip(a, b))}"
 
 
 def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
@@ -318,8 +328,7 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
         agree += verdict == "correct"
         prompt = tok.apply_chat_template(judge_messages(template, prob.text(), split_think(cand).final, system_prompt),
                                          tokenize=False, add_generation_prompt=True)
-        completion = (f"<think>{parts.thinking}\nmine={my_answer} theirs={their_answer}</think>\n"
-                      f"\\boxed{{{verdict}}}")
+        completion = f"<think>{parts.thinking}\n{compare_line(my_answer, their_answer)}</think>\n\\boxed{{{verdict}}}"
         examples.append((prompt, completion))
     return examples, round(agree / max(1, len(examples)), 4)
 
@@ -378,6 +387,9 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
     for name in names:
         spec = params["models"][name]
         role = spec.get("role")
+        if role == "judge":
+            out[name] = {"role": role, **measure_judge(params, Path(out_root) / name, cfg)}
+            continue
         if role not in ("generator", "policy", "teacher"):
             out[name] = {"role": role}
             continue
@@ -402,6 +414,32 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
         out[name] = {"role": role, "accuracy": acc, "mean_accuracy": mean, "band": band,
                      "in_band": None if band is None else band[0] <= mean <= band[1]}
     return out
+
+
+def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
+    """A tiny judge's accuracy on balanced synthetic items from the corpus region (never an eval
+    or pool problem): half the candidate answers right, half off by a small slip. Labels are used
+    only to measure here, never to train."""
+    from .judge import parse_verdict
+    from .sampling import HFSampler, SampleRequest
+
+    b = params["bootstrap"]
+    syn = params["problems"].get("synthetic", {})
+    rng = random.Random(stable_seed(params["seed"], "judge-skill"))
+    items = []
+    for i in range(n):
+        prob = corpus_problem(rng, syn.get("max_value", 99), syn.get("max_operand", 9))
+        label = i % 2
+        answer = prob.answer if label else prob.answer + rng.choice([-2, -1, 1, 2])
+        items.append((prob, f"\\boxed{{{answer}}}", label))
+    sampler = HFSampler(str(model_dir), cfg)
+    jcfg = params["judge"]
+    res = sampler.generate([SampleRequest(judge_messages(jcfg["prompt_template"], p.text(), r, jcfg.get("system_prompt")),
+                                          stable_seed(params["seed"], "judge-skill", i))
+                            for i, (p, r, _) in enumerate(items)])
+    verdicts = [parse_verdict(s.text, s.finish_reason).value for s in res]
+    acc = sum(v == lab for v, (_, _, lab) in zip(verdicts, items)) / n
+    return {"judge_accuracy_synthetic": round(acc, 4), "unparsed_rate": round(sum(v is None for v in verdicts) / n, 4)}
 
 
 def ship_models(params: Mapping[str, Any], trained_root: str | Path, train_log: Mapping[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -90,12 +91,16 @@ def ensure_pipeline_run(params: Mapping[str, Any]) -> str | None:
     return run.info.run_id
 
 
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
 def flatten(obj: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested dicts/lists as dotted keys (bools and None skipped)."""
+    """Numeric leaves of nested dicts/lists as dotted keys (bools and None skipped); characters
+    MLflow refuses in names (e.g. the '|' of 'a|b' overlap keys) become '_'."""
     out: dict[str, float] = {}
     if isinstance(obj, Mapping):
         for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{_NAME_BAD.sub('_', str(k))}."))
     elif isinstance(obj, (list, tuple)) and len(obj) == 2 and all(isinstance(x, (int, float)) for x in obj):
         out[f"{prefix}low"], out[f"{prefix}high"] = float(obj[0]), float(obj[1])
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):

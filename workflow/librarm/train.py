@@ -199,7 +199,7 @@ def _finish(trainer, tok, out_dir: Path, started: float, tokens: int) -> dict:
     tok.save_pretrained(str(tmp))
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
-    hist = [h for h in trainer.state.log_history if "loss" in h or "reward" in h]
+    hist = [h for h in trainer.state.log_history if "loss" in h or "reward" in h or "val_accuracy" in h]
     elapsed = time.time() - started
     return {"global_step": trainer.state.global_step, "log_history": hist, "seconds": round(elapsed, 1),
             "tokens_per_s": round(tokens / elapsed, 1) if elapsed > 0 else None}

@@ -26,7 +26,9 @@ if LEARNING:
         input:
             train="results/judge_data/train.jsonl",
             solutions=expand("results/verify/{generator}/{pool}.jsonl", generator=TRAIN_GENERATORS, pool=JUDGE_POOL),
-            model=lambda wc: local_model_dirs(config, [config["judges"][config["rs"]["teacher"]]["model"]]),
+            teacher=lambda wc: local_model_dirs(config, [config["judges"][config["rs"]["teacher"]].get("model")])
+            if config["judges"][config["rs"]["teacher"]]["backend"] != "pseudo" else [],
+            student=lambda wc: local_model_dirs(config, [config["sft"].get("init", "judge_base")]),
         output:
             trajectories="results/rs/trajectories.jsonl",
             sft="results/rs/sft.jsonl",

@@ -102,9 +102,9 @@ def test_hf_loader_uses_pinned_revision(monkeypatch):
 def test_judge_compare_line_is_digitwise():
     from librarm.tinyworld import compare_line
 
-    assert compare_line("73", "75") == "mine=073 theirs=075 match=yyn"
-    assert compare_line("7", "7") == "mine=007 theirs=007 match=yyy"
-    assert compare_line("101", "99") == "mine=101 theirs=099 match=nnn"
+    assert compare_line("73", "75") == "mine=073 theirs=075 digits=0/0,7/7,3/5 match=yyn"
+    assert compare_line("7", "7") == "mine=007 theirs=007 digits=0/0,0/0,7/7 match=yyy"
+    assert compare_line("101", "99") == "mine=101 theirs=099 digits=1/0,0/9,1/9 match=nnn"
 
 
 def test_noisy_trace_slip_rate_and_malformed_forms():

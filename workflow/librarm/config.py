@@ -136,6 +136,7 @@ def _cross_check(p: Mapping[str, Any], source: str) -> None:
                 continue
             if g.get("model") not in models:
                 problems.append(f"{section}.{name}.model: {g.get('model')!r} is not a key of 'models'")
+                continue
             if g["backend"] == "http" and "base_url" not in g:
                 problems.append(f"{section}.{name}.base_url: required for backend 'http'")
     for j in p["evaluate"]["judges"]:

@@ -338,7 +338,7 @@ class PseudoSampler:
     solution with a wrong boxed answer. Gives real LaTeX to the verifier when models rarely solve."""
 
     def __init__(self, kind: str):
-        if kind not in ("reference", "reference_wrong"):
+        if kind not in ("reference", "reference_wrong", "reference_judge"):
             raise ValueError(f"unknown pseudo generator {kind!r}")
         self.kind = kind
         self.name = f"pseudo:{kind}"
@@ -346,6 +346,13 @@ class PseudoSampler:
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
         out = []
         for r in requests:
+            if self.kind == "reference_judge":
+                # A data-built judge (smoke-real's rejection-sampling teacher): it knows the label.
+                verdict = "correct" if r.problem["label"] else "incorrect"
+                text = (f"<think>The reference answer is {r.problem['reference']}; the response's final answer "
+                        f"{'matches' if r.problem['label'] else 'does not match'} it.</think>\n\\boxed{{{verdict}}}")
+                out.append(SampleResult(text, "stop", 0, len(text.split())))
+                continue
             answer = r.problem["answer"]
             solution = r.problem.get("solution") or ""
             if "</think>" in solution:      # tiny-world references already carry a trace

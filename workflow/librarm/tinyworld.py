@@ -22,7 +22,7 @@ from .problems import ArithmeticProblem, in_problem_region, random_arithmetic
 # Bump when the meaning of the bootstrap params changes (corpus format, training recipe).
 TINY_WORLD_VERSION = 1
 # Bump when the judging trace format changes (retrains the judges only, not the core or generators).
-JUDGE_TRACE_FORMAT = 2
+JUDGE_TRACE_FORMAT = 3
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -291,11 +291,14 @@ def _store_model(cache_dir, key, model, tok, entry) -> None:
 
 
 def compare_line(mine: str, theirs: str) -> str:
-    """The judge's comparison step, digit by digit on zero-padded answers ("mine=073 theirs=075
-    match=yyn"): a per-position check a tiny model learns, where whole-number equality it did not."""
+    """The judge's comparison step on zero-padded answers, digit pairs written side by side, then
+    a per-digit match ("mine=043 theirs=044 digits=0/0,4/4,3/4 match=yyn"). Whole-number equality,
+    and matching digits far apart, were not learned by the tiny judges (they sat near chance);
+    copying digits and comparing adjacent ones is."""
     width = max(3, len(mine), len(theirs))
     a, b = mine.zfill(width), theirs.zfill(width)
-    return f"mine={a} theirs={b} match={''.join('y' if x == y else 'n' for x, y in zip(a, b))}"
+    pairs = ",".join(f"{x}/{y}" for x, y in zip(a, b))
+    return f"mine={a} theirs={b} digits={pairs} match={''.join('y' if x == y else 'n' for x, y in zip(a, b))}"
 
 
 def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):

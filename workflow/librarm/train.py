@@ -19,14 +19,15 @@ RESUME_ROOT = "results/.resume/train"
 
 # ----------------------------------------------------------------------------- judge_data
 def build_judge_items(records: Sequence[Mapping[str, Any]], seed: int, val_fraction: float,
-                      exclude_generators: Sequence[str], per_label: int | None) -> tuple[list[dict], list[dict], dict]:
+                      exclude_generators: Sequence[str], per_label: int | None,
+                      unit: str = "subset_generator") -> tuple[list[dict], list[dict], dict]:
     """Verifiable judging items from verified judge-pool samples: drop malformed, dedupe, balance
     labels per generator (as the bench does), hold out `exclude_generators` entirely, and split
     train/validation by problem (all items of a problem on one side)."""
     from .bench import assemble
 
     kept = [r for r in records if r["generator"] not in set(exclude_generators)]
-    rows, stats = assemble(kept, seed=seed, unit="subset_generator", per_label=per_label,
+    rows, stats = assemble(kept, seed=seed, unit=unit, per_label=per_label,
                            on_shortfall="take_available", subset_order=sorted({r["subset"] for r in kept}))
     pid_of = {(r["question"], r["response_with_cot"], r["generator"]): r["problem_id"] for r in kept}
     problems = sorted({pid_of[(r["question"], r["response_with_cot"], r["model"])] for r in rows},
@@ -69,7 +70,8 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
     if overlaps:
         raise ValueError(f"judge pool overlaps other sets: {overlaps}")
     train, val, stats = build_judge_items(records, params["seed"], cfg["val_fraction"],
-                                          cfg.get("exclude_generators", []), cfg.get("per_label"))
+                                          cfg.get("exclude_generators", []), cfg.get("per_label"),
+                                          cfg.get("unit", "subset_generator"))
     if not train or not val:
         raise ValueError(f"judge_data: empty split (train={len(train)}, val={len(val)})")
     write_jsonl(out_dir / "train.jsonl", train)
@@ -98,12 +100,19 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     scfg = SamplingConfig(temperature=cfg.get("temperature", 1.0), top_p=1.0,
                           max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg.get("batch_size", 32))
     sampler = sampler or make_sampler(teacher, params, scfg, threads)
-    tok = getattr(sampler, "tok", None)
+    # SFT prompts are rendered with the STUDENT's chat template (the teacher may be an API model
+    # or have another template).
+    from transformers import AutoTokenizer
+
+    from .config import model_ref
+
+    student = model_ref(params, params["sft"].get("init", "judge_base"))
+    tok = AutoTokenizer.from_pretrained(student["path"], revision=student["revision"])
     reqs, keys = [], []
     for it in items:
         msgs = judge_messages(jcfg["prompt_template"], it["question"], it["response"], jcfg.get("system_prompt"))
         for k in range(cfg["k"]):
-            reqs.append(SampleRequest(msgs, stable_seed(params["seed"], "rs", it["item_id"], k)))
+            reqs.append(SampleRequest(msgs, stable_seed(params["seed"], "rs", it["item_id"], k), it))
             keys.append((it, k, msgs))
     results = sampler.generate(reqs)
     trajs = []
@@ -115,8 +124,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
         per_item[it["item_id"]] += keep
         trajs.append({"item_id": it["item_id"], "k": k, "label": it["label"], "verdict": v.value, "status": v.status,
                       "generator": it["model"], "subset": it["subset"], "accepted": accepted, "kept": keep,
-                      "prompt": render_chat(tok, msgs) if tok is not None else json.dumps(msgs),
-                      "completion": res.text, "completion_tokens": res.completion_tokens})
+                      "prompt": render_chat(tok, msgs), "completion": res.text, "completion_tokens": res.completion_tokens})
     # Rebalance: as many kept trajectories of label 1 as of label 0 (hash-ranked, deterministic).
     by_label = {0: [t for t in trajs if t["kept"] and t["label"] == 0], 1: [t for t in trajs if t["kept"] and t["label"] == 1]}
     n_bal = min(len(by_label[0]), len(by_label[1]))
@@ -125,6 +133,9 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
         for t in ranked[n_bal:]:
             t["kept"] = False
     judging = [t for t in trajs if t["kept"]]
+    if not judging:
+        raise ValueError(f"rs: the teacher {cfg['teacher']!r} had no trajectory whose verdict matched the label "
+                         f"({len(trajs)} tried); raise rs.k or check the teacher's prompt and max_new_tokens")
     # Non-judging reasoning data: verified-correct solutions from the judge pool.
     sols = []
     for p in solutions_paths:
@@ -135,7 +146,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     for r in sols[:n_mix]:
         msgs = problem_messages({"problem": r["question"]}, params["sampling"].get("system_prompt"),
                                 params["sampling"].get("problem_template"))
-        mixture.append({"prompt": render_chat(tok, msgs) if tok is not None else json.dumps(msgs),
+        mixture.append({"prompt": render_chat(tok, msgs),
                         "completion": r["response_with_cot"], "kind": "reasoning", "item_id": r["sample_id"]})
     sft_rows = [{"prompt": t["prompt"], "completion": t["completion"], "kind": "judging", "item_id": t["item_id"],
                  "label": t["label"]} for t in judging] + mixture

@@ -53,7 +53,14 @@ if LEARNING:
         wildcard_constraints:
             model=any_regex(TRAINED_MODELS),
         params:
-            **job_params("train", models=lambda wc: config["models"][wc.model]),
+            # each job declares only the section its kind reads (an rl edit does not rerun SFT)
+            **job_params(
+                "train",
+                models=lambda wc: config["models"][wc.model],
+                sft=lambda wc: config.get("sft") if config["models"][wc.model]["train"] in ("sft", "nothink") else None,
+                rl=lambda wc: config.get("rl") if config["models"][wc.model]["train"] == "rl" else None,
+                scalar_rm=lambda wc: config.get("scalar_rm") if config["models"][wc.model]["train"] == "scalar" else None,
+            ),
         log:
             "results/logs/train/{model}.log",
         threads: 2

@@ -235,7 +235,7 @@ SAMPLE_SIDE = {"sample", "sample_stats", "verify", "verify_stats", "bench", "eva
      {"sample", "verify", "bench", "judge_data", "rs", "train", "evaluate"}),
     # the judging params feed the teacher's rejection sampling, training (validation curves, GRPO
     # prompts) and evaluation, not the bench
-    ("judge.max_new_tokens", 95, {"rs", "train_judge", "train_stats", "evaluate", "eval_summary"},
+    ("judge.max_new_tokens", 159, {"rs", "train_judge", "train_stats", "evaluate", "eval_summary"},
      {"rs", "train", "evaluate"}),
 ])
 def test_param_edit_reruns_exact_set(ci_copy, dotted, value, snake_rules, dvc_stages):

@@ -196,6 +196,22 @@ class TrainConfig:
             raise ValueError("learning_rate must be in (0, 1)")
 
 
+def resume_dir_for(resume_root: str | Path, name: str, *key_parts: Any) -> Path:
+    """Checkpoints are resumed only by a job with the same inputs: the folder is keyed by the
+    initial model, the training data and the settings (a stale checkpoint must never be reused)."""
+    from .io import file_sha256, tree_sha256
+
+    parts = []
+    for k in key_parts:
+        if isinstance(k, (str, Path)) and Path(k).is_file():
+            parts.append(file_sha256(k))
+        elif isinstance(k, (str, Path)) and Path(k).is_dir():
+            parts.append(tree_sha256(k))
+        else:
+            parts.append(k)
+    return Path(resume_root) / name / stable_hash(*parts)
+
+
 def _latest_checkpoint(resume_dir: Path) -> str | None:
     ckpts = sorted(resume_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return str(ckpts[-1]) if ckpts else None
@@ -243,7 +259,7 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
-    resume_dir = Path(resume_root) / name
+    resume_dir = resume_dir_for(resume_root, name, init_model, data_path, asdict(cfg), verdict_only_targets)
     args = SFTConfig(
         output_dir=str(resume_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.max_steps // 20),
@@ -312,7 +328,8 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
                                                        jcfg.get("system_prompt"))),
              "label": it["label"], "item_id": it["item_id"]} for it in kept]
     funcs, weights = build_reward_funcs(dict(rewards), rl["l_exp"], rl["l_max"])
-    resume_dir = Path(resume_root) / name
+    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(rl), dict(rewards),
+                                params["judge"]["prompt_template"])
     args = GRPOConfig(
         output_dir=str(resume_dir), max_steps=rl["steps"], per_device_train_batch_size=rl["batch_size"],
         num_generations=rl["num_generations"], max_completion_length=rl["max_completion_length"],
@@ -416,7 +433,7 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
 
     ds = Dataset.from_list([{"chosen": chat(p["question"], p["chosen"]), "rejected": chat(p["question"], p["rejected"])}
                             for p in pairs])
-    resume_dir = Path(resume_root) / name
+    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(cfg))
     args = RewardConfig(output_dir=str(resume_dir), max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"],
                         learning_rate=cfg["learning_rate"], logging_steps=5, save_steps=50, save_total_limit=1,
                         seed=cfg.get("seed", 0), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,

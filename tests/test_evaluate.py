@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from librarm.io import read_jsonl
+
 from librarm.judge import fit_prompt, parse_verdict
 from tiny_fixtures import make_random_lm, params_with_path_model
 
@@ -75,7 +77,7 @@ def test_score_cli_on_external_bench(tmp_path, judge_dir, form, repo):
                 "n_problems", "accuracy_parsed_only", "truncated_rate", "problem_prior_baseline"):
         assert key in m
     assert m["n_items"] == 24 and m["n_problems"] == 12
-    preds = [json.loads(l) for l in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    preds = read_jsonl(tmp_path / "out" / "predictions.jsonl").records
     assert [p["index"] for p in preds] == list(range(24))
     # a random model rarely emits a verdict: those count as wrong in the headline score
     assert m["accuracy"] <= m["accuracy_parsed_only"] or m["unparsed_rate"] == 0

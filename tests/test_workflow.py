@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from librarm.io import read_jsonl
 import yaml
 
 from conftest import REPO
@@ -178,7 +180,7 @@ def outputs_digest(root: Path) -> dict[str, str]:
 @pytest.mark.slow
 def test_ci_run_outputs(ci_copy):
     r = ci_copy / "results"
-    bench = [json.loads(l) for l in (r / "bench" / "libra_bench.jsonl").read_text().splitlines()]
+    bench = read_jsonl(r / "bench" / "libra_bench.jsonl").records
     assert bench and set(bench[0]) == {"index", "question", "response", "label", "model", "reference", "subset",
                                        "response_with_cot"}
     m = json.loads((r / "eval" / "base" / "metrics.json").read_text())
@@ -297,7 +299,7 @@ def test_smoke_real_preset_end_to_end(tmp_path_factory):
     run("snakemake --cores 2 --configfile workflow/presets/smoke-real.yaml", root, env=env, timeout=1500)
     r = root / "results"
     assert (r / "bootstrap" / "models" / "smollm2" / "config.json").exists()
-    bench = [json.loads(l) for l in (r / "bench" / "libra_bench.jsonl").read_text().splitlines()]
+    bench = read_jsonl(r / "bench" / "libra_bench.jsonl").records
     assert bench and {b["label"] for b in bench} == {0, 1}
     assert {b["subset"] for b in bench} == {"math500_l5", "aime24", "aime25"}
     vstats = json.loads((r / "verify" / "stats.json").read_text())

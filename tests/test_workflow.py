@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from librarm.io import read_jsonl
+from librarm.phases import out_paths
 import yaml
 
 from conftest import REPO
@@ -97,7 +98,7 @@ def drift(rules, dvc_doc) -> list[str]:
     for r in rules:
         homes = set()
         for out in r["outputs"]:
-            owner = [s for s, st in stages.items() for o in st["outs"] if out == o or out.startswith(o.rstrip("/") + "/")]
+            owner = [s for s, st in stages.items() for o in out_paths(st) if out == o or out.startswith(o.rstrip("/") + "/")]
             if len(owner) != 1:
                 problems.append(f"rule {r['name']}: output {out} is in {len(owner)} DVC stages' outs")
             homes.update(owner)
@@ -113,7 +114,7 @@ def drift(rules, dvc_doc) -> list[str]:
             problems.append(f"rule {r['name']}: no code-hash param (module edits would not rerun it)")
     for s, st in stages.items():
         if not rules_of[s]:
-            problems.append(f"DVC stage {s}: no Snakemake rule writes into {st['outs']}")
+            problems.append(f"DVC stage {s}: no Snakemake rule writes into {out_paths(st)}")
         target = st["cmd"].split()[-1]
         if not any(target in r["outputs"] for r in rules):
             problems.append(f"DVC stage {s}: cmd target {target} is no rule's output")
@@ -222,9 +223,22 @@ def _edit_param(root: Path, dotted: str, value):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _dvc_dry(root: Path) -> set[str]:
-    out = run("dvc repro --dry", root).stdout
-    return set(re.findall(r"Running stage '([^']+)'", out))
+def _dvc_rerun_set(root: Path) -> set[str]:
+    """Stages `dvc repro` would run: those `dvc status` reports changed (params, code), plus every
+    stage downstream of them through dvc.yaml's data deps (`repro --dry` does not propagate)."""
+    changed = set(json.loads(run("dvc status --json", root).stdout or "{}"))
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    grew = True
+    while grew:
+        grew = False
+        for name, st in stages.items():
+            if name in changed:
+                continue
+            ups = {u for u in changed for o in out_paths(stages[u]) if o in st.get("deps", [])}
+            if ups:
+                changed.add(name)
+                grew = True
+    return changed
 
 
 TRAIN_SIDE = {"judge_data", "rs", "train_judge", "train_stats"}
@@ -247,7 +261,7 @@ def test_param_edit_reruns_exact_set(ci_copy, dotted, value, snake_rules, dvc_st
         jobs = dry_run_jobs(ci_copy)
         assert set(jobs) - {"all"} == snake_rules
         assert not {"problems", "bootstrap_tiny", "bootstrap_stats"} & set(jobs)
-        assert _dvc_dry(ci_copy) == dvc_stages
+        assert _dvc_rerun_set(ci_copy) == dvc_stages
     finally:
         (ci_copy / "params.yaml").write_text(original)
     assert dry_run_jobs(ci_copy) == {}
@@ -273,7 +287,7 @@ def test_module_edit_reruns_users_and_downstream(ci_copy):
         jobs = dry_run_jobs(ci_copy)
         # bench.py is used by bench, by judge_data (same assembly) and by evaluate (bench reader)
         assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"} | TRAIN_SIDE
-        assert _dvc_dry(ci_copy) == {"bench", "judge_data", "rs", "train", "evaluate"}
+        assert _dvc_rerun_set(ci_copy) == {"bench", "judge_data", "rs", "train", "evaluate"}
     finally:
         mod.write_text(original)
 

@@ -4,6 +4,7 @@ checks both against what Snakemake actually builds."""
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -108,9 +109,16 @@ def dvc_stages() -> dict[str, Any]:
             "cmd": f"snakemake --cores all {p.target}",
             "deps": deps,
             "params": list(p.params),
-            "outs": [p.out],
+            # persist: DVC must not delete a phase's folder before running Snakemake on it, or a
+            # `dvc repro` right after a `snakemake` run would recompute everything.
+            "outs": [{p.out: {"persist": True}}],
         }
     return stages
+
+
+def out_paths(stage: Mapping[str, Any]) -> list[str]:
+    """A dvc.yaml stage's output paths (entries are plain paths or {path: options})."""
+    return [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
 
 
 def render_dvc_yaml() -> str:
@@ -134,8 +142,8 @@ def check_dvc_yaml(path: str | Path = "dvc.yaml") -> list[str]:
             problems.append(f"stage {name}: {'missing in dvc.yaml' if h is None else 'not in the registry'}")
             continue
         for key in ("cmd", "deps", "params", "outs"):
-            if (sorted(w[key]) if isinstance(w[key], list) else w[key]) != \
-               (sorted(h.get(key, [])) if isinstance(h.get(key), list) else h.get(key)):
+            norm = lambda v: sorted(json.dumps(x, sort_keys=True) for x in v) if isinstance(v, list) else v  # noqa: E731
+            if norm(w[key]) != norm(h.get(key, [])):
                 problems.append(f"stage {name}: {key} differ: registry {w[key]!r} vs dvc.yaml {h.get(key)!r}")
     if sorted(want["metrics"]) != sorted(have.get("metrics", [])):
         problems.append("metrics differ")

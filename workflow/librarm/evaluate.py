@@ -57,8 +57,11 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     metrics["seconds"] = round(time.time() - t0, 2)
     tokens = sum(p.get("completion_tokens", 0) for p in preds)
     metrics["tokens_per_s"] = round(tokens / metrics["seconds"], 1) if tokens else None
-    ident = model_identity(*(lambda r: (r["path"], r["revision"]))(model_ref(params, spec["model"])))
-    metrics["provenance"] = provenance(models=[ident], data=[str(bench_path)])
+    models = []
+    if spec.get("model"):
+        ref = model_ref(params, spec["model"])
+        models.append(model_identity(ref["path"], ref["revision"]))
+    metrics["provenance"] = provenance(models=models, data=[str(bench_path)])
     write_jsonl(out_dir / "predictions.jsonl", preds)
     write_json(out_dir / "metrics.json", metrics)
     return metrics

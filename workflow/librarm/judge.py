@@ -47,10 +47,6 @@ def parse_verdict(text: str, finish_reason: str = "stop", prompt_opens_think: bo
     return Verdict(None, "no_verdict")
 
 
-def judge_prompt(template: str, question: str, response: str) -> str:
-    return template.format(question=question, response=response)
-
-
 def fit_prompt(tok, template: str, system_prompt: str | None, question: str, response: str,
                max_tokens: int, overflow: str) -> tuple[list[dict] | None, str]:
     """Chat messages for one item within max_tokens: (messages, status) with status ok|truncated|skipped.

@@ -4,7 +4,7 @@ seeded bootstrap intervals that resample problems (with all their items) within 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from .io import atomic_path, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .io import read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from .think import split_think
 
 
@@ -113,13 +113,6 @@ class HFSampler:
         bs = self.cfg.batch_size
         for start in range(0, len(requests), bs):
             out.extend(self._generate_batch(ids[start:start + bs], [r.seed for r in requests[start:start + bs]]))
-        return out
-
-    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[SampleResult]:
-        out = []
-        bs = self.cfg.batch_size
-        for start in range(0, len(prompt_ids), bs):
-            out.extend(self._generate_batch(prompt_ids[start:start + bs], seeds[start:start + bs]))
         return out
 
     def _generate_batch(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[SampleResult]:

@@ -426,7 +426,6 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
     from .judge import parse_verdict
     from .sampling import HFSampler, SampleRequest
 
-    b = params["bootstrap"]
     syn = params["problems"].get("synthetic", {})
     rng = random.Random(stable_seed(params["seed"], "judge-skill"))
     items = []

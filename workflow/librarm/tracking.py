@@ -134,7 +134,7 @@ def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any]
     if not enabled(params):
         yield StageRun(None, None)
         return
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     client, exp_id = _client_and_experiment(params)
     parent = ensure_pipeline_run(params)

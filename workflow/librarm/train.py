@@ -4,11 +4,9 @@ teacher judge, SFT (TRL SFTTrainer), GRPO (TRL GRPOTrainer) and a scalar reward 
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

@@ -1,4 +1,5 @@
-# Libra pipeline: raw problems -> samples -> verification -> Libra Bench -> judge training -> judge scores.
+# Libra pipeline: raw problems -> samples -> verification -> Libra Bench -> judge training -> judge scores
+# -> judge-labeled DPO pairs -> DPO policies -> policy scores on the hard subsets -> report.
 # Table of contents only: the rules live in rules/*.smk, the logic in the librarm package.
 # Values come from params.yaml (the same file DVC reads); presets overlay it with
 #   snakemake --cores 2 --configfile workflow/presets/ci.yaml
@@ -18,6 +19,8 @@ include: "rules/verify.smk"
 include: "rules/bench.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/downstream.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -91,3 +91,40 @@ def threshold_split(wildcards):
     if config["judges"][wildcards.judge]["kind"] == "scalar":
         return [config["evaluate"]["threshold_split"]]
     return []
+
+
+# ---------------------------------------------------------------- downstream (judge-labeled DPO)
+DOWNSTREAM = bool(config.get("pairs"))
+if DOWNSTREAM:
+    from librarm.downstream import NONE_POLICY, labeler_kind
+
+    LABELERS = list(config["pairs"]["labelers"])
+    JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, config["judges"]) == "judge"]
+    # A DPO policy per labeler (on the equalized pairs when pairs.equalize) and, for raw_labelers,
+    # one more on the raw pairs, named raw/<labeler>.
+    DPO_POLICIES = LABELERS + [f"raw/{l}" for l in config["pairs"].get("raw_labelers", []) if config["pairs"]["equalize"]]
+    DPO_SEEDS = [int(s) for s in config["dpo"]["seeds"]]
+    POLICIES = [NONE_POLICY] + DPO_POLICIES
+    POLICY_EVAL_SETS = list(config["evaluate_policy"]["subsets"])
+    DPO_POOL = config["pairs"]["pool"]
+else:
+    LABELERS = JUDGE_LABELERS = DPO_POLICIES = DPO_SEEDS = POLICIES = POLICY_EVAL_SETS = []
+
+
+def policy_runs(policy):
+    """Evaluation runs of a policy: one per DPO seed; the base policy has one ("base")."""
+    return ["base"] if policy == NONE_POLICY else [f"seed-{s}" for s in DPO_SEEDS]
+
+
+def policy_eval_model(wildcards):
+    if wildcards.policy == NONE_POLICY:
+        return local_model_dirs(config, [config["pairs"]["policy"]])
+    return [f"results/dpo/{wildcards.policy}/{wildcards.run}/model"]
+
+
+def policy_eval_model_path(wildcards):
+    if wildcards.policy == NONE_POLICY:
+        from librarm.config import model_ref
+
+        return model_ref(config, config["pairs"]["policy"])["path"]
+    return f"results/dpo/{wildcards.policy}/{wildcards.run}/model"

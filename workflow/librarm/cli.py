@@ -44,9 +44,12 @@ def cmd_stage(a: argparse.Namespace) -> int:
     phase = {"problems": "problems", "bootstrap-tiny": "bootstrap", "prepare-model": "bootstrap",
              "bootstrap-stats": "bootstrap", "sample": "sample", "sample-stats": "sample", "verify": "verify",
              "verify-stats": "verify", "bench": "bench", "evaluate": "evaluate", "eval-summary": "evaluate",
-             "judge-data": "judge_data", "rs": "rs", "train": "train", "train-stats": "train"}[step]
+             "judge-data": "judge_data", "rs": "rs", "train": "train", "train-stats": "train",
+             "pairs-split": "pairs", "pairs-sample": "pairs", "pairs-verify": "pairs", "pairs-label": "pairs",
+             "pairs-build": "pairs", "dpo": "dpo", "dpo-stats": "dpo", "policy-eval": "evaluate_policy",
+             "policy-metrics": "evaluate_policy", "downstream-summary": "evaluate_policy", "report": "report"}[step]
     wildcards = {k: v for k, v in (("generator", a.generator), ("subset", a.subset), ("judge", a.judge),
-                                   ("model", a.model)) if v}
+                                   ("model", a.model), ("policy", a.policy), ("seed", a.seed)) if v is not None}
     with tracking.stage_run(cfg, step, _sections(cfg, phase), wildcards) as run:
         metrics, artifacts = _run_step(step, cfg, a, threads)
         run.log_metrics(metrics)
@@ -164,6 +167,75 @@ def _run_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) 
         write_json(out, stats)
         return {k: {"final_val_accuracy": (v["val_curve"][-1]["val_accuracy"] if v.get("val_curve") else None),
                     "seconds": v["seconds"], "tokens_per_s": v["tokens_per_s"]} for k, v in stats.items()}, [out]
+    if step.startswith(("pairs-", "dpo", "policy-", "downstream-")):
+        return _run_downstream_step(step, cfg, a, threads)
+    if step == "report":
+        from .report import build_report
+
+        summary = build_report(cfg, Path(out).parent)
+        return summary["headline"], [out, str(Path(out).with_name("summary.md"))] + summary["artifacts"]
+    raise SystemExit(f"unknown step {step}")
+
+
+def _run_downstream_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) -> tuple[dict, list[str]]:
+    from . import downstream as ds
+
+    out = a.out
+    if step == "pairs-split":
+        return ds.run_pool_split(cfg, a.inputs[0], Path(out).parent), []
+    if step == "pairs-sample":
+        from .sampling import run_sample
+
+        pc = cfg["pairs"]
+        sp = ds.policy_sampling_params(cfg, pc["policy"], pc["n"], pc.get("temperature", 1.0))
+        meta = run_sample(sp, "policy", pc["pool"], a.inputs[0], out, threads=threads, progress=False)
+        return {k: meta[k] for k in ("n_records", "generated_now", "reused", "tokens_per_s")}, []
+    if step == "pairs-verify":
+        from .verify import run_verify
+
+        v = cfg["verify"]
+        meta = run_verify(a.inputs[0], a.inputs[1:], out, workers=threads or 1, timeout_s=v["timeout_s"],
+                          memory_mb=v["memory_mb"], progress=False)
+        return {"accuracy": meta["accuracy"], "reasons": meta["reasons"]}, []
+    if step == "pairs-label":
+        return ds.run_judge_labels(cfg, a.judge, a.inputs[0], out, threads), []
+    if step == "pairs-build":
+        labels = {Path(p).stem: p for p in a.extra}
+        stats = ds.run_build_pairs(cfg, a.inputs[0], labels, Path(out).parent)
+        return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "label_accuracy")}
+                for name, v in stats["labelers"].items()}, [out]
+    if step == "dpo":
+        from . import tracking
+        from .config import model_ref
+        from .dpo import run_dpo
+        from .io import write_json
+
+        init = model_ref(cfg, cfg["pairs"]["policy"])["path"]
+        log = run_dpo(cfg, a.inputs[0], a.inputs[1], init, a.models_dir, name=a.policy, seed=int(a.seed),
+                      threads=threads, report_to_mlflow=tracking.enabled(cfg))
+        write_json(out, log)
+        return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",
+                                    "tokens_per_s")}, [out]
+    if step == "dpo-stats":
+        from .io import read_json, write_json
+
+        stats = {}
+        for p in a.inputs:
+            d = read_json(p)
+            stats[f"{d['labeler']}/seed-{d['seed']}"] = d
+        write_json(out, stats)
+        return {k: {"selected_val_avg_at_k": v["selected_val_avg_at_k"], "seconds": v["seconds"]}
+                for k, v in stats.items()}, [out]
+    if step == "policy-eval":
+        m = ds.run_policy_eval(cfg, a.policy, a.models_dir, a.inputs, Path(out).parent, threads)
+        return {"avg_at_k": m["avg_at_k"], "seconds": m["seconds"]}, [out]
+    if step == "policy-metrics":
+        m = ds.summarize_policy(cfg, a.policy, [Path(p).parent for p in a.inputs],
+                                a.extra[0] if a.extra else None, out)
+        return {"avg_at_k": m["avg_at_k"], "pairs": m["pairs"], "label_accuracy": m["label_accuracy"]}, [out]
+    if step == "downstream-summary":
+        s = ds.summarize_downstream(cfg, a.inputs, out)
+        return {"gain_all": {k: v["gain"].get("all") for k, v in s["policies"].items() if v.get("gain")}}, [out]
     raise SystemExit(f"unknown step {step}")
 
 
@@ -248,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--extra", nargs="*", default=[])
     s.add_argument("--out", required=True)
     s.add_argument("--models-dir")
-    for w in ("generator", "subset", "judge", "model"):
+    for w in ("generator", "subset", "judge", "model", "policy", "seed"):
         s.add_argument(f"--{w}")
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_stage)

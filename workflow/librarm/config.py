@@ -143,6 +143,7 @@ def _cross_check(p: Mapping[str, Any], source: str) -> None:
         if j not in p["judges"]:
             problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")
     _cross_check_learning(p, problems)
+    _cross_check_downstream(p, problems)
     if problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
 
@@ -187,6 +188,39 @@ def _cross_check_learning(p: Mapping[str, Any], problems: list[str]) -> None:
     if any(p["judges"].get(j, {}).get("kind") == "scalar" for j in p["evaluate"]["judges"]) \
             and not p["evaluate"].get("threshold_split"):
         problems.append("evaluate.threshold_split: required when a scalar judge is evaluated")
+
+
+def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
+    if "pairs" not in p:
+        return
+    import re
+
+    pairs = p["pairs"]
+    for section in ("dpo", "evaluate_policy"):
+        if section not in p:
+            problems.append(f"{section}: required when 'pairs' is set (the downstream phases)")
+    if pairs["pool"] not in sets_by_role(p, "dpo_pool"):
+        problems.append(f"pairs.pool: {pairs['pool']!r} is not a problem set with role 'dpo_pool'")
+    if pairs["policy"] not in p["models"]:
+        problems.append(f"pairs.policy: {pairs['policy']!r} is not a key of 'models'")
+    for i, name in enumerate(pairs["labelers"]):
+        if name in ("gold", "random") or name in p["judges"]:
+            continue
+        m = re.fullmatch(r"gold_p(\d{1,2})", name)
+        if not m or not 1 <= int(m.group(1)) <= 99:
+            problems.append(f"pairs.labelers.{i}: {name!r} is not a key of 'judges', 'gold', 'random' or gold_pNN "
+                            "(NN in 1..99)")
+    for name in pairs.get("raw_labelers", []):
+        if name not in pairs["labelers"]:
+            problems.append(f"pairs.raw_labelers: {name!r} is not in pairs.labelers")
+    if "none" in pairs["labelers"]:
+        problems.append("pairs.labelers: 'none' is reserved for the base policy")
+    for s in p.get("evaluate_policy", {}).get("subsets", []):
+        if s not in sets_by_role(p, "eval"):
+            problems.append(f"evaluate_policy.subsets: {s!r} is not a problem set with role 'eval'")
+    for name in p.get("report", {}).get("fit_labelers", []):
+        if name not in pairs["labelers"] or name not in p["judges"]:
+            problems.append(f"report.fit_labelers: {name!r} must be a trained judge listed in pairs.labelers")
 
 
 def model_ref(params: Mapping[str, Any], name: str) -> dict:

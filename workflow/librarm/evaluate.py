@@ -18,40 +18,52 @@ def score_predictions(preds: Sequence[Mapping[str, Any]], resamples: int, seed: 
     return metrics
 
 
-def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, out_dir: str | Path,
-                 threads: int | None = None, sampler=None) -> dict[str, Any]:
-    """Stage `evaluate`: one judge on one benchmark file -> predictions.jsonl + metrics.json."""
-    import time
-
+def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[str, Any]],
+            threads: int | None = None, sampler=None) -> tuple[list[dict], dict[str, Any]]:
+    """One judge's verdicts on items (index, subset, model, label, question, response): one
+    prediction record per item, plus judge-kind extras (status counts; a scalar RM's threshold,
+    chosen on `evaluate.threshold_split`, never on the items)."""
     from .config import model_ref
     from .judge import run_generative, scalar_scores
-    from .provenance import model_identity, provenance
 
-    out_dir = Path(out_dir)
     spec = params["judges"][judge_name]
-    items = read_bench(bench_path)
     ev = params["evaluate"]
-    t0 = time.time()
     extra: dict[str, Any] = {}
     if spec["kind"] == "generative":
         preds = run_generative(items, spec, params, judge_name, threads, sampler)
         extra["status_counts"] = {s: sum(p["status"] == s for p in preds)
                                   for s in sorted({p["status"] for p in preds})}
         extra["prompt_overflow"] = {s: sum(p["prompt_status"] == s for p in preds) for s in ("truncated", "skipped")}
-    else:
-        if not ev.get("threshold_split"):
-            raise ValueError(f"judge {judge_name!r} is a scalar RM: set evaluate.threshold_split to labeled items "
-                             "that are not the bench (its threshold is chosen there)")
-        ref = model_ref(params, spec["model"])
-        held = read_bench(ev["threshold_split"])
-        threshold = best_threshold(scalar_scores(held, ref["path"], ref["revision"], threads=threads),
-                                   [h["label"] for h in held])
-        scores = scalar_scores(items, ref["path"], ref["revision"], threads=threads)
-        preds = [{"index": it["index"], "subset": it["subset"], "model": it["model"], "label": it["label"],
-                  "question": it["question"], "score": s, "pred": int(s >= threshold), "status": "parsed",
-                  "truncated": False} for it, s in zip(items, scores)]
-        extra.update({"auroc": auroc(scores, [it["label"] for it in items]), "threshold": threshold})
-    metrics = score_predictions(preds, ev.get("bootstrap_resamples", 2000), params["seed"])
+        return preds, extra
+    if not ev.get("threshold_split"):
+        raise ValueError(f"judge {judge_name!r} is a scalar RM: set evaluate.threshold_split to labeled items "
+                         "that are not the bench (its threshold is chosen there)")
+    ref = model_ref(params, spec["model"])
+    held = read_bench(ev["threshold_split"])
+    threshold = best_threshold(scalar_scores(held, ref["path"], ref["revision"], threads=threads),
+                               [h["label"] for h in held])
+    scores = scalar_scores(items, ref["path"], ref["revision"], threads=threads)
+    preds = [{"index": it["index"], "subset": it["subset"], "model": it["model"], "label": it["label"],
+              "question": it["question"], "score": s, "pred": int(s >= threshold), "status": "parsed",
+              "truncated": False} for it, s in zip(items, scores)]
+    extra.update({"auroc": auroc(scores, [it["label"] for it in items]), "threshold": threshold})
+    return preds, extra
+
+
+def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, out_dir: str | Path,
+                 threads: int | None = None, sampler=None) -> dict[str, Any]:
+    """Stage `evaluate`: one judge on one benchmark file -> predictions.jsonl + metrics.json."""
+    import time
+
+    from .config import model_ref
+    from .provenance import model_identity, provenance
+
+    out_dir = Path(out_dir)
+    spec = params["judges"][judge_name]
+    items = read_bench(bench_path)
+    t0 = time.time()
+    preds, extra = predict(params, judge_name, items, threads, sampler)
+    metrics = score_predictions(preds, params["evaluate"].get("bootstrap_resamples", 2000), params["seed"])
     metrics.update(extra)
     metrics["judge"] = judge_name
     metrics["seconds"] = round(time.time() - t0, 2)

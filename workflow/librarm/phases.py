@@ -57,6 +57,23 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("seed", "models", "judges", "judge", "evaluate", "compare", "judge_data.exclude_generators"),
           ("evaluate.py", "judge.py", "metrics.py", "sampling.py", "think.py", "bench.py", "tinyworld.py", "compare.py"),
           ("bench", "bootstrap", "train", "judge_data"), "rules/evaluate.smk"),
+    Phase("pairs", "results/pairs/stats.json", "results/pairs",
+          ("seed", "pairs", "problems", "models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify"),
+          ("downstream.py", "evaluate.py", "judge.py", "metrics.py", "bench.py", "sampling.py", "verify.py", "think.py",
+           "tinyworld.py", "problems.py"),
+          ("problems", "bootstrap", "train", "judge_data"), "rules/downstream.smk", optional="pairs"),
+    Phase("dpo", "results/dpo/stats.json", "results/dpo",
+          ("seed", "dpo", "sampling", "evaluate_policy", "verify", "pairs.labelers", "pairs.raw_labelers"),
+          ("dpo.py", "downstream.py", "train.py", "sampling.py", "verify.py", "think.py"),
+          ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs"),
+    Phase("evaluate_policy", "results/downstream/summary.json", "results/downstream",
+          ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.backend",
+           "dpo.seeds"),
+          ("downstream.py", "sampling.py", "verify.py", "think.py", "problems.py"),
+          ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs"),
+    Phase("report", "results/report/summary.json", "results/report", ("report", "pairs.labelers", "dpo.seeds"),
+          ("report.py",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
+          "rules/report.smk", optional="pairs"),
 )}
 
 
@@ -121,10 +138,32 @@ def out_paths(stage: Mapping[str, Any]) -> list[str]:
     return [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
 
 
-def render_dvc_yaml() -> str:
+def dvc_plots(params: Mapping[str, Any]) -> list[dict]:
+    """`dvc plots show` definitions for the report's curve CSVs (one column per model of the
+    committed params) and its PNG plots."""
+    from .report import CURVES, PLOT_IMAGES
+
+    models = params.get("models", {})
+    series = {"sft": [m for m, s in models.items() if s.get("train") in ("sft", "nothink")],
+              "rl": [m for m, s in models.items() if s.get("train") == "rl"]}
+    series["sft_val"], series["rl_val"] = series["sft"], series["rl"]
+    out = []
+    for name, kind, _key, title in CURVES:
+        if series[kind]:
+            out.append({title: {"x": "step", "y": {f"results/report/curves/{name}.csv": list(series[kind])}}})
+    if params.get("pairs"):
+        cols = [f"{lab}/seed-{s}" for lab in params["pairs"]["labelers"] for s in params["dpo"]["seeds"]]
+        out.append({"DPO loss (equalized pairs)": {"x": "step", "y": {"results/report/curves/dpo_loss.csv": cols}}})
+    out += [f"results/report/{img}" for img in PLOT_IMAGES]
+    return out
+
+
+def render_dvc_yaml(params_path: str | Path = REPO_ROOT / "params.yaml") -> str:
+    params = yaml.safe_load(Path(params_path).read_text())
     doc = {
         "stages": dvc_stages(),
-        "metrics": [p.target for p in PHASES.values()] + [],
+        "metrics": [p.target for p in PHASES.values()],
+        "plots": dvc_plots(params),
     }
     header = ("# GENERATED from workflow/librarm/phases.py by `librarm dvc-yaml`; do not edit by hand.\n"
               "# One DVC stage per phase; each runs Snakemake on the phase's target.\n")
@@ -147,4 +186,6 @@ def check_dvc_yaml(path: str | Path = "dvc.yaml") -> list[str]:
                 problems.append(f"stage {name}: {key} differ: registry {w[key]!r} vs dvc.yaml {h.get(key)!r}")
     if sorted(want["metrics"]) != sorted(have.get("metrics", [])):
         problems.append("metrics differ")
+    if want.get("plots") != have.get("plots"):
+        problems.append("plots differ (run `librarm dvc-yaml`)")
     return problems

@@ -1,0 +1,426 @@
+"""Downstream: the base policy's responses on the unlabeled pool, labeled by every labeler
+(trained judges, the gold verifier, noisy-gold and random anchors), turned into DPO pairs; and the
+policies' pass@1 (avg@k) on the hard eval subsets with problem-bootstrap intervals."""
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .io import read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+
+NOISY_GOLD = re.compile(r"^gold_p(\d{1,2})$")
+BUILTIN_LABELERS = ("gold", "random")
+NONE_POLICY = "none"           # the base policy, before any DPO
+
+
+# ----------------------------------------------------------------------------- labelers
+def labeler_kind(name: str, judges: Mapping[str, Any]) -> str:
+    """judge (a key of `judges`) | gold | noisy_gold (gold_pNN) | random."""
+    if name in BUILTIN_LABELERS:
+        return name
+    if NOISY_GOLD.match(name):
+        return "noisy_gold"
+    if name in judges:
+        return "judge"
+    raise ValueError(f"labeler {name!r}: not a key of 'judges' and not one of gold, random, gold_pNN")
+
+
+def keep_probability(name: str) -> float:
+    """gold_p70 -> 0.70: each gold label is kept with this probability and flipped otherwise, so
+    the labeler's accuracy on the policy's responses is p in expectation."""
+    m = NOISY_GOLD.match(name)
+    if not m:
+        raise ValueError(f"{name!r} is not a noisy-gold labeler (gold_pNN)")
+    return int(m.group(1)) / 100
+
+
+def _uniform(*parts: Any) -> float:
+    return (stable_seed(*parts) % (2 ** 53)) / 2 ** 53
+
+
+def builtin_labels(name: str, gold: Sequence[int], sample_ids: Sequence[str], seed: int) -> list[int]:
+    """Labels of the model-free labelers; seeded per sample, so adding a labeler never moves another's."""
+    if name == "gold":
+        return list(gold)
+    if name == "random":
+        return [int(_uniform(seed, "random-labeler", sid) < 0.5) for sid in sample_ids]
+    p = keep_probability(name)
+    return [g if _uniform(seed, "noisy-gold", name, sid) < p else 1 - g for g, sid in zip(gold, sample_ids)]
+
+
+def gold_label(record: Mapping[str, Any]) -> int:
+    """The hidden gold label of a verified response: a response without a gradable answer is wrong."""
+    return 1 if record.get("reason") == "correct" else 0
+
+
+# ----------------------------------------------------------------------------- policy pool
+def split_pool(problems: Sequence[Mapping[str, Any]], seed: int, val_fraction: float) -> tuple[list, list]:
+    """(train, val) by id hash. Val problems never give pairs; their gold answers are used only to
+    pick a DPO checkpoint."""
+    ranked = sorted(problems, key=lambda p: stable_hash(seed, "dpo-val", p["id"]))
+    n_val = int(round(val_fraction * len(problems)))
+    val_ids = {p["id"] for p in ranked[:n_val]}
+    return [p for p in problems if p["id"] not in val_ids], [p for p in problems if p["id"] in val_ids]
+
+
+def run_pool_split(params: Mapping[str, Any], pool_path: str | Path, out_dir: str | Path) -> dict:
+    """Stage step `pairs-split`: results/pairs/{train,val}_problems.jsonl."""
+    problems = read_jsonl(pool_path, {"id": "str", "problem": "str", "answer": "str"}, id_field="id").records
+    train, val = split_pool(problems, params["seed"], params["pairs"]["val_fraction"])
+    out_dir = Path(out_dir)
+    write_jsonl(out_dir / "train_problems.jsonl", train)
+    write_jsonl(out_dir / "val_problems.jsonl", val)
+    return {"train_problems": len(train), "val_problems": len(val)}
+
+
+def policy_sampling_params(params: Mapping[str, Any], model: str, n: int, temperature: float,
+                           generator: str = "policy") -> dict:
+    """params seen by `run_sample` when the policy samples (one registry, one code path)."""
+    spec = {"model": model, "backend": params["pairs"].get("backend", "hf")}
+    return {**params, "generators": {generator: spec},
+            "sampling": {**params["sampling"], "n": n, "temperature": temperature}}
+
+
+def judge_items(verified: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Policy responses in the shape judges read (the bench's fields)."""
+    return [{"index": i, "subset": r["subset"], "model": r["generator"], "label": gold_label(r),
+             "question": r["question"], "response": r["response"], "sample_id": r["sample_id"]}
+            for i, r in enumerate(verified)]
+
+
+def run_judge_labels(params: Mapping[str, Any], labeler: str, verified_path: str | Path, out_path: str | Path,
+                     threads: int | None = None, sampler=None) -> dict:
+    """Stage step `pairs-label`: one trained judge labels every policy response (verdict or None)."""
+    from .evaluate import predict
+
+    verified = read_jsonl(verified_path).records
+    items = judge_items(verified)
+    t0 = time.time()
+    preds, extra = predict(params, labeler, items, threads, sampler)
+    rows = [{"sample_id": it["sample_id"], "pred": p["pred"], "status": p["status"]} for it, p in zip(items, preds)]
+    write_jsonl(out_path, rows)
+    acc = label_accuracy([r["pred"] for r in rows], [it["label"] for it in items])
+    return {"labeler": labeler, "n": len(rows), "label_accuracy": acc, "seconds": round(time.time() - t0, 1),
+            **{k: v for k, v in extra.items() if k in ("status_counts", "threshold")}}
+
+
+def label_accuracy(labels: Sequence[int | None], gold: Sequence[int]) -> float | None:
+    """Share of responses labeled as the gold verifier labels them; no verdict counts as wrong."""
+    if not gold:
+        return None
+    return round(sum(lab == g for lab, g in zip(labels, gold)) / len(gold), 4)
+
+
+# ----------------------------------------------------------------------------- pairs
+def build_pairs(verified: Sequence[Mapping[str, Any]], labels: Sequence[int | None], *, labeler: str, seed: int,
+                per_problem: int) -> tuple[list[dict], dict]:
+    """DPO pairs: per problem, a judged-correct response as chosen and a judged-incorrect one as
+    rejected, up to `per_problem` pairs, each response used once, picked by seeded hash.
+
+    A pair whose two responses are the same text is a tie (nothing to prefer) and is skipped;
+    problems without a judged-correct or without a judged-incorrect response give no pair; a
+    response without a verdict (None) is in neither side. All of these are counted."""
+    groups: dict[str, dict[int, list]] = defaultdict(lambda: {0: [], 1: []})
+    order: list[str] = []
+    unjudged = 0
+    for rec, lab in zip(verified, labels):
+        pid = rec["problem_id"]
+        if pid not in groups:
+            order.append(pid)
+        g = groups[pid]
+        if lab is None:
+            unjudged += 1
+            continue
+        g[int(lab)].append(rec)
+    pairs: list[dict] = []
+    skipped = {"all_correct": 0, "all_incorrect": 0, "no_verdicts": 0, "only_ties": 0}
+    ties = 0
+    for pid in order:
+        pos = sorted(groups[pid][1], key=lambda r: stable_hash(seed, "chosen", labeler, r["sample_id"]))
+        neg = sorted(groups[pid][0], key=lambda r: stable_hash(seed, "rejected", labeler, r["sample_id"]))
+        if not pos and not neg:
+            skipped["no_verdicts"] += 1
+            continue
+        if not neg:
+            skipped["all_correct"] += 1
+            continue
+        if not pos:
+            skipped["all_incorrect"] += 1
+            continue
+        made, used_neg = 0, set()
+        for c in pos:
+            if made == per_problem:
+                break
+            for j, r in enumerate(neg):
+                if j in used_neg:
+                    continue
+                if c["response_with_cot"] == r["response_with_cot"]:
+                    ties += 1
+                    continue
+                used_neg.add(j)
+                pairs.append(_pair(c, r, labeler))
+                made += 1
+                break
+        if made == 0:
+            skipped["only_ties"] += 1
+    stats = {"pairs": len(pairs), "problems": len(order), "problems_with_pairs": len({p["problem_id"] for p in pairs}),
+             "skipped_problems": skipped, "tied_candidates": ties, "unjudged_responses": unjudged,
+             "pair_accuracy": (round(sum(p["chosen_gold"] == 1 and p["rejected_gold"] == 0 for p in pairs) / len(pairs), 4)
+                               if pairs else None)}
+    return pairs, stats
+
+
+def _pair(chosen: Mapping[str, Any], rejected: Mapping[str, Any], labeler: str) -> dict:
+    return {"pair_id": stable_hash(labeler, chosen["sample_id"], rejected["sample_id"]),
+            "problem_id": chosen["problem_id"], "question": chosen["question"],
+            "chosen": chosen["response_with_cot"], "rejected": rejected["response_with_cot"],
+            "chosen_sample_id": chosen["sample_id"], "rejected_sample_id": rejected["sample_id"],
+            "chosen_gold": gold_label(chosen), "rejected_gold": gold_label(rejected)}
+
+
+def equalize(pairs_by_labeler: Mapping[str, Sequence[dict]], seed: int) -> dict[str, list[dict]]:
+    """Subsample every labeler's pairs to the smallest count (by seeded hash), so a labeler is not
+    better downstream merely because it produced more pairs."""
+    target = min(len(v) for v in pairs_by_labeler.values())
+    if target == 0:
+        empty = sorted(k for k, v in pairs_by_labeler.items() if not v)
+        raise ValueError(f"pairs.equalize: labeler(s) {empty} produced no pair, so every labeler would train on "
+                         "nothing; drop them from pairs.labelers or set pairs.equalize: false")
+    out = {}
+    for name, pairs in pairs_by_labeler.items():
+        keep = sorted(pairs, key=lambda p: stable_hash(seed, "equalize", name, p["pair_id"]))[:target]
+        ids = {p["pair_id"] for p in keep}
+        out[name] = [p for p in pairs if p["pair_id"] in ids]
+    return out
+
+
+def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_paths: Mapping[str, str | Path],
+                    out_dir: str | Path) -> dict:
+    """Stage step `pairs-build`: results/pairs/<labeler>.jsonl (the DPO training set: equalized
+    when pairs.equalize), results/pairs/raw/<labeler>.jsonl and results/pairs/stats.json."""
+    cfg = params["pairs"]
+    seed = params["seed"]
+    verified = read_jsonl(verified_path).records
+    gold = [gold_label(r) for r in verified]
+    sids = [r["sample_id"] for r in verified]
+    raw: dict[str, list[dict]] = {}
+    stats: dict[str, Any] = {"labelers": {}, "responses": len(verified),
+                             "policy_accuracy": round(sum(gold) / len(gold), 4) if gold else None}
+    for name in cfg["labelers"]:
+        kind = labeler_kind(name, params["judges"])
+        if kind == "judge":
+            rows = read_jsonl(label_paths[name]).records
+            by_id = {r["sample_id"]: r["pred"] for r in rows}
+            missing = [s for s in sids if s not in by_id]
+            if missing:
+                raise ValueError(f"{label_paths[name]}: no label for {len(missing)} responses (first {missing[0]!r})")
+            labels = [by_id[s] for s in sids]
+        else:
+            labels = builtin_labels(name, gold, sids, seed)
+        pairs, st = build_pairs(verified, labels, labeler=name, seed=seed, per_problem=cfg["per_problem"])
+        raw[name] = pairs
+        stats["labelers"][name] = {"kind": kind, "label_accuracy": label_accuracy(labels, gold),
+                                   "judged_correct_share": round(sum(lab == 1 for lab in labels) / len(labels), 4)
+                                   if labels else None, **st}
+    trained = equalize(raw, seed) if cfg["equalize"] else raw
+    out_dir = Path(out_dir)
+    for name in cfg["labelers"]:
+        write_jsonl(out_dir / "raw" / f"{name}.jsonl", raw[name])
+        write_jsonl(out_dir / f"{name}.jsonl", trained[name])
+        stats["labelers"][name]["pairs_raw"] = len(raw[name])
+        stats["labelers"][name]["pairs_trained"] = len(trained[name])
+        stats["labelers"][name]["pair_accuracy_trained"] = (
+            round(sum(p["chosen_gold"] == 1 and p["rejected_gold"] == 0 for p in trained[name]) / len(trained[name]), 4)
+            if trained[name] else None)
+    stats["equalize"] = bool(cfg["equalize"])
+    stats["equalized_to"] = min(len(v) for v in trained.values()) if cfg["equalize"] else None
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+# ----------------------------------------------------------------------------- avg@k
+def per_problem_accuracy(graded: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """subset -> problem_id -> share of its samples graded correct."""
+    acc: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r in graded:
+        acc[r["subset"]][r["problem_id"]].append(int(r["correct"]))
+    return {s: {p: sum(v) / len(v) for p, v in probs.items()} for s, probs in acc.items()}
+
+
+def avg_at_k(per_problem: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """pass@1 estimated as avg@k: per subset the mean over problems of the per-problem share
+    correct; `all` is the mean over subsets (each subset weighs the same)."""
+    out = {s: round(float(np.mean(list(v.values()))), 4) for s, v in sorted(per_problem.items())}
+    if out:
+        out["all"] = round(float(np.mean([out[s] for s in per_problem])), 4)
+    return out
+
+
+def bootstrap_means(per_problem: Mapping[str, Mapping[str, float]], resamples: int, seed: int) -> dict[str, list[float]]:
+    """95% percentile intervals of avg@k, resampling problems within each subset (`all`: the mean
+    over subsets of the resampled means). Feed per-problem differences to get a paired interval."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {}
+    subset_draws = []
+    for s in sorted(per_problem):
+        vals = np.array(list(per_problem[s].values()), dtype=float)
+        idx = rng.integers(0, len(vals), size=(resamples, len(vals)))
+        draws = vals[idx].mean(axis=1)
+        subset_draws.append(draws)
+        out[s] = [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
+    if subset_draws:
+        allm = np.mean(subset_draws, axis=0)
+        out["all"] = [round(float(np.percentile(allm, 2.5)), 4), round(float(np.percentile(allm, 97.5)), 4)]
+    return out
+
+
+def sample_and_grade(sampler, problems: Sequence[Mapping[str, Any]], k: int, seed: int, tag: str,
+                     params: Mapping[str, Any], pool) -> list[dict]:
+    """k samples per problem, graded by math-verify against the problem's answer. Seeds depend on
+    (tag, problem, sample index) only, so every policy sees the same random numbers (paired)."""
+    from .sampling import SampleRequest, problem_messages
+    from .think import split_think
+
+    scfg = params["sampling"]
+    reqs = [SampleRequest(problem_messages(p, scfg.get("system_prompt"), scfg.get("problem_template")),
+                          stable_seed(seed, tag, p["id"], j), p)
+            for p in problems for j in range(k)]
+    results = sampler.generate(reqs)
+    finals = [split_think(r.text, reasoning=r.reasoning).final for r in results]
+    grades = pool.grade([(q.problem["answer"], f) for q, f in zip(reqs, finals)])
+    out = []
+    for i, (q, r, f, (reason, pred)) in enumerate(zip(reqs, results, finals, grades)):
+        p = q.problem
+        out.append({"problem_id": p["id"], "subset": p.get("subset", "val"), "sample_idx": i % k,
+                    "response_with_cot": r.text, "response": f, "pred": pred, "reason": reason,
+                    "correct": reason == "correct", "finish_reason": r.finish_reason,
+                    "completion_tokens": r.completion_tokens})
+    return out
+
+
+def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, problem_paths: Sequence[str | Path],
+                    out_dir: str | Path, threads: int | None = None, sampler=None) -> dict:
+    """Stage step `policy-eval`: one policy's avg@k on the hard eval subsets (read here, once)."""
+    from .problems import load_problem_sets
+    from .provenance import model_identity, provenance
+    from .sampling import SamplingConfig
+    from .verify import VerifierPool
+
+    ev = params["evaluate_policy"]
+    problems = []
+    for path in problem_paths:
+        subset = Path(path).stem
+        problems += [dict(p, subset=subset) for p in load_problem_sets([path]).values()]
+    cfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
+                         max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
+                         batch_size=params["sampling"].get("batch_size", 64))
+    t0 = time.time()
+    if sampler is None:
+        sampler = _policy_sampler(params, model_path, cfg, threads)
+    with VerifierPool(max(1, threads or 1), params["verify"]["timeout_s"], params["verify"]["memory_mb"]) as pool:
+        graded = sample_and_grade(sampler, problems, ev["k"], params["seed"], "policy-eval", params, pool)
+    per_problem = per_problem_accuracy(graded)
+    out_dir = Path(out_dir)
+    metrics = {"policy": policy, "k": ev["k"], "avg_at_k": avg_at_k(per_problem),
+               "ci95": bootstrap_means(per_problem, ev.get("bootstrap_resamples", 2000), params["seed"]),
+               "problems": {s: len(v) for s, v in per_problem.items()},
+               "no_answer_share": round(sum(r["pred"] is None for r in graded) / max(1, len(graded)), 4),
+               "mean_completion_tokens": round(float(np.mean([r["completion_tokens"] for r in graded])), 1) if graded else None,
+               "seconds": round(time.time() - t0, 1),
+               "provenance": provenance(models=[model_identity(model_path, None)], data=[str(p) for p in problem_paths])}
+    write_jsonl(out_dir / "samples.jsonl", graded)
+    write_json(out_dir / "eval.json", metrics)
+    return metrics
+
+
+def _policy_sampler(params, model_path, cfg, threads):
+    from .sampling import HFSampler, make_sampler
+
+    backend = params["pairs"].get("backend", "hf")
+    if backend == "hf":
+        return HFSampler(model_path, cfg, None, threads)
+    return make_sampler({"model": "_policy", "backend": backend},
+                        {**params, "models": {**params["models"], "_policy": {"source": "path", "path": model_path}}},
+                        cfg, threads)
+
+
+def summarize_policy(params: Mapping[str, Any], policy: str, eval_dirs: Sequence[str | Path],
+                     pairs_stats_path: str | Path | None, out_path: str | Path) -> dict:
+    """results/downstream/<policy>/metrics.json: avg@k averaged over DPO seeds (per-problem
+    accuracies are averaged first, then bootstrapped), the per-seed values and their sd, and the
+    labeler's pair count and label accuracy (0 / null for `none`)."""
+    ev = params["evaluate_policy"]
+    seeds: dict[str, dict] = {}
+    per_seed_problem: list[dict] = []
+    for d in eval_dirs:
+        d = Path(d)
+        seeds[d.name] = read_json(d / "eval.json")["avg_at_k"]
+        per_seed_problem.append(per_problem_accuracy(read_jsonl(d / "samples.jsonl").records))
+    mean_pp = {s: {p: float(np.mean([pp[s][p] for pp in per_seed_problem])) for p in per_seed_problem[0][s]}
+               for s in per_seed_problem[0]}
+    labeler = policy.removeprefix("raw/")
+    lab_stats = (read_json(pairs_stats_path)["labelers"].get(labeler, {}) if pairs_stats_path else {})
+    pairs_key = "pairs_raw" if policy.startswith("raw/") else "pairs_trained"
+    metrics = {"policy": policy, "labeler": None if policy == NONE_POLICY else labeler, "k": ev["k"],
+               "avg_at_k": avg_at_k(mean_pp),
+               "ci95": bootstrap_means(mean_pp, ev.get("bootstrap_resamples", 2000), params["seed"]),
+               "seeds": seeds,
+               "sd_over_seeds": ({s: round(float(np.std([v[s] for v in seeds.values()], ddof=1)), 4)
+                                  for s in next(iter(seeds.values()))} if len(seeds) > 1 else None),
+               "pairs": 0 if policy == NONE_POLICY else lab_stats.get(pairs_key),
+               "label_accuracy": None if policy == NONE_POLICY else lab_stats.get("label_accuracy"),
+               "pair_accuracy": None if policy == NONE_POLICY else lab_stats.get(
+                   "pair_accuracy" if policy.startswith("raw/") else "pair_accuracy_trained")}
+    write_json(out_path, metrics)
+    write_json(Path(out_path).with_name("per_problem.json"), mean_pp)
+    return metrics
+
+
+def sign_flip_p(diffs: np.ndarray, permutations: int, seed: int) -> float:
+    """Two-sided paired permutation test of mean(diffs) = 0: flip each problem's sign at random."""
+    if len(diffs) == 0 or not np.any(diffs):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    obs = abs(diffs.mean())
+    signs = rng.choice([-1.0, 1.0], size=(permutations, len(diffs)))
+    null = np.abs((signs * diffs).mean(axis=1))
+    return round(float((1 + np.sum(null >= obs - 1e-12)) / (permutations + 1)), 5)
+
+
+def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str | Path], out_path: str | Path) -> dict:
+    """results/downstream/summary.json: every policy's avg@k, and its gain over `none` with a
+    paired (same problems, same sampling seeds) bootstrap interval and sign-flip p-value; the share
+    of the gold labeler's gain each labeler recovers."""
+    ev = params["evaluate_policy"]
+    seed = params["seed"]
+    metrics = {read_json(p)["policy"]: read_json(p) for p in metric_paths}
+    per_problem = {name: read_json(Path(p).with_name("per_problem.json"))
+                   for name, p in zip(metrics, metric_paths)}
+    if NONE_POLICY not in metrics:
+        raise ValueError(f"downstream summary: the base policy {NONE_POLICY!r} is missing from the inputs")
+    base = per_problem[NONE_POLICY]
+    out: dict[str, Any] = {"k": ev["k"], "subsets": sorted(base), "policies": {}}
+    for name, m in metrics.items():
+        row = {k: m.get(k) for k in ("labeler", "avg_at_k", "ci95", "sd_over_seeds", "pairs", "label_accuracy",
+                                     "pair_accuracy")}
+        row["seeds"] = len(m.get("seeds") or {})
+        if name != NONE_POLICY:
+            diff = {s: {pid: per_problem[name][s][pid] - base[s][pid] for pid in base[s]} for s in base}
+            row["gain"] = {s: round(m["avg_at_k"][s] - metrics[NONE_POLICY]["avg_at_k"][s], 4) for s in m["avg_at_k"]}
+            row["gain_ci95"] = bootstrap_means(diff, ev.get("bootstrap_resamples", 2000), seed)
+            flat = np.array([v for s in sorted(diff) for v in diff[s].values()])
+            row["gain_p_value"] = sign_flip_p(flat, params.get("report", {}).get("permutations", 10000), seed)
+        out["policies"][name] = row
+    for name, row in out["policies"].items():
+        # raw policies are set against the raw gold policy, equalized ones against the equalized
+        gold = out["policies"].get("raw/gold" if name.startswith("raw/") else "gold", {})
+        gold_gain = (gold.get("gain") or {}).get("all")
+        if name != NONE_POLICY and gold_gain:
+            row["gold_gain_recovered"] = round(row["gain"]["all"] / gold_gain, 4)
+    write_json(out_path, out)
+    return out

@@ -1,0 +1,144 @@
+"""DPO of the policy on one labeler's pairs (TRL DPOTrainer), with checkpoint selection on the
+validation problems of the unlabeled pool (the eval subsets are never read here)."""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .io import read_json, read_jsonl, write_json
+from .train import RESUME_ROOT, _latest_checkpoint, resume_dir_for
+
+
+@dataclass
+class DPOSettings:
+    """The `dpo` params section, checked."""
+
+    beta: float
+    learning_rate: float
+    epochs: float
+    batch_size: int
+    seed: int = 0
+    val_every: int = 20
+    val_k: int = 2
+    max_length: int = 256
+    loss_type: str = "sigmoid"
+    precompute_ref_log_probs: bool = True
+
+    def __post_init__(self):
+        if self.beta <= 0 or not 0 < self.learning_rate < 1:
+            raise ValueError("dpo: beta must be > 0 and learning_rate in (0, 1)")
+        if self.epochs <= 0 or self.batch_size < 1 or self.val_every < 1 or self.val_k < 1:
+            raise ValueError("dpo: epochs > 0, batch_size >= 1, val_every >= 1 and val_k >= 1 are required")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any], seed: int) -> "DPOSettings":
+        keys = {f for f in cls.__dataclass_fields__ if f != "seed"}
+        return cls(seed=seed, **{k: v for k, v in section.items() if k in keys})
+
+    def steps(self, n_pairs: int) -> int:
+        return max(1, math.ceil(self.epochs * n_pairs / self.batch_size))
+
+
+def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
+    """Prompt = the policy's rendered chat prompt (as the sampler renders it); chosen/rejected = the
+    raw responses including their thinking (TRL appends EOS), so no template can strip it."""
+    from .sampling import problem_messages, render_chat
+
+    scfg = params["sampling"]
+    return [{"prompt": render_chat(tok, problem_messages({"problem": p["question"]}, scfg.get("system_prompt"),
+                                                         scfg.get("problem_template"))),
+             "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+
+
+def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
+            out_dir: str | Path, *, name: str, seed: int, threads: int | None = None, report_to_mlflow: bool = False,
+            resume_root: str | Path = RESUME_ROOT) -> dict:
+    """Train one DPO policy; keep the checkpoint with the best validation avg@k (checked every
+    `val_every` steps and at the end). Resumes from the last checkpoint under resume_root."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from .downstream import per_problem_accuracy, avg_at_k, sample_and_grade
+    from .sampling import HFSampler, SamplingConfig
+    from .verify import VerifierPool
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = DPOSettings.from_params(params["dpo"], seed)
+    pairs = read_jsonl(pairs_path).records
+    if not pairs:
+        raise ValueError(f"{pairs_path}: no pairs to train on")
+    val_problems = [dict(p, subset="val") for p in read_jsonl(val_problems_path).records]
+    tok = AutoTokenizer.from_pretrained(init_model)
+    model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
+    ds = Dataset.from_list(dpo_rows(pairs, tok, params))
+    steps = cfg.steps(len(pairs))
+    resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path, asdict(cfg),
+                                params["sampling"].get("system_prompt"), params["sampling"].get("problem_template"))
+    ev = params["evaluate_policy"]
+    vcfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
+                          max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
+                          batch_size=params["sampling"].get("batch_size", 64))
+    best_path = resume_dir / "best.json"
+    pool = VerifierPool(1, params["verify"]["timeout_s"], params["verify"]["memory_mb"])
+
+    class SelectOnVal(TrainerCallback):
+        """Validation avg@k every val_every steps; the best state is saved beside the checkpoints
+        (with its score, so a resumed run keeps comparing against it)."""
+
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+            if state.global_step % cfg.val_every and state.global_step != state.max_steps:
+                return
+            was_training = model.training
+            model.eval()
+            sampler = HFSampler("live", vcfg, model=model, tokenizer=processing_class)
+            graded = sample_and_grade(sampler, val_problems, cfg.val_k, params["seed"], "policy-val", params, pool)
+            if was_training:
+                model.train()
+            acc = avg_at_k(per_problem_accuracy(graded))["all"]
+            state.log_history.append({"step": state.global_step, "val_avg_at_k": acc})
+            best = read_json(best_path) if best_path.exists() else None
+            if best is None or acc > best["val_avg_at_k"]:
+                tmp = resume_dir / "best.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(str(tmp))
+                shutil.rmtree(resume_dir / "best", ignore_errors=True)
+                tmp.rename(resume_dir / "best")
+                write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
+
+    args = DPOConfig(
+        output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
+        logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=cfg.seed, max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
+        report_to=["mlflow"] if report_to_mlflow else [], disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[SelectOnVal()])
+    started = time.time()
+    with pool:
+        trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+    elapsed = time.time() - started
+    best = read_json(best_path)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(resume_dir / "best", tmp)
+    tok.save_pretrained(str(tmp))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    hist = trainer.state.log_history
+    tokens = sum(len(tok(r["prompt"] + r["chosen"])["input_ids"]) + len(tok(r["prompt"] + r["rejected"])["input_ids"])
+                 for r in ds)
+    return {"labeler": name, "seed": seed, "pairs": len(pairs), "steps": steps, "global_step": trainer.state.global_step,
+            "selected_step": best["step"], "selected_val_avg_at_k": best["val_avg_at_k"],
+            "seconds": round(elapsed, 1),
+            "tokens_per_s": round(tokens * steps * cfg.batch_size / max(1, len(pairs)) / elapsed, 1) if elapsed else None,
+            "loss_curve": [{"step": h["step"], "loss": h["loss"], "reward_margin": h.get("rewards/margins"),
+                            "reward_accuracy": h.get("rewards/accuracies")} for h in hist if "loss" in h],
+            "val_curve": [{"step": h["step"], "val_avg_at_k": h["val_avg_at_k"]} for h in hist if "val_avg_at_k" in h]}

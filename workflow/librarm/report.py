@@ -1,0 +1,508 @@
+"""The run's report: results/report/summary.md with every table of the run, PNG plots with their
+data as CSV, and summary.json. Every number in the Markdown is read from a metrics file at a
+recorded JSON path (`tables` in summary.json), so `check_report` can prove they agree."""
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .io import read_json, write_json, write_text
+
+R = "results"
+SOURCES = {
+    "verify": f"{R}/verify/stats.json", "bench": f"{R}/bench/stats.json", "eval": f"{R}/eval/summary.json",
+    "train": f"{R}/train/stats.json", "rs": f"{R}/rs/stats.json", "pairs": f"{R}/pairs/stats.json",
+    "dpo": f"{R}/dpo/stats.json", "downstream": f"{R}/downstream/summary.json",
+}
+
+
+# Curve CSVs (results/report/curves/<name>.csv: step + one column per model), also dvc.yaml plots.
+CURVES = [("sft_loss", "sft", "loss", "SFT loss"), ("grpo_reward", "rl", "reward", "GRPO reward"),
+          ("grpo_correctness", "rl", "correctness", "GRPO correctness reward"),
+          ("grpo_length", "rl", "length", "GRPO completion length (tokens)"),
+          ("sft_val_accuracy", "sft_val", "val_accuracy", "SFT judge validation accuracy"),
+          ("grpo_val_accuracy", "rl_val", "val_accuracy", "GRPO judge validation accuracy")]
+PLOT_IMAGES = ["judge_accuracy.png", "confusion.png", "gain_vs_libra_score.png", "gain_vs_label_accuracy.png"]
+
+
+# ----------------------------------------------------------------------------- tables with sources
+@dataclass(frozen=True)
+class Num:
+    """A number cell: the value at `path` in JSON file `file`, shown as value*scale with `digits`."""
+
+    file: str
+    path: tuple
+    scale: float = 100.0
+    digits: int = 1
+    signed: bool = False
+
+    def text(self, docs: Mapping[str, Any]) -> str:
+        return fmt(dig(docs[self.file], self.path), self.scale, self.digits, self.signed)
+
+
+def dig(doc: Any, path: Sequence[Any]) -> Any:
+    for p in path:
+        doc = doc[p] if isinstance(doc, Mapping) else doc[int(p)]
+    return doc
+
+
+def fmt(v: Any, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    x = float(v) * scale
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+class Table:
+    def __init__(self, title: str, columns: Sequence[str], note: str = ""):
+        self.title, self.columns, self.note = title, list(columns), note
+        self.rows: list[list[Any]] = []
+
+    def add(self, *cells: Any) -> None:
+        self.rows.append(list(cells))
+
+    def cell_text(self, c: Any, docs) -> str:
+        if isinstance(c, Num):
+            return c.text(docs)
+        if isinstance(c, tuple):        # an interval: (Num lo, Num hi)
+            return f"[{c[0].text(docs)}, {c[1].text(docs)}]"
+        return str(c)
+
+    def markdown(self, docs) -> str:
+        head = f"### {self.title}\n\n" + (f"{self.note}\n\n" if self.note else "")
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "|".join("---" for _ in self.columns) + "|"]
+        lines += ["| " + " | ".join(self.cell_text(c, docs) for c in r) + " |" for r in self.rows]
+        return head + "\n".join(lines) + "\n"
+
+    def sources(self) -> list[list[Any]]:
+        def one(c):
+            if isinstance(c, Num):
+                return {"file": c.file, "path": list(c.path), "scale": c.scale, "digits": c.digits, "signed": c.signed}
+            if isinstance(c, tuple):
+                return [one(c[0]), one(c[1])]
+            return str(c)
+        return [[one(c) for c in r] for r in self.rows]
+
+
+def ci(file: str, path: tuple, **kw) -> tuple[Num, Num]:
+    return Num(file, path + (0,), **kw), Num(file, path + (1,), **kw)
+
+
+# ----------------------------------------------------------------------------- statistics
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int, seed: int) -> float | None:
+    """Two-sided p of Pearson r under shuffled y: exact over all orderings when there are few points."""
+    r = pearson(x, y)
+    if r is None:
+        return None
+    y = list(y)
+    if math.factorial(len(y)) <= permutations:
+        null = [pearson(x, p) for p in itertools.permutations(y)]
+    else:
+        rng = np.random.default_rng(seed)
+        null = [pearson(x, rng.permutation(y)) for _ in range(permutations)]
+    null = [abs(v) for v in null if v is not None]
+    return round(sum(v >= abs(r) - 1e-12 for v in null) / len(null), 5)
+
+
+def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[str, Mapping[str, float]]],
+                     names: Sequence[str], resamples: int, permutations: int, seed: int) -> dict:
+    """r between a judge measure x and the downstream gain over `none` (avg@k, mean over subsets)
+    across the fitted labelers; the interval resamples the eval problems (the gains' noise), the
+    p-value permutes the gains among the labelers."""
+    names = [n for n in names if n in per_problem and x.get(n) is not None]
+    base = per_problem["none"]
+    subsets = sorted(base)
+    ids = {s: sorted(base[s]) for s in subsets}
+
+    def gains(idx):
+        out = []
+        for n in names:
+            out.append(np.mean([np.mean([per_problem[n][s][ids[s][i]] - base[s][ids[s][i]] for i in idx[s]])
+                                for s in subsets]))
+        return out
+
+    full = {s: np.arange(len(ids[s])) for s in subsets}
+    g = gains(full)
+    xs = [x[n] for n in names]
+    r = pearson(xs, g)
+    rng = np.random.default_rng(seed)
+    draws = []
+    if r is not None:
+        for _ in range(resamples):
+            idx = {s: rng.integers(0, len(ids[s]), len(ids[s])) for s in subsets}
+            v = pearson(xs, gains(idx))
+            if v is not None:
+                draws.append(v)
+    slope = float(np.polyfit(xs, g, 1)[0]) if r is not None else None
+    intercept = float(np.polyfit(xs, g, 1)[1]) if r is not None else None
+    return {"labelers": names, "x": xs, "gain": [round(v, 4) for v in g], "r": round(r, 4) if r is not None else None,
+            "ci95": [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
+            if draws else None,
+            "p_permutation": permutation_p(xs, g, permutations, seed), "slope": slope, "intercept": intercept}
+
+
+# ----------------------------------------------------------------------------- report
+def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Path = ".") -> dict:
+    """Stage `report`: read every phase's metrics, write summary.md/json, plots (PNG + CSV)."""
+    root = Path(root)
+    out_dir = Path(out_dir)
+    docs = {k: read_json(root / p) for k, p in SOURCES.items() if (root / p).exists()}
+    down = docs.get("downstream", {"policies": {}})
+    rep = params.get("report", {})
+    labelers = list(params["pairs"]["labelers"]) if params.get("pairs") else []
+    fit = [n for n in rep.get("fit_labelers", []) if n in labelers]
+    order = ["none"] + labelers + [f"raw/{n}" for n in labelers]
+    policies = down.get("policies", {})
+    policies = {n: policies[n] for n in sorted(policies, key=lambda n: order.index(n) if n in order else len(order))}
+    per_problem = {n: read_json(root / f"{R}/downstream/{n}/per_problem.json") for n in policies
+                   if (root / f"{R}/downstream/{n}/per_problem.json").exists()}
+    judges = docs.get("eval", {}).get("judges", {})
+    libra = {n: judges[n]["libra_score"] for n in labelers if n in judges}
+    lab_acc = {n: policies[n]["label_accuracy"] for n in labelers if n in policies}
+    seed = params["seed"]
+    corr = {}
+    if "none" in per_problem and fit:
+        for key, x in (("libra_score", libra), ("label_accuracy", lab_acc)):
+            corr[key] = gain_correlation(x, per_problem, fit, rep.get("resamples", 2000),
+                                         rep.get("permutations", 10000), seed)
+    summary: dict[str, Any] = {"correlation": corr, "fit_labelers": fit}
+    # the report's own numbers go to summary.json first, so tables can cite them like any source
+    write_json(out_dir / "summary.json", summary)
+    docs["report"] = summary
+    tables = _tables(docs, params, labelers, policies, fit, order)
+    artifacts = _plots(docs, params, root, out_dir, labelers, policies, corr)
+    md = ["# Libra run report", "",
+          "Every number below is read from the metrics file named in `results/report/summary.json` "
+          "(`tables`); percentages unless marked.", ""]
+    md += [t.markdown(docs) for t in tables]
+    md.append("### Plots\n\n" + "\n".join(f"- `{Path(a).name}`" for a in artifacts if a.endswith(".png")) + "\n")
+    write_text(out_dir / "summary.md", "\n".join(md))
+    summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources()} for t in tables]
+    summary["sources"] = {k: SOURCES[k] for k in docs if k in SOURCES}
+    summary["sources"]["report"] = str((out_dir / "summary.json").resolve().relative_to(root.resolve()))
+    summary["headline"] = _headline(policies, corr)
+    summary["artifacts"] = artifacts
+    write_json(out_dir / "summary.json", summary)
+    _log_artifacts(params, out_dir, artifacts)
+    return summary
+
+
+def _headline(policies, corr) -> dict:
+    h = {f"gain_all.{n}": (p.get("gain") or {}).get("all") for n, p in policies.items() if n != "none"}
+    for k, c in corr.items():
+        h[f"r_gain_vs_{k}"] = c.get("r")
+    return h
+
+
+def _log_artifacts(params, out_dir: Path, artifacts) -> None:
+    from . import tracking
+
+    if not tracking.enabled(params):
+        return
+    with tracking.stage_run(params, "report-artifacts", {}, {}) as run:
+        for a in artifacts + [str(out_dir / "summary.md")]:
+            run.log_artifact(a)
+
+
+def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
+    tables = []
+    if "verify" in docs:
+        acc = docs["verify"]["accuracy"]
+        subsets = sorted({s for g in acc.values() for s in g})
+        t = Table("Generators: share of samples verified correct", ["generator"] + subsets + ["all"])
+        for g in sorted(acc):
+            t.add(g, *[Num("verify", ("accuracy", g, s)) if s in acc[g] else "" for s in subsets],
+                  Num("verify", ("generator_accuracy", g)))
+        tables.append(t)
+    if "bench" in docs:
+        b = docs["bench"]
+        t = Table("Libra Bench composition (items)", ["subset", "correct", "incorrect", "items", "problems"])
+        for s in sorted(b["subsets"]):
+            t.add(s, *[Num("bench", ("subsets", s, k), scale=1, digits=0) for k in ("correct", "incorrect", "n", "problems")])
+        tables.append(t)
+    if "eval" in docs:
+        ev = docs["eval"]["judges"]
+        subsets = sorted(next(iter(ev.values())).get("subset_accuracy", {}))
+        t = Table("Judges on Libra Bench", ["judge", "Libra score", "95% CI"] + subsets + ["macro-F1", "seen", "held-out"])
+        for j, m in ev.items():
+            sh = m.get("seen_heldout") or {}
+            t.add(j, Num("eval", ("judges", j, "libra_score")), ci("eval", ("judges", j, "libra_score_ci95"))
+                  if m.get("libra_score_ci95") else "n/a",
+                  *[Num("eval", ("judges", j, "subset_accuracy", s)) for s in subsets],
+                  Num("eval", ("judges", j, "macro_f1")),
+                  Num("eval", ("judges", j, "seen_heldout", "seen")) if sh.get("seen") is not None else "n/a",
+                  Num("eval", ("judges", j, "seen_heldout", "held_out")) if sh.get("held_out") is not None else "n/a")
+        tables.append(t)
+        comps = docs["eval"].get("comparisons", {})
+        if comps:
+            t = Table("Paired judge comparisons (Libra score difference, problem-clustered bootstrap; McNemar)",
+                      ["A vs B", "diff (points)", "95% CI", "p (bootstrap)", "McNemar p"])
+            for k, c in comps.items():
+                t.add(k, Num("eval", ("comparisons", k, "diff"), signed=True), ci("eval", ("comparisons", k, "ci95")),
+                      Num("eval", ("comparisons", k, "p_bootstrap"), scale=1, digits=4),
+                      Num("eval", ("comparisons", k, "mcnemar_p"), scale=1, digits=4))
+            tables.append(t)
+    if "train" in docs:
+        t = Table("Judge training", ["model", "kind", "steps", "seconds", "tokens/s", "final val accuracy"])
+        for mname, m in docs["train"].items():
+            t.add(mname, m.get("kind"), Num("train", (mname, "global_step"), scale=1, digits=0),
+                  Num("train", (mname, "seconds"), scale=1, digits=1),
+                  Num("train", (mname, "tokens_per_s"), scale=1, digits=0),
+                  Num("train", (mname, "val_curve", len(m["val_curve"]) - 1, "val_accuracy")) if m.get("val_curve") else "n/a")
+        tables.append(t)
+    if "rs" in docs:
+        r = docs["rs"]
+        t = Table("Rejection sampling", ["acceptance", "label 1", "label 0", "items with none accepted", "judging examples",
+                                         "reasoning examples"])
+        t.add(Num("rs", ("acceptance_rate",)), Num("rs", ("acceptance_by_label", "1")), Num("rs", ("acceptance_by_label", "0")),
+              Num("rs", ("items_none_accepted",), scale=1, digits=0), Num("rs", ("judging_examples",), scale=1, digits=0),
+              Num("rs", ("reasoning_examples",), scale=1, digits=0))
+        tables.append(t)
+    if "pairs" in docs:
+        ps = docs["pairs"]["labelers"]
+        t = Table("DPO pairs per labeler (policy's own responses on the unlabeled pool)",
+                  ["labeler", "kind", "label accuracy", "pair accuracy (trained)", "pairs raw", "pairs trained",
+                   "problems all correct", "problems all incorrect"],
+                  note="Label accuracy: share of the policy's responses labeled as the gold verifier labels them "
+                       "(no verdict counts as wrong). Pair accuracy: share of pairs whose chosen is gold-correct and "
+                       "rejected gold-incorrect.")
+        for n in labelers:
+            t.add(n, ps[n]["kind"], Num("pairs", ("labelers", n, "label_accuracy")),
+                  Num("pairs", ("labelers", n, "pair_accuracy_trained")),
+                  Num("pairs", ("labelers", n, "pairs_raw"), scale=1, digits=0),
+                  Num("pairs", ("labelers", n, "pairs_trained"), scale=1, digits=0),
+                  Num("pairs", ("labelers", n, "skipped_problems", "all_correct"), scale=1, digits=0),
+                  Num("pairs", ("labelers", n, "skipped_problems", "all_incorrect"), scale=1, digits=0))
+        tables.append(t)
+    if "dpo" in docs:
+        t = Table("DPO training", ["policy/seed", "pairs", "steps", "selected step", "val avg@k", "seconds", "tokens/s"])
+        for k in sorted(docs["dpo"], key=lambda k: [order.index(k.rsplit("/seed-", 1)[0]) if k.rsplit("/seed-", 1)[0]
+                                                     in order else len(order), k]):
+            t.add(k, *[Num("dpo", (k, f), scale=1, digits=0) for f in ("pairs", "steps", "selected_step")],
+                  Num("dpo", (k, "selected_val_avg_at_k")), Num("dpo", (k, "seconds"), scale=1, digits=1),
+                  Num("dpo", (k, "tokens_per_s"), scale=1, digits=0))
+        tables.append(t)
+    if policies:
+        subsets = docs["downstream"]["subsets"]
+        k = docs["downstream"]["k"]
+        t = Table(f"Downstream: policy pass@1 (avg@{k}) on the hard eval subsets",
+                  ["policy"] + [f"{s}" for s in subsets] + ["all", "95% CI", "sd over seeds", "gain", "gain 95% CI",
+                                                             "p (sign-flip)", "share of gold gain"],
+                  note="`none` is the base policy; `raw/<labeler>` trained on all its pairs, the others on pairs "
+                       "equalized to the smallest labeler's count. Gains are paired (same problems, same sampling seeds).")
+        for n, p in policies.items():
+            src = ("policies", n)
+            t.add(n, *[Num("downstream", src + ("avg_at_k", s)) for s in subsets], Num("downstream", src + ("avg_at_k", "all")),
+                  ci("downstream", src + ("ci95", "all")),
+                  Num("downstream", src + ("sd_over_seeds", "all")) if p.get("sd_over_seeds") else "n/a (1 seed)",
+                  Num("downstream", src + ("gain", "all"), signed=True) if p.get("gain") else "",
+                  ci("downstream", src + ("gain_ci95", "all"), signed=True) if p.get("gain") else "",
+                  Num("downstream", src + ("gain_p_value",), scale=1, digits=4) if p.get("gain") else "",
+                  Num("downstream", src + ("gold_gain_recovered",), scale=100, digits=0)
+                  if p.get("gold_gain_recovered") is not None else "")
+        tables.append(t)
+    corr = docs["report"]["correlation"]
+    if corr:
+        t = Table("Downstream gain against judge quality (fitted over the trained judges only)",
+                  ["x", "labelers fitted", "Pearson r", "95% CI (problem bootstrap)", "p (permutation)"],
+                  note="Anchors (gold, noisy gold, random) are drawn in the plots but not fitted.")
+        for key in corr:
+            t.add(key, ", ".join(corr[key]["labelers"]), Num("report", ("correlation", key, "r"), scale=1, digits=3),
+                  ci("report", ("correlation", key, "ci95"), scale=1, digits=3) if corr[key].get("ci95") else "n/a",
+                  Num("report", ("correlation", key, "p_permutation"), scale=1, digits=4))
+        tables.append(t)
+    return tables
+
+
+# ----------------------------------------------------------------------------- plots
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return str(path)
+
+
+def wide_curve(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str) -> tuple[list[str], list[list[Any]]]:
+    """{name: [{step, key}...]} -> step plus one column per series (empty where a series has no point)."""
+    steps = sorted({pt["step"] for pts in series.values() for pt in pts if pt.get(key) is not None})
+    lookup = {n: {pt["step"]: pt[key] for pt in pts if pt.get(key) is not None} for n, pts in series.items()}
+    return ["step"] + list(series), [[s] + [lookup[n].get(s, "") for n in series] for s in steps]
+
+
+def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arts: list[str] = []
+    curves = out_dir / "curves"
+
+    def save(fig, name):
+        p = out_dir / name
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        arts.append(str(p))
+
+    ev = {j: read_json(root / f"{R}/eval/{j}/metrics.json") for j in docs.get("eval", {}).get("judges", {})
+          if (root / f"{R}/eval/{j}/metrics.json").exists()}
+    if ev:
+        subsets = sorted(next(iter(ev.values())).get("subset_accuracy", {}))
+        rows = []
+        for j, m in ev.items():
+            for s in subsets:
+                lo, hi = m.get("ci95", {}).get(f"subset_accuracy.{s}", [None, None])
+                rows.append([j, s, m["subset_accuracy"][s], lo, hi])
+        arts.append(write_csv(out_dir / "judge_accuracy.csv", ["judge", "subset", "accuracy", "ci_lo", "ci_hi"], rows))
+        fig, ax = plt.subplots(figsize=(max(6, len(ev) * 1.1), 4))
+        width = 0.8 / max(1, len(subsets))
+        for i, s in enumerate(subsets):
+            sub = [r for r in rows if r[1] == s]
+            xs = np.arange(len(sub)) + i * width
+            ys = [r[2] for r in sub]
+            err = [[r[2] - (r[3] if r[3] is not None else r[2]) for r in sub],
+                   [(r[4] if r[4] is not None else r[2]) - r[2] for r in sub]]
+            ax.bar(xs, ys, width, yerr=err, capsize=2, label=s)
+        ax.set_xticks(np.arange(len(ev)) + 0.4 - width / 2, list(ev), rotation=30, ha="right")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Judge accuracy per subset (95% CI)")
+        ax.legend(fontsize=8)
+        save(fig, "judge_accuracy.png")
+        conf_rows = []
+        fig, axes = plt.subplots(1, len(ev), figsize=(2.2 * len(ev), 2.6), squeeze=False)
+        for ax, (j, m) in zip(axes[0], ev.items()):
+            c = m.get("confusion") or {}
+            mat = np.array([[c.get(f"label_{lab}", {}).get(k, 0) for k in ("pred_0", "pred_1", "none")] for lab in (0, 1)])
+            for lab in (0, 1):
+                for k, col in zip(("pred_0", "pred_1", "none"), mat[lab]):
+                    conf_rows.append([j, lab, k, int(col)])
+            ax.imshow(mat, cmap="Blues")
+            for (a, b), v in np.ndenumerate(mat):
+                ax.text(b, a, int(v), ha="center", va="center", fontsize=8)
+            ax.set_xticks([0, 1, 2], ["0", "1", "none"])
+            ax.set_yticks([0, 1], ["0", "1"])
+            ax.set_title(j, fontsize=9)
+            ax.set_xlabel("verdict")
+        axes[0][0].set_ylabel("label")
+        save(fig, "confusion.png")
+        arts.append(write_csv(out_dir / "confusion.csv", ["judge", "label", "verdict", "count"], conf_rows))
+    if "train" in docs:
+        tr = docs["train"]
+        sft = {m: d["loss_curve"] for m, d in tr.items() if d.get("kind") in ("sft", "nothink") and d.get("loss_curve")}
+        rl = {m: d["reward_curve"] for m, d in tr.items() if d.get("kind") == "rl" and d.get("reward_curve")}
+        sft_val = {m: d["val_curve"] for m, d in tr.items() if d.get("kind") in ("sft", "nothink") and d.get("val_curve")}
+        rl_val = {m: d["val_curve"] for m, d in tr.items() if d.get("kind") == "rl" and d.get("val_curve")}
+        by_kind = {"sft": sft, "rl": rl, "sft_val": sft_val, "rl_val": rl_val}
+        for name, kind, key, title in CURVES:
+            series = by_kind[kind]
+            if not series:
+                continue
+            header, rows = wide_curve(series, key)
+            arts.append(write_csv(curves / f"{name}.csv", header, rows))
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            for n, pts in series.items():
+                pts = [p for p in pts if p.get(key) is not None]
+                ax.plot([p["step"] for p in pts], [p[key] for p in pts], marker="." if len(pts) < 20 else None, label=n)
+            ax.set_xlabel("step")
+            ax.set_title(title)
+            ax.legend(fontsize=7)
+            save(fig, f"{name}.png")
+    if "dpo" in docs:
+        series = {k: d["loss_curve"] for k, d in docs["dpo"].items() if not k.startswith("raw/")}
+        header, rows = wide_curve(series, "loss")
+        arts.append(write_csv(curves / "dpo_loss.csv", header, rows))
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for n, pts in series.items():
+            ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], lw=0.8, label=n)
+        ax.set_xlabel("step")
+        ax.set_title("DPO loss (equalized pairs)")
+        ax.legend(fontsize=6, ncol=2)
+        save(fig, "dpo_loss.png")
+    if policies and corr:
+        rows = []
+        fit = set(docs["report"]["fit_labelers"])
+        judges = docs.get("eval", {}).get("judges", {})
+        for n in labelers:
+            p = policies.get(n)
+            if not p or not p.get("gain"):
+                continue
+            lo, hi = p["gain_ci95"]["all"]
+            rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
+                         "fitted" if n in fit else "anchor"])
+        arts.append(write_csv(out_dir / "downstream_gain.csv",
+                              ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role"], rows))
+        for key, col, label in (("libra_score", 1, "Libra score of the labeler (bench)"),
+                                ("label_accuracy", 2, "label accuracy on the policy's responses")):
+            pts = [r for r in rows if r[col] not in ("", None)]
+            if not pts:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for r in pts:
+                style = dict(color="C0", marker="o") if r[6] == "fitted" else dict(color="C3", marker="s")
+                ax.errorbar(r[col], r[3], yerr=[[r[3] - r[4]], [r[5] - r[3]]], capsize=2, ls="none", **style)
+                ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            c = corr.get(key, {})
+            if c.get("slope") is not None:
+                xs = np.linspace(min(c["x"]), max(c["x"]), 10)
+                ax.plot(xs, c["intercept"] + c["slope"] * xs, color="C0", lw=1,
+                        label=f"fit over trained judges: r={c['r']:.2f}, p={c['p_permutation']:.3f}")
+                ax.legend(fontsize=7)
+            ax.axhline(0, color="grey", lw=0.8, ls="--")
+            ax.set_xlabel(label)
+            ax.set_ylabel("avg@k gain over base policy")
+            ax.set_title("Downstream gain (blue: trained judges, fitted; red: anchors)", fontsize=9)
+            save(fig, f"gain_vs_{key}.png")
+    return arts
+
+
+# ----------------------------------------------------------------------------- consistency check
+def check_report(report_dir: str | Path, root: str | Path = ".") -> list[str]:
+    """Differences between summary.md and the metrics files its tables cite ([] when every number
+    in every table equals the value at its recorded path)."""
+    report_dir, root = Path(report_dir), Path(root)
+    summary = read_json(report_dir / "summary.json")
+    md = (report_dir / "summary.md").read_text()
+    docs = {k: read_json(root / p) for k, p in summary["sources"].items()}
+    problems = []
+    for t in summary["tables"]:
+        section = md.split(f"### {t['title']}\n", 1)
+        if len(section) != 2:
+            problems.append(f"table {t['title']!r} missing from summary.md")
+            continue
+        lines = [ln for ln in section[1].split("\n### ", 1)[0].splitlines() if ln.startswith("| ")][1:]
+        if len(lines) != len(t["rows"]):
+            problems.append(f"table {t['title']!r}: {len(lines)} rows in summary.md, {len(t['rows'])} recorded")
+            continue
+        for line, row in zip(lines, t["rows"]):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            for i, (shown, src) in enumerate(zip(cells, row)):
+                want = _expected(src, docs)
+                if shown != want:
+                    problems.append(f"table {t['title']!r} row {row[0]!r} column {t['columns'][i]!r}: "
+                                    f"summary.md shows {shown!r}, the metrics file gives {want!r}")
+    return problems
+
+
+def _expected(src, docs) -> str:
+    if isinstance(src, dict):
+        return fmt(dig(docs[src["file"]], src["path"]), src["scale"], src["digits"], src["signed"])
+    if isinstance(src, list):
+        return f"[{_expected(src[0], docs)}, {_expected(src[1], docs)}]"
+    return src

@@ -49,6 +49,14 @@ def job_params(phase, **override):
     return rule_params(config, phase, cfg=CONFIG, **override)
 
 
+def UNUSED(*dotted):
+    """Params keys of a phase that one of its rules does not read: left out of that rule's params,
+    so editing them does not rerun it."""
+    from librarm.phases import param_name
+
+    return {param_name(k): None for k in dotted}
+
+
 def rule_env(backends=()):
     """The conda env file for a rule: GPU inference when a job of it uses vLLM."""
     return "../envs/gpu-inference.yaml" if "vllm" in backends else "../envs/cpu.yaml"

@@ -10,7 +10,7 @@ if DOWNSTREAM:
             train="results/pairs/train_problems.jsonl",
             val="results/pairs/val_problems.jsonl",
         params:
-            **job_params("pairs"),
+            **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify")),
         log:
             "results/logs/pairs/split.log",
         threads: 1
@@ -27,7 +27,7 @@ if DOWNSTREAM:
             samples="results/pairs/samples.jsonl",
             meta="results/pairs/samples.meta.json",
         params:
-            **job_params("pairs"),
+            **job_params("pairs", **UNUSED("judges", "judge", "evaluate.threshold_split", "verify")),
         log:
             "results/logs/pairs/sample.log",
         threads: 2
@@ -45,7 +45,7 @@ if DOWNSTREAM:
             verified="results/pairs/verified.jsonl",
             meta="results/pairs/verified.meta.json",
         params:
-            **job_params("pairs"),
+            **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling")),
         log:
             "results/logs/pairs/verify.log",
         threads: 2
@@ -67,6 +67,7 @@ if DOWNSTREAM:
         params:
             **job_params(
                 "pairs",
+                **UNUSED("pairs", "sampling", "verify"),
                 judges=lambda wc: config["judges"][wc.judge],
                 models=lambda wc: config["models"].get(config["judges"][wc.judge]["model"], {}),
             ),
@@ -88,7 +89,7 @@ if DOWNSTREAM:
             pairs=expand("results/pairs/{labeler}.jsonl", labeler=LABELERS),
             raw=expand("results/pairs/raw/{labeler}.jsonl", labeler=LABELERS),
         params:
-            **job_params("pairs"),
+            **job_params("pairs", **UNUSED("models", "judge", "evaluate.threshold_split", "sampling", "verify")),
         log:
             "results/logs/pairs/build.log",
         threads: 1
@@ -110,7 +111,7 @@ if DOWNSTREAM:
             policy=any_regex(DPO_POLICIES),
             seed=r"\d+",
         params:
-            **job_params("dpo"),
+            **job_params("dpo", **UNUSED("pairs.labelers", "pairs.raw_labelers")),
         log:
             "results/logs/dpo/{policy}/seed-{seed}.log",
         threads: 1
@@ -147,7 +148,7 @@ if DOWNSTREAM:
             policy=any_regex(POLICIES),
             run=r"base|seed-\d+",
         params:
-            **job_params("evaluate_policy", model_path=policy_eval_model_path),
+            **job_params("evaluate_policy", model_path=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "dpo.seeds")),
         log:
             "results/logs/downstream/{policy}/{run}.log",
         threads: 1

@@ -190,6 +190,15 @@ def test_ci_run_outputs(ci_copy):
         assert key in m
     assert json.loads((r / "verify" / "stats.json").read_text())["reasons"]
     assert (r / "eval" / "table.md").read_text().startswith("| judge |")
+    params = yaml.safe_load((ci_copy / "params.yaml").read_text())
+    for policy in ["none"] + params["pairs"]["labelers"]:
+        d = json.loads((r / "downstream" / policy / "metrics.json").read_text())
+        assert set(params["evaluate_policy"]["subsets"]) <= set(d["avg_at_k"]) and "all" in d["ci95"]
+        assert (d["pairs"] == 0 and d["label_accuracy"] is None) if policy == "none" else d["pairs"] > 0
+    from librarm.report import check_report
+
+    assert check_report(r / "report", root=ci_copy) == []
+    assert (r / "report" / "summary.md").read_text().startswith("# Libra run report")
 
 
 @pytest.mark.slow
@@ -209,8 +218,14 @@ def test_snakemake_and_dvc_agree(ci_copy):
     status = run("dvc status", ci_copy).stdout
     assert "up to date" in status.lower(), status
     metrics = run("dvc metrics show", ci_copy).stdout
-    for phase in ("problems", "bootstrap", "samples", "verify", "bench", "judge_data", "rs", "train", "eval"):
+    for phase in ("problems", "bootstrap", "samples", "verify", "bench", "judge_data", "rs", "train", "eval", "pairs",
+                  "dpo", "downstream", "report"):
         assert f"results/{phase}/" in metrics
+    run("dvc plots show -o dvc_plots_out", ci_copy)
+    html = (ci_copy / "dvc_plots_out" / "index.html").read_text()
+    for curve in ("sft_loss", "grpo_reward", "dpo_loss"):
+        assert f"curves_{curve}_" in html, curve
+    shutil.rmtree(ci_copy / "dvc_plots_out")
 
 
 def _edit_param(root: Path, dotted: str, value):
@@ -243,16 +258,22 @@ def _dvc_rerun_set(root: Path) -> set[str]:
 
 TRAIN_SIDE = {"judge_data", "rs", "train_judge", "train_stats"}
 SAMPLE_SIDE = {"sample", "sample_stats", "verify", "verify_stats", "bench", "evaluate", "eval_summary"} | TRAIN_SIDE
+AFTER_DPO = {"dpo", "dpo_stats", "policy_eval", "policy_metrics", "downstream_summary", "report"}
+AFTER_LABELS = {"pairs_label", "pairs_build"} | AFTER_DPO
+DOWNSTREAM = {"pairs_split", "pairs_sample", "pairs_verify"} | AFTER_LABELS
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dotted,value,snake_rules,dvc_stages", [
-    ("sampling.max_new_tokens", 79, SAMPLE_SIDE,
-     {"sample", "verify", "bench", "judge_data", "rs", "train", "evaluate"}),
+    # the policy samples with the sampling params too (not the pool split)
+    ("sampling.max_new_tokens", 79, SAMPLE_SIDE | DOWNSTREAM - {"pairs_split"},
+     {"sample", "verify", "bench", "judge_data", "rs", "train", "evaluate", "pairs", "dpo", "evaluate_policy", "report"}),
     # the judging params feed the teacher's rejection sampling, training (validation curves, GRPO
-    # prompts) and evaluation, not the bench
-    ("judge.max_new_tokens", 159, {"rs", "train_judge", "train_stats", "evaluate", "eval_summary"},
-     {"rs", "train", "evaluate"}),
+    # prompts), evaluation and the judges' labels of the policy's responses, not the bench
+    ("judge.max_new_tokens", 159, {"rs", "train_judge", "train_stats", "evaluate", "eval_summary"} | AFTER_LABELS,
+     {"rs", "train", "evaluate", "pairs", "dpo", "evaluate_policy", "report"}),
+    # a DPO parameter reruns exactly the DPO policies, their evaluation and the report
+    ("dpo.beta", 0.2, AFTER_DPO, {"dpo", "evaluate_policy", "report"}),
 ])
 def test_param_edit_reruns_exact_set(ci_copy, dotted, value, snake_rules, dvc_stages):
     original = (ci_copy / "params.yaml").read_text()
@@ -286,8 +307,10 @@ def test_module_edit_reruns_users_and_downstream(ci_copy):
         mod.write_text(original + "\n# edited\n")
         jobs = dry_run_jobs(ci_copy)
         # bench.py is used by bench, by judge_data (same assembly) and by evaluate (bench reader)
-        assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"} | TRAIN_SIDE
-        assert _dvc_rerun_set(ci_copy) == {"bench", "judge_data", "rs", "train", "evaluate"}
+        # (and by the downstream labels: a scalar labeler's threshold split is read with it)
+        assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"} | TRAIN_SIDE | DOWNSTREAM
+        assert _dvc_rerun_set(ci_copy) == {"bench", "judge_data", "rs", "train", "evaluate", "pairs", "dpo",
+                                           "evaluate_policy", "report"}
     finally:
         mod.write_text(original)
 

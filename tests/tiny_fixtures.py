@@ -19,8 +19,8 @@ def params_with_path_model(params: dict, model_dir: Path, **sampling) -> dict:
     import copy
 
     p = copy.deepcopy(params)
-    # Only the foundation stages: drop the learning-to-think sections and the judges they train.
-    for key in ("judge_data", "rs", "sft", "rl", "scalar_rm", "compare"):
+    # Only the foundation stages: drop the learning-to-think and downstream sections and the judges they train.
+    for key in ("judge_data", "rs", "sft", "rl", "scalar_rm", "compare", "pairs", "dpo", "evaluate_policy", "report"):
         p.pop(key, None)
     p["models"] = {k: v for k, v in p["models"].items() if v["source"] != "trained"}
     p["judges"] = {"base": p["judges"]["base"]}

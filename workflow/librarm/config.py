@@ -35,9 +35,15 @@ def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict:
     return out
 
 
+OPTIONAL_SECTIONS = ("judge_data", "rs", "sft", "rl", "scalar_rm", "compare", "pairs", "dpo", "evaluate_policy", "report")
+
+
 def prune_removed(params: dict) -> dict:
     """Snakemake merges --configfile overlays itself and keeps `name: null` entries; drop them
     from the registries so that an overlay can remove a model, generator or judge."""
+    for section in OPTIONAL_SECTIONS:
+        if section in params and params[section] is None:
+            del params[section]       # `pairs: null` switches the downstream phases off
     registries = [params.get(s) for s in ("models", "generators", "judges")]
     registries.append(params.get("rl", {}).get("variants") if isinstance(params.get("rl"), dict) else None)
     for reg in registries:

@@ -138,32 +138,22 @@ def out_paths(stage: Mapping[str, Any]) -> list[str]:
     return [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", [])]
 
 
-def dvc_plots(params: Mapping[str, Any]) -> list[dict]:
-    """`dvc plots show` definitions for the report's curve CSVs (one column per model of the
-    committed params) and its PNG plots."""
+def dvc_plots() -> list[dict]:
+    """`dvc plots show` definitions: each curve folder of the report (one CSV per series, so the
+    definitions do not depend on which models a params file names) and the report's PNG plots."""
     from .report import CURVES, PLOT_IMAGES
 
-    models = params.get("models", {})
-    series = {"sft": [m for m, s in models.items() if s.get("train") in ("sft", "nothink")],
-              "rl": [m for m, s in models.items() if s.get("train") == "rl"]}
-    series["sft_val"], series["rl_val"] = series["sft"], series["rl"]
-    out = []
-    for name, kind, _key, title in CURVES:
-        if series[kind]:
-            out.append({title: {"x": "step", "y": {f"results/report/curves/{name}.csv": list(series[kind])}}})
-    if params.get("pairs"):
-        cols = [f"{lab}/seed-{s}" for lab in params["pairs"]["labelers"] for s in params["dpo"]["seeds"]]
-        out.append({"DPO loss (equalized pairs)": {"x": "step", "y": {"results/report/curves/dpo_loss.csv": cols}}})
-    out += [f"results/report/{img}" for img in PLOT_IMAGES]
-    return out
+    out: list[Any] = [{f"results/report/curves/{name}": {"x": "step", "y": key, "title": title}}
+                      for name, _kind, key, title in CURVES]
+    out.append({"results/report/curves/dpo_loss": {"x": "step", "y": "loss", "title": "DPO loss (equalized pairs)"}})
+    return out + [f"results/report/{img}" for img in PLOT_IMAGES]
 
 
-def render_dvc_yaml(params_path: str | Path = REPO_ROOT / "params.yaml") -> str:
-    params = yaml.safe_load(Path(params_path).read_text())
+def render_dvc_yaml() -> str:
     doc = {
         "stages": dvc_stages(),
         "metrics": [p.target for p in PHASES.values()],
-        "plots": dvc_plots(params),
+        "plots": dvc_plots(),
     }
     header = ("# GENERATED from workflow/librarm/phases.py by `librarm dvc-yaml`; do not edit by hand.\n"
               "# One DVC stage per phase; each runs Snakemake on the phase's target.\n")

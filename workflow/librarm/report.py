@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,7 +23,7 @@ SOURCES = {
 }
 
 
-# Curve CSVs (results/report/curves/<name>.csv: step + one column per model), also dvc.yaml plots.
+# Curves: results/report/curves/<name>/<series>.csv (step, value); also the dvc.yaml plots.
 CURVES = [("sft_loss", "sft", "loss", "SFT loss"), ("grpo_reward", "rl", "reward", "GRPO reward"),
           ("grpo_correctness", "rl", "correctness", "GRPO correctness reward"),
           ("grpo_length", "rl", "length", "GRPO completion length (tokens)"),
@@ -188,7 +189,8 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
           "Every number below is read from the metrics file named in `results/report/summary.json` "
           "(`tables`); percentages unless marked.", ""]
     md += [t.markdown(docs) for t in tables]
-    md.append("### Plots\n\n" + "\n".join(f"- `{Path(a).name}`" for a in artifacts if a.endswith(".png")) + "\n")
+    md.append("### Plots\n\n" + "\n".join(f"- `{Path(a).name}`" for a in artifacts if a.endswith(".png"))
+              + "\n\nEach plot's data is in the CSV of the same name; curves are in `curves/<plot>/<series>.csv`.\n")
     write_text(out_dir / "summary.md", "\n".join(md))
     summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources()} for t in tables]
     summary["sources"] = {k: SOURCES[k] for k in docs if k in SOURCES}
@@ -337,11 +339,14 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
     return str(path)
 
 
-def wide_curve(series: Mapping[str, Sequence[Mapping[str, Any]]], key: str) -> tuple[list[str], list[list[Any]]]:
-    """{name: [{step, key}...]} -> step plus one column per series (empty where a series has no point)."""
-    steps = sorted({pt["step"] for pts in series.values() for pt in pts if pt.get(key) is not None})
-    lookup = {n: {pt["step"]: pt[key] for pt in pts if pt.get(key) is not None} for n, pts in series.items()}
-    return ["step"] + list(series), [[s] + [lookup[n].get(s, "") for n in series] for s in steps]
+def write_curves(folder: Path, series: Mapping[str, Sequence[Mapping[str, Any]]], key: str) -> list[str]:
+    """One CSV (step, key) per series in folder/, named after the series ("/" -> "_"): the form
+    `dvc plots show` renders from a folder definition whatever the series are."""
+    out = []
+    for name, pts in series.items():
+        rows = [[pt["step"], pt[key]] for pt in pts if pt.get(key) is not None]
+        out.append(write_csv(folder / f"{name.replace('/', '_')}.csv", ["step", key], rows))
+    return out
 
 
 def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) -> list[str]:
@@ -352,6 +357,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) ->
 
     arts: list[str] = []
     curves = out_dir / "curves"
+    shutil.rmtree(curves, ignore_errors=True)       # series of an earlier run must not linger
 
     def save(fig, name):
         p = out_dir / name
@@ -414,8 +420,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) ->
             series = by_kind[kind]
             if not series:
                 continue
-            header, rows = wide_curve(series, key)
-            arts.append(write_csv(curves / f"{name}.csv", header, rows))
+            arts += write_curves(curves / name, series, key)
             fig, ax = plt.subplots(figsize=(6, 3.5))
             for n, pts in series.items():
                 pts = [p for p in pts if p.get(key) is not None]
@@ -426,8 +431,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) ->
             save(fig, f"{name}.png")
     if "dpo" in docs:
         series = {k: d["loss_curve"] for k, d in docs["dpo"].items() if not k.startswith("raw/")}
-        header, rows = wide_curve(series, "loss")
-        arts.append(write_csv(curves / "dpo_loss.csv", header, rows))
+        arts += write_curves(curves / "dpo_loss", series, "loss")
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for n, pts in series.items():
             ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], lw=0.8, label=n)

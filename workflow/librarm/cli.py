@@ -288,6 +288,17 @@ def cmd_params(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seeds(a: argparse.Namespace) -> int:
+    from .seeds import run_seed_summary
+
+    text = run_seed_summary(a.exp_json)
+    if a.out:
+        Path(a.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
 def cmd_train_tiny(a: argparse.Namespace) -> int:
     """Retrain the tiny models from params and (with --ship) store them as the shipped weights."""
     import tempfile
@@ -350,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "params":
             v.add_argument("--write", help="write the merged params to this file instead of printing")
         v.set_defaults(func=fn)
+
+    sd = sub.add_parser("seeds", help="mean +- sd over DVC experiments that differ only in seeds")
+    sd.add_argument("--exp-json", help="a saved `dvc exp show --json` (default: run it)")
+    sd.add_argument("--out", help="write the Markdown here instead of printing it")
+    sd.set_defaults(func=cmd_seeds)
 
     t = sub.add_parser("train-tiny", help="retrain the tiny-world models (and --ship them)")
     t.add_argument("--params", default="params.yaml")

@@ -10,6 +10,7 @@ import contextlib
 import os
 import random
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -144,8 +145,13 @@ def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any]
     tags = {"mlflow.parentRunId": parent, "mlflow.runName": name, "librarm.stage": stage,
             "librarm.kind": "job", PIPELINE_TAG: ident["pipeline_id"], "git_commit": str(ident["git_commit"]),
             **{f"wildcard.{k}": str(v) for k, v in wildcards.items()}}
-    run = _retry(lambda: client.create_run(exp_id, tags=tags))
-    run_id = run.info.run_id
+    # A rerun of a job that failed (an interrupted training) continues that job's run, so a
+    # resumed training curve has no gap; a finished job's rerun gets a run of its own.
+    run_id = _unfinished_run(client, exp_id, tags)
+    if run_id:
+        _retry(lambda: client.update_run(run_id, status="RUNNING"))
+    else:
+        run_id = _retry(lambda: client.create_run(exp_id, tags=tags)).info.run_id
     flat_params = {}
     for k, v in _flatten_params(sections).items():
         flat_params[k[:250]] = str(v)[:6000]
@@ -153,11 +159,41 @@ def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any]
     for i in range(0, len(plist), 100):
         _retry(lambda chunk=plist[i:i + 100]: client.log_batch(run_id, params=chunk))
     status = "FAILED"
+    # Trainers with report_to=["mlflow"] log their curves into this run (transformers' MLflow
+    # callback resumes the run named by MLFLOW_RUN_ID in the store named by MLFLOW_TRACKING_URI).
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
+    os.environ.update(MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=tracking_uri())
     try:
         yield StageRun(client, run_id)
         status = "FINISHED"
     finally:
+        # a trainer's callback left this run active in mlflow's fluent API: end it here with the
+        # job's status (mlflow's exit hook would otherwise mark a failed job FINISHED)
+        fluent = sys.modules.get("mlflow")
+        active = fluent.active_run() if fluent else None
+        if active is not None and active.info.run_id == run_id:
+            fluent.end_run(status=status)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         _retry(lambda: client.set_terminated(run_id, status))
+
+
+def _unfinished_run(client, exp_id: str, tags: Mapping[str, str]) -> str | None:
+    """The latest FAILED or RUNNING run of the same job (same pipeline, stage and wildcards)."""
+    keys = [PIPELINE_TAG, "librarm.stage"] + [k for k in tags if k.startswith("wildcard.")]
+    flt = " and ".join(f"tags.`{k}` = '{tags[k]}'" for k in keys)
+    runs = _retry(lambda: client.search_runs([exp_id], filter_string=flt, order_by=["attributes.start_time DESC"],
+                                             max_results=20))
+    for r in runs:
+        same_wildcards = {k for k in r.data.tags if k.startswith("wildcard.")} == {k for k in tags if k.startswith("wildcard.")}
+        if same_wildcards and r.info.status in ("FAILED", "RUNNING"):
+            return r.info.run_id
+        if same_wildcards:
+            return None
+    return None
 
 
 def _flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:

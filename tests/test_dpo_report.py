@@ -163,14 +163,20 @@ def _fixture_run(root, params):
     write_json(r / "downstream/summary.json", {"k": 4, "subsets": ["s1"], "policies": policies})
 
 
-def test_report_from_fixture_run_matches_its_sources(tmp_path, params):
+@pytest.fixture
+def fixture_report(tmp_path, params):
+    """A report built from a small fixture run: (root, report folder, summary, params)."""
     p = copy.deepcopy(params)
     p["pairs"]["labelers"] = ["base", "rl", "sft", "gold", "random"]
     p["report"].update(fit_labelers=["base", "rl", "sft"], resamples=200, permutations=500)
     _fixture_run(tmp_path, p)
     out = tmp_path / "results/report"
-    summary = build_report(p, out, root=tmp_path)
-    assert check_report(out, root=tmp_path) == []
+    return tmp_path, out, build_report(p, out, root=tmp_path), p
+
+
+def test_report_from_fixture_run_matches_its_sources(fixture_report):
+    root, out, summary, _ = fixture_report
+    assert check_report(out, root=root) == []
     md = (out / "summary.md").read_text()
     for title in ("Generators", "Libra Bench composition", "Judges on Libra Bench", "Paired judge comparisons",
                   "Judge training", "Rejection sampling", "DPO pairs", "DPO training", "Downstream: policy pass@1",
@@ -185,21 +191,16 @@ def test_report_from_fixture_run_matches_its_sources(tmp_path, params):
         assert data.exists() or any(curves.glob("*.csv")) or png.startswith("gain_vs"), png
     assert (out / "downstream_gain.csv").read_text().count("\n") == 1 + 5
     # negative twin: a source changed after the report was written is caught, with its cell named
-    ev = read_json(tmp_path / "results/eval/summary.json")
+    ev = read_json(root / "results/eval/summary.json")
     ev["judges"]["rl"]["libra_score"] = 0.81
-    write_json(tmp_path / "results/eval/summary.json", ev)
-    problems = check_report(out, root=tmp_path)
+    write_json(root / "results/eval/summary.json", ev)
+    problems = check_report(out, root=root)
     assert len(problems) == 1 and "row 'rl'" in problems[0] and "Libra score" in problems[0]
 
 
-def test_report_numbers_match_sources_after_tampering_the_markdown(tmp_path, params):
-    p = copy.deepcopy(params)
-    p["pairs"]["labelers"] = ["base", "rl", "sft", "gold", "random"]
-    p["report"].update(fit_labelers=["base", "rl", "sft"], resamples=100, permutations=200)
-    _fixture_run(tmp_path, p)
-    out = tmp_path / "results/report"
-    build_report(p, out, root=tmp_path)
+def test_tampered_markdown_is_caught(fixture_report):
+    root, out, _, _ = fixture_report
     md = out / "summary.md"
     md.write_text(md.read_text().replace("| 80.0 |", "| 81.0 |", 1))
-    assert check_report(out, root=tmp_path)
+    assert check_report(out, root=root)
     assert json.loads((out / "summary.json").read_text())["tables"]

@@ -198,7 +198,6 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     summary["headline"] = _headline(policies, corr)
     summary["artifacts"] = artifacts
     write_json(out_dir / "summary.json", summary)
-    _log_artifacts(params, out_dir, artifacts)
     return summary
 
 
@@ -207,16 +206,6 @@ def _headline(policies, corr) -> dict:
     for k, c in corr.items():
         h[f"r_gain_vs_{k}"] = c.get("r")
     return h
-
-
-def _log_artifacts(params, out_dir: Path, artifacts) -> None:
-    from . import tracking
-
-    if not tracking.enabled(params):
-        return
-    with tracking.stage_run(params, "report-artifacts", {}, {}) as run:
-        for a in artifacts + [str(out_dir / "summary.md")]:
-            run.log_artifact(a)
 
 
 def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:

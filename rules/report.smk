@@ -9,6 +9,7 @@ if DOWNSTREAM:
             expand("results/downstream/{policy}/per_problem.json", policy=POLICIES),
             expand("results/eval/{judge}/metrics.json", judge=JUDGES),
         output:
+            metrics="results/report/metrics.json",
             summary="results/report/summary.json",
             markdown="results/report/summary.md",
         params:
@@ -17,4 +18,4 @@ if DOWNSTREAM:
             "results/logs/report.log",
         threads: 1
         shell:
-            "python -m librarm.cli stage report --config {params.cfg} --out {output.summary} > {log} 2>&1"
+            "python -m librarm.cli stage report --config {params.cfg} --out {output.metrics} > {log} 2>&1"

@@ -173,7 +173,8 @@ def _run_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) 
         from .report import build_report
 
         summary = build_report(cfg, Path(out).parent)
-        return summary["headline"], [out, str(Path(out).with_name("summary.md"))] + summary["artifacts"]
+        return summary["headline"], [str(Path(out).with_name(n)) for n in ("metrics.json", "summary.json", "summary.md")] \
+            + summary["artifacts"]
     raise SystemExit(f"unknown step {step}")
 
 

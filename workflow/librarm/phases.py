@@ -71,7 +71,7 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
            "dpo.seeds"),
           ("downstream.py", "sampling.py", "verify.py", "think.py", "problems.py"),
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs"),
-    Phase("report", "results/report/summary.json", "results/report", ("report", "pairs.labelers", "dpo.seeds"),
+    Phase("report", "results/report/metrics.json", "results/report", ("report", "pairs.labelers", "dpo.seeds"),
           ("report.py",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
           "rules/report.smk", optional="pairs"),
 )}

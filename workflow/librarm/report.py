@@ -198,6 +198,10 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     summary["headline"] = _headline(policies, corr)
     summary["artifacts"] = artifacts
     write_json(out_dir / "summary.json", summary)
+    # the DVC metrics file: the headline numbers only (summary.json also holds the table sources)
+    write_json(out_dir / "metrics.json", {"headline": summary["headline"],
+                                          "correlation": {k: {f: c.get(f) for f in ("r", "ci95", "p_permutation")}
+                                                          for k, c in corr.items()}})
     return summary
 
 

@@ -115,8 +115,11 @@ def test_equalize_subsamples_to_the_smallest_and_keeps_originals():
     assert {k: len(v) for k, v in out.items()} == {"a": 4, "b": 4, "c": 4}
     assert all(p in mk(10, "a") for p in out["a"])
     assert out == equalize({"a": mk(10, "a"), "b": mk(4, "b"), "c": mk(7, "c")}, seed=0)
-    with pytest.raises(ValueError, match="produced no pair"):
-        equalize({"a": mk(3, "a"), "b": []}, seed=0)
+    # a labeler without pairs stays empty and does not drag the others to zero
+    assert {k: len(v) for k, v in equalize({"a": mk(3, "a"), "b": [], "c": mk(5, "c")}, seed=0).items()} == \
+        {"a": 3, "b": 0, "c": 3}
+    with pytest.raises(ValueError, match="no labeler produced a pair"):
+        equalize({"a": [], "b": []}, seed=0)
 
 
 def test_build_pairs_stage_writes_equalized_and_raw(tmp_path):

@@ -185,12 +185,13 @@ def _pair(chosen: Mapping[str, Any], rejected: Mapping[str, Any], labeler: str) 
 
 def equalize(pairs_by_labeler: Mapping[str, Sequence[dict]], seed: int) -> dict[str, list[dict]]:
     """Subsample every labeler's pairs to the smallest count (by seeded hash), so a labeler is not
-    better downstream merely because it produced more pairs."""
-    target = min(len(v) for v in pairs_by_labeler.values())
-    if target == 0:
-        empty = sorted(k for k, v in pairs_by_labeler.items() if not v)
-        raise ValueError(f"pairs.equalize: labeler(s) {empty} produced no pair, so every labeler would train on "
-                         "nothing; drop them from pairs.labelers or set pairs.equalize: false")
+    better downstream merely because it produced more pairs. A labeler with no pair at all (e.g.
+    a judge that calls every response correct) stays empty and does not drag the others to zero:
+    its DPO leaves the policy unchanged."""
+    counts = [len(v) for v in pairs_by_labeler.values() if v]
+    if not counts:
+        raise ValueError("pairs: no labeler produced a pair (every problem all correct or all incorrect?)")
+    target = min(counts)
     out = {}
     for name, pairs in pairs_by_labeler.items():
         keep = sorted(pairs, key=lambda p: stable_hash(seed, "equalize", name, p["pair_id"]))[:target]
@@ -238,7 +239,8 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
             round(sum(p["chosen_gold"] == 1 and p["rejected_gold"] == 0 for p in trained[name]) / len(trained[name]), 4)
             if trained[name] else None)
     stats["equalize"] = bool(cfg["equalize"])
-    stats["equalized_to"] = min(len(v) for v in trained.values()) if cfg["equalize"] else None
+    stats["equalized_to"] = min((len(v) for v in trained.values() if v), default=0) if cfg["equalize"] else None
+    stats["labelers_without_pairs"] = sorted(n for n, v in raw.items() if not v)
     write_json(out_dir / "stats.json", stats)
     return stats
 

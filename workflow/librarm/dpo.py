@@ -73,7 +73,13 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     cfg = DPOSettings.from_params(params["dpo"], seed)
     pairs = read_jsonl(pairs_path).records
     if not pairs:
-        raise ValueError(f"{pairs_path}: no pairs to train on")
+        # the labeler gave no training signal: the policy stays the base policy (reported as such)
+        out_dir = Path(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(init_model, out_dir)
+        return {"labeler": name, "seed": seed, "pairs": 0, "steps": 0, "global_step": 0, "selected_step": 0,
+                "selected_val_avg_at_k": None, "seconds": 0.0, "tokens_per_s": None, "loss_curve": [], "val_curve": [],
+                "note": f"{pairs_path} has no pair: the base policy, unchanged"}
     val_problems = [dict(p, subset="val") for p in read_jsonl(val_problems_path).records]
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)

@@ -56,6 +56,7 @@ if DOWNSTREAM:
     rule pairs_label:
         conda:
             EVAL_ENV
+        priority: 40
         input:
             verified="results/pairs/verified.jsonl",
             model=judge_model,
@@ -81,6 +82,7 @@ if DOWNSTREAM:
     rule pairs_build:
         conda:
             "../envs/cpu.yaml"
+        priority: 40
         input:
             verified="results/pairs/verified.jsonl",
             labels=expand("results/pairs/labels/{judge}.jsonl", judge=JUDGE_LABELERS),
@@ -99,7 +101,8 @@ if DOWNSTREAM:
 
     rule dpo:
         conda:
-            "../envs/gpu-train.yaml" if config["dpo"].get("gpus") else "../envs/cpu.yaml"
+            "../envs/cpu.yaml"
+        priority: 30
         input:
             pairs="results/pairs/{policy}.jsonl",
             val="results/pairs/val_problems.jsonl",
@@ -138,6 +141,7 @@ if DOWNSTREAM:
     rule policy_eval:
         conda:
             SAMPLE_ENV
+        priority: 20
         input:
             problems=expand("results/problems/{name}.jsonl", name=POLICY_EVAL_SETS),
             model=policy_eval_model,
@@ -148,13 +152,13 @@ if DOWNSTREAM:
             policy=any_regex(POLICIES),
             run=r"base|seed-\d+",
         params:
-            **job_params("evaluate_policy", model_path=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "dpo.seeds")),
+            **job_params("evaluate_policy", models_dir=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "dpo.seeds")),
         log:
             "results/logs/downstream/{policy}/{run}.log",
         threads: 1
         shell:
             "python -m librarm.cli stage policy-eval --config {params.cfg} --policy {wildcards.policy}"
-            " --models-dir {params.model_path} --inputs {input.problems} --out {output.metrics}"
+            " --models-dir {params.models_dir} --inputs {input.problems} --out {output.metrics}"
             " --threads {threads} > {log} 2>&1"
 
     rule policy_metrics:

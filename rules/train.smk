@@ -4,6 +4,7 @@ if LEARNING:
     rule judge_data:
         conda:
             "../envs/cpu.yaml"
+        priority: 60
         input:
             verify=expand("results/verify/{generator}/{pool}.jsonl", generator=TRAIN_GENERATORS, pool=JUDGE_POOL),
             problems=expand("results/problems/{name}.jsonl", name=SET_NAMES),
@@ -23,6 +24,7 @@ if LEARNING:
     rule rs:
         conda:
             "../envs/cpu.yaml"
+        priority: 60
         input:
             train="results/judge_data/train.jsonl",
             solutions=expand("results/verify/{generator}/{pool}.jsonl", generator=TRAIN_GENERATORS, pool=JUDGE_POOL),
@@ -45,6 +47,7 @@ if LEARNING:
     rule train_judge:
         conda:
             "../envs/cpu.yaml"
+        priority: 50
         input:
             unpack(train_inputs),
         output:

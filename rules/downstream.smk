@@ -30,7 +30,7 @@ if DOWNSTREAM:
             **job_params("pairs", **UNUSED("judges", "judge", "evaluate.threshold_split", "verify")),
         log:
             "results/logs/pairs/sample.log",
-        threads: 2
+        threads: 1
         shell:
             "python -m librarm.cli stage pairs-sample --config {params.cfg} --inputs {input.problems}"
             " --out {output.samples} --threads {threads} > {log} 2>&1"
@@ -48,7 +48,7 @@ if DOWNSTREAM:
             **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling")),
         log:
             "results/logs/pairs/verify.log",
-        threads: 2
+        threads: 1
         shell:
             "python -m librarm.cli stage pairs-verify --config {params.cfg} --inputs {input.samples} {input.problems}"
             " --out {output.verified} --threads {threads} > {log} 2>&1"
@@ -74,7 +74,7 @@ if DOWNSTREAM:
             ),
         log:
             "results/logs/pairs/label-{judge}.log",
-        threads: 2
+        threads: 1
         shell:
             "python -m librarm.cli stage pairs-label --config {params.cfg} --judge {wildcards.judge}"
             " --inputs {input.verified} --out {output} --threads {threads} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule evaluate:
         gpu=lambda wc: config["judges"][wc.judge].get("gpus", 0),
     log:
         "results/logs/evaluate/{judge}.log",
-    threads: 2
+    threads: 1
     shell:
         "python -m librarm.cli stage evaluate --config {params.cfg} --judge {wildcards.judge} --inputs {input.bench}"
         " --out {output.metrics} --threads {threads} > {log} 2>&1"

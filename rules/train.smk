@@ -39,7 +39,7 @@ if LEARNING:
             **job_params("rs", judges=lambda wc: config["judges"][config["rs"]["teacher"]]),
         log:
             "results/logs/rs.log",
-        threads: 2
+        threads: 1
         shell:
             "python -m librarm.cli stage rs --config {params.cfg} --inputs {input.train} {input.solutions}"
             " --out {output.stats} --threads {threads} > {log} 2>&1"
@@ -66,7 +66,7 @@ if LEARNING:
             ),
         log:
             "results/logs/train/{model}.log",
-        threads: 2
+        threads: 1
         shell:
             "python -m librarm.cli stage train --config {params.cfg} --model {wildcards.model}"
             " --models-dir {output.model} --out {output.log} --threads {threads} > {log} 2>&1"

@@ -14,7 +14,7 @@ rule verify:
         **job_params("verify"),
     log:
         "results/logs/verify/{generator}/{subset}.log",
-    threads: 2
+    threads: 1
     shell:
         "python -m librarm.cli stage verify --config {params.cfg} --inputs {input.samples} {input.problems}"
         " --generator {wildcards.generator} --subset {wildcards.subset}"

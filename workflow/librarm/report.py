@@ -161,6 +161,10 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     root = Path(root)
     out_dir = Path(out_dir)
     docs = {k: read_json(root / p) for k, p in SOURCES.items() if (root / p).exists()}
+    if "eval" in docs:       # judges in the order params lists them (summary.json sorts its keys)
+        want = list(params.get("evaluate", {}).get("judges", []))
+        js = docs["eval"]["judges"]
+        docs["eval"]["judges"] = {j: js[j] for j in sorted(js, key=lambda j: want.index(j) if j in want else len(want))}
     down = docs.get("downstream", {"policies": {}})
     rep = params.get("report", {})
     labelers = list(params["pairs"]["labelers"]) if params.get("pairs") else []

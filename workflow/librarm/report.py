@@ -23,7 +23,7 @@ SOURCES = {
 }
 
 
-# Curves: results/report/curves/<name>/<series>.csv (step, value); also the dvc.yaml plots.
+# Curves: results/report/curves/<name>/<name>-<series>.csv (step, value); also the dvc.yaml plots.
 CURVES = [("sft_loss", "sft", "loss", "SFT loss"), ("grpo_reward", "rl", "reward", "GRPO reward"),
           ("grpo_correctness", "rl", "correctness", "GRPO correctness reward"),
           ("grpo_length", "rl", "length", "GRPO completion length (tokens)"),
@@ -194,7 +194,7 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
           "(`tables`); percentages unless marked.", ""]
     md += [t.markdown(docs) for t in tables]
     md.append("### Plots\n\n" + "\n".join(f"- `{Path(a).name}`" for a in artifacts if a.endswith(".png"))
-              + "\n\nEach plot's data is in the CSV of the same name; curves are in `curves/<plot>/<series>.csv`.\n")
+              + "\n\nEach plot's data is in the CSV of the same name; curves are in `curves/<plot>/<plot>-<series>.csv`.\n")
     write_text(out_dir / "summary.md", "\n".join(md))
     summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources()} for t in tables]
     summary["sources"] = {k: SOURCES[k] for k in docs if k in SOURCES}
@@ -337,12 +337,13 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
 
 
 def write_curves(folder: Path, series: Mapping[str, Sequence[Mapping[str, Any]]], key: str) -> list[str]:
-    """One CSV (step, key) per series in folder/, named after the series ("/" -> "_"): the form
-    `dvc plots show` renders from a folder definition whatever the series are."""
+    """One CSV (step, key) per series in folder/, named <plot>-<series> ("/" -> "_"): the form
+    `dvc plots show` renders from a folder definition whatever the series are, and names that stay
+    unique when MLflow stores the report's artifacts side by side."""
     out = []
     for name, pts in series.items():
         rows = [[pt["step"], pt[key]] for pt in pts if pt.get(key) is not None]
-        out.append(write_csv(folder / f"{name.replace('/', '_')}.csv", ["step", key], rows))
+        out.append(write_csv(folder / f"{folder.name}-{name.replace('/', '_')}.csv", ["step", key], rows))
     return out
 
 

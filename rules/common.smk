@@ -124,15 +124,17 @@ def policy_runs(policy):
     return ["base"] if policy == NONE_POLICY else [f"seed-{s}" for s in DPO_SEEDS]
 
 
-def policy_eval_model(wildcards):
-    if wildcards.policy == NONE_POLICY:
-        return local_model_dirs(config, [config["pairs"]["policy"]])
-    return [f"results/dpo/{wildcards.policy}/{wildcards.run}/model"]
-
-
 def policy_eval_model_path(wildcards):
+    """The folder (or hub id) of the policy one evaluation run scores."""
     if wildcards.policy == NONE_POLICY:
         from librarm.config import model_ref
 
         return model_ref(config, config["pairs"]["policy"])["path"]
     return f"results/dpo/{wildcards.policy}/{wildcards.run}/model"
+
+
+def policy_eval_model(wildcards):
+    """The same as an input: only folders the pipeline makes (a hub policy is not a file)."""
+    if wildcards.policy == NONE_POLICY:
+        return local_model_dirs(config, [config["pairs"]["policy"]])
+    return [policy_eval_model_path(wildcards)]

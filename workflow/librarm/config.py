@@ -199,7 +199,7 @@ def _cross_check_learning(p: Mapping[str, Any], problems: list[str]) -> None:
 def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
     if "pairs" not in p:
         return
-    import re
+    from .downstream import labeler_kind
 
     pairs = p["pairs"]
     for section in ("dpo", "evaluate_policy"):
@@ -210,12 +210,10 @@ def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
     if pairs["policy"] not in p["models"]:
         problems.append(f"pairs.policy: {pairs['policy']!r} is not a key of 'models'")
     for i, name in enumerate(pairs["labelers"]):
-        if name in ("gold", "random") or name in p["judges"]:
-            continue
-        m = re.fullmatch(r"gold_p(\d{1,2})", name)
-        if not m or not 1 <= int(m.group(1)) <= 99:
-            problems.append(f"pairs.labelers.{i}: {name!r} is not a key of 'judges', 'gold', 'random' or gold_pNN "
-                            "(NN in 1..99)")
+        try:
+            labeler_kind(name, p["judges"])
+        except ValueError as exc:
+            problems.append(f"pairs.labelers.{i}: {exc}")
     for name in pairs.get("raw_labelers", []):
         if name not in pairs["labelers"]:
             problems.append(f"pairs.raw_labelers: {name!r} is not in pairs.labelers")

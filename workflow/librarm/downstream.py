@@ -13,7 +13,7 @@ import numpy as np
 
 from .io import read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 
-NOISY_GOLD = re.compile(r"^gold_p(\d{1,2})$")
+NOISY_GOLD = re.compile(r"^gold_p([1-9]\d?)$")      # gold_p1 .. gold_p99
 BUILTIN_LABELERS = ("gold", "random")
 NONE_POLICY = "none"           # the base policy, before any DPO
 
@@ -27,7 +27,7 @@ def labeler_kind(name: str, judges: Mapping[str, Any]) -> str:
         return "noisy_gold"
     if name in judges:
         return "judge"
-    raise ValueError(f"labeler {name!r}: not a key of 'judges' and not one of gold, random, gold_pNN")
+    raise ValueError(f"labeler {name!r}: not a key of 'judges' and not one of gold, random, gold_pNN (NN in 1..99)")
 
 
 def keep_probability(name: str) -> float:
@@ -170,9 +170,15 @@ def build_pairs(verified: Sequence[Mapping[str, Any]], labels: Sequence[int | No
             skipped["only_ties"] += 1
     stats = {"pairs": len(pairs), "problems": len(order), "problems_with_pairs": len({p["problem_id"] for p in pairs}),
              "skipped_problems": skipped, "tied_candidates": ties, "unjudged_responses": unjudged,
-             "pair_accuracy": (round(sum(p["chosen_gold"] == 1 and p["rejected_gold"] == 0 for p in pairs) / len(pairs), 4)
-                               if pairs else None)}
+             "pair_accuracy": pair_accuracy(pairs)}
     return pairs, stats
+
+
+def pair_accuracy(pairs: Sequence[Mapping[str, Any]]) -> float | None:
+    """Share of pairs whose chosen response is gold-correct and rejected one gold-incorrect."""
+    if not pairs:
+        return None
+    return round(sum(p["chosen_gold"] == 1 and p["rejected_gold"] == 0 for p in pairs) / len(pairs), 4)
 
 
 def _pair(chosen: Mapping[str, Any], rejected: Mapping[str, Any], labeler: str) -> dict:
@@ -235,9 +241,7 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
         write_jsonl(out_dir / f"{name}.jsonl", trained[name])
         stats["labelers"][name]["pairs_raw"] = len(raw[name])
         stats["labelers"][name]["pairs_trained"] = len(trained[name])
-        stats["labelers"][name]["pair_accuracy_trained"] = (
-            round(sum(p["chosen_gold"] == 1 and p["rejected_gold"] == 0 for p in trained[name]) / len(trained[name]), 4)
-            if trained[name] else None)
+        stats["labelers"][name]["pair_accuracy_trained"] = pair_accuracy(trained[name])
     stats["equalize"] = bool(cfg["equalize"])
     stats["equalized_to"] = min((len(v) for v in trained.values() if v), default=0) if cfg["equalize"] else None
     stats["labelers_without_pairs"] = sorted(n for n, v in raw.items() if not v)
@@ -341,12 +345,10 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
 
 
 def _policy_sampler(params, model_path, cfg, threads):
-    from .sampling import HFSampler, make_sampler
+    """The policy at model_path behind the backend `pairs.backend` names (the generators' factory)."""
+    from .sampling import make_sampler
 
-    backend = params["pairs"].get("backend", "hf")
-    if backend == "hf":
-        return HFSampler(model_path, cfg, None, threads)
-    return make_sampler({"model": "_policy", "backend": backend},
+    return make_sampler({"model": "_policy", "backend": params["pairs"].get("backend", "hf")},
                         {**params, "models": {**params["models"], "_policy": {"source": "path", "path": model_path}}},
                         cfg, threads)
 
@@ -400,9 +402,11 @@ def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str |
     of the gold labeler's gain each labeler recovers."""
     ev = params["evaluate_policy"]
     seed = params["seed"]
-    metrics = {read_json(p)["policy"]: read_json(p) for p in metric_paths}
-    per_problem = {name: read_json(Path(p).with_name("per_problem.json"))
-                   for name, p in zip(metrics, metric_paths)}
+    metrics, per_problem = {}, {}
+    for path in metric_paths:
+        m = read_json(path)
+        metrics[m["policy"]] = m
+        per_problem[m["policy"]] = read_json(Path(path).with_name("per_problem.json"))
     if NONE_POLICY not in metrics:
         raise ValueError(f"downstream summary: the base policy {NONE_POLICY!r} is missing from the inputs")
     base = per_problem[NONE_POLICY]

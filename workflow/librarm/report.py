@@ -147,8 +147,7 @@ def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[s
             v = pearson(xs, gains(idx))
             if v is not None:
                 draws.append(v)
-    slope = float(np.polyfit(xs, g, 1)[0]) if r is not None else None
-    intercept = float(np.polyfit(xs, g, 1)[1]) if r is not None else None
+    slope, intercept = (float(v) for v in np.polyfit(xs, g, 1)) if r is not None else (None, None)
     return {"labelers": names, "x": xs, "gain": [round(v, 4) for v in g], "r": round(r, 4) if r is not None else None,
             "ci95": [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
             if draws else None,

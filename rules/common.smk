@@ -104,19 +104,20 @@ def threshold_split(wildcards):
 # ---------------------------------------------------------------- downstream (judge-labeled DPO)
 DOWNSTREAM = bool(config.get("pairs"))
 if DOWNSTREAM:
-    from librarm.downstream import NONE_POLICY, labeler_kind
+    from librarm.downstream import NONE_POLICY, curve_policy, downstream_policies, labeler_kind
 
     LABELERS = list(config["pairs"]["labelers"])
     JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, config["judges"]) == "judge"]
-    # A DPO policy per labeler (on the equalized pairs when pairs.equalize) and, for raw_labelers,
-    # one more on the raw pairs, named raw/<labeler>.
-    DPO_POLICIES = LABELERS + [f"raw/{l}" for l in config["pairs"].get("raw_labelers", []) if config["pairs"]["equalize"]]
+    # A DPO policy per labeler (on its budget of pairs), the gold curve (curve/gold-<n>) and, for
+    # raw_labelers, one more on all the labeler's pairs (raw/<labeler>).
+    DPO_POLICIES = downstream_policies(config["pairs"])
+    CURVE_POLICIES = [curve_policy(n) for n in config["pairs"].get("gold_curve", []) if "gold" in LABELERS]
     DPO_SEEDS = [int(s) for s in config["dpo"]["seeds"]]
     POLICIES = [NONE_POLICY] + DPO_POLICIES
     POLICY_EVAL_SETS = list(config["evaluate_policy"]["subsets"])
     DPO_POOL = config["pairs"]["pool"]
 else:
-    LABELERS = JUDGE_LABELERS = DPO_POLICIES = DPO_SEEDS = POLICIES = POLICY_EVAL_SETS = []
+    LABELERS = JUDGE_LABELERS = DPO_POLICIES = CURVE_POLICIES = DPO_SEEDS = POLICIES = POLICY_EVAL_SETS = []
 
 
 def policy_runs(policy):

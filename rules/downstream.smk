@@ -90,6 +90,7 @@ if DOWNSTREAM:
             stats="results/pairs/stats.json",
             pairs=expand("results/pairs/{labeler}.jsonl", labeler=LABELERS),
             raw=expand("results/pairs/raw/{labeler}.jsonl", labeler=LABELERS),
+            curve=expand("results/pairs/{policy}.jsonl", policy=CURVE_POLICIES),
         params:
             **job_params("pairs", **UNUSED("models", "judge", "evaluate.threshold_split", "sampling", "verify")),
         log:
@@ -114,7 +115,8 @@ if DOWNSTREAM:
             policy=any_regex(DPO_POLICIES),
             seed=r"\d+",
         params:
-            **job_params("dpo", **UNUSED("pairs.labelers", "pairs.raw_labelers")),
+            **job_params("dpo", **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve"),
+                         models=config["models"][config["pairs"]["policy"]]),
         log:
             "results/logs/dpo/{policy}/seed-{seed}.log",
         threads: 1
@@ -152,7 +154,7 @@ if DOWNSTREAM:
             policy=any_regex(POLICIES),
             run=r"base|seed-\d+",
         params:
-            **job_params("evaluate_policy", models_dir=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "dpo.seeds")),
+            **job_params("evaluate_policy", models_dir=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve", "dpo.seeds")),
         log:
             "results/logs/downstream/{policy}/{run}.log",
         threads: 1

@@ -1,5 +1,6 @@
 """Downstream logic: labelers (gold, noisy gold, random), pair construction (ties, no pairs,
-all-correct groups, per-problem cap), equalization, avg@k and its intervals, the paired gain
+all-correct groups, per-problem cap), the pair budget and the gold curve (a short labeler never
+moves another's run), avg@k and its intervals, the paired gain
 summary, and the config checks of the downstream sections."""
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from librarm.config import ConfigError, load_params, validate_params
-from librarm.downstream import (avg_at_k, bootstrap_means, build_pairs, builtin_labels, equalize, keep_probability,
+from librarm.downstream import (avg_at_k, bootstrap_means, build_pairs, builtin_labels, dpo_step_pairs, downstream_policies,
+                                keep_probability, policy_parts, take_budget,
                                 label_accuracy, labeler_kind, per_problem_accuracy, run_build_pairs, sign_flip_p,
                                 split_pool, summarize_downstream, summarize_policy)
 from librarm.io import read_json, read_jsonl, write_json, write_jsonl
@@ -109,22 +111,33 @@ def test_pairs_are_deterministic_and_seed_dependent():
     assert a == b and a != c
 
 
-def test_equalize_subsamples_to_the_smallest_and_keeps_originals():
+def test_take_budget_is_per_labeler_and_nested():
     mk = lambda n, tag: [{"pair_id": f"{tag}{i}"} for i in range(n)]  # noqa: E731
-    out = equalize({"a": mk(10, "a"), "b": mk(4, "b"), "c": mk(7, "c")}, seed=0)
-    assert {k: len(v) for k, v in out.items()} == {"a": 4, "b": 4, "c": 4}
-    assert all(p in mk(10, "a") for p in out["a"])
-    assert out == equalize({"a": mk(10, "a"), "b": mk(4, "b"), "c": mk(7, "c")}, seed=0)
-    # a labeler without pairs stays empty and does not drag the others to zero
-    assert {k: len(v) for k, v in equalize({"a": mk(3, "a"), "b": [], "c": mk(5, "c")}, seed=0).items()} == \
-        {"a": 3, "b": 0, "c": 3}
-    with pytest.raises(ValueError, match="no labeler produced a pair"):
-        equalize({"a": [], "b": []}, seed=0)
+    a = take_budget(mk(10, "a"), 4, seed=0, labeler="a")
+    assert len(a) == 4 and all(p in mk(10, "a") for p in a)
+    assert a == take_budget(mk(10, "a"), 4, seed=0, labeler="a")
+    assert take_budget(mk(3, "b"), 4, seed=0, labeler="b") == mk(3, "b")        # short: all it has
+    # smaller budgets are subsets of larger ones (the gold curve is nested)
+    small = {p["pair_id"] for p in take_budget(mk(10, "a"), 2, seed=0, labeler="a")}
+    assert small <= {p["pair_id"] for p in a}
 
 
-def test_build_pairs_stage_writes_equalized_and_raw(tmp_path):
+def test_policy_names_and_steps():
+    cfg = {"labelers": ["rl", "gold"], "gold_curve": [50, 100], "raw_labelers": ["gold"]}
+    assert downstream_policies(cfg) == ["rl", "gold", "curve/gold-50", "curve/gold-100", "raw/gold"]
+    assert downstream_policies({**cfg, "labelers": ["rl"], "raw_labelers": []}) == ["rl"]
+    assert policy_parts("none") == ("none", None, None)
+    assert policy_parts("curve/gold-50") == ("curve", "gold", 50)
+    assert policy_parts("raw/rl") == ("raw", "rl", None)
+    assert policy_parts("rl") == ("budget", "rl", None)
+    # a short labeler and a curve point take the budget's steps; a raw run its own count
+    assert dpo_step_pairs("scalar", 37, 400) == dpo_step_pairs("curve/gold-50", 50, 400) == 400
+    assert dpo_step_pairs("raw/gold", 612, 400) == 612
+
+
+def test_build_pairs_stage_writes_budget_curve_and_raw(tmp_path):
     params = load_params("params.yaml")
-    params["pairs"]["labelers"] = ["base", "gold", "gold_p70", "random"]
+    params["pairs"].update(labelers=["base", "gold", "gold_p70", "random"], budget=25, gold_curve=[10])
     recs = [resp(f"p{j}", i, (i + j) % 3 == 0) for j in range(30) for i in range(6)]
     write_jsonl(tmp_path / "verified.jsonl", recs)
     # the base judge says "incorrect" to each problem's first response only, "correct" to the rest
@@ -135,12 +148,41 @@ def test_build_pairs_stage_writes_equalized_and_raw(tmp_path):
     assert lab["base"]["pairs_raw"] == 30 and lab["base"]["pair_accuracy"] < 1.0
     assert lab["gold"]["label_accuracy"] == 1.0 and lab["gold"]["pair_accuracy"] == 1.0
     sizes = {n: len(read_jsonl(tmp_path / "out" / f"{n}.jsonl").records) for n in params["pairs"]["labelers"]}
-    assert len(set(sizes.values())) == 1 and stats["equalized_to"] == sizes["gold"]
+    assert sizes == {n: min(25, lab[n]["pairs_raw"]) for n in sizes}
+    assert stats["short_labelers"] == [n for n in sizes if lab[n]["pairs_raw"] < 25]
+    assert stats["gold_curve"]["10"]["pairs_trained"] == 10
+    assert len(read_jsonl(tmp_path / "out" / "curve" / "gold-10.jsonl").records) == 10
     assert len(read_jsonl(tmp_path / "out" / "raw" / "gold.jsonl").records) == lab["gold"]["pairs_raw"]
     # a judge's label file missing responses is an error naming the file
     write_jsonl(tmp_path / "base.jsonl", [{"sample_id": recs[0]["sample_id"], "pred": 1, "status": "parsed"}])
     with pytest.raises(ValueError, match="base.jsonl: no label for"):
         run_build_pairs(params, tmp_path / "verified.jsonl", {"base": tmp_path / "base.jsonl"}, tmp_path / "out")
+
+
+def test_a_short_labeler_changes_no_other_labelers_pairs(tmp_path):
+    """The fresh-clone failure of equalize-to-the-smallest: a near-constant judge that makes 37
+    pairs in one run and 0 in another must not change any other labeler's training set (so, DPO
+    being deterministic, not its policy either: tests/test_determinism.py runs DPO on it)."""
+    params = load_params("params.yaml")
+    params["pairs"].update(labelers=["scalar", "gold", "gold_p70", "random"], budget=40, gold_curve=[20])
+    recs = [resp(f"p{j}", i, (i + j) % 3 == 0) for j in range(60) for i in range(6)]
+    write_jsonl(tmp_path / "verified.jsonl", recs)
+    outs = {}
+    for forced in (0, 37):
+        # the scalar judge calls everything correct except the first response of `forced` problems
+        labels = [{"sample_id": r["sample_id"], "status": "parsed",
+                   "pred": 0 if r["sample_id"].endswith("|0") and int(r["problem_id"][1:]) < forced else 1} for r in recs]
+        write_jsonl(tmp_path / "scalar.jsonl", labels)
+        out = tmp_path / f"out{forced}"
+        stats = run_build_pairs(params, tmp_path / "verified.jsonl", {"scalar": tmp_path / "scalar.jsonl"}, out)
+        outs[forced] = (out, stats)
+    assert outs[0][1]["labelers"]["scalar"]["pairs_trained"] == 0
+    assert outs[37][1]["labelers"]["scalar"]["pairs_trained"] == 37
+    assert outs[37][1]["short_labelers"] == ["scalar"]
+    for name in ("gold", "gold_p70", "random", "curve/gold-20"):
+        assert (outs[0][0] / f"{name}.jsonl").read_bytes() == (outs[37][0] / f"{name}.jsonl").read_bytes(), name
+        steps = {dpo_step_pairs(name, len(read_jsonl(o / f"{name}.jsonl").records), 40) for o, _ in outs.values()}
+        assert steps == {40}
 
 
 def test_split_pool_is_disjoint_and_stable():

@@ -65,7 +65,7 @@ def test_short_dpo_run_lowers_the_loss_and_keeps_the_best_val_checkpoint(tmp_pat
     losses = [h["loss"] for h in log["loss_curve"]]
     assert losses[0] == pytest.approx(np.log(2), abs=0.02)        # policy == reference at step 1
     assert np.mean(losses[-4:]) < 0.7 * losses[0]                 # falls by a set margin (0.69 -> ~0.39 seen)
-    assert [v["step"] for v in log["val_curve"]] == [5, 10, 15, 20, 24]
+    assert [v["step"] for v in log["val_curve"]] == [0, 5, 10, 15, 20, 24]   # step 0: the untrained policy
     best = max(log["val_curve"], key=lambda v: v["val_avg_at_k"])
     assert log["selected_val_avg_at_k"] == best["val_avg_at_k"]
     assert (tmp_path / "out" / "config.json").exists() and (tmp_path / "out" / "tokenizer_config.json").exists()
@@ -129,7 +129,8 @@ def _fixture_run(root, params):
                                                    "confusion": {"label_0": {"pred_0": 4, "pred_1": 1, "none": 0},
                                                                  "label_1": {"pred_0": 1, "pred_1": 3, "none": 1}}})
     write_json(r / "eval/summary.json", {"judges": judges, "comparisons": {
-        "rl vs base": {"diff": 0.2, "ci95": [0.1, 0.3], "p_bootstrap": 0.0, "mcnemar_p": 0.001}}})
+        "rl vs base": {"diff": 0.2, "ci95": [0.1, 0.3], "p_bootstrap": 0.0, "p_permutation": 0.0005,
+                       "resamples": 2000, "mcnemar_p": 0.001}}})
     write_json(r / "train/stats.json", {"judge_sft": {"kind": "sft", "global_step": 10, "seconds": 3.0, "tokens_per_s": 100.0,
                                                       "loss_curve": [{"step": 5, "loss": 1.0}, {"step": 10, "loss": 0.5}],
                                                       "val_curve": [{"step": 10, "val_accuracy": 0.7}]},

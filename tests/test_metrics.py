@@ -29,14 +29,41 @@ def test_macro_f1_matches_sklearn():
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"), abs=1e-6)
 
 
-def test_problem_prior_leave_one_out():
-    items = [item(1, None, q="easy"), item(1, None, q="easy"), item(1, None, q="easy"), item(0, None, q="easy"),
-             item(0, None, q="hard"), item(0, None, q="hard"), item(0, None, q="hard"), item(1, None, q="hard")]
-    # each item sees only the OTHER items of its problem
-    assert problem_prior_predictions(items) == [1, 1, 1, 1, 0, 0, 0, 0]
-    # a tie among the others falls back to the subset's leave-one-out rate
-    tie = [item(1, None, q="t"), item(1, None, q="t"), item(0, None, q="t"), item(0, None, q="u")]
-    assert problem_prior_predictions(tie)[0] == 0
+def balanced_bench(n_problems=120, per_problem=4, shortcut=False, seed=0):
+    """Items balanced per subset x generator (as the bench is): every problem has two correct and
+    two incorrect responses, unless `shortcut`, where long questions are mostly answered wrong."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for j in range(n_problems):
+        q = "Compute " + "+".join(str(d) for d in rng.integers(1, 9, 2 + j % 3)) + "."
+        for i in range(per_problem):
+            label = (int(len(q) < 14) if rng.random() < 0.9 else 1 - int(len(q) < 14)) if shortcut else i % 2
+            items.append(item(label, None, subset=f"s{j % 3}", model=f"g{(i // 2) % 2}", q=q))
+    return items
+
+
+def test_problem_prior_sits_near_chance_on_a_balanced_bench():
+    """The old leave-one-out rate predicted AGAINST the label inside balanced problems (24% on the
+    bench); the held-out fit must sit near 50%."""
+    items = balanced_bench()
+    preds = problem_prior_predictions(items, seed=0)
+    acc = np.mean([p == it["label"] for p, it in zip(preds, items)])
+    assert 0.4 <= acc <= 0.6
+    assert preds == problem_prior_predictions(items, seed=0)
+
+
+def test_problem_prior_finds_a_difficulty_shortcut():
+    items = balanced_bench(shortcut=True)
+    preds = problem_prior_predictions(items, seed=0)
+    assert np.mean([p == it["label"] for p, it in zip(preds, items)]) > 0.8
+
+
+def test_threshold_always_splits_the_scores():
+    # the accuracy-best cut on a near-constant scorer used to fall below every score (all "correct")
+    scores, labels = [0.50, 0.50, 0.51, 0.50, 0.52], [1, 1, 0, 1, 0]
+    t = best_threshold(scores, labels)
+    assert min(scores) < t <= max(scores)
+    assert best_threshold([0.3, 0.3], [0, 1]) == 0.3
 
 
 def test_auroc_and_threshold():

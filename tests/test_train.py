@@ -1,4 +1,4 @@
-"""Learning to think: reward functions, comparisons, judge items, rejection-sampling stats, and
+"""Learning to think: reward functions, judge items, rejection-sampling stats, and
 short real TRL runs on tiny models (SFT label tokens, GRPO learning a trivial judging task)."""
 import json
 import random
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from librarm.compare import mcnemar_exact, paired_comparison, seen_heldout_accuracy
 from librarm.io import read_jsonl, write_jsonl
 from librarm.rewards import build_reward_funcs, correctness_reward, format_reward, length_penalty
 from librarm.train import build_judge_items, reward_pairs, rs_stats, verdict_only
@@ -31,35 +30,6 @@ def test_reward_registry_weights_and_unknown():
     assert [f.__name__ for f in funcs] == ["correctness", "length"] and w == [1.0, 0.5]
     with pytest.raises(ValueError, match="unknown reward"):
         build_reward_funcs({"style": 1.0}, 8, 16)
-
-
-def test_mcnemar_exact():
-    assert mcnemar_exact(0, 0) == 1.0
-    assert mcnemar_exact(10, 0) == pytest.approx(2 / 2 ** 10)
-    assert mcnemar_exact(5, 5) == 1.0
-
-
-def _preds(correct_a, correct_b, n=80):
-    a, b = [], []
-    for i in range(n):
-        base = {"index": i, "subset": "xy"[i % 2], "model": "g", "question": f"q{i // 4}", "label": i % 2,
-                "truncated": False}
-        a.append({**base, "pred": base["label"] if correct_a(i) else 1 - base["label"]})
-        b.append({**base, "pred": base["label"] if correct_b(i) else 1 - base["label"]})
-    return a, b
-
-
-def test_paired_comparison_detects_a_real_difference_and_not_a_null_one():
-    a, b = _preds(lambda i: i % 10 != 0, lambda i: i % 3 == 0)
-    c = paired_comparison(a, b, 2000, 0)
-    assert c["diff"] > 0.3 and c["ci95"][0] > 0 and c["p_bootstrap"] < 0.05 and c["mcnemar"]["p"] < 0.05
-    same = paired_comparison(a, a, 2000, 0)                 # negative twin: identical judges
-    assert same["diff"] == 0 and same["mcnemar"]["p"] == 1.0 and same["p_bootstrap"] == 1.0
-
-
-def test_seen_heldout():
-    preds = [{"model": "g1", "pred": 1, "label": 1}, {"model": "g2", "pred": 0, "label": 1}]
-    assert seen_heldout_accuracy(preds, ["g2"]) == {"seen": 1.0, "held_out": 0.0}
 
 
 def _verified(n_problems=20, gens=("g1", "g2", "g3")):

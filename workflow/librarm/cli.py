@@ -203,7 +203,7 @@ def _run_downstream_step(step: str, cfg: dict, a: argparse.Namespace, threads: i
     if step == "pairs-build":
         labels = {Path(p).stem: p for p in a.extra}
         stats = ds.run_build_pairs(cfg, a.inputs[0], labels, Path(out).parent)
-        return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "label_accuracy")}
+        return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "short", "label_accuracy")}
                 for name, v in stats["labelers"].items()}, [out]
     if step == "dpo":
         from . import tracking
@@ -213,7 +213,7 @@ def _run_downstream_step(step: str, cfg: dict, a: argparse.Namespace, threads: i
 
         init = model_ref(cfg, cfg["pairs"]["policy"])["path"]
         log = run_dpo(cfg, a.inputs[0], a.inputs[1], init, a.models_dir, name=a.policy, seed=int(a.seed),
-                      threads=threads, report_to_mlflow=tracking.enabled(cfg))
+                      threads=threads, report_to_mlflow=tracking.enabled(cfg), budget=int(cfg["pairs"]["budget"]))
         write_json(out, log)
         return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",
                                     "tokens_per_s")}, [out]

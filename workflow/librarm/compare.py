@@ -1,5 +1,6 @@
 """Comparing judges on the same bench items: a paired, problem-clustered bootstrap of the
-difference in Libra score and McNemar's exact test on item correctness; accuracy on generators
+difference in Libra score with a cluster sign-flip permutation test (McNemar's exact test on
+item correctness is kept for reference; it treats the items of one problem as independent); accuracy on generators
 seen in judge training vs held out; and a shortcut probe that predicts the label from surface
 features only (response length, generator, format)."""
 from __future__ import annotations
@@ -25,17 +26,46 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def format_p(p: float | None, resamples: int) -> str:
+    """A resampling p-value as text: "< 1/B" (as a number) when no resample reached the observed
+    value, since the test cannot resolve anything smaller."""
+    if p is None:
+        return "n/a"
+    if p * (resamples + 1) <= 1.0 + 1e-3:        # at the floor (p is stored rounded)
+        return f"< {1.0 / resamples:.2g}"
+    return f"{p:.4f}"
+
+
+def cluster_sign_flip_p(clusters_by_subset: Sequence[np.ndarray], resamples: int, seed: int) -> float:
+    """Two-sided paired permutation test of "A and B are exchangeable": each problem's pair of
+    correct counts is swapped (its difference's sign flipped) as one unit, so the items of a problem
+    stay together. The statistic is the Libra-score difference (mean over subsets of the per-subset
+    accuracy difference). p = (1 + #{|null| >= |observed|}) / (1 + B)."""
+    rng = np.random.default_rng(seed)
+    obs, null = 0.0, np.zeros(resamples)
+    for mat in clusters_by_subset:               # rows: problems; columns n, correct A, correct B
+        d = mat[:, 1] - mat[:, 2]
+        n = mat[:, 0].sum()
+        obs += d.sum() / n
+        signs = rng.choice([-1.0, 1.0], size=(resamples, len(d)))
+        null += (signs * d).sum(axis=1) / n
+    k = len(clusters_by_subset)
+    obs, null = abs(obs / k), np.abs(null / k)
+    return float((1 + np.sum(null >= obs - 1e-12)) / (resamples + 1))
+
+
 def paired_comparison(preds_a: Sequence[Mapping[str, Any]], preds_b: Sequence[Mapping[str, Any]],
                       resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Difference A - B in Libra score (mean of subset accuracies), joined by item index, with a
     percentile interval from a bootstrap that resamples problems within subsets (the same draws
-    for both judges), a bootstrap p-value, and McNemar's test."""
+    for both judges), a bootstrap p-value, a cluster sign-flip permutation p-value (the test to
+    read), and McNemar's item-level test (reference only: it ignores problem clustering)."""
     b_by_index = {p["index"]: p for p in preds_b}
     if set(b_by_index) != {p["index"] for p in preds_a}:
         raise ValueError("the two prediction files do not cover the same items")
     subsets = sorted({p["subset"] for p in preds_a})
     rng = np.random.default_rng(seed)
-    diffs_sub, point = [], []
+    diffs_sub, point, cluster_mats = [], [], []
     b_only = c_only = 0
     for s in subsets:
         clusters: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])   # n, correct A, correct B
@@ -51,6 +81,7 @@ def paired_comparison(preds_a: Sequence[Mapping[str, Any]], preds_b: Sequence[Ma
             row[1] += ca
             row[2] += cb
         mat = np.array(list(clusters.values()), dtype=float)
+        cluster_mats.append(mat)
         point.append((mat[:, 1].sum() - mat[:, 2].sum()) / mat[:, 0].sum())
         idx = rng.integers(0, len(mat), size=(resamples, len(mat)))
         draw = mat[idx].sum(axis=1)
@@ -61,7 +92,9 @@ def paired_comparison(preds_a: Sequence[Mapping[str, Any]], preds_b: Sequence[Ma
     p_boot = float(min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
     return {"diff": round(diff, 6), "ci95": [round(float(np.percentile(diffs, 2.5)), 6),
                                               round(float(np.percentile(diffs, 97.5)), 6)],
-            "p_bootstrap": round(p_boot, 6), "mcnemar": {"a_only": int(b_only), "b_only": int(c_only),
+            "p_bootstrap": round(p_boot, 6),
+            "p_permutation": round(cluster_sign_flip_p(cluster_mats, resamples, seed), 6), "resamples": resamples,
+            "mcnemar": {"a_only": int(b_only), "b_only": int(c_only),
                                                           "p": round(mcnemar_exact(int(b_only), int(c_only)), 6)},
             "n_items": len(preds_a)}
 

@@ -191,6 +191,12 @@ def _cross_check_learning(p: Mapping[str, Any], problems: list[str]) -> None:
         for j in (a, b):
             if j not in p["evaluate"]["judges"]:
                 problems.append(f"compare.pairs: {j!r} is not in evaluate.judges")
+    for j, spec in p["judges"].items():
+        m = models.get(spec.get("model", ""), {})
+        if spec["kind"] == "scalar" and m.get("train") == "scalar" and "scalar_rm" in p \
+                and spec.get("input", "response") != p["scalar_rm"].get("input", "response"):
+            problems.append(f"judges.{j}.input: {spec.get('input', 'response')!r} differs from scalar_rm.input "
+                            f"{p['scalar_rm'].get('input', 'response')!r}, which its model was trained on")
     if any(p["judges"].get(j, {}).get("kind") == "scalar" for j in p["evaluate"]["judges"]) \
             and not p["evaluate"].get("threshold_split"):
         problems.append("evaluate.threshold_split: required when a scalar judge is evaluated")
@@ -217,6 +223,12 @@ def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
     for name in pairs.get("raw_labelers", []):
         if name not in pairs["labelers"]:
             problems.append(f"pairs.raw_labelers: {name!r} is not in pairs.labelers")
+    if pairs.get("gold_curve") and "gold" not in pairs["labelers"]:
+        problems.append("pairs.gold_curve: needs 'gold' in pairs.labelers")
+    for n in pairs.get("gold_curve", []):
+        if n >= pairs["budget"]:
+            problems.append(f"pairs.gold_curve: {n} is not below pairs.budget ({pairs['budget']}); gold on the "
+                            "budget is the `gold` policy itself")
     if "none" in pairs["labelers"]:
         problems.append("pairs.labelers: 'none' is reserved for the base policy")
     for s in p.get("evaluate_policy", {}).get("subsets", []):

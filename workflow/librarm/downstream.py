@@ -16,6 +16,43 @@ from .io import read_json, read_jsonl, stable_hash, stable_seed, write_json, wri
 NOISY_GOLD = re.compile(r"^gold_p([1-9]\d?)$")      # gold_p1 .. gold_p99
 BUILTIN_LABELERS = ("gold", "random")
 NONE_POLICY = "none"           # the base policy, before any DPO
+RAW_PREFIX = "raw/"            # raw/<labeler>: trained on all of the labeler's pairs
+CURVE_PREFIX = "curve/"        # curve/gold-<n>: gold trained on n of its pairs (the gold curve)
+
+
+def curve_policy(n: int) -> str:
+    return f"{CURVE_PREFIX}gold-{int(n)}"
+
+
+def policy_parts(policy: str) -> tuple[str, str | None, int | None]:
+    """(kind, labeler, pair count) of a downstream policy name: ("none", None, None),
+    ("budget", labeler, None), ("raw", labeler, None) or ("curve", "gold", n)."""
+    if policy == NONE_POLICY:
+        return "none", None, None
+    if policy.startswith(RAW_PREFIX):
+        return "raw", policy[len(RAW_PREFIX):], None
+    if policy.startswith(CURVE_PREFIX):
+        m = re.fullmatch(r"gold-(\d+)", policy[len(CURVE_PREFIX):])
+        if not m:
+            raise ValueError(f"policy {policy!r}: a gold-curve policy is named curve/gold-<n>")
+        return "curve", "gold", int(m.group(1))
+    return "budget", policy, None
+
+
+def downstream_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
+    """Every DPO policy the params ask for: one per labeler (on its budget of pairs), the gold
+    curve (when gold is a labeler) and the raw runs."""
+    labelers = list(pairs_cfg["labelers"])
+    curve = [curve_policy(n) for n in pairs_cfg.get("gold_curve", []) if "gold" in labelers]
+    return labelers + curve + [RAW_PREFIX + name for name in pairs_cfg.get("raw_labelers", [])]
+
+
+def dpo_step_pairs(policy: str, n_pairs: int, budget: int) -> int:
+    """The pair count a DPO run's number of optimizer steps is computed from. Every budget and
+    gold-curve run takes the same steps as a full budget, whatever its own count (a short labeler
+    or a small curve point repeats its pairs over more epochs), so no labeler's count changes
+    another's run; a raw run trains on all its pairs for as many epochs as the others."""
+    return n_pairs if policy_parts(policy)[0] == "raw" else budget
 
 
 # ----------------------------------------------------------------------------- labelers
@@ -89,8 +126,8 @@ def policy_sampling_params(params: Mapping[str, Any], model: str, n: int, temper
 def judge_items(verified: Sequence[Mapping[str, Any]]) -> list[dict]:
     """Policy responses in the shape judges read (the bench's fields)."""
     return [{"index": i, "subset": r["subset"], "model": r["generator"], "label": gold_label(r),
-             "question": r["question"], "response": r["response"], "sample_id": r["sample_id"]}
-            for i, r in enumerate(verified)]
+             "question": r["question"], "response": r["response"], "response_with_cot": r["response_with_cot"],
+             "sample_id": r["sample_id"]} for i, r in enumerate(verified)]
 
 
 def run_judge_labels(params: Mapping[str, Any], labeler: str, verified_path: str | Path, out_path: str | Path,
@@ -189,27 +226,21 @@ def _pair(chosen: Mapping[str, Any], rejected: Mapping[str, Any], labeler: str) 
             "chosen_gold": gold_label(chosen), "rejected_gold": gold_label(rejected)}
 
 
-def equalize(pairs_by_labeler: Mapping[str, Sequence[dict]], seed: int) -> dict[str, list[dict]]:
-    """Subsample every labeler's pairs to the smallest count (by seeded hash), so a labeler is not
-    better downstream merely because it produced more pairs. A labeler with no pair at all (e.g.
-    a judge that calls every response correct) stays empty and does not drag the others to zero:
-    its DPO leaves the policy unchanged."""
-    counts = [len(v) for v in pairs_by_labeler.values() if v]
-    if not counts:
-        raise ValueError("pairs: no labeler produced a pair (every problem all correct or all incorrect?)")
-    target = min(counts)
-    out = {}
-    for name, pairs in pairs_by_labeler.items():
-        keep = sorted(pairs, key=lambda p: stable_hash(seed, "equalize", name, p["pair_id"]))[:target]
-        ids = {p["pair_id"] for p in keep}
-        out[name] = [p for p in pairs if p["pair_id"] in ids]
-    return out
+def take_budget(pairs: Sequence[dict], budget: int, seed: int, labeler: str) -> list[dict]:
+    """The first `budget` of a labeler's pairs in a seeded hash order of its own (file order kept).
+    It depends on nothing but this labeler's pairs, so one labeler's count never moves another's;
+    smaller budgets give nested subsets (the gold curve)."""
+    keep = sorted(pairs, key=lambda p: stable_hash(seed, "budget", labeler, p["pair_id"]))[:budget]
+    ids = {p["pair_id"] for p in keep}
+    return [p for p in pairs if p["pair_id"] in ids]
 
 
 def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_paths: Mapping[str, str | Path],
                     out_dir: str | Path) -> dict:
-    """Stage step `pairs-build`: results/pairs/<labeler>.jsonl (the DPO training set: equalized
-    when pairs.equalize), results/pairs/raw/<labeler>.jsonl and results/pairs/stats.json."""
+    """Stage step `pairs-build`: results/pairs/<labeler>.jsonl (the DPO training set: at most
+    `pairs.budget` pairs; a labeler with fewer is "short" and keeps all it has),
+    results/pairs/curve/gold-<n>.jsonl (the gold curve), results/pairs/raw/<labeler>.jsonl (every
+    pair) and results/pairs/stats.json."""
     cfg = params["pairs"]
     seed = params["seed"]
     verified = read_jsonl(verified_path).records
@@ -234,16 +265,26 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
         stats["labelers"][name] = {"kind": kind, "label_accuracy": label_accuracy(labels, gold),
                                    "judged_correct_share": round(sum(lab == 1 for lab in labels) / len(labels), 4)
                                    if labels else None, **st}
-    trained = equalize(raw, seed) if cfg["equalize"] else raw
+    budget = int(cfg["budget"])
     out_dir = Path(out_dir)
     for name in cfg["labelers"]:
+        trained = take_budget(raw[name], budget, seed, name)
         write_jsonl(out_dir / "raw" / f"{name}.jsonl", raw[name])
-        write_jsonl(out_dir / f"{name}.jsonl", trained[name])
-        stats["labelers"][name]["pairs_raw"] = len(raw[name])
-        stats["labelers"][name]["pairs_trained"] = len(trained[name])
-        stats["labelers"][name]["pair_accuracy_trained"] = pair_accuracy(trained[name])
-    stats["equalize"] = bool(cfg["equalize"])
-    stats["equalized_to"] = min((len(v) for v in trained.values() if v), default=0) if cfg["equalize"] else None
+        write_jsonl(out_dir / f"{name}.jsonl", trained)
+        st = stats["labelers"][name]
+        st["pairs_raw"] = len(raw[name])
+        st["pairs_trained"] = len(trained)
+        st["short"] = len(trained) < budget
+        st["pair_accuracy_trained"] = pair_accuracy(trained)
+    stats["gold_curve"] = {}
+    if "gold" in raw:
+        for n in cfg.get("gold_curve", []):
+            curve = take_budget(raw["gold"], int(n), seed, "gold")
+            write_jsonl(out_dir / f"{curve_policy(n)}.jsonl", curve)
+            stats["gold_curve"][str(int(n))] = {"pairs_trained": len(curve), "short": len(curve) < int(n),
+                                                "pair_accuracy_trained": pair_accuracy(curve)}
+    stats["budget"] = budget
+    stats["short_labelers"] = [n for n in cfg["labelers"] if stats["labelers"][n]["short"]]
     stats["labelers_without_pairs"] = sorted(n for n, v in raw.items() if not v)
     write_json(out_dir / "stats.json", stats)
     return stats
@@ -367,19 +408,24 @@ def summarize_policy(params: Mapping[str, Any], policy: str, eval_dirs: Sequence
         per_seed_problem.append(per_problem_accuracy(read_jsonl(d / "samples.jsonl").records))
     mean_pp = {s: {p: float(np.mean([pp[s][p] for pp in per_seed_problem])) for p in per_seed_problem[0][s]}
                for s in per_seed_problem[0]}
-    labeler = policy.removeprefix("raw/")
-    lab_stats = (read_json(pairs_stats_path)["labelers"].get(labeler, {}) if pairs_stats_path else {})
-    pairs_key = "pairs_raw" if policy.startswith("raw/") else "pairs_trained"
-    metrics = {"policy": policy, "labeler": None if policy == NONE_POLICY else labeler, "k": ev["k"],
+    kind, labeler, count = policy_parts(policy)
+    pstats = read_json(pairs_stats_path) if pairs_stats_path else {}
+    if kind == "curve":
+        lab_stats = {**pstats.get("labelers", {}).get("gold", {}), **pstats.get("gold_curve", {}).get(str(count), {})}
+    else:
+        lab_stats = pstats.get("labelers", {}).get(labeler, {}) if labeler else {}
+    raw = kind == "raw"
+    metrics = {"policy": policy, "labeler": labeler, "k": ev["k"],
                "avg_at_k": avg_at_k(mean_pp),
                "ci95": bootstrap_means(mean_pp, ev.get("bootstrap_resamples", 2000), params["seed"]),
                "seeds": seeds,
                "sd_over_seeds": ({s: round(float(np.std([v[s] for v in seeds.values()], ddof=1)), 4)
                                   for s in next(iter(seeds.values()))} if len(seeds) > 1 else None),
-               "pairs": 0 if policy == NONE_POLICY else lab_stats.get(pairs_key),
-               "label_accuracy": None if policy == NONE_POLICY else lab_stats.get("label_accuracy"),
-               "pair_accuracy": None if policy == NONE_POLICY else lab_stats.get(
-                   "pair_accuracy" if policy.startswith("raw/") else "pair_accuracy_trained")}
+               "pairs": 0 if kind == "none" else lab_stats.get("pairs_raw" if raw else "pairs_trained"),
+               "short": False if kind in ("none", "raw") else bool(lab_stats.get("short")),
+               "label_accuracy": None if kind == "none" else lab_stats.get("label_accuracy"),
+               "pair_accuracy": None if kind == "none" else lab_stats.get(
+                   "pair_accuracy" if raw else "pair_accuracy_trained")}
     write_json(out_path, metrics)
     write_json(Path(out_path).with_name("per_problem.json"), mean_pp)
     return metrics
@@ -412,8 +458,8 @@ def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str |
     base = per_problem[NONE_POLICY]
     out: dict[str, Any] = {"k": ev["k"], "subsets": sorted(base), "policies": {}}
     for name, m in metrics.items():
-        row = {k: m.get(k) for k in ("labeler", "avg_at_k", "ci95", "sd_over_seeds", "pairs", "label_accuracy",
-                                     "pair_accuracy")}
+        row = {k: m.get(k) for k in ("labeler", "avg_at_k", "ci95", "sd_over_seeds", "pairs", "short",
+                                     "label_accuracy", "pair_accuracy")}
         row["seeds"] = len(m.get("seeds") or {})
         if name != NONE_POLICY:
             diff = {s: {pid: per_problem[name][s][pid] - base[s][pid] for pid in base[s]} for s in base}
@@ -423,10 +469,19 @@ def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str |
             row["gain_p_value"] = sign_flip_p(flat, params.get("report", {}).get("permutations", 10000), seed)
         out["policies"][name] = row
     for name, row in out["policies"].items():
-        # raw policies are set against the raw gold policy, equalized ones against the equalized
-        gold = out["policies"].get("raw/gold" if name.startswith("raw/") else "gold", {})
+        # raw policies are set against the raw gold policy, budget ones against gold on the same budget
+        kind = policy_parts(name)[0]
+        if kind == "curve":
+            continue
+        gold = out["policies"].get(RAW_PREFIX + "gold" if kind == "raw" else "gold", {})
         gold_gain = (gold.get("gain") or {}).get("all")
         if name != NONE_POLICY and gold_gain:
             row["gold_gain_recovered"] = round(row["gain"]["all"] / gold_gain, 4)
+        if kind == "budget" and row.get("short") and row.get("pairs"):
+            # a short labeler is read against gold at the nearest curve count
+            curve = {policy_parts(n)[2]: r for n, r in out["policies"].items() if policy_parts(n)[0] == "curve"}
+            if curve:
+                n = min(curve, key=lambda c: (abs(c - row["pairs"]), c))
+                row["gold_at_similar_count"] = {"pairs": n, "gain": curve[n]["gain"]["all"]}
     write_json(out_path, out)
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .io import read_json, read_jsonl, write_json
-from .train import RESUME_ROOT, _latest_checkpoint, resume_dir_for
+from .train import RESUME_ROOT, _latest_checkpoint, resume_dir_for, seed_everything
 
 
 @dataclass
@@ -56,21 +56,23 @@ def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
 
 def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
             out_dir: str | Path, *, name: str, seed: int, threads: int | None = None, report_to_mlflow: bool = False,
-            resume_root: str | Path = RESUME_ROOT) -> dict:
-    """Train one DPO policy; keep the checkpoint with the best validation avg@k (checked every
-    `val_every` steps and at the end). Resumes from the last checkpoint under resume_root."""
+            resume_root: str | Path = RESUME_ROOT, budget: int | None = None) -> dict:
+    """Train one DPO policy for the steps `budget` pairs take (see `downstream.dpo_step_pairs`;
+    None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
+    the untrained policy (step 0), every `val_every` steps and at the end. Selection reads the
+    gold answers of the pool's held-out validation problems (declared in every table). Resumes
+    from the last checkpoint under resume_root."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from .downstream import per_problem_accuracy, avg_at_k, sample_and_grade
+    from .downstream import avg_at_k, dpo_step_pairs, per_problem_accuracy, sample_and_grade
     from .sampling import HFSampler, SamplingConfig
     from .verify import VerifierPool
 
-    if threads:
-        torch.set_num_threads(threads)
     cfg = DPOSettings.from_params(params["dpo"], seed)
+    seed_everything(cfg.seed, threads)
     pairs = read_jsonl(pairs_path).records
     if not pairs:
         # the labeler gave no training signal: the policy stays the base policy (reported as such)
@@ -84,8 +86,9 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
     ds = Dataset.from_list(dpo_rows(pairs, tok, params))
-    steps = cfg.steps(len(pairs))
-    resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path, asdict(cfg),
+    step_pairs = len(pairs) if budget is None else dpo_step_pairs(name, len(pairs), budget)
+    steps = cfg.steps(step_pairs)
+    resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path, asdict(cfg), steps,
                                 params["sampling"].get("system_prompt"), params["sampling"].get("problem_template"))
     ev = params["evaluate_policy"]
     vcfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
@@ -98,12 +101,10 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
         """Validation avg@k every val_every steps; the best state is saved beside the checkpoints
         (with its score, so a resumed run keeps comparing against it)."""
 
-        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
-            if state.global_step % cfg.val_every and state.global_step != state.max_steps:
-                return
+        def validate(self, state, model, tok):
             was_training = model.training
             model.eval()
-            sampler = HFSampler("live", vcfg, model=model, tokenizer=processing_class)
+            sampler = HFSampler("live", vcfg, model=model, tokenizer=tok)
             graded = sample_and_grade(sampler, val_problems, cfg.val_k, params["seed"], "policy-val", params, pool)
             if was_training:
                 model.train()
@@ -117,6 +118,16 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
                 shutil.rmtree(resume_dir / "best", ignore_errors=True)
                 tmp.rename(resume_dir / "best")
                 write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
+
+        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+            # step 0 (the untrained policy) is a candidate too: DPO may only hurt
+            if state.global_step == 0 and not best_path.exists():
+                self.validate(state, model, processing_class)
+
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+            if state.global_step % cfg.val_every and state.global_step != state.max_steps:
+                return
+            self.validate(state, model, processing_class)
 
     args = DPOConfig(
         output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
@@ -141,7 +152,8 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     hist = trainer.state.log_history
     tokens = sum(len(tok(r["prompt"] + r["chosen"])["input_ids"]) + len(tok(r["prompt"] + r["rejected"])["input_ids"])
                  for r in ds)
-    return {"labeler": name, "seed": seed, "pairs": len(pairs), "steps": steps, "global_step": trainer.state.global_step,
+    return {"labeler": name, "seed": seed, "pairs": len(pairs), "step_pairs": step_pairs, "steps": steps,
+            "selection": "validation avg@k on gold answers of held-out pool problems (step 0 included)", "global_step": trainer.state.global_step,
             "selected_step": best["step"], "selected_val_avg_at_k": best["val_avg_at_k"],
             "seconds": round(elapsed, 1),
             "tokens_per_s": round(tokens * steps * cfg.batch_size / max(1, len(pairs)) / elapsed, 1) if elapsed else None,

@@ -12,7 +12,7 @@ from .metrics import auroc, best_threshold, bootstrap_intervals, problem_prior_p
 def score_predictions(preds: Sequence[Mapping[str, Any]], resamples: int, seed: int) -> dict[str, Any]:
     metrics = summarize(preds)
     metrics["ci95"] = bootstrap_intervals(preds, resamples=resamples, seed=seed, cluster=True)
-    prior = problem_prior_predictions(preds)
+    prior = problem_prior_predictions(preds, seed)
     baseline = summarize([{**p, "pred": q} for p, q in zip(preds, prior)])
     metrics["problem_prior_baseline"] = {k: baseline[k] for k in ("libra_score", "subset_accuracy", "accuracy")}
     return metrics
@@ -39,14 +39,17 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
         raise ValueError(f"judge {judge_name!r} is a scalar RM: set evaluate.threshold_split to labeled items "
                          "that are not the bench (its threshold is chosen there)")
     ref = model_ref(params, spec["model"])
+    field = spec.get("input", "response")
     held = read_bench(ev["threshold_split"])
-    threshold = best_threshold(scalar_scores(held, ref["path"], ref["revision"], threads=threads),
-                               [h["label"] for h in held])
-    scores = scalar_scores(items, ref["path"], ref["revision"], threads=threads)
+    held_scores = scalar_scores(held, ref["path"], ref["revision"], threads=threads, field=field)
+    threshold = best_threshold(held_scores, [h["label"] for h in held])
+    scores = scalar_scores(items, ref["path"], ref["revision"], threads=threads, field=field)
     preds = [{"index": it["index"], "subset": it["subset"], "model": it["model"], "label": it["label"],
               "question": it["question"], "score": s, "pred": int(s >= threshold), "status": "parsed",
               "truncated": False} for it, s in zip(items, scores)]
-    extra.update({"auroc": auroc(scores, [it["label"] for it in items]), "threshold": threshold})
+    extra.update({"auroc": auroc(scores, [it["label"] for it in items]), "threshold": threshold, "input": field,
+                  "threshold_split_auroc": auroc(held_scores, [h["label"] for h in held]),
+                  "called_correct_share": round(sum(p["pred"] for p in preds) / max(1, len(preds)), 6)})
     return preds, extra
 
 
@@ -88,7 +91,7 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path,
                    judge_train_path: str | Path | None = None, train_stats_path: str | Path | None = None) -> dict:
     """results/eval/summary.json, table.md and comparisons.json: one row per judge (reward-bench
     style), paired comparisons, seen vs held-out generators, the shortcut probe, training stats."""
-    from .compare import paired_comparison, seen_heldout_accuracy, shortcut_probe
+    from .compare import format_p, paired_comparison, seen_heldout_accuracy, shortcut_probe
     from .io import read_jsonl
 
     params = params or {}
@@ -105,13 +108,19 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path,
     all_rows = {**rows, **extra_rows}
     subsets = sorted({s for m in all_rows.values() for s in m["subset_accuracy"]})
     gens = sorted({g for m in all_rows.values() for g in m["generator_accuracy"]})
-    lines = ["| judge | Libra score | 95% CI | " + " | ".join(subsets) + " | macro-F1 | unparsed | prior baseline |",
-             "|---|---:|---|" + "---:|" * len(subsets) + "---:|---:|---:|"]
+    lines = ["| judge | Libra score | 95% CI | " + " | ".join(subsets)
+             + " | macro-F1 | unparsed | AUROC (scalar) | prior baseline |",
+             "|---|---:|---|" + "---:|" * len(subsets) + "---:|---:|---:|---:|"]
     for name, m in all_rows.items():
+        auc = m.get("auroc")
         lines.append(f"| {name} | {100 * m['libra_score']:.1f} | {_fmt_ci(m['ci95'].get('libra_score'))} | "
                      + " | ".join(f"{100 * m['subset_accuracy'].get(s, float('nan')):.1f}" for s in subsets)
                      + f" | {100 * m['macro_f1']:.1f} | {100 * m['unparsed_rate']:.1f}% | "
+                     + ("" if auc is None else f"{auc:.3f}") + " | "
                      f"{100 * m['problem_prior_baseline']['libra_score']:.1f} |")
+    lines += ["", "Prior baseline: a logistic regression on problem-level features only (subset, generator, "
+              "question length and digits), fit on the other half of the problems; a judge near it reads "
+              "difficulty, not the response."]
     lines += ["", "Accuracy per generator (%)" + (f"; held out of judge training: {', '.join(heldout)}" if heldout else "")
               + ":", "", "| judge | " + " | ".join(gens) + (" | seen | held-out |" if heldout else " |"),
               "|---|" + "---:|" * (len(gens) + (2 if heldout else 0))]
@@ -126,16 +135,20 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path,
     comparisons = {}
     pairs = (params.get("compare") or {}).get("pairs", [])
     if pairs:
-        lines += ["", "Paired comparisons (Libra score difference, problem-clustered bootstrap; McNemar exact test):", "",
-                  "| A vs B | diff (points) | 95% CI | p (bootstrap) | McNemar p | A only right | B only right |",
-                  "|---|---:|---|---:|---:|---:|---:|"]
+        lines += ["", "Paired comparisons (Libra score difference; 95% CI from a bootstrap over problems; p from a "
+                  "sign-flip permutation test that swaps judges per problem; McNemar's item-level p for reference "
+                  "only, it ignores that items of one problem are correlated):", "",
+                  "| A vs B | diff (points) | 95% CI | p (cluster permutation) | p (bootstrap) | McNemar p (item-level) "
+                  "| A only right | B only right |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|"]
         for a, b in pairs:
             if a not in preds or b not in preds:
                 continue
             c = paired_comparison(preds[a], preds[b], resamples, seed)
             comparisons[f"{a} vs {b}"] = c
-            lines.append(f"| {a} vs {b} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci95'])} | {c['p_bootstrap']:.4f} | "
-                         f"{c['mcnemar']['p']:.4g} | {c['mcnemar']['a_only']} | {c['mcnemar']['b_only']} |")
+            lines.append(f"| {a} vs {b} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci95'])} | "
+                         f"{format_p(c['p_permutation'], resamples)} | {format_p(c['p_bootstrap'], resamples)} | "
+                         f"{c['mcnemar']['p']:.2g} | {c['mcnemar']['a_only']} | {c['mcnemar']['b_only']} |")
     if train_stats_path and Path(train_stats_path).exists():
         ts = read_json(train_stats_path)
         lines += ["", "Training:", "", "| model | kind | steps | seconds | tokens/s | final val accuracy |",
@@ -150,7 +163,12 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path,
     summary = {name: {k: m[k] for k in ("libra_score", "subset_accuracy", "macro_f1", "unparsed_rate", "n_items")}
                | {"libra_score_ci95": m["ci95"]["libra_score"]} | ({"seen_heldout": seen_held[name]} if name in seen_held else {})
                for name, m in all_rows.items()}
-    write_json(out_json, {"judges": summary, "comparisons": {k: {kk: v[kk] for kk in ("diff", "ci95", "p_bootstrap")}
+    for name, m in all_rows.items():
+        for k in ("auroc", "threshold", "threshold_split_auroc", "called_correct_share", "input"):
+            if k in m:
+                summary[name][k] = m[k]
+    write_json(out_json, {"judges": summary, "comparisons": {k: {kk: v[kk] for kk in ("diff", "ci95", "p_bootstrap",
+                                                                                      "p_permutation", "resamples")}
                                                               | {"mcnemar_p": v["mcnemar"]["p"]}
                                                               for k, v in comparisons.items()}})
     return {"judges": summary, "comparisons": comparisons}

@@ -117,9 +117,10 @@ def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], 
 
 # ----------------------------------------------------------------------------- scalar RM
 def scalar_scores(items: Sequence[Mapping[str, Any]], path: str, revision: str | None = None,
-                  batch_size: int = 16, threads: int | None = None) -> list[float]:
-    """Score (question, response) with AutoModelForSequenceClassification: the positive-class
-    logit margin for 2-label heads, the single logit for 1-label heads."""
+                  batch_size: int = 16, threads: int | None = None, field: str = "response") -> list[float]:
+    """Score (question, item[field]) with AutoModelForSequenceClassification: the positive-class
+    logit margin for 2-label heads, the single logit for 1-label heads. `field` is `response` (the
+    final part) or `response_with_cot` (with its reasoning); an item without it is an error."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -133,11 +134,13 @@ def scalar_scores(items: Sequence[Mapping[str, Any]], path: str, revision: str |
     model.config.pad_token_id = tok.pad_token_id
     texts = []
     for it in items:
-        msgs = [{"role": "user", "content": it["question"]}, {"role": "assistant", "content": it["response"]}]
+        if it.get(field) is None:
+            raise ValueError(f"scalar judge reads {field!r}, which item {it.get('index')!r} does not have")
+        msgs = [{"role": "user", "content": it["question"]}, {"role": "assistant", "content": it[field]}]
         if getattr(tok, "chat_template", None):
             texts.append(tok.apply_chat_template(msgs, tokenize=False))
         else:
-            texts.append(f"{it['question']}\n\n{it['response']}")
+            texts.append(f"{it['question']}\n\n{it[field]}")
     scores: list[float] = []
     tok.padding_side = "right"
     with torch.inference_mode():

@@ -87,26 +87,44 @@ def summarize(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def problem_prior_predictions(items: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Predict each item's label from its problem's leave-one-out base rate (the items of the same
-    question, minus itself); ties and lone items fall back to the subset's leave-one-out rate.
-    A judge that does not beat this has learned problem difficulty, not response correctness."""
-    by_problem: dict[tuple, list[int]] = defaultdict(list)
-    by_subset: dict[str, list[int]] = defaultdict(list)
-    for it in items:
-        by_problem[(it["subset"], it["question"])].append(it["label"])
-        by_subset[it["subset"]].append(it["label"])
-    preds = []
-    for it in items:
-        labels = by_problem[(it["subset"], it["question"])]
-        others, pos = len(labels) - 1, sum(labels) - it["label"]
-        if others and 2 * pos != others:
-            preds.append(int(2 * pos > others))
+def problem_features(item: Mapping[str, Any], subsets: Sequence[str], generators: Sequence[str]) -> list[float]:
+    """What a judge could know without reading the response: the subset, the generator, and how
+    long and how numeric the question is (a proxy for difficulty)."""
+    q = item["question"]
+    return ([float(item["subset"] == s) for s in subsets] + [float(item["model"] == g) for g in generators]
+            + [float(np.log1p(len(q))), float(sum(ch.isdigit() for ch in q)), float(sum(ch in "+-*/^" for ch in q))])
+
+
+def problem_prior_predictions(items: Sequence[Mapping[str, Any]], seed: int = 0, folds: int = 2) -> list[int]:
+    """A shortcut baseline: predict each item's label from problem-level features only, with a
+    logistic regression fit on OTHER problems (problems are split into `folds` by a seeded hash;
+    each fold is predicted by the model fit on the rest). A judge that does not beat it has learned
+    problem difficulty, not response correctness. On a bench balanced per subset and generator it
+    sits near 50%. (A leave-one-out rate inside a problem's own items predicts AGAINST the label
+    in balanced clusters, which is why it is not used.)"""
+    from sklearn.linear_model import LogisticRegression
+
+    from .io import stable_hash
+
+    if not items:
+        return []
+    subsets = sorted({it["subset"] for it in items})
+    gens = sorted({it["model"] for it in items})
+    x = np.array([problem_features(it, subsets, gens) for it in items])
+    y = np.array([int(it["label"]) for it in items])
+    fold = np.array([int(stable_hash(seed, "prior-fold", it["subset"], it["question"]), 16) % folds for it in items])
+    preds = np.zeros(len(items), dtype=int)
+    for f in range(folds):
+        train, test = fold != f, fold == f
+        if not test.any():
             continue
-        s = by_subset[it["subset"]]
-        s_others, s_pos = len(s) - 1, sum(s) - it["label"]
-        preds.append(int(2 * s_pos >= s_others) if s_others else 1)
-    return preds
+        if not train.any() or len(set(y[train])) < 2:
+            preds[test] = int(2 * y[train].sum() >= train.sum()) if train.any() else 1
+            continue
+        mu, sd = x[train].mean(axis=0), x[train].std(axis=0) + 1e-9
+        clf = LogisticRegression(max_iter=1000).fit((x[train] - mu) / sd, y[train])
+        preds[test] = clf.predict((x[test] - mu) / sd)
+    return [int(p) for p in preds]
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
@@ -132,13 +150,21 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
 
 
 def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """The threshold (predict 1 when score >= t) with the highest accuracy; midpoints between scores."""
-    s = np.sort(np.unique(np.asarray(scores, dtype=float)))
-    cands = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2, [s[-1] + 1.0]])
-    y = np.asarray(labels)
+    """The threshold (predict 1 when score >= t) with the highest accuracy among the midpoints
+    between consecutive distinct scores, so it always splits the scores it was chosen on (a
+    threshold outside their range would answer one class for everything). Ties go to the
+    threshold nearest the median score. With a single distinct score there is nothing to split:
+    that score is returned (everything is called correct)."""
     sc = np.asarray(scores, dtype=float)
-    accs = [float(np.mean((sc >= t).astype(int) == y)) for t in cands]
-    return float(cands[int(np.argmax(accs))])
+    s = np.unique(sc)
+    if len(s) < 2:
+        return float(s[0]) if len(s) else 0.0
+    cands = (s[:-1] + s[1:]) / 2
+    y = np.asarray(labels)
+    accs = np.array([float(np.mean((sc >= t).astype(int) == y)) for t in cands])
+    best = np.flatnonzero(accs == accs.max())
+    median = float(np.median(sc))
+    return float(cands[best[np.argmin(np.abs(cands[best] - median))]])
 
 
 # ----------------------------------------------------------------------------- bootstrap

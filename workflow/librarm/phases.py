@@ -63,15 +63,17 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
            "tinyworld.py", "problems.py"),
           ("problems", "bootstrap", "train", "judge_data"), "rules/downstream.smk", optional="pairs"),
     Phase("dpo", "results/dpo/stats.json", "results/dpo",
-          ("seed", "dpo", "sampling", "evaluate_policy", "verify", "pairs.labelers", "pairs.raw_labelers"),
+          ("seed", "dpo", "sampling", "evaluate_policy", "verify", "pairs.labelers", "pairs.raw_labelers",
+           "pairs.budget", "pairs.gold_curve", "pairs.policy", "models"),
           ("dpo.py", "downstream.py", "train.py", "sampling.py", "verify.py", "think.py"),
           ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs"),
     Phase("evaluate_policy", "results/downstream/summary.json", "results/downstream",
-          ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.backend",
-           "dpo.seeds"),
+          ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve",
+           "pairs.backend", "dpo.seeds"),
           ("downstream.py", "sampling.py", "verify.py", "think.py", "problems.py"),
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs"),
-    Phase("report", "results/report/metrics.json", "results/report", ("report", "pairs.labelers", "dpo.seeds"),
+    Phase("report", "results/report/metrics.json", "results/report",
+          ("report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds"),
           ("report.py",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
           "rules/report.smk", optional="pairs"),
 )}
@@ -145,7 +147,7 @@ def dvc_plots() -> list[dict]:
 
     out: list[Any] = [{f"results/report/curves/{name}": {"x": "step", "y": key, "title": title}}
                       for name, _kind, key, title in CURVES]
-    out.append({"results/report/curves/dpo_loss": {"x": "step", "y": "loss", "title": "DPO loss (equalized pairs)"}})
+    out.append({"results/report/curves/dpo_loss": {"x": "step", "y": "loss", "title": "DPO loss (budget pairs)"}})
     return out + [f"results/report/{img}" for img in PLOT_IMAGES]
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .downstream import RAW_PREFIX, curve_policy
 from .io import read_json, write_json, write_text
 
 R = "results"
@@ -42,9 +43,10 @@ class Num:
     scale: float = 100.0
     digits: int = 1
     signed: bool = False
+    p_resamples: int = 0              # > 0: a resampling p-value, shown as "< 1/B" at its floor
 
     def text(self, docs: Mapping[str, Any]) -> str:
-        return fmt(dig(docs[self.file], self.path), self.scale, self.digits, self.signed)
+        return fmt(dig(docs[self.file], self.path), self.scale, self.digits, self.signed, self.p_resamples)
 
 
 def dig(doc: Any, path: Sequence[Any]) -> Any:
@@ -53,9 +55,13 @@ def dig(doc: Any, path: Sequence[Any]) -> Any:
     return doc
 
 
-def fmt(v: Any, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+def fmt(v: Any, scale: float = 100.0, digits: int = 1, signed: bool = False, p_resamples: int = 0) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
+    if p_resamples:
+        from .compare import format_p
+
+        return format_p(float(v), p_resamples)
     x = float(v) * scale
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
@@ -84,7 +90,8 @@ class Table:
     def sources(self) -> list[list[Any]]:
         def one(c):
             if isinstance(c, Num):
-                return {"file": c.file, "path": list(c.path), "scale": c.scale, "digits": c.digits, "signed": c.signed}
+                return {"file": c.file, "path": list(c.path), "scale": c.scale, "digits": c.digits, "signed": c.signed,
+                        "p_resamples": c.p_resamples}
             if isinstance(c, tuple):
                 return [one(c[0]), one(c[1])]
             return str(c)
@@ -167,8 +174,11 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     down = docs.get("downstream", {"policies": {}})
     rep = params.get("report", {})
     labelers = list(params["pairs"]["labelers"]) if params.get("pairs") else []
-    fit = [n for n in rep.get("fit_labelers", []) if n in labelers]
-    order = ["none"] + labelers + [f"raw/{n}" for n in labelers]
+    pair_stats = docs.get("pairs", {}).get("labelers", {})
+    # a short labeler (fewer pairs than the budget) is reported but never fitted
+    fit = [n for n in rep.get("fit_labelers", []) if n in labelers and not pair_stats.get(n, {}).get("short")]
+    curve = [curve_policy(n) for n in sorted((params.get("pairs") or {}).get("gold_curve", []))]
+    order = ["none"] + labelers + curve + [RAW_PREFIX + n for n in labelers]
     policies = down.get("policies", {})
     policies = {n: policies[n] for n in sorted(policies, key=lambda n: order.index(n) if n in order else len(order))}
     per_problem = {n: read_json(root / f"{R}/downstream/{n}/per_problem.json") for n in policies
@@ -182,7 +192,8 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
         for key, x in (("libra_score", libra), ("label_accuracy", lab_acc)):
             corr[key] = gain_correlation(x, per_problem, fit, rep.get("resamples", 2000),
                                          rep.get("permutations", 10000), seed)
-    summary: dict[str, Any] = {"correlation": corr, "fit_labelers": fit}
+    summary: dict[str, Any] = {"correlation": corr, "fit_labelers": fit,
+                               "short_labelers": [n for n in labelers if pair_stats.get(n, {}).get("short")]}
     # the report's own numbers go to summary.json first, so tables can cite them like any source
     write_json(out_dir / "summary.json", summary)
     docs["report"] = summary
@@ -246,12 +257,15 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
         tables.append(t)
         comps = docs["eval"].get("comparisons", {})
         if comps:
-            t = Table("Paired judge comparisons (Libra score difference, problem-clustered bootstrap; McNemar)",
-                      ["A vs B", "diff (points)", "95% CI", "p (bootstrap)", "McNemar p"])
+            t = Table("Paired judge comparisons (Libra score difference)",
+                      ["A vs B", "diff (points)", "95% CI", "p (cluster permutation)", "McNemar p (item-level)"],
+                      note="Interval: bootstrap over problems within subsets. p: sign-flip permutation test that swaps "
+                           "the two judges per problem (items of a problem move together). McNemar's item-level p "
+                           "ignores that clustering and is shown for reference only.")
             for k, c in comps.items():
                 t.add(k, Num("eval", ("comparisons", k, "diff"), signed=True), ci("eval", ("comparisons", k, "ci95")),
-                      Num("eval", ("comparisons", k, "p_bootstrap"), scale=1, digits=4),
-                      Num("eval", ("comparisons", k, "mcnemar_p"), scale=1, digits=4))
+                      Num("eval", ("comparisons", k, "p_permutation"), p_resamples=c.get("resamples", 2000)),
+                      Num("eval", ("comparisons", k, "mcnemar_p"), scale=1, digits=2))
             tables.append(t)
     if "train" in docs:
         t = Table("Judge training", ["model", "kind", "steps", "seconds", "tokens/s", "final val accuracy"])
@@ -271,14 +285,18 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
         tables.append(t)
     if "pairs" in docs:
         ps = docs["pairs"]["labelers"]
+        budget = docs["pairs"].get("budget")
         t = Table("DPO pairs per labeler (policy's own responses on the unlabeled pool)",
                   ["labeler", "kind", "label accuracy", "pair accuracy (trained)", "pairs raw", "pairs trained",
                    "problems all correct", "problems all incorrect"],
                   note="Label accuracy: share of the policy's responses labeled as the gold verifier labels them "
                        "(no verdict counts as wrong). Pair accuracy: share of pairs whose chosen is gold-correct and "
-                       "rejected gold-incorrect.")
+                       f"rejected gold-incorrect. Every labeler trains on a budget of {budget} pairs with the same "
+                       "number of DPO steps; a labeler marked (short) has fewer, trains on all of them for the same "
+                       "steps, and is left out of the correlation fit.")
         for n in labelers:
-            t.add(n, ps[n]["kind"], Num("pairs", ("labelers", n, "label_accuracy")),
+            t.add(n + (" (short)" if ps[n].get("short") else ""), ps[n]["kind"],
+                  Num("pairs", ("labelers", n, "label_accuracy")),
                   Num("pairs", ("labelers", n, "pair_accuracy_trained")),
                   Num("pairs", ("labelers", n, "pairs_raw"), scale=1, digits=0),
                   Num("pairs", ("labelers", n, "pairs_trained"), scale=1, digits=0),
@@ -286,7 +304,10 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("pairs", ("labelers", n, "skipped_problems", "all_incorrect"), scale=1, digits=0))
         tables.append(t)
     if "dpo" in docs:
-        t = Table("DPO training", ["policy/seed", "pairs", "steps", "selected step", "val avg@k", "seconds", "tokens/s"])
+        t = Table("DPO training", ["policy/seed", "pairs", "steps", "selected step", "val avg@k", "seconds", "tokens/s"],
+                  note="The checkpoint (step 0, the untrained policy, included) is selected by avg@k on held-out "
+                       "problems of the unlabeled pool, graded against their GOLD answers: selection uses gold "
+                       "labels that the labelers never see.")
         for k in sorted(docs["dpo"], key=lambda k: [order.index(k.rsplit("/seed-", 1)[0]) if k.rsplit("/seed-", 1)[0]
                                                      in order else len(order), k]):
             t.add(k, *[Num("dpo", (k, f), scale=1, digits=0) for f in ("pairs", "steps", "selected_step")],
@@ -299,24 +320,37 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
         t = Table(f"Downstream: policy pass@1 (avg@{k}) on the hard eval subsets",
                   ["policy"] + [f"{s}" for s in subsets] + ["all", "95% CI", "sd over seeds", "gain", "gain 95% CI",
                                                              "p (sign-flip)", "share of gold gain"],
-                  note="`none` is the base policy; `raw/<labeler>` trained on all its pairs, the others on pairs "
-                       "equalized to the smallest labeler's count. Gains are paired (same problems, same sampling seeds).")
+                  note="`none` is the base policy; every labeler's policy trained on its budget of pairs with the "
+                       "same number of steps, (short) marks one with fewer pairs; `curve/gold-<n>` is gold on n pairs "
+                       "(same steps); `raw/<labeler>` trained on all its pairs. Gains are paired (same problems, same "
+                       "sampling seeds). Checkpoints were selected on gold answers of held-out pool problems.")
         for n, p in policies.items():
             src = ("policies", n)
-            t.add(n, *[Num("downstream", src + ("avg_at_k", s)) for s in subsets], Num("downstream", src + ("avg_at_k", "all")),
+            t.add(n + (" (short)" if p.get("short") else ""), *[Num("downstream", src + ("avg_at_k", s)) for s in subsets], Num("downstream", src + ("avg_at_k", "all")),
                   ci("downstream", src + ("ci95", "all")),
                   Num("downstream", src + ("sd_over_seeds", "all")) if p.get("sd_over_seeds") else "n/a (1 seed)",
                   Num("downstream", src + ("gain", "all"), signed=True) if p.get("gain") else "",
                   ci("downstream", src + ("gain_ci95", "all"), signed=True) if p.get("gain") else "",
-                  Num("downstream", src + ("gain_p_value",), scale=1, digits=4) if p.get("gain") else "",
+                  Num("downstream", src + ("gain_p_value",),
+                      p_resamples=params.get("report", {}).get("permutations", 10000)) if p.get("gain") else "",
                   Num("downstream", src + ("gold_gain_recovered",), scale=100, digits=0)
                   if p.get("gold_gain_recovered") is not None else "")
+        tables.append(t)
+    curve = {n: p for n, p in policies.items() if n.startswith("curve/")}
+    if curve and "gold" in policies and policies["gold"].get("gain"):
+        t = Table("Gold curve: gain of the gold labeler at several pair counts (same DPO steps)",
+                  ["policy", "pairs", "gain", "gain 95% CI"],
+                  note="Read a short labeler against gold at a similar count rather than gold on the full budget.")
+        for n in list(curve) + ["gold"]:
+            src = ("policies", n)
+            t.add(n, Num("downstream", src + ("pairs",), scale=1, digits=0), Num("downstream", src + ("gain", "all"), signed=True),
+                  ci("downstream", src + ("gain_ci95", "all"), signed=True))
         tables.append(t)
     corr = docs["report"]["correlation"]
     if corr:
         t = Table("Downstream gain against judge quality (fitted over the trained judges only)",
                   ["x", "labelers fitted", "Pearson r", "95% CI (problem bootstrap)", "p (permutation)"],
-                  note="Anchors (gold, noisy gold, random) are drawn in the plots but not fitted.")
+                  note="Anchors (gold, noisy gold, random) and short labelers are drawn in the plots but not fitted.")
         for key in corr:
             t.add(key, ", ".join(corr[key]["labelers"]), Num("report", ("correlation", key, "r"), scale=1, digits=3),
                   ci("report", ("correlation", key, "ci95"), scale=1, digits=3) if corr[key].get("ci95") else "n/a",
@@ -427,13 +461,16 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) ->
             ax.legend(fontsize=7)
             save(fig, f"{name}.png")
     if "dpo" in docs:
-        series = {k: d["loss_curve"] for k, d in docs["dpo"].items() if not k.startswith("raw/")}
+        from .downstream import policy_parts
+
+        series = {k: d["loss_curve"] for k, d in docs["dpo"].items()
+                  if policy_parts(k.rsplit("/seed-", 1)[0])[0] == "budget"}
         arts += write_curves(curves / "dpo_loss", series, "loss")
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for n, pts in series.items():
             ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], lw=0.8, label=n)
         ax.set_xlabel("step")
-        ax.set_title("DPO loss (equalized pairs)")
+        ax.set_title("DPO loss (budget pairs)")
         ax.legend(fontsize=6, ncol=2)
         save(fig, "dpo_loss.png")
     if policies and corr:
@@ -446,7 +483,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) ->
                 continue
             lo, hi = p["gain_ci95"]["all"]
             rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
-                         "fitted" if n in fit else "anchor"])
+                         "fitted" if n in fit else ("short" if p.get("short") else "anchor")])
         arts.append(write_csv(out_dir / "downstream_gain.csv",
                               ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role"], rows))
         for key, col, label in (("libra_score", 1, "Libra score of the labeler (bench)"),
@@ -503,7 +540,8 @@ def check_report(report_dir: str | Path, root: str | Path = ".") -> list[str]:
 
 def _expected(src, docs) -> str:
     if isinstance(src, dict):
-        return fmt(dig(docs[src["file"]], src["path"]), src["scale"], src["digits"], src["signed"])
+        return fmt(dig(docs[src["file"]], src["path"]), src["scale"], src["digits"], src["signed"],
+                   src.get("p_resamples", 0))
     if isinstance(src, list):
         return f"[{_expected(src[0], docs)}, {_expected(src[1], docs)}]"
     return src

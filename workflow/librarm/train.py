@@ -210,6 +210,23 @@ def resume_dir_for(resume_root: str | Path, name: str, *key_parts: Any) -> Path:
     return Path(resume_root) / name / stable_hash(*parts)
 
 
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Same params, same bytes: a fixed thread count, torch's deterministic kernels (warn-only, so
+    an op without one still runs and says so), and every RNG seeded BEFORE a model is built: a
+    fresh head (the scalar RM's score layer) is drawn from torch's RNG when the model is loaded,
+    which the Trainer's own set_seed comes too late for."""
+    import os
+
+    import torch
+    from transformers import set_seed
+
+    if threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_seed(seed)
+
+
 def _latest_checkpoint(resume_dir: Path) -> str | None:
     ckpts = sorted(resume_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return str(ckpts[-1]) if ckpts else None
@@ -249,8 +266,7 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    if threads:
-        torch.set_num_threads(threads)
+    seed_everything(cfg.seed, threads)
     rows = read_jsonl(data_path).records
     if verdict_only_targets:
         rows = [dict(r, completion=verdict_only(r["completion"])) if r["kind"] == "judging" else r for r in rows]
@@ -306,9 +322,8 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     from .sampling import HFSampler, SamplingConfig, render_chat
     from .tinyworld import judge_messages
 
-    if threads:
-        torch.set_num_threads(threads)
     rl = params["rl"]
+    seed_everything(rl.get("seed", 0), threads)
     jcfg = params["judge"]
     items = read_jsonl(train_path).records
     tok = AutoTokenizer.from_pretrained(init_model)
@@ -389,8 +404,11 @@ def make_val_callback(items, params, every: int, tag: str):
 
 
 # ----------------------------------------------------------------------------- scalar reward model
-def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int) -> list[dict]:
-    """(chosen correct, rejected incorrect) responses of the same problem, hash-paired."""
+def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int,
+                 field: str = "response") -> list[dict]:
+    """(chosen correct, rejected incorrect) responses of the same problem, hash-paired; `field` is
+    what the RM reads: the final answer (`response`) or the answer with its reasoning
+    (`response_with_cot`), where a step-level slip is visible."""
     by_q: dict[str, dict[int, list]] = defaultdict(lambda: {0: [], 1: []})
     for it in items:
         by_q[it["question"]][it["label"]].append(it)
@@ -399,7 +417,7 @@ def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int
         pos = sorted(by_q[q][1], key=lambda r: stable_hash(seed, "rm", r["item_id"]))
         neg = sorted(by_q[q][0], key=lambda r: stable_hash(seed, "rm", r["item_id"]))
         for a, b in list(zip(pos, neg))[:per_problem]:
-            pairs.append({"question": q, "chosen": a["response"], "rejected": b["response"]})
+            pairs.append({"question": q, "chosen": a[field], "rejected": b[field]})
     return pairs
 
 
@@ -414,11 +432,10 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    if threads:
-        torch.set_num_threads(threads)
     cfg = params["scalar_rm"]
+    seed_everything(cfg.get("seed", 0), threads)
     items = read_jsonl(train_path).records
-    pairs = reward_pairs(items, params["seed"], cfg.get("pairs_per_problem", 4))
+    pairs = reward_pairs(items, params["seed"], cfg.get("pairs_per_problem", 4), cfg.get("input", "response"))
     if not pairs:
         raise ValueError("scalar_rm: no (correct, incorrect) pair of the same problem in the training items")
     tok = AutoTokenizer.from_pretrained(init_model)

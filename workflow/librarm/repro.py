@@ -1,0 +1,121 @@
+"""Same params, same bytes: compare two run folders file by file. JSON and JSONL files are compared
+after removing the keys that measure time (listed in TIMING_KEYS / TIMING_SUFFIXES); paths under
+EXCLUDED_PATHS are skipped (logs, benchmark timings, resumable working state). Every other file
+must be byte-identical. `scripts/repro_check.sh A B` runs this on two checkouts."""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+# Keys whose values are wall-clock measurements, never results.
+TIMING_KEYS = ("seconds", "tokens_per_s", "step_time", "train_runtime", "total_flos")
+TIMING_SUFFIXES = ("_per_second",)
+# Paths (relative to the run folder) that are not results: logs and per-rule benchmark timings,
+# the resumable working state of training jobs (checkpoints carry step times and RNG snapshots),
+# and the MLflow store (run ids and timestamps; files stay the source of truth).
+EXCLUDED_PATHS = ("results/logs/**", "results/.resume/**", "mlflow/**", ".snakemake/**")
+
+
+def is_timing_key(key: str) -> bool:
+    return key in TIMING_KEYS or key.endswith(TIMING_SUFFIXES)
+
+
+def strip_timing(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: strip_timing(v) for k, v in obj.items() if not is_timing_key(k)}
+    if isinstance(obj, list):
+        return [strip_timing(v) for v in obj]
+    return obj
+
+
+def _load_structured(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [strip_timing(json.loads(line)) for line in text.splitlines() if line.strip()]
+    return strip_timing(json.loads(text))
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str:
+    if type(a) is not type(b):
+        return f"{where or '/'}: {type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                return f"{where}/{k}: only in {'B' if k not in a else 'A'}"
+            if a[k] != b[k]:
+                return _first_difference(a[k], b[k], f"{where}/{k}")
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{where or '/'}: {len(a)} vs {len(b)} entries"
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{where}[{i}]")
+    return f"{where or '/'}: {str(a)[:80]!r} vs {str(b)[:80]!r}"
+
+
+@dataclass
+class RunComparison:
+    files_compared: int = 0
+    files_excluded: int = 0
+    differences: list[str] = field(default_factory=list)
+    excluded: dict = field(default_factory=lambda: {"paths": list(EXCLUDED_PATHS), "json_keys": list(TIMING_KEYS),
+                                                    "json_key_suffixes": list(TIMING_SUFFIXES)})
+
+
+def _files(root: Path, sub: str) -> dict[str, Path]:
+    base = root / sub
+    return {str(p.relative_to(root)): p for p in sorted(base.rglob("*")) if p.is_file()} if base.exists() else {}
+
+
+def compare_runs(a: str | Path, b: str | Path, sub: str = "results") -> RunComparison:
+    """Compare the `sub` folders of two run roots (checkouts)."""
+    a, b = Path(a), Path(b)
+    fa, fb = _files(a, sub), _files(b, sub)
+    out = RunComparison()
+    for rel in sorted(set(fa) | set(fb)):
+        if any(fnmatch.fnmatch(rel, pat) for pat in EXCLUDED_PATHS):
+            out.files_excluded += 1
+            continue
+        if rel not in fa or rel not in fb:
+            out.differences.append(f"{rel}: only in {'B' if rel not in fa else 'A'}")
+            continue
+        out.files_compared += 1
+        pa, pb = fa[rel], fb[rel]
+        if pa.read_bytes() == pb.read_bytes():
+            continue
+        if pa.suffix in (".json", ".jsonl"):
+            try:
+                da, db = _load_structured(pa), _load_structured(pb)
+            except (ValueError, UnicodeDecodeError) as exc:
+                out.differences.append(f"{rel}: differs and does not parse ({exc})")
+                continue
+            if da != db:
+                out.differences.append(f"{rel}: {_first_difference(da, db)}")
+            continue
+        out.differences.append(f"{rel}: bytes differ")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m librarm.repro",
+                                 description="Compare the results/ folders of two runs; exit 1 on any difference "
+                                             "outside the listed exclusions.")
+    ap.add_argument("run_a")
+    ap.add_argument("run_b")
+    a = ap.parse_args(argv)
+    res = compare_runs(a.run_a, a.run_b)
+    print("excluded paths:     " + ", ".join(res.excluded["paths"]))
+    print("excluded JSON keys: " + ", ".join(res.excluded["json_keys"]) + ", *" + ", *".join(TIMING_SUFFIXES))
+    print(f"compared {res.files_compared} files ({res.files_excluded} excluded)")
+    for d in res.differences:
+        print("DIFF " + d)
+    print("same bytes" if not res.differences else f"{len(res.differences)} files differ")
+    return 0 if not res.differences and res.files_compared else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -35,7 +35,7 @@ dvc-repro: setup
 	source $(BIN)/activate && dvc repro
 
 lint: setup
-	source $(BIN)/activate && snakemake --lint && librarm dvc-yaml --check
+	source $(BIN)/activate && ruff check workflow tests benchmarks scripts && snakemake --lint && librarm dvc-yaml --check
 
 smoke-real: setup
 	source $(BIN)/activate && snakemake --cores $(CORES) --configfile workflow/presets/smoke-real.yaml

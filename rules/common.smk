@@ -104,7 +104,7 @@ def threshold_split(wildcards):
 # ---------------------------------------------------------------- downstream (judge-labeled DPO)
 DOWNSTREAM = bool(config.get("pairs"))
 if DOWNSTREAM:
-    from librarm.downstream import NONE_POLICY, curve_policy, downstream_policies, labeler_kind
+    from librarm.labelers import NONE_POLICY, curve_policy, downstream_policies, labeler_kind
 
     LABELERS = list(config["pairs"]["labelers"])
     JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, config["judges"]) == "judge"]

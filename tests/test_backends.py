@@ -23,8 +23,18 @@ import pytest
 
 from librarm.config import load_params
 from librarm.io import read_jsonl, write_jsonl
-from librarm.sampling import (HTTPError, HTTPSampler, PseudoSampler, SampleRequest, SamplingConfig, VLLMSampler,
-                              _boxed_spans, make_sampler, render_chat, run_sample, sample_seed, wrong_answer)
+from librarm.sampling import (
+    HTTPError,
+    HTTPSampler,
+    PseudoSampler,
+    SampleRequest,
+    SamplingConfig,
+    VLLMSampler,
+    _boxed_spans,
+    run_sample,
+    sample_seed,
+    wrong_answer,
+)
 from librarm.think import split_think
 
 REPO = Path(__file__).resolve().parents[1]

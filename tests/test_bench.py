@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from librarm.bench import PUBLIC_FIELDS, ShortfallError, assemble, parse_label, read_bench
+from librarm.bench import (
+    PUBLIC_FIELDS,
+    ShortfallError,
+    assemble,
+    parse_label,
+    read_bench,
+)
 from librarm.io import InputError
 
 

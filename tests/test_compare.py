@@ -2,7 +2,8 @@
 sign-flip permutation test, McNemar (reference only), p-value display, seen vs held-out."""
 import pytest
 
-from librarm.compare import format_p, mcnemar_exact, paired_comparison, seen_heldout_accuracy
+from librarm.compare import seen_heldout_accuracy
+from librarm.stats import format_p, mcnemar_exact, paired_comparison
 
 
 def test_mcnemar_exact():

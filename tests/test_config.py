@@ -1,7 +1,6 @@
 import copy
 
 import pytest
-import yaml
 
 from librarm.config import ConfigError, deep_merge, load_params, validate_params
 

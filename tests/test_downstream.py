@@ -10,11 +10,27 @@ import numpy as np
 import pytest
 
 from librarm.config import ConfigError, load_params, validate_params
-from librarm.downstream import (avg_at_k, bootstrap_means, build_pairs, builtin_labels, dpo_step_pairs, downstream_policies,
-                                keep_probability, policy_parts, take_budget,
-                                label_accuracy, labeler_kind, per_problem_accuracy, run_build_pairs, sign_flip_p,
-                                split_pool, summarize_downstream, summarize_policy)
+from librarm.downstream import (
+    avg_at_k,
+    build_pairs,
+    builtin_labels,
+    label_accuracy,
+    per_problem_accuracy,
+    run_build_pairs,
+    split_pool,
+    summarize_downstream,
+    summarize_policy,
+    take_budget,
+)
 from librarm.io import read_json, read_jsonl, write_json, write_jsonl
+from librarm.labelers import (
+    downstream_policies,
+    dpo_step_pairs,
+    keep_probability,
+    labeler_kind,
+    policy_parts,
+)
+from librarm.stats import bootstrap_means, sign_flip_p
 
 
 def resp(pid: str, idx: int, correct: bool, text: str | None = None) -> dict:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from librarm.io import read_json, write_json, write_jsonl
-from librarm.report import build_report, check_report, gain_correlation, pearson, permutation_p
+from librarm.report import build_report, check_report
+from librarm.stats import gain_correlation, pearson, permutation_p
 
 
 # ----------------------------------------------------------------------------- DPO
@@ -39,7 +40,12 @@ def test_dpo_rows_use_the_samplers_prompt_and_keep_the_thinking(tmp_path, dpo_pa
     from tiny_fixtures import make_random_lm
 
     from librarm.dpo import dpo_rows
-    from librarm.sampling import HFSampler, SampleRequest, SamplingConfig, problem_messages
+    from librarm.sampling import (
+        HFSampler,
+        SampleRequest,
+        SamplingConfig,
+        problem_messages,
+    )
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=16)
     pairs, _ = _arith_pairs(2)

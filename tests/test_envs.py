@@ -1,10 +1,8 @@
 """envs/*.yaml and pyproject pins agree with requirements.lock (imports without vllm: test_backends)."""
 import re
-import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 # Packages that only a GPU env has (not in the CPU lock).

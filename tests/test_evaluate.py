@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_fixtures import make_random_lm, params_with_path_model
 
 from librarm.io import read_jsonl
-
 from librarm.judge import fit_prompt, parse_verdict
-from tiny_fixtures import make_random_lm, params_with_path_model
 
 
 @pytest.mark.parametrize("text,finish,value,status", [

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from librarm.metrics import (auroc, best_threshold, bootstrap_intervals, problem_prior_predictions,
-                             summarize)
+from librarm.metrics import auroc, best_threshold, problem_prior_predictions, summarize
+from librarm.stats import bootstrap_intervals
 
 
 def item(label, pred, subset="a", model="m", q="q0", truncated=False):

@@ -1,12 +1,19 @@
 import copy
-import json
 
 import pytest
-
 from conftest import SHARED_DATA, needs_shared_data
+
 from librarm.io import InputError
-from librarm.problems import (decontaminate, in_problem_region, load_jsonl_set, overlap_report,
-                              parse_arithmetic, random_arithmetic, run_problems, synthesize_sets)
+from librarm.problems import (
+    decontaminate,
+    in_problem_region,
+    load_jsonl_set,
+    overlap_report,
+    parse_arithmetic,
+    random_arithmetic,
+    run_problems,
+    synthesize_sets,
+)
 from librarm.tinyworld import corpus_problem
 
 SPECS = [{"name": "a", "role": "eval", "n": 200, "steps": 2}, {"name": "b", "role": "eval", "n": 200, "steps": 3},

@@ -5,13 +5,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from tiny_fixtures import make_random_lm, params_with_path_model
 
 from librarm.io import read_jsonl, write_jsonl
 from librarm.sampling import HFSampler, SampleRequest, SamplingConfig, run_sample
-from tiny_fixtures import make_random_lm, params_with_path_model
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,6 @@ def test_resume_after_kill_matches_clean_run(rand_model, problems_file, tmp_path
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(p))
     out = tmp_path / "resumed.jsonl"
-    store = tmp_path / "store"   # run_sample's default store is results/.resume; the CLI uses cwd
     total_chunks = 4 * 6
     env = {**os.environ, "LIBRARM_TRACKING": "0"}
     cmd = [sys.executable, "-m", "librarm.cli", "stage", "sample", "--config", str(cfg), "--generator", "rand",

@@ -2,11 +2,11 @@
 and every model folder matches its recorded hash."""
 import copy
 
+from conftest import REPO
+
 from librarm.config import load_params
 from librarm.io import read_json, tree_sha256
 from librarm.tinyworld import bootstrap_hash
-
-from conftest import REPO
 
 
 def _manifest():

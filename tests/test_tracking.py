@@ -93,9 +93,9 @@ def test_killed_training_resumes_global_step_and_mlflow_curve_has_no_gap(mlflow_
     continues to max_steps) and the job's MLflow loss curve covers every step without a gap."""
     import mlflow
     from mlflow.tracking import MlflowClient
+    from tiny_fixtures import make_random_lm
     from transformers import TrainerCallback
 
-    from tiny_fixtures import make_random_lm
     from librarm.io import write_jsonl
     from librarm.train import TrainConfig, run_sft
 

@@ -1,13 +1,16 @@
 """Learning to think: reward functions, judge items, rejection-sampling stats, and
 short real TRL runs on tiny models (SFT label tokens, GRPO learning a trivial judging task)."""
-import json
 import random
-from pathlib import Path
 
 import pytest
 
-from librarm.io import read_jsonl, write_jsonl
-from librarm.rewards import build_reward_funcs, correctness_reward, format_reward, length_penalty
+from librarm.io import write_jsonl
+from librarm.rewards import (
+    build_reward_funcs,
+    correctness_reward,
+    format_reward,
+    length_penalty,
+)
 from librarm.train import build_judge_items, reward_pairs, rs_stats, verdict_only
 
 
@@ -81,7 +84,7 @@ def test_sft_label_tokens_equal_trajectory_with_thinking(tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from librarm.tinyworld import build_model, build_tokenizer, save_model
+    from librarm.tinyworld import build_model, build_tokenizer
 
     tok = build_tokenizer()
     model = build_model({"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
@@ -106,8 +109,9 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
     columns even though the dataset is shuffled."""
     import copy
 
-    from librarm.train import TrainConfig, run_grpo, run_sft
     from tiny_fixtures import make_random_lm
+
+    from librarm.train import TrainConfig, run_grpo, run_sft
 
     base = make_random_lm(tmp_path / "rand", hidden=64, layers=2)
     rows = []
@@ -137,12 +141,10 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
 def test_rewards_stay_aligned_with_item_ids_under_shuffle(tmp_path, params):
     """TRL repeats dataset columns per completion; with shuffle on, a recording reward must see
     each item's own label next to its own id."""
-    import copy
 
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
     from tiny_fixtures import make_random_lm
+    from trl import GRPOConfig, GRPOTrainer
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=16, layers=1)
     truth = {f"it{i}": random.Random(i).randint(0, 1) for i in range(24)}

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 from librarm.think import split_think
-from librarm.verify import (GRADABLE, REASONS, VerifierPool, extract_boxed, grade_answer, grade_serial,
-                            parse_gold, precheck)
+from librarm.verify import (
+    GRADABLE,
+    REASONS,
+    VerifierPool,
+    extract_boxed,
+    grade_answer,
+    grade_serial,
+    parse_gold,
+    precheck,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "answer_forms.jsonl"
 CASES = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO
 
 from librarm.io import read_jsonl
 from librarm.phases import out_paths
-import yaml
-
-from conftest import REPO
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LIBRARM_TRACKING": "0"}
@@ -70,7 +69,12 @@ def test_dvc_yaml_matches_registry():
 
 def load_rules(configfiles=()):
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings, StorageSettings
+    from snakemake.settings.types import (
+        ConfigSettings,
+        OutputSettings,
+        ResourceSettings,
+        StorageSettings,
+    )
 
     cwd = os.getcwd()
     os.chdir(REPO)

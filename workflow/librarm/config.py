@@ -205,7 +205,7 @@ def _cross_check_learning(p: Mapping[str, Any], problems: list[str]) -> None:
 def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
     if "pairs" not in p:
         return
-    from .downstream import labeler_kind
+    from .labelers import labeler_kind
 
     pairs = p["pairs"]
     for section in ("dpo", "evaluate_policy"):

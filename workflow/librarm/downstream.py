@@ -3,7 +3,6 @@
 policies' pass@1 (avg@k) on the hard eval subsets with problem-bootstrap intervals."""
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -12,70 +11,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .io import read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
-
-NOISY_GOLD = re.compile(r"^gold_p([1-9]\d?)$")      # gold_p1 .. gold_p99
-BUILTIN_LABELERS = ("gold", "random")
-NONE_POLICY = "none"           # the base policy, before any DPO
-RAW_PREFIX = "raw/"            # raw/<labeler>: trained on all of the labeler's pairs
-CURVE_PREFIX = "curve/"        # curve/gold-<n>: gold trained on n of its pairs (the gold curve)
-
-
-def curve_policy(n: int) -> str:
-    return f"{CURVE_PREFIX}gold-{int(n)}"
-
-
-def policy_parts(policy: str) -> tuple[str, str | None, int | None]:
-    """(kind, labeler, pair count) of a downstream policy name: ("none", None, None),
-    ("budget", labeler, None), ("raw", labeler, None) or ("curve", "gold", n)."""
-    if policy == NONE_POLICY:
-        return "none", None, None
-    if policy.startswith(RAW_PREFIX):
-        return "raw", policy[len(RAW_PREFIX):], None
-    if policy.startswith(CURVE_PREFIX):
-        m = re.fullmatch(r"gold-(\d+)", policy[len(CURVE_PREFIX):])
-        if not m:
-            raise ValueError(f"policy {policy!r}: a gold-curve policy is named curve/gold-<n>")
-        return "curve", "gold", int(m.group(1))
-    return "budget", policy, None
-
-
-def downstream_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
-    """Every DPO policy the params ask for: one per labeler (on its budget of pairs), the gold
-    curve (when gold is a labeler) and the raw runs."""
-    labelers = list(pairs_cfg["labelers"])
-    curve = [curve_policy(n) for n in pairs_cfg.get("gold_curve", []) if "gold" in labelers]
-    return labelers + curve + [RAW_PREFIX + name for name in pairs_cfg.get("raw_labelers", [])]
-
-
-def dpo_step_pairs(policy: str, n_pairs: int, budget: int) -> int:
-    """The pair count a DPO run's number of optimizer steps is computed from. Every budget and
-    gold-curve run takes the same steps as a full budget, whatever its own count (a short labeler
-    or a small curve point repeats its pairs over more epochs), so no labeler's count changes
-    another's run; a raw run trains on all its pairs for as many epochs as the others."""
-    return n_pairs if policy_parts(policy)[0] == "raw" else budget
+from .labelers import (
+    NONE_POLICY,
+    RAW_PREFIX,
+    curve_policy,
+    keep_probability,
+    labeler_kind,
+    policy_parts,
+)
+from .stats import bootstrap_means, sign_flip_p
 
 
 # ----------------------------------------------------------------------------- labelers
-def labeler_kind(name: str, judges: Mapping[str, Any]) -> str:
-    """judge (a key of `judges`) | gold | noisy_gold (gold_pNN) | random."""
-    if name in BUILTIN_LABELERS:
-        return name
-    if NOISY_GOLD.match(name):
-        return "noisy_gold"
-    if name in judges:
-        return "judge"
-    raise ValueError(f"labeler {name!r}: not a key of 'judges' and not one of gold, random, gold_pNN (NN in 1..99)")
-
-
-def keep_probability(name: str) -> float:
-    """gold_p70 -> 0.70: each gold label is kept with this probability and flipped otherwise, so
-    the labeler's accuracy on the policy's responses is p in expectation."""
-    m = NOISY_GOLD.match(name)
-    if not m:
-        raise ValueError(f"{name!r} is not a noisy-gold labeler (gold_pNN)")
-    return int(m.group(1)) / 100
-
-
 def _uniform(*parts: Any) -> float:
     return (stable_seed(*parts) % (2 ** 53)) / 2 ** 53
 
@@ -308,24 +255,6 @@ def avg_at_k(per_problem: Mapping[str, Mapping[str, float]]) -> dict[str, float]
     return out
 
 
-def bootstrap_means(per_problem: Mapping[str, Mapping[str, float]], resamples: int, seed: int) -> dict[str, list[float]]:
-    """95% percentile intervals of avg@k, resampling problems within each subset (`all`: the mean
-    over subsets of the resampled means). Feed per-problem differences to get a paired interval."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, list[float]] = {}
-    subset_draws = []
-    for s in sorted(per_problem):
-        vals = np.array(list(per_problem[s].values()), dtype=float)
-        idx = rng.integers(0, len(vals), size=(resamples, len(vals)))
-        draws = vals[idx].mean(axis=1)
-        subset_draws.append(draws)
-        out[s] = [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
-    if subset_draws:
-        allm = np.mean(subset_draws, axis=0)
-        out["all"] = [round(float(np.percentile(allm, 2.5)), 4), round(float(np.percentile(allm, 97.5)), 4)]
-    return out
-
-
 def sample_and_grade(sampler, problems: Sequence[Mapping[str, Any]], k: int, seed: int, tag: str,
                      params: Mapping[str, Any], pool) -> list[dict]:
     """k samples per problem, graded by math-verify against the problem's answer. Seeds depend on
@@ -429,17 +358,6 @@ def summarize_policy(params: Mapping[str, Any], policy: str, eval_dirs: Sequence
     write_json(out_path, metrics)
     write_json(Path(out_path).with_name("per_problem.json"), mean_pp)
     return metrics
-
-
-def sign_flip_p(diffs: np.ndarray, permutations: int, seed: int) -> float:
-    """Two-sided paired permutation test of mean(diffs) = 0: flip each problem's sign at random."""
-    if len(diffs) == 0 or not np.any(diffs):
-        return 1.0
-    rng = np.random.default_rng(seed)
-    obs = abs(diffs.mean())
-    signs = rng.choice([-1.0, 1.0], size=(permutations, len(diffs)))
-    null = np.abs((signs * diffs).mean(axis=1))
-    return round(float((1 + np.sum(null >= obs - 1e-12)) / (permutations + 1)), 5)
 
 
 def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str | Path], out_path: str | Path) -> dict:

@@ -57,7 +57,7 @@ def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
 def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
             out_dir: str | Path, *, name: str, seed: int, threads: int | None = None, report_to_mlflow: bool = False,
             resume_root: str | Path = RESUME_ROOT, budget: int | None = None) -> dict:
-    """Train one DPO policy for the steps `budget` pairs take (see `downstream.dpo_step_pairs`;
+    """Train one DPO policy for the steps `budget` pairs take (see `labelers.dpo_step_pairs`;
     None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
     the untrained policy (step 0), every `val_every` steps and at the end. Selection reads the
     gold answers of the pool's held-out validation problems (declared in every table). Resumes
@@ -67,7 +67,8 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from .downstream import avg_at_k, dpo_step_pairs, per_problem_accuracy, sample_and_grade
+    from .downstream import avg_at_k, per_problem_accuracy, sample_and_grade
+    from .labelers import dpo_step_pairs
     from .sampling import HFSampler, SamplingConfig
     from .verify import VerifierPool
 

@@ -6,7 +6,8 @@ from typing import Any, Mapping, Sequence
 
 from .bench import read_bench
 from .io import read_json, write_json, write_jsonl, write_text
-from .metrics import auroc, best_threshold, bootstrap_intervals, problem_prior_predictions, summarize
+from .metrics import auroc, best_threshold, problem_prior_predictions, summarize
+from .stats import bootstrap_intervals
 
 
 def score_predictions(preds: Sequence[Mapping[str, Any]], resamples: int, seed: int) -> dict[str, Any]:
@@ -91,8 +92,9 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path,
                    judge_train_path: str | Path | None = None, train_stats_path: str | Path | None = None) -> dict:
     """results/eval/summary.json, table.md and comparisons.json: one row per judge (reward-bench
     style), paired comparisons, seen vs held-out generators, the shortcut probe, training stats."""
-    from .compare import format_p, paired_comparison, seen_heldout_accuracy, shortcut_probe
+    from .compare import seen_heldout_accuracy, shortcut_probe
     from .io import read_jsonl
+    from .stats import format_p, paired_comparison
 
     params = params or {}
     rows = {name: read_json(p) for name, p in metric_paths.items()}

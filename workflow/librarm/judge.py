@@ -20,6 +20,13 @@ _PLAIN_RE = re.compile(r"\b(?:is|was|seems|looks|appears)\s+(not\s+)?(correct|in
 _POSITIVE = {"correct", "yes", "true", "right"}
 
 
+def judge_messages(template: str, question: str, response: str, system_prompt: str | None = None) -> list[dict]:
+    """The chat messages of one judging request: the template filled with the question and the
+    response, after an optional system prompt."""
+    content = template.format(question=question, response=response)
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": content}]
+
+
 @dataclass(frozen=True)
 class Verdict:
     value: int | None      # 1 correct, 0 incorrect, None no verdict
@@ -52,7 +59,6 @@ def fit_prompt(tok, template: str, system_prompt: str | None, question: str, res
     """Chat messages for one item within max_tokens: (messages, status) with status ok|truncated|skipped.
     truncate_response keeps the END of the response (where the answer is) behind a '[...]' marker."""
     from .sampling import render_chat
-    from .tinyworld import judge_messages
 
     def count(resp: str) -> int:
         msgs = judge_messages(template, question, resp, system_prompt)
@@ -88,7 +94,6 @@ def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], 
     prompts, status = [], []
     for it in items:
         if tok is None:      # remote judge without a local tokenizer: no token budget to enforce
-            from .tinyworld import judge_messages
             msgs, st = judge_messages(jcfg["prompt_template"], it["question"], it["response"],
                                       jcfg.get("system_prompt")), "ok"
         else:

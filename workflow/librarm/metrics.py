@@ -1,9 +1,8 @@
 """Judge metrics on a labeled benchmark: per-subset accuracy, Libra score, macro-F1, confusion,
-parse rates, per-generator accuracy, a problem-prior baseline, AUROC for scalar scores, and
-seeded bootstrap intervals that resample problems (with all their items) within each subset."""
+parse rates, per-generator accuracy, a problem-prior baseline and AUROC for scalar scores.
+Intervals are in `stats`."""
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -45,12 +44,12 @@ def macro_f1(c: np.ndarray) -> float:
     return (f1_pos + f1_neg) / 2
 
 
-def _vec_accuracy(c: np.ndarray) -> np.ndarray:
+def vec_accuracy(c: np.ndarray) -> np.ndarray:
     n = c[..., _IDX["n"]]
     return np.divide(c[..., _IDX["correct"]], n, out=np.zeros(n.shape, dtype=float), where=n > 0)
 
 
-def _vec_macro_f1(c: np.ndarray) -> np.ndarray:
+def vec_macro_f1(c: np.ndarray) -> np.ndarray:
     tp, fp, fn, tn = (c[..., _IDX[k]].astype(float) for k in ("tp", "fp", "fn", "tn"))
     d1, d0 = 2 * tp + fp + fn, 2 * tn + fn + fp
     f1 = np.divide(2 * tp, d1, out=np.zeros_like(tp), where=d1 > 0)
@@ -167,32 +166,3 @@ def best_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(cands[best[np.argmin(np.abs(cands[best] - median))]])
 
 
-# ----------------------------------------------------------------------------- bootstrap
-def bootstrap_intervals(items: Sequence[Mapping[str, Any]], resamples: int = 2000, seed: int = 0,
-                        cluster: bool = True, alpha: float = 0.05) -> dict[str, list[float]]:
-    """Percentile intervals for libra_score, accuracy, macro_f1 and each subset's accuracy.
-
-    Stratified by subset; within a subset, whole problems (all their items) are resampled when
-    `cluster` is True, single items otherwise. Items of one problem are correlated, so the
-    item-level interval is too narrow."""
-    subsets = sorted({it["subset"] for it in items})
-    rng = np.random.default_rng(seed)
-    per_subset_draws = []
-    for s in subsets:
-        groups: dict[Any, np.ndarray] = {}
-        for i, it in enumerate(items):
-            if it["subset"] != s:
-                continue
-            key = it["question"] if cluster else i
-            groups[key] = groups.get(key, 0) + item_counts(it["label"], it["pred"], bool(it.get("truncated")))
-        mat = np.stack(list(groups.values()))                      # clusters x fields
-        idx = rng.integers(0, len(mat), size=(resamples, len(mat)))
-        per_subset_draws.append(mat[idx].sum(axis=1))              # resamples x fields
-    draws = np.stack(per_subset_draws)                              # subsets x resamples x fields
-    sub_acc = _vec_accuracy(draws)                                   # subsets x resamples
-    total = draws.sum(axis=0)
-    stats = {"libra_score": sub_acc.mean(axis=0), "accuracy": _vec_accuracy(total), "macro_f1": _vec_macro_f1(total)}
-    for k, s in enumerate(subsets):
-        stats[f"subset_accuracy.{s}"] = sub_acc[k]
-    lo, hi = 100 * alpha / 2, 100 * (1 - alpha / 2)
-    return {k: [round(float(np.percentile(v, lo)), 6), round(float(np.percentile(v, hi)), 6)] for k, v in stats.items()}

@@ -3,6 +3,8 @@ and writes. dvc.yaml is generated from it, Snakemake rules take their params fro
 checks both against what Snakemake actually builds."""
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -17,16 +19,49 @@ PKG = "workflow/librarm"
 COMMON_CODE = ("io.py", "config.py", "provenance.py", "tracking.py", "cli.py", "phases.py")
 
 
+def module_imports(module: str, root: Path = REPO_ROOT) -> set[str]:
+    """The package modules one module imports, at top level or inside functions (most of this
+    package's imports sit inside functions, to keep heavy libraries out of start-up)."""
+    tree = ast.parse((root / PKG / f"{module}.py").read_text())
+    names = {p.stem for p in (root / PKG).glob("*.py")}
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level == 1 or (node.module or "").startswith("librarm"):
+            mod = (node.module or "").removeprefix("librarm").lstrip(".").split(".")[0]
+            out |= {mod} if mod else {a.name for a in node.names}
+    return (out & names) - {module}
+
+
+@functools.lru_cache(maxsize=None)
+def import_closure(modules: tuple[str, ...], root: Path = REPO_ROOT) -> tuple[str, ...]:
+    """Every package module reachable from `modules` by imports: a phase's code dependencies."""
+    seen: set[str] = set()
+    todo = list(modules)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(module_imports(m, root) - seen)
+    return tuple(sorted(seen))
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
     target: str                       # the phase's summary file: Snakemake target and DVC metric
     out: str                          # the DVC output folder (every rule of the phase writes under it)
     params: tuple[str, ...]           # params.yaml keys (dotted) the phase reads
-    code: tuple[str, ...]             # librarm modules the phase runs (besides COMMON_CODE)
+    entry: tuple[str, ...]            # librarm modules holding the phase's entry functions
     upstream: tuple[str, ...] = ()    # phases whose outputs it reads
     rules_file: str = ""
     optional: str | None = None       # params section that switches the phase on (None: always on)
+
+    @property
+    def code(self) -> tuple[str, ...]:
+        """The phase's code: the import closure of its entry modules (computed, never listed)."""
+        return tuple(f"{m}.py" for m in import_closure(self.entry))
 
     @property
     def code_files(self) -> list[str]:
@@ -35,46 +70,45 @@ class Phase:
 
 PHASES: dict[str, Phase] = {p.name: p for p in (
     Phase("problems", "results/problems/stats.json", "results/problems", ("seed", "problems"),
-          ("problems.py",), (), "rules/problems.smk"),
+          ("problems",), (), "rules/problems.smk"),
     Phase("bootstrap", "results/bootstrap/stats.json", "results/bootstrap",
           ("seed", "problems", "models", "bootstrap", "judge.prompt_template", "judge.system_prompt"),
-          ("tinyworld.py", "sampling.py", "think.py", "verify.py", "gguf.py"), ("problems",), "rules/bootstrap.smk"),
+          ("tinyworld", "gguf"), ("problems",), "rules/bootstrap.smk"),
     Phase("sample", "results/samples/stats.json", "results/samples", ("seed", "models", "generators", "sampling"),
-          ("sampling.py", "think.py"), ("problems", "bootstrap"), "rules/sample.smk"),
+          ("sampling",), ("problems", "bootstrap"), "rules/sample.smk"),
     Phase("verify", "results/verify/stats.json", "results/verify", ("verify",),
-          ("verify.py", "think.py", "sampling.py", "problems.py"), ("problems", "sample"), "rules/verify.smk"),
+          ("verify",), ("problems", "sample"), "rules/verify.smk"),
     Phase("bench", "results/bench/stats.json", "results/bench", ("seed", "bench", "problems"),
-          ("bench.py",), ("verify",), "rules/bench.smk"),
+          ("bench",), ("verify",), "rules/bench.smk"),
     Phase("judge_data", "results/judge_data/stats.json", "results/judge_data", ("seed", "judge_data", "problems"),
-          ("train.py", "bench.py", "problems.py"), ("problems", "verify"), "rules/train.smk", optional="judge_data"),
+          ("train",), ("problems", "verify"), "rules/train.smk", optional="judge_data"),
     Phase("rs", "results/rs/stats.json", "results/rs", ("seed", "rs", "judge", "judges", "models", "sampling"),
-          ("train.py", "judge.py", "sampling.py", "think.py", "tinyworld.py"), ("judge_data", "verify", "bootstrap"),
+          ("train",), ("judge_data", "verify", "bootstrap"),
           "rules/train.smk", optional="rs"),
     Phase("train", "results/train/stats.json", "results/train", ("seed", "sft", "rl", "scalar_rm", "judge", "models"),
-          ("train.py", "rewards.py", "judge.py", "sampling.py", "think.py", "tinyworld.py"),
+          ("train",),
           ("rs", "judge_data", "bootstrap"), "rules/train.smk", optional="judge_data"),
     Phase("evaluate", "results/eval/summary.json", "results/eval",
           ("seed", "models", "judges", "judge", "evaluate", "compare", "judge_data.exclude_generators"),
-          ("evaluate.py", "judge.py", "metrics.py", "sampling.py", "think.py", "bench.py", "tinyworld.py", "compare.py"),
+          ("evaluate",),
           ("bench", "bootstrap", "train", "judge_data"), "rules/evaluate.smk"),
     Phase("pairs", "results/pairs/stats.json", "results/pairs",
           ("seed", "pairs", "problems", "models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify"),
-          ("downstream.py", "evaluate.py", "judge.py", "metrics.py", "bench.py", "sampling.py", "verify.py", "think.py",
-           "tinyworld.py", "problems.py"),
+          ("downstream", "evaluate", "verify"),
           ("problems", "bootstrap", "train", "judge_data"), "rules/downstream.smk", optional="pairs"),
     Phase("dpo", "results/dpo/stats.json", "results/dpo",
           ("seed", "dpo", "sampling", "evaluate_policy", "verify", "pairs.labelers", "pairs.raw_labelers",
            "pairs.budget", "pairs.gold_curve", "pairs.policy", "models"),
-          ("dpo.py", "downstream.py", "train.py", "sampling.py", "verify.py", "think.py"),
+          ("dpo",),
           ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs"),
     Phase("evaluate_policy", "results/downstream/summary.json", "results/downstream",
           ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve",
            "pairs.backend", "dpo.seeds"),
-          ("downstream.py", "sampling.py", "verify.py", "think.py", "problems.py"),
+          ("downstream", "verify"),
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs"),
     Phase("report", "results/report/metrics.json", "results/report",
           ("report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds"),
-          ("report.py",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
+          ("report",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
           "rules/report.smk", optional="pairs"),
 )}
 

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .io import InputError, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .io import (
+    InputError,
+    read_jsonl,
+    stable_hash,
+    stable_seed,
+    write_json,
+    write_jsonl,
+)
 
 PROBLEM_SCHEMA = {"id": "str", "set": "str", "role": "str", "problem": "str", "answer": "str"}
 SOURCE_SCHEMA = {"id": "str", "problem": "str", "answer": "str"}

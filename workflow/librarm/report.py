@@ -4,7 +4,6 @@ recorded JSON path (`tables` in summary.json), so `check_report` can prove they 
 from __future__ import annotations
 
 import csv
-import itertools
 import math
 import shutil
 from dataclasses import dataclass
@@ -13,8 +12,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .downstream import RAW_PREFIX, curve_policy
 from .io import read_json, write_json, write_text
+from .labelers import NONE_POLICY, RAW_PREFIX, curve_policy, policy_parts
+from .stats import gain_correlation
 
 R = "results"
 SOURCES = {
@@ -59,7 +59,7 @@ def fmt(v: Any, scale: float = 100.0, digits: int = 1, signed: bool = False, p_r
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if p_resamples:
-        from .compare import format_p
+        from .stats import format_p
 
         return format_p(float(v), p_resamples)
     x = float(v) * scale
@@ -102,65 +102,6 @@ def ci(file: str, path: tuple, **kw) -> tuple[Num, Num]:
     return Num(file, path + (0,), **kw), Num(file, path + (1,), **kw)
 
 
-# ----------------------------------------------------------------------------- statistics
-def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return None
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int, seed: int) -> float | None:
-    """Two-sided p of Pearson r under shuffled y: exact over all orderings when there are few points."""
-    r = pearson(x, y)
-    if r is None:
-        return None
-    y = list(y)
-    if math.factorial(len(y)) <= permutations:
-        null = [pearson(x, p) for p in itertools.permutations(y)]
-    else:
-        rng = np.random.default_rng(seed)
-        null = [pearson(x, rng.permutation(y)) for _ in range(permutations)]
-    null = [abs(v) for v in null if v is not None]
-    return round(sum(v >= abs(r) - 1e-12 for v in null) / len(null), 5)
-
-
-def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[str, Mapping[str, float]]],
-                     names: Sequence[str], resamples: int, permutations: int, seed: int) -> dict:
-    """r between a judge measure x and the downstream gain over `none` (avg@k, mean over subsets)
-    across the fitted labelers; the interval resamples the eval problems (the gains' noise), the
-    p-value permutes the gains among the labelers."""
-    names = [n for n in names if n in per_problem and x.get(n) is not None]
-    base = per_problem["none"]
-    subsets = sorted(base)
-    ids = {s: sorted(base[s]) for s in subsets}
-
-    def gains(idx):
-        out = []
-        for n in names:
-            out.append(np.mean([np.mean([per_problem[n][s][ids[s][i]] - base[s][ids[s][i]] for i in idx[s]])
-                                for s in subsets]))
-        return out
-
-    full = {s: np.arange(len(ids[s])) for s in subsets}
-    g = gains(full)
-    xs = [x[n] for n in names]
-    r = pearson(xs, g)
-    rng = np.random.default_rng(seed)
-    draws = []
-    if r is not None:
-        for _ in range(resamples):
-            idx = {s: rng.integers(0, len(ids[s]), len(ids[s])) for s in subsets}
-            v = pearson(xs, gains(idx))
-            if v is not None:
-                draws.append(v)
-    slope, intercept = (float(v) for v in np.polyfit(xs, g, 1)) if r is not None else (None, None)
-    return {"labelers": names, "x": xs, "gain": [round(v, 4) for v in g], "r": round(r, 4) if r is not None else None,
-            "ci95": [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
-            if draws else None,
-            "p_permutation": permutation_p(xs, g, permutations, seed), "slope": slope, "intercept": intercept}
-
-
 # ----------------------------------------------------------------------------- report
 def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Path = ".") -> dict:
     """Stage `report`: read every phase's metrics, write summary.md/json, plots (PNG + CSV)."""
@@ -178,7 +119,7 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     # a short labeler (fewer pairs than the budget) is reported but never fitted
     fit = [n for n in rep.get("fit_labelers", []) if n in labelers and not pair_stats.get(n, {}).get("short")]
     curve = [curve_policy(n) for n in sorted((params.get("pairs") or {}).get("gold_curve", []))]
-    order = ["none"] + labelers + curve + [RAW_PREFIX + n for n in labelers]
+    order = [NONE_POLICY] + labelers + curve + [RAW_PREFIX + n for n in labelers]
     policies = down.get("policies", {})
     policies = {n: policies[n] for n in sorted(policies, key=lambda n: order.index(n) if n in order else len(order))}
     per_problem = {n: read_json(root / f"{R}/downstream/{n}/per_problem.json") for n in policies
@@ -276,7 +217,6 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("train", (mname, "val_curve", len(m["val_curve"]) - 1, "val_accuracy")) if m.get("val_curve") else "n/a")
         tables.append(t)
     if "rs" in docs:
-        r = docs["rs"]
         t = Table("Rejection sampling", ["acceptance", "label 1", "label 0", "items with none accepted", "judging examples",
                                          "reasoning examples"])
         t.add(Num("rs", ("acceptance_rate",)), Num("rs", ("acceptance_by_label", "1")), Num("rs", ("acceptance_by_label", "0")),
@@ -461,8 +401,6 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) ->
             ax.legend(fontsize=7)
             save(fig, f"{name}.png")
     if "dpo" in docs:
-        from .downstream import policy_parts
-
         series = {k: d["loss_curve"] for k, d in docs["dpo"].items()
                   if policy_parts(k.rsplit("/seed-", 1)[0])[0] == "budget"}
         arts += write_curves(curves / "dpo_loss", series, "loss")

@@ -90,11 +90,6 @@ def corpus_problem(rng: random.Random, max_value: int, max_operand: int) -> Arit
             return prob
 
 
-def judge_messages(template: str, question: str, response: str, system_prompt: str | None = None) -> list[dict]:
-    content = template.format(question=question, response=response)
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": content}]
-
-
 # ----------------------------------------------------------------------------- training
 def encode_pair(tok, prompt: str, completion: str, max_len: int) -> tuple[list[int], list[int]]:
     """(input_ids, labels) with the prompt masked; the completion ends with EOS."""
@@ -305,6 +300,7 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
     """The base judge's training data: for a problem and a candidate response, the policy's OWN
     sampled solution, then a comparison of its answer with the response's. No correctness label
     enters: the verdict is agreement with the policy's own attempt."""
+    from .judge import judge_messages
     from .sampling import HFSampler, SampleRequest, SamplingConfig
     from .think import split_think
     from .verify import extract_boxed
@@ -423,7 +419,7 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
     """A tiny judge's accuracy on balanced synthetic items from the corpus region (never an eval
     or pool problem): half the candidate answers right, half off by a small slip. Labels are used
     only to measure here, never to train."""
-    from .judge import parse_verdict
+    from .judge import judge_messages, parse_verdict
     from .sampling import HFSampler, SampleRequest
 
     syn = params["problems"].get("synthetic", {})

@@ -86,9 +86,14 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     matches the label are accepted (at most m per item); labels are rebalanced after filtering;
     verified-correct solutions are mixed in at `mix_ratio`. Writes trajectories.jsonl (every
     trajectory, `accepted` and `kept` flags), sft.jsonl (prompt/completion) and stats.json."""
-    from .judge import parse_verdict
-    from .sampling import SampleRequest, SamplingConfig, make_sampler, problem_messages, render_chat
-    from .tinyworld import judge_messages
+    from .judge import judge_messages, parse_verdict
+    from .sampling import (
+        SampleRequest,
+        SamplingConfig,
+        make_sampler,
+        problem_messages,
+        render_chat,
+    )
 
     cfg = params["rs"]
     jcfg = params["judge"]
@@ -292,9 +297,8 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
 # ----------------------------------------------------------------------------- GRPO
 def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], k: int, name: str) -> list[float]:
     """Fraction of k sampled verdicts that match each item's label (for filtering)."""
-    from .judge import parse_verdict
+    from .judge import judge_messages, parse_verdict
     from .sampling import SampleRequest
-    from .tinyworld import judge_messages
 
     jcfg = params["judge"]
     reqs = [SampleRequest(judge_messages(jcfg["prompt_template"], it["question"], it["response"], jcfg.get("system_prompt")),
@@ -318,9 +322,9 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from .judge import judge_messages
     from .rewards import build_reward_funcs
     from .sampling import HFSampler, SamplingConfig, render_chat
-    from .tinyworld import judge_messages
 
     rl = params["rl"]
     seed_everything(rl.get("seed", 0), threads)

@@ -1,0 +1,97 @@
+"""The package's shape: no import cycle (imports inside functions count), the tiny world reached
+only by the bootstrap phase, and each phase's code dependencies computed as its import closure,
+so editing a module reruns exactly the phases that import it."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from librarm.phases import (
+    COMMON_CODE,
+    PHASES,
+    PKG,
+    REPO_ROOT,
+    code_hash,
+    import_closure,
+    module_imports,
+)
+
+MODULES = sorted(p.stem for p in (REPO_ROOT / PKG).glob("*.py"))
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycle_counting_imports_inside_functions():
+    graph = {m: module_imports(m) for m in MODULES}
+    assert _cycles(graph) == []
+    # the detector itself finds a planted cycle
+    assert _cycles({**graph, "labelers": graph["labelers"] | {"config"}}) == [["config", "labelers"]]
+
+
+def test_only_the_bootstrap_phase_reaches_the_tiny_world():
+    importers = {m for m in MODULES if "tinyworld" in module_imports(m)}
+    assert importers <= {"cli"}, f"only the CLI's bootstrap steps may import tinyworld, not {importers - {'cli'}}"
+    reached = [p.name for p in PHASES.values() if "tinyworld.py" in p.code]
+    assert reached == ["bootstrap"]
+
+
+def _repo_copy(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / PKG, root / PKG)
+    return root
+
+
+@pytest.mark.parametrize("module, phases", [
+    ("tinyworld", {"bootstrap"}),
+    ("report", {"report"}),
+    ("dpo", {"dpo"}),
+    ("metrics", {"evaluate", "pairs", "dpo", "evaluate_policy", "report"}),
+])
+def test_editing_a_module_changes_exactly_the_phases_that_import_it(tmp_path, module, phases):
+    root = _repo_copy(tmp_path)
+    before = {p: code_hash(p, root) for p in PHASES}
+    f = root / PKG / f"{module}.py"
+    f.write_text(f.read_text() + "\n# an edit\n")
+    import_closure.cache_clear()
+    after = {p: code_hash(p, root) for p in PHASES}
+    import_closure.cache_clear()
+    assert {p for p in PHASES if before[p] != after[p]} == phases
+    assert all(f"{module}.py" in PHASES[p].code for p in phases)
+
+
+def test_common_code_reruns_every_phase():
+    # the dispatcher and the config loader are read by every job (what this test pins down: an
+    # edit there reruns the whole DAG until the CLI holds no stage logic)
+    assert {"cli.py", "config.py", "io.py"} <= set(COMMON_CODE)

@@ -3,6 +3,7 @@ rule problems:
         "../envs/cpu.yaml"
     output:
         sets=expand("results/problems/{name}.jsonl", name=SET_NAMES),
+        quarantine=expand("results/problems/{name}.quarantine.jsonl", name=SET_NAMES),
         stats="results/problems/stats.json",
     params:
         **job_params("problems"),

@@ -63,7 +63,7 @@ def test_run_problems_writes_sets_and_stats(tmp_path, params):
 def test_real_math500_level_filter_and_limit():
     spec = {"name": "m5", "role": "eval", "source": "jsonl", "path": str(SHARED_DATA / "math500.jsonl"), "level": 5}
     recs, bad = load_jsonl_set(spec, seed=0)
-    assert bad == 0 and len(recs) == 134 and all(r["meta"]["level"] == 5 for r in recs)
+    assert bad == [] and len(recs) == 134 and all(r["meta"]["level"] == 5 for r in recs)
     few, _ = load_jsonl_set({**spec, "limit": 5}, seed=0)
     assert len(few) == 5 and few == load_jsonl_set({**spec, "limit": 5}, seed=0)[0]
 
@@ -85,7 +85,30 @@ def test_bad_problem_line_names_file_line_field(tmp_path):
     with pytest.raises(InputError, match=r"p.jsonl:2: field 'answer': missing"):
         load_jsonl_set(spec, seed=0)
     recs, bad = load_jsonl_set(spec, seed=0, on_bad="quarantine")
-    assert len(recs) == 1 and bad == 1
+    assert len(recs) == 1 and bad == [{"file": str(p), "line": 2, "field": "answer", "reason": bad[0]["reason"]}]
+    assert "missing" in bad[0]["reason"]
+
+
+def test_problems_stage_writes_the_quarantine_file(tmp_path, params):
+    """Quarantined lines are kept with file, line, field and reason (a declared output of the
+    problems rule), not only counted; the stage's summary carries the count."""
+    import copy
+
+    from librarm.io import read_jsonl
+    from librarm.problems import run_problems
+
+    src = tmp_path / "mine.jsonl"
+    src.write_text('{"id": "1", "problem": "What is 1+1?", "answer": "2"}\n\n{"id": "2", "problem": 3, "answer": "1"}\n'
+                   '{"id": "3", "problem": "What is 2+2?", "answer": "4"}\n')
+    p = copy.deepcopy(params)
+    p["problems"]["on_bad_line"] = "quarantine"
+    p["problems"]["sets"] = [{"name": "mine", "role": "eval", "source": "jsonl", "path": str(src)},
+                             {"name": "pool", "role": "judge_pool", "source": "synthetic", "n": 5, "steps": 2}]
+    stats = run_problems(p, tmp_path / "out")
+    q = read_jsonl(tmp_path / "out" / "mine.quarantine.jsonl").records
+    assert [(r["line"], r["field"]) for r in q] == [(3, "problem")] and q[0]["file"] == str(src)
+    assert read_jsonl(tmp_path / "out" / "pool.quarantine.jsonl").records == []
+    assert stats["quarantined"] == 1 and stats["sets"]["mine"]["quarantined"] == 1
 
 
 def test_hf_loader_uses_pinned_revision(monkeypatch):

@@ -148,3 +148,21 @@ def test_summarize_verify(tmp_path, problem_files):
     assert cell["n"] == 4 and cell["reasons"]["timeout"] == 1 and set(cell["reasons"]) == set(REASONS)
     assert stats["cells"]["gen-a"]["math500"]["reasons"]["gold_unparseable"] == 1
     assert sum(stats["reasons"].values()) == stats["n"]
+
+
+def test_verify_derives_the_final_part_itself_from_untrusted_records(tmp_path, problem_files):
+    """A samples file made elsewhere keeps the thinking inside `response` and has no `think_closed`
+    flag: verify must split it again and grade only what follows the thinking."""
+    raw = [
+        ("t0", "<think>half of one is \\boxed{\\frac{1}{2}}</think>"),                 # thinking only
+        ("t1", "<think>it is \\boxed{\\frac{1}{2}} I think, but"),                      # unclosed think
+        ("t2", "<think>maybe \\boxed{\\frac{1}{2}}</think>\nThe answer is $\\boxed{3}$."),  # boxed inside think
+        ("t3", "<think>compute</think>\nThe answer is $\\boxed{0.5}$."),                # a real final part
+    ]
+    samples = tmp_path / "samples.jsonl"
+    write_jsonl(samples, [{"sample_id": sid, "problem_id": "p-half", "response": text, "finish_reason": "stop"}
+                          for sid, text in raw])
+    out = tmp_path / "v.jsonl"
+    run_verify(samples, problem_files, out, workers=1, timeout_s=10, progress=False)
+    got = {r["sample_id"]: r["reason"] for r in read_jsonl(out).records}
+    assert got == {"t0": "no_final_answer", "t1": "no_final_answer", "t2": "wrong_answer", "t3": "correct"}

@@ -145,7 +145,7 @@ def read_bench(path: str | Path) -> list[dict]:
     schema = {"index": "int", "question": "str", "response": "str", "subset": "str"}
     rows = []
     report = read_jsonl(path, schema, id_field="index")
-    for lineno, row in enumerate(report.records, start=1):
+    for lineno, row in zip(report.lines, report.records):   # file lines: blank lines are counted
         if "label" not in row:
             raise InputError(f"{path}:{lineno}: field 'label': missing")
         label = parse_label(row["label"])

@@ -322,6 +322,8 @@ def cmd_train_tiny(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="librarm", description=__doc__)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an expected error too "
+                                                          "(or set LIBRARM_DEBUG=1)")
     sub = ap.add_subparsers(dest="command", required=True)
     s = sub.add_parser("stage", help="run one pipeline step (called by the Snakemake rules)")
     s.add_argument("step")
@@ -355,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dvc_yaml)
 
     for name, fn, helptext in (("validate", cmd_validate, "validate params.yaml (+ presets)"),
+                               ("check-config", cmd_validate, "check params.yaml (+ presets): YAML syntax errors as "
+                                                              "file:line:col, schema and cross-reference errors by key"),
                                ("params", cmd_params, "print params.yaml merged with presets")):
         v = sub.add_parser(name, help=helptext)
         v.add_argument("--params", default="params.yaml")
@@ -380,11 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import os
+
+    from .io import InputError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, InputError, FileNotFoundError, ValueError, KeyError) as exc:
+        # expected failures (bad params, bad input, a missing file, a setting that cannot work) get one
+        # line that names the file, line or key; anything else keeps its traceback
+        if args.debug or os.environ.get("LIBRARM_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        msg = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
+        print(f"error: {msg}  (librarm --debug ... shows the traceback)", file=sys.stderr)
         return 2
 
 

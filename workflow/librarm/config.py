@@ -61,15 +61,34 @@ def preset_path(name: str) -> Path:
     return path
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error becomes a ConfigError located as file:line:col."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context = getattr(exc, "context", None)
+        cmark = getattr(exc, "context_mark", None)
+        if context and cmark and mark and cmark.line != mark.line:
+            context += f" that starts at line {cmark.line + 1}"
+        raise ConfigError(f"{where}: YAML syntax error: {problem}" + (f" ({context})" if context else "")) from None
+
+
 def load_params(path: str | Path = "params.yaml", presets: Iterable[str] = (),
                 overlays: Iterable[Mapping] = ()) -> dict:
     """Load params.yaml, apply presets then explicit overlays, validate, return the dict."""
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        params = yaml.safe_load(fh)
+    params = read_yaml(path)
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: expected a mapping of params sections, got {type(params).__name__}")
     for name in presets:
-        with open(preset_path(name), encoding="utf-8") as fh:
-            params = deep_merge(params, yaml.safe_load(fh) or {})
+        params = deep_merge(params, read_yaml(preset_path(name)) or {})
     for overlay in overlays:
         params = deep_merge(params, overlay)
     validate_params(params, source=str(path))

@@ -15,6 +15,14 @@ class InputError(ValueError):
     """Bad input data: the message names the file, the line and the field."""
 
 
+def _file_mode() -> int:
+    """0666 less the process umask: the mode `open()` would give a new file (mkstemp's 0600 would
+    make outputs unreadable to the rest of a team sharing a results folder or a DVC cache)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
@@ -25,6 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _file_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -69,6 +78,7 @@ class JsonlReport:
 
     records: list[dict]
     quarantined: list[dict] = field(default_factory=list)  # {"line": n, "field": f, "error": msg}
+    lines: list[int] = field(default_factory=list)         # the file line of each kept record
 
     @property
     def n_quarantined(self) -> int:
@@ -116,6 +126,7 @@ def read_jsonl(path: str | os.PathLike, schema: Mapping[str, str] | None = None,
                 seen.add(key)
             if problem is None:
                 report.records.append(rec)
+                report.lines.append(lineno)
                 continue
             fld, msg = problem
             if on_bad == "error":

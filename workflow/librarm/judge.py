@@ -102,7 +102,8 @@ def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], 
         prompts.append(msgs)
         status.append(st)
     todo = [i for i, m in enumerate(prompts) if m is not None]
-    reqs = [SampleRequest(prompts[i], stable_seed(params["seed"], "judge", judge_name, items[i]["index"]))
+    # the item rides along for data-built (pseudo) judges, which read its label and reference
+    reqs = [SampleRequest(prompts[i], stable_seed(params["seed"], "judge", judge_name, items[i]["index"]), items[i])
             for i in todo]
     results = dict(zip(todo, sampler.generate(reqs))) if reqs else {}
     out = []

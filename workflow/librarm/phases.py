@@ -82,7 +82,7 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("bench",), ("verify",), "rules/bench.smk"),
     Phase("judge_data", "results/judge_data/stats.json", "results/judge_data", ("seed", "judge_data", "problems"),
           ("train",), ("problems", "verify"), "rules/train.smk", optional="judge_data"),
-    Phase("rs", "results/rs/stats.json", "results/rs", ("seed", "rs", "judge", "judges", "models", "sampling"),
+    Phase("rs", "results/rs/stats.json", "results/rs", ("seed", "rs", "judge", "judges", "models", "sampling", "sft.init"),
           ("train",), ("judge_data", "verify", "bootstrap"),
           "rules/train.smk", optional="rs"),
     Phase("train", "results/train/stats.json", "results/train", ("seed", "sft", "rl", "scalar_rm", "judge", "models"),

@@ -128,31 +128,35 @@ def synthesize_sets(set_specs: Sequence[Mapping[str, Any]], seed: int, max_value
 DEFAULT_FIELDS = {"id": "id", "problem": "problem", "answer": "answer", "solution": "solution", "level": "level"}
 
 
-def load_jsonl_set(spec: Mapping[str, Any], seed: int, on_bad: str = "error") -> tuple[list[dict], int]:
-    """A local JSONL file in the shared schema (id, problem, answer[, solution, level])."""
+def load_jsonl_set(spec: Mapping[str, Any], seed: int, on_bad: str = "error") -> tuple[list[dict], list[dict]]:
+    """A local JSONL file in the shared schema (id, problem, answer[, solution, level]); returns the
+    records and the quarantined lines ({file, line, field, reason})."""
     fields = {**DEFAULT_FIELDS, **spec.get("fields", {})}
     schema = {fields["id"]: "str", fields["problem"]: "str", fields["answer"]: "str"}
     path = Path(spec["path"])
     if not path.exists():
         raise InputError(f"{path}: problem file not found (problems.sets[{spec['name']}].path)")
     report = read_jsonl(path, schema, id_field=fields["id"], on_bad=on_bad)
-    return _normalise(report.records, spec, fields, seed), report.n_quarantined
+    bad = [{"file": str(path), "line": q["line"], "field": q["field"], "reason": q["error"]} for q in report.quarantined]
+    return _normalise(report.records, spec, fields, seed), bad
 
 
-def load_hf_set(spec: Mapping[str, Any], seed: int) -> tuple[list[dict], int]:
+def load_hf_set(spec: Mapping[str, Any], seed: int) -> tuple[list[dict], list[dict]]:
     """A Hugging Face dataset pinned to a revision (needs network on first use)."""
     import datasets
 
     ds = datasets.load_dataset(spec["hf_id"], spec.get("hf_config"), split=spec.get("split", "test"),
                                revision=spec["revision"])
     fields = {**DEFAULT_FIELDS, **spec.get("fields", {})}
-    rows, bad = [], 0
+    rows, bad = [], []
     for i, row in enumerate(ds):
         row = dict(row)
         if fields["id"] not in row:
             row[fields["id"]] = f"{spec['name']}-{i}"
         if not isinstance(row.get(fields["problem"]), str) or row.get(fields["answer"]) is None:
-            bad += 1
+            field = fields["problem"] if not isinstance(row.get(fields["problem"]), str) else fields["answer"]
+            bad.append({"file": f"{spec['hf_id']}@{spec['revision']}:{spec.get('split', 'test')}", "line": i + 1,
+                        "field": field, "reason": "missing or not a string"})
             continue
         row[fields["id"]] = str(row[fields["id"]])
         row[fields["answer"]] = str(row[fields["answer"]])
@@ -236,11 +240,11 @@ def run_problems(params: Mapping[str, Any], out_dir: str | Path = "results/probl
     synthetic = synthesize_sets([s for s in specs if s["source"] == "synthetic"], seed,
                                 syn.get("max_value", 99), syn.get("max_operand", 9))
     sets: dict[str, list[dict]] = {}
-    quarantined: dict[str, int] = {}
+    quarantined: dict[str, list[dict]] = {}
     for spec in specs:
         if spec["source"] == "synthetic":
             sets[spec["name"]] = synthetic[spec["name"]]
-            quarantined[spec["name"]] = 0
+            quarantined[spec["name"]] = []
         elif spec["source"] == "jsonl":
             sets[spec["name"]], quarantined[spec["name"]] = load_jsonl_set(spec, seed, on_bad)
         else:
@@ -261,9 +265,12 @@ def run_problems(params: Mapping[str, Any], out_dir: str | Path = "results/probl
         if not recs:
             raise InputError(f"problem set {name!r} is empty after loading/filtering")
         write_jsonl(out_dir / f"{name}.jsonl", recs)
+        # every set has its quarantine file (a declared output), empty when no line was dropped
+        write_jsonl(out_dir / f"{name}.quarantine.jsonl", quarantined[name])
     stats = {
         "sets": {n: {"n": len(r), "role": next(s["role"] for s in specs if s["name"] == n),
-                     "quarantined": quarantined[n], "decontaminated": removed.get(n, 0)} for n, r in sets.items()},
+                     "quarantined": len(quarantined[n]), "decontaminated": removed.get(n, 0)} for n, r in sets.items()},
+        "quarantined": sum(len(q) for q in quarantined.values()),
         "overlap": overlaps,
         "provenance": provenance(data=[s.get("path") or s.get("hf_id") or "synthetic" for s in specs],
                                  revisions={s["name"]: s.get("revision") for s in specs}),

@@ -341,8 +341,11 @@ class PseudoSampler:
         for r in requests:
             if self.kind == "reference_judge":
                 # A data-built judge (smoke-real's rejection-sampling teacher): it knows the label.
+                if r.problem.get("label") not in (0, 1):
+                    raise ValueError("the pseudo judge 'reference_judge' reads each item's gold label: give it "
+                                     "labeled items (field 'label')")
                 verdict = "correct" if r.problem["label"] else "incorrect"
-                text = (f"<think>The reference answer is {r.problem['reference']}; the response's final answer "
+                text = (f"<think>The reference answer is {r.problem.get('reference', 'unknown')}; the response's final answer "
                         f"{'matches' if r.problem['label'] else 'does not match'} it.</think>\n\\boxed{{{verdict}}}")
                 out.append(SampleResult(text, "stop", 0, len(text.split())))
                 continue

@@ -75,11 +75,25 @@ def grade_answer(gold: str, final: str) -> tuple[str, str | None]:
     return ("correct" if ok else "wrong_answer"), str(pred[-1] if len(pred) > 1 else pred[0])
 
 
+def final_answer_text(record: Mapping[str, Any]) -> str | None:
+    """The only text of a sample that may be graded, derived here from the raw output
+    (`response_with_cot` when present, else `response`), never trusted from the record: a
+    `response` that still holds `<think>...</think>` is split again, so an answer that appears only
+    inside the thinking is never graded. None: no final part (thinking only, unterminated, empty,
+    or the sampler recorded an unclosed thinking block)."""
+    from .think import split_think
+
+    if not record.get("think_closed", True):
+        return None
+    parts = split_think(record.get("response_with_cot") or record.get("response") or "")
+    return parts.final if parts.has_final else None
+
+
 def precheck(record: Mapping[str, Any]) -> str | None:
     """Reasons decided without the verifier: truncated output or no closed final part."""
     if record.get("finish_reason") == "length":
         return "truncated"
-    if not record.get("think_closed", True) or not (record.get("response") or "").strip():
+    if final_answer_text(record) is None:
         return "no_final_answer"
     return None
 
@@ -251,8 +265,8 @@ def run_verify(samples_path: str | Path, problems_paths: Sequence[str | Path], o
             todo.append(i)
     t0 = time.time()
     with VerifierPool(workers, timeout_s, memory_mb) as pool:
-        graded = pool.grade([(problems[samples[i]["problem_id"]]["answer"], samples[i]["response"]) for i in todo],
-                            progress=progress)
+        graded = pool.grade([(problems[samples[i]["problem_id"]]["answer"], final_answer_text(samples[i]))
+                             for i in todo], progress=progress)
         killed = pool.killed
     for i, (reason, pred) in zip(todo, graded):
         reasons[i], preds[i] = reason, pred

@@ -95,3 +95,15 @@ def test_common_code_reruns_every_phase():
     # the dispatcher and the config loader are read by every job (what this test pins down: an
     # edit there reruns the whole DAG until the CLI holds no stage logic)
     assert {"cli.py", "config.py", "io.py"} <= set(COMMON_CODE)
+
+
+def test_no_module_imports_another_modules_private_names():
+    import ast
+
+    offenders = []
+    for m in MODULES:
+        tree = ast.parse((REPO_ROOT / PKG / f"{m}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("librarm")):
+                offenders += [f"{m}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert offenders == []

@@ -30,12 +30,11 @@ from librarm.sampling import (
     SampleRequest,
     SamplingConfig,
     VLLMSampler,
-    _boxed_spans,
     run_sample,
     sample_seed,
     wrong_answer,
 )
-from librarm.think import split_think
+from librarm.think import boxed_spans, split_think
 
 REPO = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -518,15 +517,15 @@ def pseudo(kind: str, row: dict) -> str:
 
 
 def boxed(text: str) -> str:
-    s, e = _boxed_spans(text)[-1]
+    s, e = boxed_spans(text)[-1]
     return text[s:e]
 
 
-def test_boxed_spans_nested_braces():
+def testboxed_spans_nested_braces():
     t = r"so $x = \boxed{\frac{\sqrt{3}}{2}}$ and also \boxed{\left\{ 1, 2 \right\}}."
-    spans = _boxed_spans(t)
+    spans = boxed_spans(t)
     assert [t[s:e] for s, e in spans] == [r"\frac{\sqrt{3}}{2}", r"\left\{ 1, 2 \right\}"]
-    assert _boxed_spans(r"\boxed{\frac{1}{2}") == []                          # unbalanced: nothing
+    assert boxed_spans(r"\boxed{\frac{1}{2}") == []                          # unbalanced: nothing
 
 
 @pytest.mark.parametrize("kind", ["reference", "reference_wrong"])

@@ -224,7 +224,7 @@ def _cross_check_learning(p: Mapping[str, Any], problems: list[str]) -> None:
 def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
     if "pairs" not in p:
         return
-    from .labelers import labeler_kind
+    from .labelers import NONE_POLICY, labeler_kind
 
     pairs = p["pairs"]
     for section in ("dpo", "evaluate_policy"):
@@ -248,8 +248,8 @@ def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
         if n >= pairs["budget"]:
             problems.append(f"pairs.gold_curve: {n} is not below pairs.budget ({pairs['budget']}); gold on the "
                             "budget is the `gold` policy itself")
-    if "none" in pairs["labelers"]:
-        problems.append("pairs.labelers: 'none' is reserved for the base policy")
+    if NONE_POLICY in pairs["labelers"]:
+        problems.append(f"pairs.labelers: {NONE_POLICY!r} is reserved for the base policy")
     for s in p.get("evaluate_policy", {}).get("subsets", []):
         if s not in sets_by_role(p, "eval"):
             problems.append(f"evaluate_policy.subsets: {s!r} is not a problem set with role 'eval'")

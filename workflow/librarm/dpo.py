@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .io import read_json, read_jsonl, write_json
-from .train import RESUME_ROOT, _latest_checkpoint, resume_dir_for, seed_everything
+from .train import RESUME_ROOT, latest_checkpoint, resume_dir_for, seed_everything
 
 
 @dataclass
@@ -140,7 +140,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[SelectOnVal()])
     started = time.time()
     with pool:
-        trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+        trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     elapsed = time.time() - started
     best = read_json(best_path)
     out_dir = Path(out_dir)

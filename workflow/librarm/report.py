@@ -129,7 +129,7 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     lab_acc = {n: policies[n]["label_accuracy"] for n in labelers if n in policies}
     seed = params["seed"]
     corr = {}
-    if "none" in per_problem and fit:
+    if NONE_POLICY in per_problem and fit:
         for key, x in (("libra_score", libra), ("label_accuracy", lab_acc)):
             corr[key] = gain_correlation(x, per_problem, fit, rep.get("resamples", 2000),
                                          rep.get("permutations", 10000), seed)
@@ -161,7 +161,7 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
 
 
 def _headline(policies, corr) -> dict:
-    h = {f"gain_all.{n}": (p.get("gain") or {}).get("all") for n, p in policies.items() if n != "none"}
+    h = {f"gain_all.{n}": (p.get("gain") or {}).get("all") for n, p in policies.items() if n != NONE_POLICY}
     for k, c in corr.items():
         h[f"r_gain_vs_{k}"] = c.get("r")
     return h

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .io import read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
-from .think import split_think
+from .think import boxed_spans, split_think
 
 
 @dataclass(frozen=True)
@@ -309,23 +309,6 @@ def wrong_answer(answer: str) -> str:
     return f"{a}+1"
 
 
-def _boxed_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of every \\boxed{...} content, brace-balanced."""
-    spans, i = [], 0
-    while True:
-        i = text.find("\\boxed{", i)
-        if i < 0:
-            return spans
-        j, depth = i + len("\\boxed{"), 1
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        if depth:
-            return spans
-        spans.append((i + len("\\boxed{"), j - 1))
-        i = j
-
-
 class PseudoSampler:
     """Responses built from the data: the reference solution (correct by construction) or the same
     solution with a wrong boxed answer. Gives real LaTeX to the verifier when models rarely solve."""
@@ -354,11 +337,11 @@ class PseudoSampler:
             if "</think>" in solution:      # tiny-world references already carry a trace
                 text = solution
             else:
-                spans = _boxed_spans(solution)
+                spans = boxed_spans(solution)
                 body = solution[: spans[-1][0] - len("\\boxed{")].rstrip() if spans else solution.strip()
                 text = f"<think>{body}</think>\nThe final answer is \\boxed{{{answer}}}."
             if self.kind == "reference_wrong":
-                spans = _boxed_spans(text)
+                spans = boxed_spans(text)
                 s, e = spans[-1]
                 text = text[:s] + wrong_answer(answer) + text[e:]
             out.append(SampleResult(text, "stop", 0, len(text.split())))

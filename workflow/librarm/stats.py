@@ -187,12 +187,13 @@ def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int, see
 
 
 def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[str, Mapping[str, float]]],
-                     names: Sequence[str], resamples: int, permutations: int, seed: int) -> dict:
+                     names: Sequence[str], resamples: int, permutations: int, seed: int,
+                     base_policy: str = "none") -> dict:
     """r between a judge measure x and the downstream gain over `none` (avg@k, mean over subsets)
     across the fitted labelers; the interval resamples the eval problems (the gains' noise), the
     p-value permutes the gains among the labelers."""
     names = [n for n in names if n in per_problem and x.get(n) is not None]
-    base = per_problem["none"]
+    base = per_problem[base_policy]
     subsets = sorted(base)
     ids = {s: sorted(base[s]) for s in subsets}
 

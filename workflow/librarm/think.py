@@ -1,4 +1,5 @@
-"""The one function that splits a model output into its thinking part and its final part."""
+"""Text helpers shared by verification, judging and rewards: the one split of a model output into
+its thinking part and its final part, and the spans of its boxed answers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,3 +44,20 @@ def split_think(text: str, *, prompt_opens_think: bool = False, reasoning: str |
         body = text[open_at + len(OPEN):] if open_at >= 0 else text
         return ThinkSplit(body.strip(), "", True, False)
     return ThinkSplit("", text.strip(), False, True)
+
+
+def boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every \\boxed{...} content, brace-balanced."""
+    spans, i = [], 0
+    while True:
+        i = text.find("\\boxed{", i)
+        if i < 0:
+            return spans
+        j, depth = i + len("\\boxed{"), 1
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        if depth:
+            return spans
+        spans.append((i + len("\\boxed{"), j - 1))
+        i = j

@@ -232,7 +232,7 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     set_seed(seed)
 
 
-def _latest_checkpoint(resume_dir: Path) -> str | None:
+def latest_checkpoint(resume_dir: Path) -> str | None:
     ckpts = sorted(resume_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return str(ckpts[-1]) if ckpts else None
 
@@ -288,7 +288,7 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
     started = time.time()
-    trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+    trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
     tokens = int(tokens * trainer.state.global_step * cfg.batch_size / max(1, len(rows)))
     return _finish(trainer, tok, Path(out_dir), started, tokens)
@@ -359,7 +359,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=list(callbacks))
     started = time.time()
-    trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+    trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     hist = trainer.state.log_history
     tokens = sum(h.get("completions/mean_length", 0) * rl["batch_size"] for h in hist)
     out = _finish(trainer, tok, Path(out_dir), started, int(tokens))
@@ -459,7 +459,7 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
                         report_to=["mlflow"] if report_to_mlflow else [], max_length=512)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     started = time.time()
-    trainer.train(resume_from_checkpoint=_latest_checkpoint(resume_dir))
+    trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     out = _finish(trainer, tok, Path(out_dir), started, 0)
     out["pairs"] = len(pairs)
     return out

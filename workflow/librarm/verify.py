@@ -23,9 +23,9 @@ GRADABLE = ("correct", "wrong_answer")
 
 def extract_boxed(text: str) -> str | None:
     """Content of the last brace-balanced \\boxed{...} in text, stripped; None when absent."""
-    from .sampling import _boxed_spans
+    from .think import boxed_spans
 
-    spans = _boxed_spans(text)
+    spans = boxed_spans(text)
     if not spans:
         return None
     s, e = spans[-1]

@@ -107,3 +107,20 @@ def test_no_module_imports_another_modules_private_names():
             if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("librarm")):
                 offenders += [f"{m}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert offenders == []
+
+
+def test_recording_view_notes_leaf_reads_and_defaults(monkeypatch):
+    import copy
+
+    from librarm import reads
+
+    monkeypatch.setenv(reads.ENV, "/nonexistent")
+    view, log = reads.recording({"seed": 1, "pairs": {"budget": 4, "labelers": ["a"]}, "judges": {"x": {"kind": "g"}}})
+    assert view["pairs"]["budget"] == 4 and view["pairs"].get("gold_curve", []) == []
+    assert view["judges"]["x"]["kind"] == "g"
+    merged = {**view, "sampling": {}}                    # a stage's stand-in dict keeps recording below the top
+    assert merged["pairs"]["labelers"] == ["a"]
+    assert copy.deepcopy(view) == {"seed": 1, "pairs": {"budget": 4, "labelers": ["a"]}, "judges": {"x": {"kind": "g"}}}
+    assert log == {"pairs.budget", "pairs.gold_curve", "judges.x.kind", "pairs.labelers"}
+    assert reads.covered("pairs.budget", ["pairs"]) and reads.covered("judges.x.kind", ["judges"])
+    assert not reads.covered("pairs.budget", ["pairs.labelers", "pair"])

@@ -164,11 +164,47 @@ def ci_copy(tmp_path_factory):
         os.symlink(shared, root.parent / "shared")
     # The copy's own librarm must be the one imported (module-edit test), not the installed one.
     ENV["PYTHONPATH"] = str(root / "workflow")
+    # every job records the params keys it reads (test_declared_reads)
+    ENV["LIBRARM_RECORD_READS"] = str(root / "reads")
     run(f"{sys.executable} -m librarm.cli params --preset ci --write params.yaml", root)
     run("git add -A && git -c user.email=t@t -c user.name=t commit -qm ci-copy --allow-empty", root)
     run("snakemake --cores 2", root, timeout=1800)
+    ENV.pop("LIBRARM_RECORD_READS", None)
     yield root
     ENV.pop("PYTHONPATH", None)
+
+
+# Keys a phase declares that the ci run never reads, each with the reason (branches ci does not take).
+DECLARED_UNREAD = {
+}
+
+
+def _reads_by_phase(root: Path) -> dict[str, set[str]]:
+    from librarm.cli import STEP_PHASE
+
+    out: dict[str, set[str]] = {}
+    for f in sorted((root / "reads").glob("*.json")):
+        step = f.stem.rsplit("-", 1)[0]
+        out.setdefault(STEP_PHASE[step], set()).update(json.loads(f.read_text()))
+    return out
+
+
+@pytest.mark.slow
+def test_declared_reads(ci_copy):
+    """What each phase's jobs read (recorded through the config view) is declared in the phase
+    registry, so DVC reruns the stage when it changes; and every declared key is read, or listed
+    above with the reason ci does not read it."""
+    from librarm.phases import PHASES
+    from librarm.reads import covered
+
+    reads = _reads_by_phase(ci_copy)
+    undeclared = {p: sorted(k for k in keys if not covered(k, PHASES[p].params)) for p, keys in reads.items()}
+    assert {p: v for p, v in undeclared.items() if v} == {}
+    unread = {p: sorted(d for d in PHASES[p].params
+                        if not any(covered(k, [d]) or covered(d, [k]) for k in reads.get(p, ()))
+                        and d not in DECLARED_UNREAD.get(p, {}))
+              for p in reads}
+    assert {p: v for p, v in unread.items() if v} == {}
 
 
 def outputs_digest(root: Path) -> dict[str, str]:

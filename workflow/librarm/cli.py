@@ -35,23 +35,32 @@ def _threads(n: int | None) -> int | None:
     return n
 
 
+# Every `librarm stage` step and the phase (registry entry) it belongs to.
+STEP_PHASE = {"problems": "problems", "bootstrap-tiny": "bootstrap", "prepare-model": "bootstrap",
+              "bootstrap-stats": "bootstrap", "sample": "sample", "sample-stats": "sample", "verify": "verify",
+              "verify-stats": "verify", "bench": "bench", "evaluate": "evaluate", "eval-summary": "evaluate",
+              "judge-data": "judge_data", "rs": "rs", "train": "train", "train-stats": "train",
+              "pairs-split": "pairs", "pairs-sample": "pairs", "pairs-verify": "pairs", "pairs-label": "pairs",
+              "pairs-build": "pairs", "dpo": "dpo", "dpo-stats": "dpo", "policy-eval": "evaluate_policy",
+              "policy-metrics": "evaluate_policy", "downstream-summary": "evaluate_policy", "report": "report"}
+
+
 def cmd_stage(a: argparse.Namespace) -> int:
     from . import tracking
 
     cfg = _load_config(a.config)
     step = a.step
     threads = _threads(a.threads)
-    phase = {"problems": "problems", "bootstrap-tiny": "bootstrap", "prepare-model": "bootstrap",
-             "bootstrap-stats": "bootstrap", "sample": "sample", "sample-stats": "sample", "verify": "verify",
-             "verify-stats": "verify", "bench": "bench", "evaluate": "evaluate", "eval-summary": "evaluate",
-             "judge-data": "judge_data", "rs": "rs", "train": "train", "train-stats": "train",
-             "pairs-split": "pairs", "pairs-sample": "pairs", "pairs-verify": "pairs", "pairs-label": "pairs",
-             "pairs-build": "pairs", "dpo": "dpo", "dpo-stats": "dpo", "policy-eval": "evaluate_policy",
-             "policy-metrics": "evaluate_policy", "downstream-summary": "evaluate_policy", "report": "report"}[step]
+    phase = STEP_PHASE[step]
     wildcards = {k: v for k, v in (("generator", a.generator), ("subset", a.subset), ("judge", a.judge),
                                    ("model", a.model), ("policy", a.policy), ("seed", a.seed)) if v is not None}
+    from . import reads
+
     with tracking.stage_run(cfg, step, _sections(cfg, phase), wildcards) as run:
-        metrics, artifacts = _run_step(step, cfg, a, threads)
+        # the step sees a recording view of the config when LIBRARM_RECORD_READS is set
+        view, log = reads.recording(cfg)
+        metrics, artifacts = _run_step(step, view, a, threads)
+        reads.save(step, log)
         run.log_metrics(metrics)
         for art in artifacts:
             run.log_artifact(art)

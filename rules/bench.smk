@@ -10,6 +10,8 @@ rule bench:
         **job_params("bench"),
     log:
         "results/logs/bench.log",
+    benchmark:
+        "results/logs/benchmarks/bench/bench.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage bench --config {params.cfg} --inputs {input} --out {output.bench} > {log} 2>&1"

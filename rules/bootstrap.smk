@@ -14,6 +14,8 @@ if TINY_MODELS:
             **job_params("bootstrap", models_dir=lambda wc, output: os.path.dirname(output.models[0])),
         log:
             "results/logs/bootstrap/tiny.log",
+        benchmark:
+            "results/logs/benchmarks/bootstrap_tiny/tiny.tsv",
         threads: 2
         shell:
             "python -m librarm.cli stage bootstrap-tiny --config {params.cfg} --inputs {input}"
@@ -32,6 +34,8 @@ rule prepare_model:
         **job_params("bootstrap"),
     log:
         "results/logs/bootstrap/{model}.log",
+    benchmark:
+        "results/logs/benchmarks/prepare_model/{model}.tsv",
     threads: 2
     shell:
         "python -m librarm.cli stage prepare-model --config {params.cfg} --model {wildcards.model}"
@@ -50,6 +54,8 @@ rule bootstrap_stats:
         **job_params("bootstrap"),
     log:
         "results/logs/bootstrap/stats.log",
+    benchmark:
+        "results/logs/benchmarks/bootstrap_stats/stats.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage bootstrap-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

@@ -13,6 +13,8 @@ if DOWNSTREAM:
             **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify")),
         log:
             "results/logs/pairs/split.log",
+        benchmark:
+            "results/logs/benchmarks/pairs_split/split.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage pairs-split --config {params.cfg} --inputs {input} --out {output.train} > {log} 2>&1"
@@ -30,6 +32,8 @@ if DOWNSTREAM:
             **job_params("pairs", **UNUSED("judges", "judge", "evaluate.threshold_split", "verify")),
         log:
             "results/logs/pairs/sample.log",
+        benchmark:
+            "results/logs/benchmarks/pairs_sample/sample.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage pairs-sample --config {params.cfg} --inputs {input.problems}"
@@ -48,6 +52,8 @@ if DOWNSTREAM:
             **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling")),
         log:
             "results/logs/pairs/verify.log",
+        benchmark:
+            "results/logs/benchmarks/pairs_verify/verify.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage pairs-verify --config {params.cfg} --inputs {input.samples} {input.problems}"
@@ -74,6 +80,8 @@ if DOWNSTREAM:
             ),
         log:
             "results/logs/pairs/label-{judge}.log",
+        benchmark:
+            "results/logs/benchmarks/pairs_label/label-{judge}.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage pairs-label --config {params.cfg} --judge {wildcards.judge}"
@@ -95,6 +103,8 @@ if DOWNSTREAM:
             **job_params("pairs", **UNUSED("models", "judge", "evaluate.threshold_split", "sampling", "verify")),
         log:
             "results/logs/pairs/build.log",
+        benchmark:
+            "results/logs/benchmarks/pairs_build/build.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage pairs-build --config {params.cfg} --inputs {input.verified}"
@@ -119,6 +129,8 @@ if DOWNSTREAM:
                          models=config["models"][config["pairs"]["policy"]]),
         log:
             "results/logs/dpo/{policy}/seed-{seed}.log",
+        benchmark:
+            "results/logs/benchmarks/dpo/{policy}/seed-{seed}.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage dpo --config {params.cfg} --policy {wildcards.policy} --seed {wildcards.seed}"
@@ -136,6 +148,8 @@ if DOWNSTREAM:
             **job_params("dpo"),
         log:
             "results/logs/dpo/stats.log",
+        benchmark:
+            "results/logs/benchmarks/dpo_stats/stats.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage dpo-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"
@@ -157,6 +171,8 @@ if DOWNSTREAM:
             **job_params("evaluate_policy", models_dir=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve", "dpo.seeds")),
         log:
             "results/logs/downstream/{policy}/{run}.log",
+        benchmark:
+            "results/logs/benchmarks/policy_eval/{policy}/{run}.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage policy-eval --config {params.cfg} --policy {wildcards.policy}"
@@ -179,6 +195,8 @@ if DOWNSTREAM:
             **job_params("evaluate_policy"),
         log:
             "results/logs/downstream/{policy}/metrics.log",
+        benchmark:
+            "results/logs/benchmarks/policy_metrics/{policy}/metrics.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage policy-metrics --config {params.cfg} --policy {wildcards.policy}"
@@ -195,6 +213,8 @@ if DOWNSTREAM:
             **job_params("evaluate_policy"),
         log:
             "results/logs/downstream/summary.log",
+        benchmark:
+            "results/logs/benchmarks/downstream_summary/summary.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage downstream-summary --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

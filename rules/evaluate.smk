@@ -20,6 +20,8 @@ rule evaluate:
         gpu=lambda wc: config["judges"][wc.judge].get("gpus", 0),
     log:
         "results/logs/evaluate/{judge}.log",
+    benchmark:
+        "results/logs/benchmarks/evaluate/{judge}.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage evaluate --config {params.cfg} --judge {wildcards.judge} --inputs {input.bench}"
@@ -42,6 +44,8 @@ rule eval_summary:
         **job_params("evaluate"),
     log:
         "results/logs/evaluate/summary.log",
+    benchmark:
+        "results/logs/benchmarks/eval_summary/summary.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage eval-summary --config {params.cfg} --inputs {input.metrics}"

@@ -9,6 +9,8 @@ rule problems:
         **job_params("problems"),
     log:
         "results/logs/problems.log",
+    benchmark:
+        "results/logs/benchmarks/problems/problems.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage problems --config {params.cfg} --out {output.stats} > {log} 2>&1"

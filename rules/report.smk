@@ -16,6 +16,8 @@ if DOWNSTREAM:
             **job_params("report"),
         log:
             "results/logs/report.log",
+        benchmark:
+            "results/logs/benchmarks/report/report.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage report --config {params.cfg} --out {output.metrics} > {log} 2>&1"

@@ -21,6 +21,8 @@ rule sample:
         gpu=lambda wc: config["generators"][wc.generator].get("gpus", 0),
     log:
         "results/logs/sample/{generator}/{subset}.log",
+    benchmark:
+        "results/logs/benchmarks/sample/{generator}/{subset}.tsv",
     # Model jobs take one thread: two 1-thread jobs side by side beat one 2-thread job on the tiny
     # models (two bench evaluations: 34 s vs 55 s, measured); raise with --set-threads on big nodes.
     threads: 1
@@ -41,6 +43,8 @@ rule sample_stats:
         **job_params("sample"),
     log:
         "results/logs/sample/stats.log",
+    benchmark:
+        "results/logs/benchmarks/sample_stats/stats.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage sample-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

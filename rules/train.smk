@@ -16,6 +16,8 @@ if LEARNING:
             **job_params("judge_data"),
         log:
             "results/logs/judge_data.log",
+        benchmark:
+            "results/logs/benchmarks/judge_data/judge_data.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage judge-data --config {params.cfg} --inputs {input.verify}"
@@ -39,6 +41,8 @@ if LEARNING:
             **job_params("rs", judges=lambda wc: config["judges"][config["rs"]["teacher"]]),
         log:
             "results/logs/rs.log",
+        benchmark:
+            "results/logs/benchmarks/rs/rs.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage rs --config {params.cfg} --inputs {input.train} {input.solutions}"
@@ -66,6 +70,8 @@ if LEARNING:
             ),
         log:
             "results/logs/train/{model}.log",
+        benchmark:
+            "results/logs/benchmarks/train_judge/{model}.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage train --config {params.cfg} --model {wildcards.model}"
@@ -82,6 +88,8 @@ if LEARNING:
             **job_params("train"),
         log:
             "results/logs/train/stats.log",
+        benchmark:
+            "results/logs/benchmarks/train_stats/stats.tsv",
         threads: 1
         shell:
             "python -m librarm.cli stage train-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

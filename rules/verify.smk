@@ -14,6 +14,8 @@ rule verify:
         **job_params("verify"),
     log:
         "results/logs/verify/{generator}/{subset}.log",
+    benchmark:
+        "results/logs/benchmarks/verify/{generator}/{subset}.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage verify --config {params.cfg} --inputs {input.samples} {input.problems}"
@@ -32,6 +34,8 @@ rule verify_stats:
         **job_params("verify"),
     log:
         "results/logs/verify/stats.log",
+    benchmark:
+        "results/logs/benchmarks/verify_stats/stats.tsv",
     threads: 1
     shell:
         "python -m librarm.cli stage verify-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"

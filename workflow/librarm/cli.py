@@ -309,6 +309,13 @@ def cmd_seeds(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(a: argparse.Namespace) -> int:
+    from .profile import latest_log, profile_report
+
+    print(profile_report(a.log or latest_log(), a.cores, a.benchmarks), end="")
+    return 0
+
+
 def cmd_train_tiny(a: argparse.Namespace) -> int:
     """Retrain the tiny models from params and (with --ship) store them as the shipped weights."""
     import tempfile
@@ -380,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--exp-json", help="a saved `dvc exp show --json` (default: run it)")
     sd.add_argument("--out", help="write the Markdown here instead of printing it")
     sd.set_defaults(func=cmd_seeds)
+
+    pf = sub.add_parser("profile", help="where a DAG run's time went: per phase and rule, critical path, idle cores")
+    pf.add_argument("--log", help="a Snakemake log (default: the newest .snakemake/log/*.snakemake.log)")
+    pf.add_argument("--cores", type=int, default=2)
+    pf.add_argument("--benchmarks", default="results/logs/benchmarks")
+    pf.set_defaults(func=cmd_profile)
 
     t = sub.add_parser("train-tiny", help="retrain the tiny-world models (and --ship them)")
     t.add_argument("--params", default="params.yaml")

@@ -1,0 +1,163 @@
+"""Where a DAG run's time went, from Snakemake's own log (job start and finish times, threads,
+inputs and outputs) and the per-rule `benchmark:` files (results/logs/benchmarks/<rule>/...):
+per-phase and per-rule totals, the critical path (the longest chain of dependent jobs), and the
+share of core-time the cores sat idle. `librarm profile` prints it."""
+from __future__ import annotations
+
+import csv
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+_STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+_RULE = re.compile(r"^(?:local)?rule (\w+):$")
+_FINISHED = re.compile(r"^Finished job(?:id)? (\d+)\.?|^Finished jobid: (\d+)")
+
+
+@dataclass
+class Job:
+    jobid: int
+    rule: str
+    start: float
+    end: float | None = None
+    threads: int = 1
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return (self.end or self.start) - self.start
+
+
+def parse_snakemake_log(path: str | Path) -> list[Job]:
+    """Jobs of one `snakemake` run, from its log (.snakemake/log/*.snakemake.log)."""
+    jobs: dict[int, Job] = {}
+    stamp = None
+    pending: dict = {}
+    for raw in Path(path).read_text(errors="replace").splitlines():
+        line = raw.strip()
+        m = _STAMP.match(line)
+        if m:
+            stamp = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y").timestamp()
+            continue
+        m = _RULE.match(line)
+        if m:
+            pending = {"rule": m.group(1), "start": stamp}
+            continue
+        if pending and line.startswith(("input:", "output:", "jobid:", "threads:")):
+            key, _, value = line.partition(":")
+            value = value.strip()
+            if key == "jobid":
+                jid = int(value)
+                jobs[jid] = Job(jid, pending["rule"], pending["start"] or 0.0,
+                                inputs=pending.get("input", []), outputs=pending.get("output", []))
+                pending["job"] = jobs[jid]
+            elif key == "threads" and "job" in pending:
+                pending["job"].threads = int(value)
+            elif key in ("input", "output"):
+                pending[key] = [v.strip() for v in value.split(",") if v.strip()]
+            continue
+        m = _FINISHED.match(line)
+        if m:
+            jid = int(m.group(1) or m.group(2))
+            if jid in jobs:
+                jobs[jid].end = stamp
+    return [j for j in jobs.values() if j.end is not None and j.rule != "all"]
+
+
+def critical_path(jobs: Sequence[Job]) -> list[Job]:
+    """The chain of dependent jobs (a job depends on the jobs that wrote its inputs) with the
+    largest total duration."""
+    writer: dict[str, Job] = {}
+    for j in jobs:
+        for o in j.outputs:
+            writer[o.rstrip("/")] = j
+
+    def deps(j: Job) -> list[Job]:
+        out = []
+        for i in j.inputs:
+            i = i.rstrip("/")
+            w = writer.get(i) or next((writer[o] for o in writer if i.startswith(o + "/")), None)
+            if w is not None and w is not j:
+                out.append(w)
+        return out
+
+    best: dict[int, tuple[float, list[Job]]] = {}
+    for j in sorted(jobs, key=lambda j: j.end or 0):
+        prev = max((best[d.jobid] for d in deps(j) if d.jobid in best), key=lambda t: t[0], default=(0.0, []))
+        best[j.jobid] = (prev[0] + j.seconds, prev[1] + [j])
+    return max(best.values(), key=lambda t: t[0])[1] if best else []
+
+
+def read_benchmarks(root: str | Path) -> dict[str, dict[str, float]]:
+    """rule -> {jobs, s (wall), cpu_time, max_rss (MB, the largest)} from the benchmark TSVs."""
+    out: dict[str, dict[str, float]] = defaultdict(lambda: {"jobs": 0, "s": 0.0, "cpu_time": 0.0, "max_rss": 0.0})
+    for tsv in sorted(Path(root).glob("*/**/*.tsv")):
+        rule = tsv.relative_to(root).parts[0]
+        with tsv.open() as fh:
+            for row in csv.DictReader(fh, delimiter="\t"):
+                d = out[rule]
+                d["jobs"] += 1
+                d["s"] += float(row.get("s") or 0)
+                d["cpu_time"] += float(row.get("cpu_time") or 0) if row.get("cpu_time") not in ("NA", None) else 0
+                rss = row.get("max_rss")
+                if rss not in (None, "", "NA", "-"):
+                    d["max_rss"] = max(d["max_rss"], float(rss))
+    return dict(out)
+
+
+def phase_of(job: Job) -> str:
+    from .phases import PHASES
+
+    for o in job.outputs:
+        for p in PHASES.values():
+            if o.startswith(p.out.rstrip("/") + "/"):
+                return p.name
+    return "?"
+
+
+def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | None = None) -> str:
+    jobs = parse_snakemake_log(log_path)
+    if not jobs:
+        raise ValueError(f"{log_path}: no finished job in this Snakemake log")
+    t0, t1 = min(j.start for j in jobs), max(j.end for j in jobs)
+    wall = t1 - t0
+    busy = sum(j.seconds * min(j.threads, cores) for j in jobs)
+    idle = 1 - busy / (cores * wall) if wall > 0 else 0.0
+    lines = [f"run: {len(jobs)} jobs, wall {wall / 60:.1f} min on {cores} cores; cores idle {100 * idle:.0f}% of "
+             f"the core-time (busy = sum of job seconds x threads)", "",
+             "| phase | jobs | job-seconds | share |", "|---|---:|---:|---:|"]
+    by_phase: dict[str, list[Job]] = defaultdict(list)
+    for j in jobs:
+        by_phase[phase_of(j)].append(j)
+    total = sum(j.seconds for j in jobs) or 1
+    for ph, js in sorted(by_phase.items(), key=lambda kv: -sum(j.seconds for j in kv[1])):
+        s = sum(j.seconds for j in js)
+        lines.append(f"| {ph} | {len(js)} | {s:.0f} | {100 * s / total:.0f}% |")
+    by_rule: dict[str, list[Job]] = defaultdict(list)
+    for j in jobs:
+        by_rule[j.rule].append(j)
+    bench = read_benchmarks(bench_root) if bench_root and Path(bench_root).exists() else {}
+    lines += ["", "| rule | jobs | job-seconds | mean s | max s | benchmark cpu s | max RSS MB |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for rule, js in sorted(by_rule.items(), key=lambda kv: -sum(j.seconds for j in kv[1])):
+        s = [j.seconds for j in js]
+        b = bench.get(rule, {})
+        lines.append(f"| {rule} | {len(js)} | {sum(s):.0f} | {sum(s) / len(s):.1f} | {max(s):.0f} | "
+                     f"{b.get('cpu_time', float('nan')):.0f} | {b.get('max_rss', float('nan')):.0f} |")
+    path = critical_path(jobs)
+    cp = sum(j.seconds for j in path)
+    lines += ["", f"critical path: {cp / 60:.1f} min of {wall / 60:.1f} min wall "
+                  f"({len(path)} jobs; the wall can shrink toward it with more cores, not below it)", ""]
+    lines += [f"  {j.rule:<20} {j.seconds:7.0f} s  {', '.join(j.outputs[:1])}" for j in path]
+    return "\n".join(lines) + "\n"
+
+
+def latest_log(root: str | Path = ".") -> Path:
+    logs = sorted((Path(root) / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        raise FileNotFoundError(f"{root}/.snakemake/log: no Snakemake log (run snakemake first)")
+    return logs[-1]

@@ -65,3 +65,21 @@ def test_overlay_null_removes_entry():
 def test_overlay_lists_replace_dicts_merge():
     merged = deep_merge({"a": {"b": 1, "c": [1, 2]}}, {"a": {"c": [3]}})
     assert merged == {"a": {"b": 1, "c": [3]}}
+
+
+def test_values_read_without_a_code_default_are_required_by_the_schema():
+    """judge.batch_size had three different code defaults (32, 64, 64) and verify.timeout_s was
+    optional in the schema but read with []: now the schema requires them and no code default
+    exists, so there is one place for each value."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    schema = json.loads((root / "workflow/schemas/params.schema.json").read_text())
+    assert {"timeout_s", "memory_mb"} <= set(schema["properties"]["verify"]["required"])
+    assert "batch_size" in schema["properties"]["judge"]["required"]
+    assert "batch_size" in schema["properties"]["sampling"]["required"]
+    code = "\n".join(p.read_text() for p in (root / "workflow/librarm").glob("*.py"))
+    assert not re.search(r'(jcfg|\["judge"\]|\["sampling"\])\.get\("batch_size"', code)
+    assert not re.search(r'\.get\("(timeout_s|memory_mb)"', code)

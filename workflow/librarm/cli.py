@@ -115,9 +115,9 @@ def _run_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) 
     if step == "verify":
         from .verify import run_verify
 
-        v = cfg.get("verify", {})
+        v = cfg["verify"]
         meta = run_verify(a.inputs[0], a.inputs[1:], out, workers=threads or 1,
-                          timeout_s=v.get("timeout_s", 5.0), memory_mb=v.get("memory_mb", 2048))
+                          timeout_s=v["timeout_s"], memory_mb=v["memory_mb"])
         return meta, []
     if step == "verify-stats":
         from .verify import summarize_verify

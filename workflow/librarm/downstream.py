@@ -294,7 +294,7 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
         problems += [dict(p, subset=subset) for p in load_problem_sets([path]).values()]
     cfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
                          max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
-                         batch_size=params["sampling"].get("batch_size", 64))
+                         batch_size=params["sampling"]["batch_size"])
     t0 = time.time()
     if sampler is None:
         sampler = _policy_sampler(params, model_path, cfg, threads)

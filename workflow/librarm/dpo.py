@@ -94,7 +94,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     ev = params["evaluate_policy"]
     vcfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
                           max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
-                          batch_size=params["sampling"].get("batch_size", 64))
+                          batch_size=params["sampling"]["batch_size"])
     best_path = resume_dir / "best.json"
     pool = VerifierPool(1, params["verify"]["timeout_s"], params["verify"]["memory_mb"])
 

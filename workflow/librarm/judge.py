@@ -88,7 +88,7 @@ def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], 
 
     jcfg = params["judge"]
     cfg = SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
-                         max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg.get("batch_size", 32))
+                         max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"])
     sampler = sampler or make_sampler(spec, params, cfg, threads)
     tok = getattr(sampler, "tok", None)
     prompts, status = [], []

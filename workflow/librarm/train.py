@@ -101,7 +101,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     items = read_jsonl(train_path).records
     teacher = params["judges"][cfg["teacher"]]
     scfg = SamplingConfig(temperature=cfg.get("temperature", 1.0), top_p=1.0,
-                          max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg.get("batch_size", 32))
+                          max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"])
     sampler = sampler or make_sampler(teacher, params, scfg, threads)
     # SFT prompts are rendered with the STUDENT's chat template (the teacher may be an API model
     # or have another template).
@@ -333,7 +333,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
     sampler = HFSampler(init_model, SamplingConfig(temperature=rl["temperature"], max_new_tokens=rl["max_completion_length"],
-                                                   batch_size=jcfg.get("batch_size", 64)), model=model, tokenizer=tok)
+                                                   batch_size=jcfg["batch_size"]), model=model, tokenizer=tok)
     rates = pass_rates(items, sampler, params, rl["passrate_k"], name)
     lo, hi = rl["passrate_band"]
     kept = [it for it, r in zip(items, rates) if lo <= r <= hi]
@@ -380,7 +380,7 @@ def val_accuracy(model, tok, items: Sequence[Mapping[str, Any]], params: Mapping
 
     jcfg = params["judge"]
     sampler = HFSampler("live", SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
-                                               max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg.get("batch_size", 64)),
+                                               max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"]),
                         model=model, tokenizer=tok)
     was_training = model.training
     model.eval()

@@ -168,7 +168,8 @@ if DOWNSTREAM:
             policy=any_regex(POLICIES),
             run=r"base|seed-\d+",
         params:
-            **job_params("evaluate_policy", models_dir=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve", "dpo.seeds")),
+            **job_params("evaluate_policy", models_dir=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve", "dpo.seeds",
+                                                                                      "report.permutations")),
         log:
             "results/logs/downstream/{policy}/{run}.log",
         benchmark:
@@ -192,7 +193,7 @@ if DOWNSTREAM:
         wildcard_constraints:
             policy=any_regex(POLICIES),
         params:
-            **job_params("evaluate_policy"),
+            **job_params("evaluate_policy", **UNUSED("report.permutations")),
         log:
             "results/logs/downstream/{policy}/metrics.log",
         benchmark:

@@ -103,11 +103,11 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs"),
     Phase("evaluate_policy", "results/downstream/summary.json", "results/downstream",
           ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve",
-           "pairs.backend", "dpo.seeds"),
+           "pairs.backend", "dpo.seeds", "report.permutations"),
           ("downstream", "verify"),
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs"),
     Phase("report", "results/report/metrics.json", "results/report",
-          ("report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds"),
+          ("seed", "report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds", "evaluate.judges"),
           ("report",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
           "rules/report.smk", optional="pairs"),
 )}

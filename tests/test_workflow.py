@@ -241,7 +241,15 @@ def test_ci_run_outputs(ci_copy):
     for policy in ["none"] + params["pairs"]["labelers"]:
         d = json.loads((r / "downstream" / policy / "metrics.json").read_text())
         assert set(params["evaluate_policy"]["subsets"]) <= set(d["avg_at_k"]) and "all" in d["ci95"]
-        assert (d["pairs"] == 0 and d["label_accuracy"] is None) if policy == "none" else d["pairs"] > 0
+        # a labeler without pairs (a near-constant judge) is allowed, but must be flagged short
+        assert (d["pairs"] == 0 and d["label_accuracy"] is None) if policy == "none" else (d["pairs"] > 0 or d["short"])
+    stats = json.loads((r / "pairs" / "stats.json").read_text())
+    budget = params["pairs"]["budget"]
+    for name, st in stats["labelers"].items():
+        assert st["pairs_trained"] == min(budget, st["pairs_raw"]) and st["short"] == (st["pairs_raw"] < budget)
+    steps = {k: v["steps"] for k, v in json.loads((r / "dpo" / "stats.json").read_text()).items()
+             if not k.startswith("raw/") and v["pairs"]}
+    assert len(set(steps.values())) == 1, steps        # every budget and curve run: the same optimizer steps
     from librarm.report import check_report
 
     assert check_report(r / "report", root=ci_copy) == []

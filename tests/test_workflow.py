@@ -181,6 +181,8 @@ DECLARED_UNREAD = {
     "evaluate_policy": {"pairs.labelers": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE, "pairs.gold_curve": _DAG_SHAPE,
                         "dpo.seeds": _DAG_SHAPE},
     "report": {"dpo.seeds": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE},
+    # the policy samples with a copy of the params (policy_sampling_params): plain dicts, not recorded
+    "pairs": {"sampling": "read through the policy's sampling copy, which the recording view does not see"},
 }
 # Keys whose values never change an output (MLflow settings): jobs read them, no stage declares them.
 NOT_RESULTS = ("tracking",)

@@ -93,7 +93,7 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("evaluate",),
           ("bench", "bootstrap", "train", "judge_data"), "rules/evaluate.smk"),
     Phase("pairs", "results/pairs/stats.json", "results/pairs",
-          ("seed", "pairs", "problems", "models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify"),
+          ("seed", "pairs", "models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify"),
           ("downstream", "evaluate", "verify"),
           ("problems", "bootstrap", "train", "judge_data"), "rules/downstream.smk", optional="pairs"),
     Phase("dpo", "results/dpo/stats.json", "results/dpo",

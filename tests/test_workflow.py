@@ -390,7 +390,7 @@ def test_smoke_real_preset_end_to_end(tmp_path_factory):
                                                               "__pycache__", ".git", "tiny_models"))
     os.symlink(REPO.parent / "shared", root.parent / "shared")
     env = {**ENV, "PYTHONPATH": str(root / "workflow")}
-    run("snakemake --cores 2 --configfile workflow/presets/smoke-real.yaml", root, env=env, timeout=1500)
+    run("snakemake --cores 2 --configfile workflow/presets/smoke-real.yaml", root, env=env, timeout=2700)
     r = root / "results"
     assert (r / "bootstrap" / "models" / "smollm2" / "config.json").exists()
     bench = read_jsonl(r / "bench" / "libra_bench.jsonl").records

@@ -104,14 +104,14 @@ def threshold_split(wildcards):
 # ---------------------------------------------------------------- downstream (judge-labeled DPO)
 DOWNSTREAM = bool(config.get("pairs"))
 if DOWNSTREAM:
-    from librarm.labelers import NONE_POLICY, curve_policy, downstream_policies, labeler_kind
+    from librarm.labelers import NONE_POLICY, curve_policies, downstream_policies, labeler_kind
 
     LABELERS = list(config["pairs"]["labelers"])
     JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, config["judges"]) == "judge"]
     # A DPO policy per labeler (on its budget of pairs), the gold curve (curve/gold-<n>) and, for
     # raw_labelers, one more on all the labeler's pairs (raw/<labeler>).
     DPO_POLICIES = downstream_policies(config["pairs"])
-    CURVE_POLICIES = [curve_policy(n) for n in config["pairs"].get("gold_curve", []) if "gold" in LABELERS]
+    CURVE_POLICIES = curve_policies(config["pairs"])
     DPO_SEEDS = [int(s) for s in config["dpo"]["seeds"]]
     POLICIES = [NONE_POLICY] + DPO_POLICIES
     POLICY_EVAL_SETS = list(config["evaluate_policy"]["subsets"])

@@ -386,6 +386,7 @@ def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str |
             flat = np.array([v for s in sorted(diff) for v in diff[s].values()])
             row["gain_p_value"] = sign_flip_p(flat, params.get("report", {}).get("permutations", 10000), seed)
         out["policies"][name] = row
+    curve = {policy_parts(n)[2]: r for n, r in out["policies"].items() if policy_parts(n)[0] == "curve"}
     for name, row in out["policies"].items():
         # raw policies are set against the raw gold policy, budget ones against gold on the same budget
         kind = policy_parts(name)[0]
@@ -397,7 +398,6 @@ def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str |
             row["gold_gain_recovered"] = round(row["gain"]["all"] / gold_gain, 4)
         if kind == "budget" and row.get("short") and row.get("pairs"):
             # a short labeler is read against gold at the nearest curve count
-            curve = {policy_parts(n)[2]: r for n, r in out["policies"].items() if policy_parts(n)[0] == "curve"}
             if curve:
                 n = min(curve, key=lambda c: (abs(c - row["pairs"]), c))
                 row["gold_at_similar_count"] = {"pairs": n, "gain": curve[n]["gain"]["all"]}

@@ -32,12 +32,15 @@ def policy_parts(policy: str) -> tuple[str, str | None, int | None]:
     return "budget", policy, None
 
 
+def curve_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
+    """The gold-curve policies the params ask for (none unless gold is a labeler)."""
+    return [curve_policy(n) for n in pairs_cfg.get("gold_curve", []) if "gold" in pairs_cfg["labelers"]]
+
+
 def downstream_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
     """Every DPO policy the params ask for: one per labeler (on its budget of pairs), the gold
     curve (when gold is a labeler) and the raw runs."""
-    labelers = list(pairs_cfg["labelers"])
-    curve = [curve_policy(n) for n in pairs_cfg.get("gold_curve", []) if "gold" in labelers]
-    return labelers + curve + [RAW_PREFIX + name for name in pairs_cfg.get("raw_labelers", [])]
+    return list(pairs_cfg["labelers"]) + curve_policies(pairs_cfg) + [RAW_PREFIX + name for name in pairs_cfg.get("raw_labelers", [])]
 
 
 def dpo_step_pairs(policy: str, n_pairs: int, budget: int) -> int:

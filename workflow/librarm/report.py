@@ -276,7 +276,7 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("downstream", src + ("gold_gain_recovered",), scale=100, digits=0)
                   if p.get("gold_gain_recovered") is not None else "")
         tables.append(t)
-    curve = {n: p for n, p in policies.items() if n.startswith("curve/")}
+    curve = {n: p for n, p in policies.items() if policy_parts(n)[0] == "curve"}
     if curve and "gold" in policies and policies["gold"].get("gain"):
         t = Table("Gold curve: gain of the gold labeler at several pair counts (same DPO steps)",
                   ["policy", "pairs", "gain", "gain 95% CI"],

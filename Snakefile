@@ -29,5 +29,10 @@ rule all:
         PHASE_TARGETS,
 
 
-onstart:
-    ensure_pipeline_run(config)
+# Jobs spool their MLflow records; one import when the run ends (see librarm/tracking.py).
+onsuccess:
+    flush_at_end()
+
+
+onerror:
+    flush_at_end()

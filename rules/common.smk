@@ -9,7 +9,7 @@ from pathlib import Path
 from librarm.config import MODELS_DIR, local_model_dirs, prune_removed, sets_by_role, validate_params
 from librarm.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
-from librarm.tracking import ensure_pipeline_run
+from librarm.tracking import flush_at_end
 
 prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .config import ConfigError, load_params, validate_params
+from .tracking import CURVE_KEYS
 
 log = logging.getLogger("librarm")
 
@@ -69,7 +70,8 @@ def cmd_stage(a: argparse.Namespace) -> int:
 
 
 def _headline(metrics: Mapping[str, Any]) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("provenance", "train_log", "cells", "overlap", "ci95")}
+    return {k: v for k, v in metrics.items()
+            if k not in ("provenance", "train_log", "cells", "overlap", "ci95", *CURVE_KEYS)}
 
 
 def _run_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) -> tuple[dict, list[str]]:
@@ -152,15 +154,14 @@ def _run_step(step: str, cfg: dict, a: argparse.Namespace, threads: int | None) 
         stats = run_rs(cfg, a.inputs[0], a.inputs[1:], Path(out).parent, threads)
         return stats, [out]
     if step == "train":
-        from . import tracking
         from .train import train_judge
 
         data = {"train": "results/judge_data/train.jsonl", "val": "results/judge_data/val.jsonl",
                 "sft": "results/rs/sft.jsonl"}
         kind = cfg["models"][a.model]["train"]
-        log = train_judge(cfg, kind, a.model, data, a.models_dir, out, threads,
-                          report_to_mlflow=tracking.enabled(cfg))
-        return {k: log[k] for k in ("global_step", "seconds", "tokens_per_s") if k in log} | \
+        log = train_judge(cfg, kind, a.model, data, a.models_dir, out, threads)
+        # the curves go to the job's MLflow run as step metrics (tracking.curve_points)
+        return {k: log[k] for k in ("global_step", "seconds", "tokens_per_s", *CURVE_KEYS) if k in log} | \
             {"final_val_accuracy": (log["val_curve"][-1]["val_accuracy"] if log.get("val_curve") else None)}, [out]
     if step == "train-stats":
         from .io import read_json, write_json
@@ -215,17 +216,16 @@ def _run_downstream_step(step: str, cfg: dict, a: argparse.Namespace, threads: i
         return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "short", "label_accuracy")}
                 for name, v in stats["labelers"].items()}, [out]
     if step == "dpo":
-        from . import tracking
         from .config import model_ref
         from .dpo import run_dpo
         from .io import write_json
 
         init = model_ref(cfg, cfg["pairs"]["policy"])["path"]
         log = run_dpo(cfg, a.inputs[0], a.inputs[1], init, a.models_dir, name=a.policy, seed=int(a.seed),
-                      threads=threads, report_to_mlflow=tracking.enabled(cfg), budget=int(cfg["pairs"]["budget"]))
+                      threads=threads, budget=int(cfg["pairs"]["budget"]))
         write_json(out, log)
         return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",
-                                    "tokens_per_s")}, [out]
+                                    "tokens_per_s", "loss_curve", "val_curve")}, [out]
     if step == "dpo-stats":
         from .io import read_json, write_json
 
@@ -336,6 +336,14 @@ def cmd_train_tiny(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track_flush(a: argparse.Namespace) -> int:
+    from .tracking import SPOOL_DIR, flush_spool, tracking_uri
+
+    n = flush_spool()
+    print(f"{n} job records from {SPOOL_DIR} imported into {tracking_uri()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="librarm", description=__doc__)
     ap.add_argument("--debug", action="store_true", help="show the traceback of an expected error too "
@@ -393,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--cores", type=int, default=2)
     pf.add_argument("--benchmarks", default="results/logs/benchmarks")
     pf.set_defaults(func=cmd_profile)
+
+    tf = sub.add_parser("track-flush", help="import the spooled job records (mlflow/spool) into the MLflow store")
+    tf.set_defaults(func=cmd_track_flush)
 
     t = sub.add_parser("train-tiny", help="retrain the tiny-world models (and --ship them)")
     t.add_argument("--params", default="params.yaml")

@@ -55,7 +55,7 @@ def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
 
 
 def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
-            out_dir: str | Path, *, name: str, seed: int, threads: int | None = None, report_to_mlflow: bool = False,
+            out_dir: str | Path, *, name: str, seed: int, threads: int | None = None,
             resume_root: str | Path = RESUME_ROOT, budget: int | None = None) -> dict:
     """Train one DPO policy for the steps `budget` pairs take (see `labelers.dpo_step_pairs`;
     None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
@@ -135,7 +135,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
         learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
         logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=cfg.seed, max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
-        report_to=["mlflow"] if report_to_mlflow else [], disable_tqdm=True, dataloader_num_workers=0,
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[SelectOnVal()])
     started = time.time()

@@ -5,6 +5,7 @@ import functools
 import hashlib
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -36,17 +37,16 @@ def git_commit() -> str | None:
 
 
 def device_info() -> dict[str, Any]:
+    """The machine; torch's device and threads only for jobs that already loaded torch (importing it
+    just to describe a job that never used it cost a verify or stats job more than its own work)."""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "machine": platform.machine()}
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")
+    if torch is not None:
         info["cuda"] = torch.cuda.is_available()
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
         info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        info["cuda"] = False
     return info
 
 

@@ -1,8 +1,15 @@
 """MLflow: one run per job, nested under one pipeline run per (git commit, params hash, DVC exp).
 
 Files stay the source of truth; MLflow is the browsing index. Weights never go to MLflow.
-The default store is a local SQLite file (mlflow/mlflow.db); several jobs writing it at once can
-hit "database is locked", so every write is retried with backoff.
+
+A job never imports MLflow: it writes what it would log (params, metrics, its curves by step,
+small artifacts, its status) to a spool record under mlflow/spool/, and `flush_spool` imports
+every record into the store in one process: the Snakefile calls it when a run ends (success or
+error), `librarm track-flush` does it by hand. Importing and connecting to MLflow cost each job
+several seconds, more than many jobs' own work. With `tracking.mode: live` a job flushes its own
+record when it ends (a team server that wants each job as soon as it is done).
+The default store is a local SQLite file (mlflow/mlflow.db); concurrent flushes take a file lock,
+and every write is retried with backoff ("database is locked").
 """
 from __future__ import annotations
 
@@ -31,8 +38,9 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    Path(DEFAULT_DB).parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_DB}"
+    db = Path(DEFAULT_DB).resolve()     # absolute: MLflow caches one store per URI string
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
 
 
 def _retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
@@ -54,19 +62,18 @@ def pipeline_identity(params: Mapping[str, Any]) -> dict[str, str | None]:
     return ident
 
 
-def _client_and_experiment(params: Mapping[str, Any]):
+def _client_and_experiment(name: str):
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(tracking_uri())
     client = MlflowClient()
-    name = params.get("tracking", {}).get("experiment", "libra")
     exp = _retry(lambda: client.get_experiment_by_name(name))
     if exp is None:
         art = Path("mlflow/artifacts").resolve().as_uri()
         try:
             exp_id = _retry(lambda: client.create_experiment(name, artifact_location=art))
-        except Exception:  # created concurrently by another job
+        except Exception:  # created concurrently by another process
             exp_id = _retry(lambda: client.get_experiment_by_name(name)).experiment_id
     else:
         exp_id = exp.experiment_id
@@ -77,8 +84,11 @@ def ensure_pipeline_run(params: Mapping[str, Any]) -> str | None:
     """Find or create the pipeline run for this identity (a rerun reuses it). Returns its id."""
     if not enabled(params):
         return None
-    client, exp_id = _client_and_experiment(params)
-    ident = pipeline_identity(params)
+    client, exp_id = _client_and_experiment(params.get("tracking", {}).get("experiment", "libra"))
+    return _pipeline_run(client, exp_id, pipeline_identity(params))
+
+
+def _pipeline_run(client, exp_id: str, ident: Mapping[str, Any]) -> str:
     found = _retry(lambda: client.search_runs([exp_id], f"tags.`{PIPELINE_TAG}` = '{ident['pipeline_id']}' "
                                               "and tags.`librarm.kind` = 'pipeline'",
                                               max_results=1))
@@ -109,76 +119,160 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
+SPOOL_DIR = "mlflow/spool"
+CURVE_KEYS = ("log_history", "loss_curve", "val_curve", "reward_curve")
+ARTIFACT_MAX_BYTES = 5 * 1024 * 1024
+
+
+def curve_points(metrics: Mapping[str, Any]) -> list[tuple[str, float, int]]:
+    """A trainer's per-step history in a stage's result (lists of {step, ...} dicts under
+    CURVE_KEYS) as (metric name, value, step); the trainer's own names ("loss", "val_avg_at_k")."""
+    out: dict[tuple[str, int], float] = {}      # a point listed under two keys is logged once
+    for key in CURVE_KEYS:
+        for row in metrics.get(key) or []:
+            if not isinstance(row, Mapping) or not isinstance(row.get("step"), int):
+                continue
+            for name, v in row.items():
+                if name != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out.setdefault((_NAME_BAD.sub("_", name)[:250], row["step"]), float(v))
+    return [(name, v, step) for (name, step), v in out.items()]
+
+
 class StageRun:
-    def __init__(self, client, run_id: str | None):
-        self.client, self.run_id = client, run_id
+    """What one job logs, kept until the job ends and then written as one spool record."""
+
+    def __init__(self, record: dict | None):
+        self.record = record
+
+    @property
+    def active(self) -> bool:
+        return self.record is not None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        if not self.run_id:
+        if self.record is None:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        flat = [Metric(k[:250], v, now, step or 0) for k, v in flatten(metrics).items()]
-        for i in range(0, len(flat), 500):
-            _retry(lambda chunk=flat[i:i + 500]: self.client.log_batch(self.run_id, metrics=chunk))
+        if step is None:
+            self.record["metrics"].update({k[:250]: v for k, v in flatten(metrics).items()})
+            self.record["steps"] += curve_points(metrics)
+        else:
+            self.record["steps"] += [(k[:250], v, step) for k, v in flatten(metrics).items()]
 
     def log_artifact(self, path: str | Path) -> None:
-        if self.run_id and Path(path).exists() and Path(path).stat().st_size < 5 * 1024 * 1024:
-            _retry(lambda: self.client.log_artifact(self.run_id, str(path)))
+        if self.record is not None and Path(path).is_file() and Path(path).stat().st_size < ARTIFACT_MAX_BYTES:
+            self.record["artifacts"].append(str(path))
 
 
 @contextlib.contextmanager
 def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any],
               wildcards: Mapping[str, str] | None = None) -> Iterator[StageRun]:
-    """One MLflow run for one job, nested under the pipeline run; params are the job's sections."""
+    """One MLflow run for one job, nested under the pipeline run; params are the job's sections.
+    The record is spooled when the job ends, FAILED if it raised (a rerun continues that run)."""
     if not enabled(params):
-        yield StageRun(None, None)
+        yield StageRun(None)
         return
-    from mlflow.entities import Param
+    wildcards = {k: str(v) for k, v in (wildcards or {}).items()}
+    record = {"experiment": params.get("tracking", {}).get("experiment", "libra"),
+              "pipeline": pipeline_identity(params), "stage": stage, "wildcards": wildcards,
+              "params": {k[:250]: str(v)[:6000] for k, v in _flatten_params(sections).items()},
+              "metrics": {}, "steps": [], "artifacts": [], "status": "FAILED", "start_ms": int(time.time() * 1000)}
+    run = StageRun(record)
+    try:
+        yield run
+        record["status"] = "FINISHED"
+    finally:
+        record["end_ms"] = int(time.time() * 1000)
+        spool_record(record)
+        if params.get("tracking", {}).get("mode", "deferred") == "live":
+            flush_spool()
 
-    client, exp_id = _client_and_experiment(params)
-    parent = ensure_pipeline_run(params)
-    ident = pipeline_identity(params)
-    wildcards = dict(wildcards or {})
-    name = stage + "".join(f" {k}={v}" for k, v in sorted(wildcards.items()))
-    tags = {"mlflow.parentRunId": parent, "mlflow.runName": name, "librarm.stage": stage,
+
+def spool_record(record: Mapping[str, Any], spool_dir: str | Path = SPOOL_DIR) -> Path:
+    """Write one job's record (and copies of its artifacts, as they are now) into the spool."""
+    import json
+    import shutil
+
+    spool = Path(spool_dir)
+    stem = f"{record['end_ms']:015d}-{os.getpid()}-{random.randrange(16 ** 6):06x}"
+    art_dir = spool / stem
+    arts = []
+    for i, a in enumerate(record["artifacts"]):
+        dst = art_dir / str(i) / Path(a).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(a, dst)
+        arts.append(str(dst.relative_to(spool)))
+    spool.mkdir(parents=True, exist_ok=True)
+    tmp = spool / f".{stem}.tmp"
+    tmp.write_text(json.dumps({**record, "artifacts": arts}, default=str))
+    return tmp.replace(spool / f"{stem}.json")
+
+
+def flush_spool(spool_dir: str | Path = SPOOL_DIR) -> int:
+    """Import every spooled job record into the MLflow store (one process, one connection), in
+    the order the jobs ended; a record leaves the spool once it is in. Returns how many went in.
+    Cheap when the spool is empty: MLflow is imported only when there is something to log."""
+    import fcntl
+    import json
+    import shutil
+
+    spool = Path(spool_dir)
+    if not spool.is_dir() or not any(spool.glob("*.json")):
+        return 0
+    with open(spool / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = sorted(spool.glob("*.json"))
+        clients: dict[str, tuple] = {}
+        for path in records:
+            rec = json.loads(path.read_text())
+            if rec["experiment"] not in clients:
+                clients[rec["experiment"]] = _client_and_experiment(rec["experiment"])
+            client, exp_id = clients[rec["experiment"]]
+            _import_record(client, exp_id, rec, spool)
+            path.unlink()
+            shutil.rmtree(spool / path.stem, ignore_errors=True)
+    return len(records)
+
+
+def flush_at_end() -> None:
+    """The Snakefile's onsuccess/onerror hook: import the spool; a failure (a server down) keeps
+    the records for `librarm track-flush` and never fails the run."""
+    try:
+        n = flush_spool()
+    except Exception as exc:  # the run's results are in files; tracking must not fail it
+        print(f"MLflow: import failed ({exc}); the records stay in {SPOOL_DIR}: run `librarm track-flush`",
+              file=sys.stderr)
+        return
+    if n:
+        print(f"MLflow: {n} job records imported into {tracking_uri()}", file=sys.stderr)
+
+
+def _import_record(client, exp_id: str, rec: Mapping[str, Any], spool: Path) -> str:
+    from mlflow.entities import Metric, Param
+
+    ident = rec["pipeline"]
+    parent = _pipeline_run(client, exp_id, ident)
+    wildcards = rec["wildcards"]
+    name = rec["stage"] + "".join(f" {k}={v}" for k, v in sorted(wildcards.items()))
+    tags = {"mlflow.parentRunId": parent, "mlflow.runName": name, "librarm.stage": rec["stage"],
             "librarm.kind": "job", PIPELINE_TAG: ident["pipeline_id"], "git_commit": str(ident["git_commit"]),
-            **{f"wildcard.{k}": str(v) for k, v in wildcards.items()}}
-    # A rerun of a job that failed (an interrupted training) continues that job's run, so a
-    # resumed training curve has no gap; a finished job's rerun gets a run of its own.
+            **{f"wildcard.{k}": v for k, v in wildcards.items()}}
+    # A rerun of a job that failed (an interrupted training) continues that job's run; a finished
+    # job's rerun gets a run of its own.
     run_id = _unfinished_run(client, exp_id, tags)
-    if run_id:
-        _retry(lambda: client.update_run(run_id, status="RUNNING"))
-    else:
-        run_id = _retry(lambda: client.create_run(exp_id, tags=tags)).info.run_id
-    flat_params = {}
-    for k, v in _flatten_params(sections).items():
-        flat_params[k[:250]] = str(v)[:6000]
-    plist = [Param(k, v) for k, v in flat_params.items()]
+    if run_id is None:
+        run_id = _retry(lambda: client.create_run(exp_id, start_time=rec["start_ms"], tags=tags)).info.run_id
+    logged = _retry(lambda: client.get_run(run_id)).data.params
+    plist = [Param(k, v) for k, v in rec["params"].items() if logged.get(k) != v]
     for i in range(0, len(plist), 100):
         _retry(lambda chunk=plist[i:i + 100]: client.log_batch(run_id, params=chunk))
-    status = "FAILED"
-    # Trainers with report_to=["mlflow"] log their curves into this run (transformers' MLflow
-    # callback resumes the run named by MLFLOW_RUN_ID in the store named by MLFLOW_TRACKING_URI).
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")}
-    os.environ.update(MLFLOW_RUN_ID=run_id, MLFLOW_TRACKING_URI=tracking_uri())
-    try:
-        yield StageRun(client, run_id)
-        status = "FINISHED"
-    finally:
-        # a trainer's callback left this run active in mlflow's fluent API: end it here with the
-        # job's status (mlflow's exit hook would otherwise mark a failed job FINISHED)
-        fluent = sys.modules.get("mlflow")
-        active = fluent.active_run() if fluent else None
-        if active is not None and active.info.run_id == run_id:
-            fluent.end_run(status=status)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        _retry(lambda: client.set_terminated(run_id, status))
+    end = rec["end_ms"]
+    mlist = [Metric(k, v, end, 0) for k, v in rec["metrics"].items()]
+    mlist += [Metric(k, v, end, step) for k, v, step in rec["steps"]]
+    for i in range(0, len(mlist), 500):
+        _retry(lambda chunk=mlist[i:i + 500]: client.log_batch(run_id, metrics=chunk))
+    for a in rec["artifacts"]:
+        _retry(lambda a=a: client.log_artifact(run_id, str(spool / a)))
+    _retry(lambda: client.set_terminated(run_id, rec["status"], end_time=end))
+    return run_id
 
 
 def _unfinished_run(client, exp_id: str, tags: Mapping[str, str]) -> str | None:

@@ -264,7 +264,7 @@ def verdict_only(completion: str) -> str:
 
 
 def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: TrainConfig, *,
-            name: str, verdict_only_targets: bool = False, report_to_mlflow: bool = False,
+            name: str, verdict_only_targets: bool = False,
             resume_root: str | Path = RESUME_ROOT, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
     completion the raw trajectory (TRL appends EOS), so no chat template can strip the thinking.
@@ -287,7 +287,7 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.max_steps // 20),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
-        report_to=["mlflow"] if report_to_mlflow else [], disable_tqdm=True, dataloader_num_workers=0,
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
     started = time.time()
@@ -316,7 +316,7 @@ def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str,
 
 
 def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
-             name: str, rewards: Mapping[str, float], report_to_mlflow: bool = False,
+             name: str, rewards: Mapping[str, float],
              resume_root: str | Path = RESUME_ROOT, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
     right or always wrong give no gradient: they are filtered by pass rate first."""
@@ -356,7 +356,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
         learning_rate=rl["learning_rate"], beta=rl.get("beta", 0.0), temperature=rl.get("temperature", 1.0),
         seed=rl.get("seed", 0),
         reward_weights=weights, logging_steps=1, save_steps=rl.get("save_steps", 25), save_total_limit=1,
-        use_cpu=not torch.cuda.is_available(), report_to=["mlflow"] if report_to_mlflow else [],
+        use_cpu=not torch.cuda.is_available(), report_to=[],
         disable_tqdm=True, shuffle_dataset=True, lr_scheduler_type="constant",
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
@@ -429,7 +429,7 @@ def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int
 
 
 def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
-                  name: str = "judge_scalar", report_to_mlflow: bool = False, resume_root: str | Path = RESUME_ROOT,
+                  name: str = "judge_scalar", resume_root: str | Path = RESUME_ROOT,
                   threads: int | None = None) -> dict:
     """TRL RewardTrainer (Bradley-Terry on correct-vs-incorrect pairs of the same problem) from the
     base judge's weights with a fresh 1-logit head: the paper's non-thinking baseline family.
@@ -459,7 +459,7 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
     args = RewardConfig(output_dir=str(resume_dir), max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"],
                         learning_rate=cfg["learning_rate"], logging_steps=5, save_steps=50, save_total_limit=1,
                         seed=cfg.get("seed", 0), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-                        report_to=["mlflow"] if report_to_mlflow else [], max_length=512)
+                        report_to=[], max_length=512)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
@@ -470,7 +470,7 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
 
 # ----------------------------------------------------------------------------- stage entry points
 def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Mapping[str, str], out_dir: str | Path,
-                log_path: str | Path, threads: int | None = None, report_to_mlflow: bool = False) -> dict:
+                log_path: str | Path, threads: int | None = None) -> dict:
     """One training job of the `train` phase: kind in sft | nothink | rl | scalar. Writes the final
     model to out_dir (a DVC output) and a log JSON (curves, tokens/s) to log_path."""
     from .config import model_ref
@@ -482,19 +482,19 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
                           seed=c.get("seed", 0), save_steps=c.get("save_steps", 50), max_length=c.get("max_length", 512))
         init = model_ref(params, params["sft"].get("init", "judge_base"))["path"]
         out = run_sft(data["sft"], init, out_dir, cfg, name=model_name, verdict_only_targets=kind == "nothink",
-                      report_to_mlflow=report_to_mlflow, threads=threads,
+                      threads=threads,
                       callbacks=[make_val_callback(val[: c.get("val_items", 60)], params, c.get("val_every", 50), model_name)])
     elif kind == "rl":
         variant = params["rl"]["variants"][model_name]
         rewards = variant.get("rewards", params["rl"]["rewards"])
         init = model_ref(params, variant["init"])["path"]
         out = run_grpo(params, data["train"], init, out_dir, name=model_name, rewards=rewards,
-                       report_to_mlflow=report_to_mlflow, threads=threads,
+                       threads=threads,
                        callbacks=[make_val_callback(val[: params["rl"].get("val_items", 60)], params,
                                                     params["rl"].get("val_every", 20), model_name)])
     elif kind == "scalar":
         init = model_ref(params, params["scalar_rm"]["init"])["path"]
-        out = run_scalar_rm(params, data["train"], init, out_dir, name=model_name, report_to_mlflow=report_to_mlflow,
+        out = run_scalar_rm(params, data["train"], init, out_dir, name=model_name,
                             threads=threads)
     else:
         raise ValueError(f"unknown training kind {kind!r}")

@@ -114,3 +114,24 @@ def test_repro_diff_ignores_listed_keys_and_paths_only(tmp_path):
     (b / "results" / "extra.bin").write_bytes(b"x")
     assert any("extra.bin" in d and "only in" in d for d in compare_runs(a, b).differences)
     assert json.loads(json.dumps(compare_runs(a, b).excluded))      # the exclusions are reported
+
+
+def test_gradient_checkpointing_changes_no_weight(tmp_path, monkeypatch):
+    """device_args turns TRL's default gradient checkpointing off on the CPU for speed: the
+    recomputed forward is the same arithmetic, so the trained weights are the same bytes."""
+    from tiny_fixtures import make_random_lm
+
+    from librarm import train
+    from librarm.train import TrainConfig, run_sft
+
+    model_dir = make_random_lm(tmp_path / "init", hidden=16)
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"<|user|>q{i}<|assistant|>", "completion": f"<think>{i}+{i}</think>ok",
+                                          "kind": "judging"} for i in range(12)])
+    cfg = TrainConfig(max_steps=4, learning_rate=1e-3, batch_size=4, save_steps=10, logging_steps=1)
+    hashes = {}
+    for on in (True, False):
+        monkeypatch.setattr(train, "device_args", lambda on=on: {"bf16": False, "gradient_checkpointing": on})
+        run_sft(tmp_path / "sft.jsonl", str(model_dir), tmp_path / f"out-{on}", cfg, name=f"sft-{on}",
+                resume_root=tmp_path / "resume", threads=1)
+        hashes[on] = _weights(tmp_path / f"out-{on}")
+    assert hashes[True] == hashes[False]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .io import read_json, read_jsonl, write_json
-from .train import RESUME_ROOT, latest_checkpoint, resume_dir_for, seed_everything
+from .train import RESUME_ROOT, device_args, latest_checkpoint, resume_dir_for, seed_everything
 
 
 @dataclass
@@ -131,6 +131,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
             self.validate(state, model, processing_class)
 
     args = DPOConfig(
+        **device_args(),
         output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
         logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=cfg.seed, max_length=cfg.max_length,

@@ -235,6 +235,18 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     set_seed(seed)
 
 
+def device_args() -> dict:
+    """Trainer arguments TRL sets for GPUs by default, kept there and turned off on the CPU:
+    bf16 autocast (a CPU without bf16 units emulates it: every matmul ran several times slower,
+    and the weights came out of mixed precision rather than fp32) and gradient checkpointing
+    (recomputing the forward pass cost a quarter of each step, for memory the CPU does not lack;
+    it changes no gradient: tests/test_determinism.py)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"bf16": cuda and torch.cuda.is_bf16_supported(), "gradient_checkpointing": cuda}
+
+
 def latest_checkpoint(resume_dir: Path) -> str | None:
     ckpts = sorted(resume_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return str(ckpts[-1]) if ckpts else None
@@ -283,6 +295,7 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
     resume_dir = resume_dir_for(resume_root, name, init_model, data_path, asdict(cfg), verdict_only_targets)
     args = SFTConfig(
+        **device_args(),
         output_dir=str(resume_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.max_steps // 20),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
@@ -351,6 +364,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(rl), dict(rewards),
                                 params["judge"]["prompt_template"])
     args = GRPOConfig(
+        **device_args(),
         output_dir=str(resume_dir), max_steps=rl["steps"], per_device_train_batch_size=rl["batch_size"],
         num_generations=rl["num_generations"], max_completion_length=rl["max_completion_length"],
         learning_rate=rl["learning_rate"], beta=rl.get("beta", 0.0), temperature=rl.get("temperature", 1.0),
@@ -456,7 +470,7 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
     ds = Dataset.from_list([{"chosen": chat(p["question"], p["chosen"]), "rejected": chat(p["question"], p["rejected"])}
                             for p in pairs])
     resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(cfg))
-    args = RewardConfig(output_dir=str(resume_dir), max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"],
+    args = RewardConfig(**device_args(), output_dir=str(resume_dir), max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"],
                         learning_rate=cfg["learning_rate"], logging_steps=5, save_steps=50, save_total_limit=1,
                         seed=cfg.get("seed", 0), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
                         report_to=[], max_length=512)

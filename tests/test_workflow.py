@@ -392,7 +392,8 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
                                                               "__pycache__", ".git", "tiny_models"))
     os.symlink(REPO.parent / "shared", root.parent / "shared")
     env = {**ENV, "PYTHONPATH": str(root / "workflow")}
-    run("snakemake --cores 2 --configfile workflow/presets/smoke-real.yaml results/eval/base/metrics.json", root,
+    # the target goes first: --configfile takes every word after it
+    run("snakemake results/eval/base/metrics.json --cores 2 --configfile workflow/presets/smoke-real.yaml", root,
         env=env, timeout=1200)
     r = root / "results"
     assert (r / "bootstrap" / "models" / "smollm2" / "config.json").exists()

@@ -400,9 +400,12 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     bench = read_jsonl(r / "bench" / "libra_bench.jsonl").records
     assert bench and {b["label"] for b in bench} == {0, 1}
     assert {b["subset"] for b in bench} == {"math500_l5", "aime24", "aime25"}
-    vstats = json.loads((r / "verify" / "stats.json").read_text())
+    # the eval subsets' verify files (verify/stats.json also needs the judge pool, not built here);
     # math-verify mis-grades a few real answers both ways (see tests/fixtures/answer_forms.jsonl)
-    assert vstats["generator_accuracy"]["reference"] >= 0.8
-    assert vstats["generator_accuracy"]["reference_wrong"] <= 0.2
+    accuracy = {g: [rec["label"] for f in sorted((r / "verify" / g).glob("*.jsonl")) for rec in read_jsonl(f).records]
+                for g in ("reference", "reference_wrong")}
+    assert all(accuracy.values())
+    assert sum(accuracy["reference"]) / len(accuracy["reference"]) >= 0.8
+    assert sum(accuracy["reference_wrong"]) / len(accuracy["reference_wrong"]) <= 0.2
     m = json.loads((r / "eval" / "base" / "metrics.json").read_text())
     assert m["n_items"] == len(bench) and "libra_score" in m

@@ -5,8 +5,8 @@
 # and JSON keys that measure time (seconds, tokens_per_s, step_time, train_runtime, *_per_second).
 # Any other difference fails (exit 1).
 set -euo pipefail
-if [ "$#" -ne 2 ]; then echo "usage: $0 RUN_A RUN_B" >&2; exit 2; fi
+if [ "$#" -lt 2 ]; then echo "usage: $0 [--across-commits] RUN_A RUN_B" >&2; exit 2; fi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$py" ] || py=python3
-PYTHONPATH="$here/workflow${PYTHONPATH:+:$PYTHONPATH}" exec "$py" -m librarm.repro "$1" "$2"
+PYTHONPATH="$here/workflow${PYTHONPATH:+:$PYTHONPATH}" exec "$py" -m librarm.repro "$@"

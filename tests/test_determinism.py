@@ -135,3 +135,21 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path, monkeypatch):
                 resume_root=tmp_path / "resume", threads=1)
         hashes[on] = _weights(tmp_path / f"out-{on}")
     assert hashes[True] == hashes[False]
+
+
+def test_repro_markdown_timing_columns_and_commits(tmp_path):
+    """A report table's seconds and tokens/s columns differ between identical runs; any other cell
+    does not. A run's recorded commit differs only with --across-commits."""
+    from librarm.repro import compare_runs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root, secs, commit in ((a, "23.2", "c1"), (b, "34.6", "c2")):
+        (root / "results").mkdir(parents=True)
+        (root / "results" / "t.md").write_text(f"# r\n\n| model | steps | seconds | tokens/s | acc |\n|---|---|---|---|---|\n"
+                                               f"| m | 150 | {secs} | 2308 | 44.1 |\n\ntext\n")
+        write_json(root / "results" / "x.meta.json", {"provenance": {"git_commit": commit, "data": {"f": "h"}}})
+    diffs = compare_runs(a, b).differences
+    assert len(diffs) == 1 and "git_commit" in diffs[0]
+    assert compare_runs(a, b, across_commits=True).differences == []
+    (b / "results" / "t.md").write_text((b / "results" / "t.md").read_text().replace("44.1", "44.2"))
+    assert [d for d in compare_runs(a, b, across_commits=True).differences if "t.md" in d]

@@ -14,6 +14,11 @@ from typing import Any, Sequence
 # Keys whose values are wall-clock measurements, never results.
 TIMING_KEYS = ("seconds", "tokens_per_s", "step_time", "train_runtime", "total_flos")
 TIMING_SUFFIXES = ("_per_second",)
+# Columns of Markdown tables (eval/table.md, report/summary.md) that print those measurements.
+TIMING_COLUMNS = ("seconds", "tokens/s")
+# With --across-commits (runs of two commits, e.g. a refactor checked to change no result), the
+# commit each output records in its provenance is expected to differ and is dropped too.
+COMMIT_KEY = "git_commit"
 # Paths (relative to the run folder) that are not results: logs and per-rule benchmark timings,
 # the resumable working state of training jobs (checkpoints carry step times and RNG snapshots),
 # and the MLflow store (run ids and timestamps; files stay the source of truth).
@@ -24,19 +29,34 @@ def is_timing_key(key: str) -> bool:
     return key in TIMING_KEYS or key.endswith(TIMING_SUFFIXES)
 
 
-def strip_timing(obj: Any) -> Any:
+def strip_timing(obj: Any, drop: Sequence[str] = ()) -> Any:
     if isinstance(obj, dict):
-        return {k: strip_timing(v) for k, v in obj.items() if not is_timing_key(k)}
+        return {k: strip_timing(v, drop) for k, v in obj.items() if not is_timing_key(k) and k not in drop}
     if isinstance(obj, list):
-        return [strip_timing(v) for v in obj]
+        return [strip_timing(v, drop) for v in obj]
     return obj
 
 
-def _load_structured(path: Path) -> Any:
+def _load_structured(path: Path, drop: Sequence[str] = ()) -> Any:
     text = path.read_text()
     if path.suffix == ".jsonl":
-        return [strip_timing(json.loads(line)) for line in text.splitlines() if line.strip()]
-    return strip_timing(json.loads(text))
+        return [strip_timing(json.loads(line), drop) for line in text.splitlines() if line.strip()]
+    return strip_timing(json.loads(text), drop)
+
+
+def strip_timing_columns(markdown: str) -> str:
+    """The Markdown text with the cells of TIMING_COLUMNS emptied in every table."""
+    out, blank = [], set()
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            blank = set()
+            out.append(line)
+            continue
+        cells = line.split("|")
+        if not blank and not set(line) <= set("|-: "):
+            blank = {i for i, c in enumerate(cells) if c.strip().lower() in TIMING_COLUMNS} or {-1}
+        out.append("|".join("" if i in blank else c for i, c in enumerate(cells)))
+    return "\n".join(out)
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
@@ -71,11 +91,15 @@ def _files(root: Path, sub: str) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in sorted(base.rglob("*")) if p.is_file()} if base.exists() else {}
 
 
-def compare_runs(a: str | Path, b: str | Path, sub: str = "results") -> RunComparison:
+def compare_runs(a: str | Path, b: str | Path, sub: str = "results", across_commits: bool = False) -> RunComparison:
     """Compare the `sub` folders of two run roots (checkouts)."""
     a, b = Path(a), Path(b)
     fa, fb = _files(a, sub), _files(b, sub)
     out = RunComparison()
+    drop = (COMMIT_KEY,) if across_commits else ()
+    out.excluded["markdown_columns"] = list(TIMING_COLUMNS)
+    if across_commits:
+        out.excluded["json_keys"] = out.excluded["json_keys"] + [COMMIT_KEY]
     for rel in sorted(set(fa) | set(fb)):
         if any(fnmatch.fnmatch(rel, pat) for pat in EXCLUDED_PATHS):
             out.files_excluded += 1
@@ -89,12 +113,14 @@ def compare_runs(a: str | Path, b: str | Path, sub: str = "results") -> RunCompa
             continue
         if pa.suffix in (".json", ".jsonl"):
             try:
-                da, db = _load_structured(pa), _load_structured(pb)
+                da, db = _load_structured(pa, drop), _load_structured(pb, drop)
             except (ValueError, UnicodeDecodeError) as exc:
                 out.differences.append(f"{rel}: differs and does not parse ({exc})")
                 continue
             if da != db:
                 out.differences.append(f"{rel}: {_first_difference(da, db)}")
+            continue
+        if pa.suffix == ".md" and strip_timing_columns(pa.read_text()) == strip_timing_columns(pb.read_text()):
             continue
         out.differences.append(f"{rel}: bytes differ")
     return out
@@ -106,10 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              "outside the listed exclusions.")
     ap.add_argument("run_a")
     ap.add_argument("run_b")
+    ap.add_argument("--across-commits", action="store_true",
+                    help=f"the runs are of two commits: also drop the `{COMMIT_KEY}` their provenance records")
     a = ap.parse_args(argv)
-    res = compare_runs(a.run_a, a.run_b)
+    res = compare_runs(a.run_a, a.run_b, across_commits=a.across_commits)
     print("excluded paths:     " + ", ".join(res.excluded["paths"]))
     print("excluded JSON keys: " + ", ".join(res.excluded["json_keys"]) + ", *" + ", *".join(TIMING_SUFFIXES))
+    print("excluded Markdown table columns: " + ", ".join(res.excluded["markdown_columns"]))
     print(f"compared {res.files_compared} files ({res.files_excluded} excluded)")
     for d in res.differences:
         print("DIFF " + d)

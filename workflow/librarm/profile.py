@@ -93,8 +93,9 @@ def critical_path(jobs: Sequence[Job]) -> list[Job]:
 
 
 def read_benchmarks(root: str | Path) -> dict[str, dict[str, float]]:
-    """rule -> {jobs, s (wall), cpu_time, max_rss (MB, the largest)} from the benchmark TSVs."""
-    out: dict[str, dict[str, float]] = defaultdict(lambda: {"jobs": 0, "s": 0.0, "cpu_time": 0.0, "max_rss": 0.0})
+    """rule -> {jobs, s (wall), max_rss (MB, the largest)} from the benchmark TSVs (their sampled
+    cpu_time is left out: see profile_report)."""
+    out: dict[str, dict[str, float]] = defaultdict(lambda: {"jobs": 0, "s": 0.0, "max_rss": 0.0})
     for tsv in sorted(Path(root).glob("*/**/*.tsv")):
         rule = tsv.relative_to(root).parts[0]
         with tsv.open() as fh:
@@ -102,7 +103,6 @@ def read_benchmarks(root: str | Path) -> dict[str, dict[str, float]]:
                 d = out[rule]
                 d["jobs"] += 1
                 d["s"] += float(row.get("s") or 0)
-                d["cpu_time"] += float(row.get("cpu_time") or 0) if row.get("cpu_time") not in ("NA", None) else 0
                 rss = row.get("max_rss")
                 if rss not in (None, "", "NA", "-"):
                     d["max_rss"] = max(d["max_rss"], float(rss))

@@ -45,17 +45,19 @@ def _load_structured(path: Path, drop: Sequence[str] = ()) -> Any:
 
 
 def strip_timing_columns(markdown: str) -> str:
-    """The Markdown text with the cells of TIMING_COLUMNS emptied in every table."""
-    out, blank = [], set()
+    """The Markdown text with the cells of TIMING_COLUMNS emptied in every table (a table's first
+    row is its header; the columns are found there)."""
+    out: list[str] = []
+    timing: set[int] | None = None          # column indexes of the current table; None: no table yet
     for line in markdown.splitlines():
         if not line.startswith("|"):
-            blank = set()
+            timing = None
             out.append(line)
             continue
         cells = line.split("|")
-        if not blank and not set(line) <= set("|-: "):
-            blank = {i for i, c in enumerate(cells) if c.strip().lower() in TIMING_COLUMNS} or {-1}
-        out.append("|".join("" if i in blank else c for i, c in enumerate(cells)))
+        if timing is None:
+            timing = {i for i, c in enumerate(cells) if c.strip().lower() in TIMING_COLUMNS}
+        out.append("|".join("" if i in timing else c for i, c in enumerate(cells)))
     return "\n".join(out)
 
 
@@ -83,7 +85,8 @@ class RunComparison:
     files_excluded: int = 0
     differences: list[str] = field(default_factory=list)
     excluded: dict = field(default_factory=lambda: {"paths": list(EXCLUDED_PATHS), "json_keys": list(TIMING_KEYS),
-                                                    "json_key_suffixes": list(TIMING_SUFFIXES)})
+                                                    "json_key_suffixes": list(TIMING_SUFFIXES),
+                                                    "markdown_columns": list(TIMING_COLUMNS)})
 
 
 def _files(root: Path, sub: str) -> dict[str, Path]:
@@ -97,7 +100,6 @@ def compare_runs(a: str | Path, b: str | Path, sub: str = "results", across_comm
     fa, fb = _files(a, sub), _files(b, sub)
     out = RunComparison()
     drop = (COMMIT_KEY,) if across_commits else ()
-    out.excluded["markdown_columns"] = list(TIMING_COLUMNS)
     if across_commits:
         out.excluded["json_keys"] = out.excluded["json_keys"] + [COMMIT_KEY]
     for rel in sorted(set(fa) | set(fb)):

@@ -221,12 +221,16 @@ def flush_spool(spool_dir: str | Path = SPOOL_DIR) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
         records = sorted(spool.glob("*.json"))
         clients: dict[str, tuple] = {}
+        parents: dict[tuple[str, str], str] = {}    # (experiment, pipeline id) -> pipeline run, looked up once
         for path in records:
             rec = json.loads(path.read_text())
             if rec["experiment"] not in clients:
                 clients[rec["experiment"]] = _client_and_experiment(rec["experiment"])
             client, exp_id = clients[rec["experiment"]]
-            _import_record(client, exp_id, rec, spool)
+            key = (rec["experiment"], rec["pipeline"]["pipeline_id"])
+            if key not in parents:
+                parents[key] = _pipeline_run(client, exp_id, rec["pipeline"])
+            _import_record(client, exp_id, rec, spool, parents[key])
             path.unlink()
             shutil.rmtree(spool / path.stem, ignore_errors=True)
     return len(records)
@@ -245,11 +249,10 @@ def flush_at_end() -> None:
         print(f"MLflow: {n} job records imported into {tracking_uri()}", file=sys.stderr)
 
 
-def _import_record(client, exp_id: str, rec: Mapping[str, Any], spool: Path) -> str:
+def _import_record(client, exp_id: str, rec: Mapping[str, Any], spool: Path, parent: str) -> str:
     from mlflow.entities import Metric, Param
 
     ident = rec["pipeline"]
-    parent = _pipeline_run(client, exp_id, ident)
     wildcards = rec["wildcards"]
     name = rec["stage"] + "".join(f" {k}={v}" for k, v in sorted(wildcards.items()))
     tags = {"mlflow.parentRunId": parent, "mlflow.runName": name, "librarm.stage": rec["stage"],
@@ -258,9 +261,12 @@ def _import_record(client, exp_id: str, rec: Mapping[str, Any], spool: Path) -> 
     # A rerun of a job that failed (an interrupted training) continues that job's run; a finished
     # job's rerun gets a run of its own.
     run_id = _unfinished_run(client, exp_id, tags)
+    logged: Mapping[str, str] = {}
     if run_id is None:
         run_id = _retry(lambda: client.create_run(exp_id, start_time=rec["start_ms"], tags=tags)).info.run_id
-    logged = _retry(lambda: client.get_run(run_id)).data.params
+    else:
+        # a continued run keeps the params it has; MLflow refuses to log one again with a new value
+        logged = _retry(lambda: client.get_run(run_id)).data.params
     plist = [Param(k, v) for k, v in rec["params"].items() if logged.get(k) != v]
     for i in range(0, len(plist), 100):
         _retry(lambda chunk=plist[i:i + 100]: client.log_batch(run_id, params=chunk))

@@ -48,3 +48,18 @@ def test_profile_from_a_snakemake_log(tmp_path):
     # wall 100 s on 2 cores = 200 core-s; busy 10 + 60 + 10 + 30*2 = 140 -> idle 30%
     assert "wall 1.7 min on 2 cores; cores idle 30%" in text
     assert "critical path: 1.7 min" in text and "| sample | 1 | 60 |" in text
+
+
+def test_latest_log_skips_logs_without_a_finished_job(tmp_path):
+    import pytest
+
+    from librarm.profile import latest_log
+
+    logs = tmp_path / ".snakemake" / "log"
+    logs.mkdir(parents=True)
+    (logs / "2026-11-26T150000.000000.snakemake.log").write_text(LOG)
+    (logs / "2026-11-26T160000.000000.snakemake.log").write_text("Building DAG of jobs...\nNothing to be done.\n")
+    assert latest_log(tmp_path).name.startswith("2026-11-26T150000")
+    (logs / "2026-11-26T150000.000000.snakemake.log").write_text("Building DAG of jobs...\n")
+    with pytest.raises(FileNotFoundError, match="none with a finished job"):
+        latest_log(tmp_path)

@@ -85,3 +85,42 @@ def test_resume_after_kill_matches_clean_run(rand_model, problems_file, tmp_path
                        progress=False)
     assert clean["generated_now"] == 48
     assert out.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("budget", [None, 261 * 3 * 2])      # all steps in one draw; two steps per draw
+def test_batched_noise_draws_the_tokens_of_per_row_multinomial(monkeypatch, budget):
+    import torch
+
+    from librarm.sampling import _ExponentialNoise
+
+    if budget:
+        monkeypatch.setattr(_ExponentialNoise, "BUDGET", budget)
+    probs = torch.softmax(torch.randn(7, 3, 261, generator=torch.Generator().manual_seed(1)) * 3, -1)
+    seeds = [11, 12, 13]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    want = [[int(torch.multinomial(probs[t, r], 1, generator=gens[r])) for r in range(3)] for t in range(7)]
+    noise = _ExponentialNoise([torch.Generator().manual_seed(s) for s in seeds], 261, 7)
+    assert noise.chunk == (7 if budget is None else 2)
+    got = [noise.sample(probs[t]) for t in range(7)]
+    assert got == want
+    # rows that leave the batch take their noise with them; the others keep their own stream
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    noise = _ExponentialNoise([torch.Generator().manual_seed(s) for s in seeds], 261, 7)
+    for t in range(3):
+        assert noise.sample(probs[t]) == [int(torch.multinomial(probs[t, r], 1, generator=gens[r])) for r in range(3)]
+    noise.keep(torch.tensor([0, 2]))
+    for t in range(3, 7):
+        assert noise.sample(probs[t, [0, 2]]) == [int(torch.multinomial(probs[t, r], 1, generator=gens[r]))
+                                                  for r in (0, 2)]
+
+
+def test_batch_with_finished_rows_dropped_matches_one_row_at_a_time(rand_model):
+    """Rows leave the batch as they finish; every row still gets the tokens it gets alone."""
+    reqs = [SampleRequest([{"role": "user", "content": f"Compute {i}*{i}+{i}."}], seed=7 + i) for i in range(8)]
+    cfg = SamplingConfig(max_new_tokens=24, batch_size=8, temperature=1.5)
+    sampler = HFSampler(str(rand_model), cfg)
+    sampler.stop_ids |= set(range(0, 256, 16))     # a random model rarely says EOS: make rows stop early
+    together = sampler.generate(reqs)
+    alone = [sampler.generate([r])[0] for r in reqs]
+    assert [(r.text, r.finish_reason) for r in together] == [(r.text, r.finish_reason) for r in alone]
+    assert len({r.completion_tokens for r in together}) > 1, "no row finished early: the test checks nothing"

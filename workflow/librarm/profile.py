@@ -160,7 +160,12 @@ def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | No
 
 
 def latest_log(root: str | Path = ".") -> Path:
+    """The newest Snakemake log that ran a job: a dry run or a run with nothing to do (e.g. the one
+    `dvc repro` leaves) writes a log too, and profiling that one would only fail."""
     logs = sorted((Path(root) / ".snakemake" / "log").glob("*.snakemake.log"))
     if not logs:
         raise FileNotFoundError(f"{root}/.snakemake/log: no Snakemake log (run snakemake first)")
-    return logs[-1]
+    for log in reversed(logs):
+        if parse_snakemake_log(log):
+            return log
+    raise FileNotFoundError(f"{root}/.snakemake/log: {len(logs)} Snakemake logs, none with a finished job")

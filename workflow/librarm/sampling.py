@@ -58,6 +58,7 @@ class SampleResult:
     prompt_tokens: int
     completion_tokens: int
     reasoning: str | None = None  # separate reasoning field (HTTP APIs)
+    token_ids: list[int] | None = None   # hf: the completion's tokens, the stop token included
 
 
 class Sampler(Protocol):
@@ -89,6 +90,8 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> str:
 class HFSampler:
     """Batched sampling with a KV cache and one torch.Generator per row (per-sample seeds)."""
 
+    COMPACT_AT = 0.75       # finished rows leave the batch once the live share falls to this
+
     def __init__(self, path: str, cfg: SamplingConfig, revision: str | None = None, threads: int | None = None,
                  model=None, tokenizer=None):
         self.name = f"hf:{path}"
@@ -108,11 +111,14 @@ class HFSampler:
         return [self.tok(render_chat(self.tok, r.messages), add_special_tokens=False)["input_ids"] for r in requests]
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+        return self.generate_ids(self.encode_prompts(requests), [r.seed for r in requests])
+
+    def generate_ids(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[SampleResult]:
+        """Sample from prompts already tokenized (e.g. a trainer's rollouts), one seed each."""
         out: list[SampleResult] = []
-        ids = self.encode_prompts(requests)
         bs = self.cfg.batch_size
-        for start in range(0, len(requests), bs):
-            out.extend(self._generate_batch(ids[start:start + bs], [r.seed for r in requests[start:start + bs]]))
+        for start in range(0, len(prompt_ids), bs):
+            out.extend(self._generate_batch(prompt_ids[start:start + bs], seeds[start:start + bs]))
         return out
 
     def _generate_batch(self, prompt_ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[SampleResult]:
@@ -131,10 +137,13 @@ class HFSampler:
         position = (mask.cumsum(-1) - 1).clamp(min=0)
         reason = ["length"] * n
         generated: list[list[int]] = [[] for _ in range(n)]
-        # Rows still generating; a finished row leaves the batch (its cache rows too), so a batch
-        # costs what its live rows cost. Each row's numbers do not depend on its batch neighbours
-        # (checked: batch sizes 128 and 512 give the same bytes), so dropping rows changes no token.
-        live = list(range(n))
+        stop_token: list[list[int]] = [[] for _ in range(n)]
+        # `rows`: the original row of each batch row. Finished rows leave the batch (their cache rows
+        # too) once a quarter of the batch has finished, so a batch costs about what its live rows
+        # cost without copying the cache at every stop. Each row's numbers do not depend on its
+        # batch neighbours (tests/test_sampling_stage.py), so dropping rows changes no token.
+        rows = list(range(n))
+        alive = [True] * n
         with torch.inference_mode():
             res = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True)
             past = res.past_key_values
@@ -143,31 +152,32 @@ class HFSampler:
             noise = _ExponentialNoise(gens, logits.shape[-1], cfg.max_new_tokens)
             for _ in range(cfg.max_new_tokens):
                 tokens = self._pick(logits, noise)
-                keep = []
-                for j, r in enumerate(live):
-                    t = tokens[j]
-                    if t in self.stop_ids:
-                        reason[r] = "stop"
+                for j, r in enumerate(rows):
+                    if not alive[j]:
+                        tokens[j] = pad
+                    elif tokens[j] in self.stop_ids:
+                        reason[r], stop_token[r], alive[j], tokens[j] = "stop", [tokens[j]], False, pad
                     else:
-                        generated[r].append(t)
-                        keep.append(j)
-                if not keep:
+                        generated[r].append(tokens[j])
+                n_alive = sum(alive)
+                if not n_alive:
                     break
-                if len(keep) < len(live):
+                if n_alive <= self.COMPACT_AT * len(rows):
+                    keep = [j for j in range(len(rows)) if alive[j]]
                     index = torch.tensor(keep, dtype=torch.long)
                     past.batch_select_indices(index)
                     noise.keep(index)
                     mask, next_pos = mask[index], next_pos[index]
-                    live = [live[j] for j in keep]
-                    tokens = [tokens[j] for j in keep]
+                    rows, tokens, alive = [rows[j] for j in keep], [tokens[j] for j in keep], [True] * len(keep)
                 step = torch.tensor([[t] for t in tokens], dtype=torch.long)
-                mask = torch.cat([mask, torch.ones((len(live), 1), dtype=torch.long)], dim=1)
+                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
                 res = self.model(input_ids=step, attention_mask=mask, position_ids=next_pos,
                                  cache=past, use_cache=True)
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float()
                 next_pos = next_pos + 1
-        return [SampleResult(self.tok.decode(g, skip_special_tokens=True), reason[i], len(prompt_ids[i]), len(g))
+        return [SampleResult(self.tok.decode(g, skip_special_tokens=True), reason[i], len(prompt_ids[i]), len(g),
+                             token_ids=g + stop_token[i])
                 for i, g in enumerate(generated)]
 
     def _pick(self, logits, noise: "_ExponentialNoise") -> list[int]:
@@ -200,13 +210,13 @@ class _ExponentialNoise:
     def __init__(self, gens, vocab: int, max_steps: int):
         self.gens, self.vocab = list(gens), vocab
         self.chunk = max(1, min(max_steps, self.BUDGET // max(1, vocab * len(self.gens))))
-        self.buf, self.step = None, 0
+        self.buf, self.rows, self.step = None, None, 0
 
     def keep(self, index) -> None:
-        """Keep only these rows (finished rows leave the batch)."""
+        """Keep only these batch rows (finished rows leave the batch)."""
         self.gens = [self.gens[int(i)] for i in index]
-        if self.buf is not None:
-            self.buf = self.buf[index]
+        if self.rows is not None:
+            self.rows = self.rows[index]
 
     def sample(self, probs) -> list[int]:
         import torch
@@ -214,8 +224,8 @@ class _ExponentialNoise:
         if self.buf is None or self.step == self.chunk:
             self.buf = torch.stack([torch.empty(self.chunk, self.vocab).exponential_(generator=g)
                                     for g in self.gens])
-            self.step = 0
-        q = self.buf[:, self.step, :]
+            self.rows, self.step = torch.arange(len(self.gens)), 0
+        q = self.buf[self.rows, self.step]
         self.step += 1
         return (probs / q).argmax(-1).tolist()
 

@@ -328,6 +328,31 @@ def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str,
     return out
 
 
+def sampler_rollout(sampler, seed: int):
+    """GRPO completions from the pipeline's own sampler instead of `model.generate`: the same
+    decoding loop as every other stage, and each completion seeded by (step, position in the
+    step's batch), so a resumed run draws what an uninterrupted one draws."""
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")    # rollout_func is experimental in TRL
+
+    def rollout(prompts, trainer) -> dict:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        model.eval()
+        try:
+            # Tokenized exactly as TRL tokenizes plain-text prompts for its own generation.
+            prompt_ids = trainer.processing_class(text=list(prompts))["input_ids"]
+            step = trainer.state.global_step
+            sampler.model = model
+            res = sampler.generate_ids(prompt_ids, [stable_seed(seed, step, i) for i in range(len(prompt_ids))])
+        finally:
+            model.train(was_training)
+        return {"prompt_ids": prompt_ids, "completion_ids": [r.token_ids for r in res], "logprobs": None}
+
+    return rollout
+
+
 def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
              name: str, rewards: Mapping[str, float],
              resume_root: str | Path = RESUME_ROOT, threads: int | None = None, callbacks: Sequence = ()) -> dict:
@@ -374,7 +399,8 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
         disable_tqdm=True, shuffle_dataset=True, lr_scheduler_type="constant",
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tok, callbacks=list(callbacks))
+                          processing_class=tok, callbacks=list(callbacks),
+                          rollout_func=sampler_rollout(sampler, stable_seed(params["seed"], "grpo", name)))
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     hist = trainer.state.log_history

@@ -8,8 +8,7 @@ from librarm.seeds import experiment_records, run_seed_summary, seed_groups, see
 
 def _rev(name, seed, lr, score, gain):
     params = {"seed": 1, "sft": {"seed": seed, "learning_rate": lr}, "rl": {"seed": seed}, "dpo": {"seeds": [seed]}}
-    metrics = {"results/eval/summary.json": {"data": {"judges": {"rl": {"libra_score": score}}}},
-               "results/downstream/summary.json": {"data": {"policies": {"rl": {"gain": {"all": gain}}, "none": {}}}}}
+    metrics = {"results/report/metrics.json": {"data": {"libra.rl": score, "gain.rl": gain, "bench_items": 1080}}}
     return {"rev": f"sha-{name}", "name": name, "data": {"rev": f"sha-{name}", "params": {"params.yaml": {"data": params}},
                                                          "metrics": metrics}}
 
@@ -32,6 +31,7 @@ def test_groups_differ_only_in_seeds_and_count_each_revision_once():
     assert t["libra_score rl"]["mean"] == pytest.approx(0.80) and t["libra_score rl"]["n"] == 3
     assert t["libra_score rl"]["sd"] == pytest.approx(0.02)
     assert t["downstream gain rl"]["mean"] == pytest.approx(0.10)
+    assert set(t) == {"libra_score rl", "downstream gain rl"}     # counts are not averaged over seeds
 
 
 def test_seed_summary_markdown(tmp_path):

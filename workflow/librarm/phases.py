@@ -188,7 +188,9 @@ def dvc_plots() -> list[dict]:
 def render_dvc_yaml() -> str:
     doc = {
         "stages": dvc_stages(),
-        "metrics": [p.target for p in PHASES.values()],
+        # Only the report's headline is a DVC metric: registering every stats file made `dvc
+        # metrics show` one row of hundreds of columns. The stats files stay stage outputs.
+        "metrics": [PHASES["report"].target],
         "plots": dvc_plots(),
     }
     header = ("# GENERATED from workflow/librarm/phases.py by `librarm dvc-yaml`; do not edit by hand.\n"

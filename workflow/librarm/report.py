@@ -150,20 +150,28 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources()} for t in tables]
     summary["sources"] = {k: SOURCES[k] for k in docs if k in SOURCES}
     summary["sources"]["report"] = str((out_dir / "summary.json").resolve().relative_to(root.resolve()))
-    summary["headline"] = _headline(policies, corr)
+    summary["headline"] = _headline(policies, corr, judges, docs.get("bench", {}), docs.get("pairs", {}))
     summary["artifacts"] = artifacts
     write_json(out_dir / "summary.json", summary)
     # the DVC metrics file: the headline numbers only (summary.json also holds the table sources)
-    write_json(out_dir / "metrics.json", {"headline": summary["headline"],
-                                          "correlation": {k: {f: c.get(f) for f in ("r", "ci95", "p_permutation")}
-                                                          for k, c in corr.items()}})
+    write_json(out_dir / "metrics.json", summary["headline"])
     return summary
 
 
-def _headline(policies, corr) -> dict:
-    h = {f"gain_all.{n}": (p.get("gain") or {}).get("all") for n, p in policies.items() if n != NONE_POLICY}
+def _headline(policies, corr, judges, bench, pairs) -> dict:
+    """What a team compares across experiments (`dvc metrics show/diff`, `dvc exp show`): each
+    judge's Libra score, each labeler's downstream gain, the correlation, and the counts that say
+    whether two runs are comparable at all. Everything else stays in the stats files (outputs, not
+    DVC metrics), so the table fits a terminal."""
+    h: dict[str, Any] = {f"libra.{n}": j.get("libra_score") for n, j in judges.items()}
+    h.update({f"gain.{n}": (p.get("gain") or {}).get("all") for n, p in policies.items() if n != NONE_POLICY})
     for k, c in corr.items():
         h[f"r_gain_vs_{k}"] = c.get("r")
+    if bench:
+        h["bench_items"] = bench.get("n_items")
+    if pairs:
+        h["pair_budget"] = pairs.get("budget")
+        h["short_labelers"] = len(pairs.get("short_labelers") or [])
     return h
 
 

@@ -10,8 +10,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 SEED_KEYS = ("seed", "sft.seed", "rl.seed", "scalar_rm.seed", "dpo.seeds")
-EVAL = "results/eval/summary.json"
-DOWNSTREAM = "results/downstream/summary.json"
+HEADLINE = "results/report/metrics.json"   # the one DVC metrics file (phases.render_dvc_yaml)
 
 
 def experiment_records(exp_show: Any) -> Iterator[dict]:
@@ -51,7 +50,7 @@ def seed_groups(records: Sequence[Mapping[str, Any]], seed_keys: Sequence[str] =
     a revision listed twice (workspace and its commit) counts once."""
     groups: dict[str, dict[str, dict]] = {}
     for r in records:
-        if EVAL not in r["metrics"] and DOWNSTREAM not in r["metrics"]:
+        if HEADLINE not in r["metrics"]:
             continue
         key = _without_seeds(r["params"], seed_keys)
         ident = json.dumps(r["params"], sort_keys=True)
@@ -62,13 +61,12 @@ def seed_groups(records: Sequence[Mapping[str, Any]], seed_keys: Sequence[str] =
 def seed_table(group: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """{row: {mean, sd, n, values}} for judge Libra scores and downstream gains (avg@k, all)."""
     values: dict[str, list[float]] = {}
+    rows = {"libra.": "libra_score ", "gain.": "downstream gain "}
     for r in group:
-        for j, m in (r["metrics"].get(EVAL) or {}).get("judges", {}).items():
-            if m.get("libra_score") is not None:
-                values.setdefault(f"libra_score {j}", []).append(m["libra_score"])
-        for pol, m in (r["metrics"].get(DOWNSTREAM) or {}).get("policies", {}).items():
-            if (m.get("gain") or {}).get("all") is not None:
-                values.setdefault(f"downstream gain {pol}", []).append(m["gain"]["all"])
+        for key, value in (r["metrics"].get(HEADLINE) or {}).items():
+            for prefix, row in rows.items():
+                if key.startswith(prefix) and value is not None:
+                    values.setdefault(row + key[len(prefix):], []).append(value)
     return {k: {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v, ddof=1)), 4) if len(v) > 1 else None,
                 "n": len(v), "values": v} for k, v in values.items()}
 
@@ -92,5 +90,5 @@ def run_seed_summary(exp_show_json: str | None = None) -> str:
         data = json.loads(out)
     groups = sorted(seed_groups(list(experiment_records(data))), key=len, reverse=True)
     if not groups:
-        return "No experiment with results/eval/summary.json or results/downstream/summary.json metrics.\n"
+        return f"No experiment with {HEADLINE} metrics (it is written by the report stage).\n"
     return "\n".join(markdown(seed_table(g), [r["name"] for r in g]) for g in groups)

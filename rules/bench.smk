@@ -2,16 +2,16 @@ rule bench:
     conda:
         "../envs/cpu.yaml"
     input:
-        expand("results/verify/{generator}/{subset}.jsonl", generator=GENERATORS, subset=EVAL_SUBSETS),
+        verified=expand(P.VERIFIED_FILE, generator=GENERATORS, subset=EVAL_SUBSETS),
     output:
-        bench="results/bench/libra_bench.jsonl",
-        stats="results/bench/stats.json",
+        bench=P.BENCH_FILE,
+        stats=P.BENCH_STATS,
     params:
         **job_params("bench"),
     log:
-        "results/logs/bench.log",
+        P.log("bench"),
     benchmark:
-        "results/logs/benchmarks/bench/bench.tsv",
+        P.benchmark("bench", "bench")
     threads: 1
     shell:
-        "python -m librarm.cli stage bench --config {params.cfg} --inputs {input} --out {output.bench} > {log} 2>&1"
+        stage("bench")

@@ -6,56 +6,57 @@ if TINY_MODELS:
         conda:
             "../envs/cpu.yaml"
         input:
-            expand("results/problems/{name}.jsonl", name=SET_NAMES),
+            problems=expand(P.PROBLEM_SET, subset=SET_NAMES),
         output:
-            models=[directory(f"{MODELS_DIR}/{m}") for m in TINY_MODELS],
-            stats="results/bootstrap/tiny.json",
+            models=[directory(P.MODEL_DIR.format(model=m)) for m in TINY_MODELS],
+            stats=P.TINY_BOOTSTRAP_STATS,
         params:
-            **job_params("bootstrap", models_dir=lambda wc, output: os.path.dirname(output.models[0])),
+            **job_params("bootstrap"),
         log:
-            "results/logs/bootstrap/tiny.log",
+            P.log("bootstrap/tiny"),
         benchmark:
-            "results/logs/benchmarks/bootstrap_tiny/tiny.tsv",
+            P.benchmark("bootstrap_tiny", "tiny")
         threads: 2
         shell:
-            "python -m librarm.cli stage bootstrap-tiny --config {params.cfg} --inputs {input}"
-            " --models-dir {params.models_dir} --out {output.stats} --threads {threads} > {log} 2>&1"
+            stage("bootstrap-tiny")
 
 
 rule prepare_model:
     conda:
         "../envs/cpu.yaml"
     output:
-        model=directory(f"{MODELS_DIR}/{{model}}"),
-        info="results/bootstrap/{model}.json",
+        model=directory(P.MODEL_DIR),
+        info=P.PREPARED_MODEL_INFO,
     wildcard_constraints:
         model=any_regex(GGUF_MODELS),
     params:
-        **job_params("bootstrap"),
+        # a GGUF conversion reads only its own models entry (not the judge prompt, not other models)
+        **job_params("bootstrap", **UNUSED("judge.prompt_template", "judge.system_prompt", "problems", "seed",
+                                           "bootstrap"),
+                     models=lambda wc: config["models"][wc.model]),
     log:
-        "results/logs/bootstrap/{model}.log",
+        P.log("bootstrap/{model}"),
     benchmark:
-        "results/logs/benchmarks/prepare_model/{model}.tsv",
+        P.benchmark("prepare_model", "{model}")
     threads: 2
     shell:
-        "python -m librarm.cli stage prepare-model --config {params.cfg} --model {wildcards.model}"
-        " --models-dir {output.model} --out {output.info} > {log} 2>&1"
+        stage("prepare-model")
 
 
 rule bootstrap_stats:
     conda:
         "../envs/cpu.yaml"
     input:
-        (["results/bootstrap/tiny.json"] if TINY_MODELS else [])
-        + expand("results/bootstrap/{model}.json", model=GGUF_MODELS),
+        tiny=[P.TINY_BOOTSTRAP_STATS] if TINY_MODELS else [],
+        prepared=expand(P.PREPARED_MODEL_INFO, model=GGUF_MODELS),
     output:
-        "results/bootstrap/stats.json",
+        stats=P.BOOTSTRAP_STATS,
     params:
         **job_params("bootstrap"),
     log:
-        "results/logs/bootstrap/stats.log",
+        P.log("bootstrap/stats"),
     benchmark:
-        "results/logs/benchmarks/bootstrap_stats/stats.tsv",
+        P.benchmark("bootstrap_stats", "stats")
     threads: 1
     shell:
-        "python -m librarm.cli stage bootstrap-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"
+        stage("bootstrap-stats")

@@ -6,7 +6,10 @@ import re
 import sys
 from pathlib import Path
 
-from librarm.config import MODELS_DIR, local_model_dirs, prune_removed, sets_by_role, validate_params
+import shlex
+
+from librarm import paths as P
+from librarm.config import local_model_dirs, prune_removed, sets_by_role, validate_params
 from librarm.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
 from librarm.tracking import flush_at_end
@@ -32,7 +35,7 @@ GGUF_MODELS = [m for m, s in config["models"].items() if s["source"] == "gguf"]
 def _write_effective_config() -> str:
     """Jobs read the merged config (params.yaml + --configfile overlays) from one fixed path;
     rewritten only when its content changes."""
-    path = Path("results/.config/effective.json")
+    path = Path(P.EFFECTIVE_CONFIG)
     text = json.dumps(config, sort_keys=True, indent=1)
     if not path.exists() or path.read_text() != text:
         with atomic_path(path) as tmp:
@@ -45,8 +48,28 @@ CONFIG = _write_effective_config()
 
 def job_params(phase, **override):
     """A rule's params: the params keys its phase reads (from the registry), the phase's code
-    hash, per-job overrides, and the effective-config path the job reads."""
-    return rule_params(config, phase, cfg=CONFIG, **override)
+    hash, per-job overrides, the effective-config path the job reads, and its named files."""
+    return rule_params(config, phase, cfg=CONFIG, io=named_io, **override)
+
+
+def named_io(wildcards, input, output):
+    """`--in NAME PATH... --out NAME PATH... --wildcard K=V`: every input and output of the job by
+    the name its rule gives it, so stage code asks for a file by name and never builds a path."""
+    parts = []
+    for flag, files in (("--in", input), ("--out", output)):
+        named = list(files.items())
+        if sum(1 if isinstance(v, str) else len(v) for _, v in named) != len(files):
+            raise ValueError(f"unnamed {flag[2:]}put(s) in {list(files)}: a stage job gets every file by name")
+        for name, value in named:
+            paths = [value] if isinstance(value, str) else list(value)
+            parts.append(" ".join([flag, name] + [shlex.quote(str(p)) for p in paths]))
+    parts += [f"--wildcard {shlex.quote(f'{k}={v}')}" for k, v in wildcards.items()]
+    return " ".join(parts)
+
+
+def stage(step):
+    """A rule's shell command: one `librarm stage` step with the job's named files and its log."""
+    return f"python -m librarm.cli stage {step} --config {{params.cfg}} {{params.io}} --threads {{threads}} > {{log}} 2>&1"
 
 
 def UNUSED(*dotted):
@@ -82,10 +105,10 @@ def judge_model(wildcards):
 
 def train_inputs(wildcards):
     spec = config["models"][wildcards.model]
-    data = {"train": "results/judge_data/train.jsonl", "val": "results/judge_data/val.jsonl"}
+    data = {"train": P.JUDGE_TRAIN, "val": P.JUDGE_VAL, "sft": []}
     if spec["train"] in ("sft", "nothink"):
-        data["sft"] = "results/rs/sft.jsonl"
-        init = config["sft"].get("init", "judge_base")
+        data["sft"] = P.RS_SFT
+        init = config["sft"]["init"]
     elif spec["train"] == "rl":
         init = config["rl"]["variants"][wildcards.model]["init"]
     else:
@@ -104,7 +127,7 @@ def threshold_split(wildcards):
 # ---------------------------------------------------------------- downstream (judge-labeled DPO)
 DOWNSTREAM = bool(config.get("pairs"))
 if DOWNSTREAM:
-    from librarm.labelers import NONE_POLICY, curve_policies, downstream_policies, labeler_kind
+    from librarm.labelers import NONE_POLICY, all_policies, curve_policies, downstream_policies, labeler_kind, policy_runs
 
     LABELERS = list(config["pairs"]["labelers"])
     JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, config["judges"]) == "judge"]
@@ -113,29 +136,16 @@ if DOWNSTREAM:
     DPO_POLICIES = downstream_policies(config["pairs"])
     CURVE_POLICIES = curve_policies(config["pairs"])
     DPO_SEEDS = [int(s) for s in config["dpo"]["seeds"]]
-    POLICIES = [NONE_POLICY] + DPO_POLICIES
+    POLICIES = all_policies(config["pairs"])
     POLICY_EVAL_SETS = list(config["evaluate_policy"]["subsets"])
     DPO_POOL = config["pairs"]["pool"]
 else:
     LABELERS = JUDGE_LABELERS = DPO_POLICIES = CURVE_POLICIES = DPO_SEEDS = POLICIES = POLICY_EVAL_SETS = []
 
 
-def policy_runs(policy):
-    """Evaluation runs of a policy: one per DPO seed; the base policy has one ("base")."""
-    return ["base"] if policy == NONE_POLICY else [f"seed-{s}" for s in DPO_SEEDS]
-
-
-def policy_eval_model_path(wildcards):
-    """The folder (or hub id) of the policy one evaluation run scores."""
-    if wildcards.policy == NONE_POLICY:
-        from librarm.config import model_ref
-
-        return model_ref(config, config["pairs"]["policy"])["path"]
-    return f"results/dpo/{wildcards.policy}/{wildcards.run}/model"
-
-
 def policy_eval_model(wildcards):
-    """The same as an input: only folders the pipeline makes (a hub policy is not a file)."""
+    """The policy folder one evaluation run scores: the DPO run's model, or the base policy's
+    folder when the pipeline makes it (a hub policy is not a file: the stage reads pairs.policy)."""
     if wildcards.policy == NONE_POLICY:
         return local_model_dirs(config, [config["pairs"]["policy"]])
-    return [policy_eval_model_path(wildcards)]
+    return [P.DPO_MODEL.format(policy=wildcards.policy, seed=wildcards.run.removeprefix("seed-"))]

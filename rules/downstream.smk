@@ -5,70 +5,68 @@ if DOWNSTREAM:
         conda:
             "../envs/cpu.yaml"
         input:
-            f"results/problems/{DPO_POOL}.jsonl",
+            pool=P.PROBLEM_SET.format(subset=DPO_POOL),
         output:
-            train="results/pairs/train_problems.jsonl",
-            val="results/pairs/val_problems.jsonl",
+            train=P.PAIRS_TRAIN_PROBLEMS,
+            val=P.PAIRS_VAL_PROBLEMS,
         params:
             **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify")),
         log:
-            "results/logs/pairs/split.log",
+            P.log("pairs/split"),
         benchmark:
-            "results/logs/benchmarks/pairs_split/split.tsv",
+            P.benchmark("pairs_split", "split")
         threads: 1
         shell:
-            "python -m librarm.cli stage pairs-split --config {params.cfg} --inputs {input} --out {output.train} > {log} 2>&1"
+            stage("pairs-split")
 
     rule pairs_sample:
         conda:
             SAMPLE_ENV
         input:
-            problems="results/pairs/train_problems.jsonl",
+            problems=P.PAIRS_TRAIN_PROBLEMS,
             model=local_model_dirs(config, [config["pairs"]["policy"]]),
         output:
-            samples="results/pairs/samples.jsonl",
-            meta="results/pairs/samples.meta.json",
+            samples=P.PAIRS_SAMPLES,
+            meta=P.PAIRS_SAMPLES_META,
         params:
             **job_params("pairs", **UNUSED("judges", "judge", "evaluate.threshold_split", "verify")),
         log:
-            "results/logs/pairs/sample.log",
+            P.log("pairs/sample"),
         benchmark:
-            "results/logs/benchmarks/pairs_sample/sample.tsv",
+            P.benchmark("pairs_sample", "sample")
         threads: 1
         shell:
-            "python -m librarm.cli stage pairs-sample --config {params.cfg} --inputs {input.problems}"
-            " --out {output.samples} --threads {threads} > {log} 2>&1"
+            stage("pairs-sample")
 
     rule pairs_verify:
         conda:
             "../envs/cpu.yaml"
         input:
-            samples="results/pairs/samples.jsonl",
-            problems=f"results/problems/{DPO_POOL}.jsonl",
+            samples=P.PAIRS_SAMPLES,
+            problems=P.PROBLEM_SET.format(subset=DPO_POOL),
         output:
-            verified="results/pairs/verified.jsonl",
-            meta="results/pairs/verified.meta.json",
+            verified=P.PAIRS_VERIFIED,
+            meta=P.PAIRS_VERIFIED_META,
         params:
             **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling")),
         log:
-            "results/logs/pairs/verify.log",
+            P.log("pairs/verify"),
         benchmark:
-            "results/logs/benchmarks/pairs_verify/verify.tsv",
+            P.benchmark("pairs_verify", "verify")
         threads: 1
         shell:
-            "python -m librarm.cli stage pairs-verify --config {params.cfg} --inputs {input.samples} {input.problems}"
-            " --out {output.verified} --threads {threads} > {log} 2>&1"
+            stage("pairs-verify")
 
     rule pairs_label:
         conda:
             EVAL_ENV
         priority: 40
         input:
-            verified="results/pairs/verified.jsonl",
+            verified=P.PAIRS_VERIFIED,
             model=judge_model,
             threshold=threshold_split,
         output:
-            "results/pairs/labels/{judge}.jsonl",
+            labels=P.PAIRS_LABELS,
         wildcard_constraints:
             judge=any_regex(JUDGE_LABELERS),
         params:
@@ -79,48 +77,46 @@ if DOWNSTREAM:
                 models=lambda wc: config["models"].get(config["judges"][wc.judge]["model"], {}),
             ),
         log:
-            "results/logs/pairs/label-{judge}.log",
+            P.log("pairs/label-{judge}"),
         benchmark:
-            "results/logs/benchmarks/pairs_label/label-{judge}.tsv",
+            P.benchmark("pairs_label", "label-{judge}")
         threads: 1
         shell:
-            "python -m librarm.cli stage pairs-label --config {params.cfg} --judge {wildcards.judge}"
-            " --inputs {input.verified} --out {output} --threads {threads} > {log} 2>&1"
+            stage("pairs-label")
 
     rule pairs_build:
         conda:
             "../envs/cpu.yaml"
         priority: 40
         input:
-            verified="results/pairs/verified.jsonl",
-            labels=expand("results/pairs/labels/{judge}.jsonl", judge=JUDGE_LABELERS),
+            verified=P.PAIRS_VERIFIED,
+            labels=expand(P.PAIRS_LABELS, judge=JUDGE_LABELERS),
         output:
-            stats="results/pairs/stats.json",
-            pairs=expand("results/pairs/{labeler}.jsonl", labeler=LABELERS),
-            raw=expand("results/pairs/raw/{labeler}.jsonl", labeler=LABELERS),
-            curve=expand("results/pairs/{policy}.jsonl", policy=CURVE_POLICIES),
+            stats=P.PAIRS_STATS,
+            pairs=expand(P.PAIRS_FILE, policy=LABELERS),
+            raw=expand(P.PAIRS_RAW, labeler=LABELERS),
+            curve=expand(P.PAIRS_FILE, policy=CURVE_POLICIES),
         params:
             **job_params("pairs", **UNUSED("models", "judge", "evaluate.threshold_split", "sampling", "verify")),
         log:
-            "results/logs/pairs/build.log",
+            P.log("pairs/build"),
         benchmark:
-            "results/logs/benchmarks/pairs_build/build.tsv",
+            P.benchmark("pairs_build", "build")
         threads: 1
         shell:
-            "python -m librarm.cli stage pairs-build --config {params.cfg} --inputs {input.verified}"
-            " --extra {input.labels} --out {output.stats} > {log} 2>&1"
+            stage("pairs-build")
 
     rule dpo:
         conda:
             "../envs/cpu.yaml"
         priority: 30
         input:
-            pairs="results/pairs/{policy}.jsonl",
-            val="results/pairs/val_problems.jsonl",
+            pairs=P.PAIRS_FILE,
+            val=P.PAIRS_VAL_PROBLEMS,
             init=local_model_dirs(config, [config["pairs"]["policy"]]),
         output:
-            model=directory("results/dpo/{policy}/seed-{seed}/model"),
-            log="results/dpo/{policy}/seed-{seed}/log.json",
+            model=directory(P.DPO_MODEL),
+            log=P.DPO_LOG,
         wildcard_constraints:
             policy=any_regex(DPO_POLICIES),
             seed=r"\d+",
@@ -128,94 +124,93 @@ if DOWNSTREAM:
             **job_params("dpo", **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve"),
                          models=config["models"][config["pairs"]["policy"]]),
         log:
-            "results/logs/dpo/{policy}/seed-{seed}.log",
+            P.log("dpo/{policy}/seed-{seed}"),
         benchmark:
-            "results/logs/benchmarks/dpo/{policy}/seed-{seed}.tsv",
+            P.benchmark("dpo", "{policy}/seed-{seed}")
         threads: 1
         shell:
-            "python -m librarm.cli stage dpo --config {params.cfg} --policy {wildcards.policy} --seed {wildcards.seed}"
-            " --inputs {input.pairs} {input.val} --models-dir {output.model} --out {output.log}"
-            " --threads {threads} > {log} 2>&1"
+            stage("dpo")
 
     rule dpo_stats:
         conda:
             "../envs/cpu.yaml"
         input:
-            expand("results/dpo/{policy}/seed-{seed}/log.json", policy=DPO_POLICIES, seed=DPO_SEEDS),
+            logs=expand(P.DPO_LOG, policy=DPO_POLICIES, seed=DPO_SEEDS),
         output:
-            "results/dpo/stats.json",
+            stats=P.DPO_STATS,
         params:
             **job_params("dpo"),
         log:
-            "results/logs/dpo/stats.log",
+            P.log("dpo/stats"),
         benchmark:
-            "results/logs/benchmarks/dpo_stats/stats.tsv",
+            P.benchmark("dpo_stats", "stats")
         threads: 1
         shell:
-            "python -m librarm.cli stage dpo-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"
+            stage("dpo-stats")
 
     rule policy_eval:
         conda:
             SAMPLE_ENV
         priority: 20
         input:
-            problems=expand("results/problems/{name}.jsonl", name=POLICY_EVAL_SETS),
+            problems=expand(P.PROBLEM_SET, subset=POLICY_EVAL_SETS),
             model=policy_eval_model,
         output:
-            metrics="results/downstream/{policy}/{run}/eval.json",
-            samples="results/downstream/{policy}/{run}/samples.jsonl",
+            metrics=P.POLICY_RUN_EVAL,
+            samples=P.POLICY_RUN_SAMPLES,
         wildcard_constraints:
             policy=any_regex(POLICIES),
             run=r"base|seed-\d+",
         params:
-            **job_params("evaluate_policy", models_dir=policy_eval_model_path, **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve", "dpo.seeds",
-                                                                                      "report.permutations")),
+            # the base policy's run reads its models entry (a hub or path policy is not an input)
+            **job_params("evaluate_policy", **UNUSED("pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve",
+                                                     "dpo.seeds", "report.permutations"),
+                         models=lambda wc: config["models"][config["pairs"]["policy"]] if wc.policy == NONE_POLICY else None,
+                         pairs__policy=lambda wc: config["pairs"]["policy"] if wc.policy == NONE_POLICY else None),
         log:
-            "results/logs/downstream/{policy}/{run}.log",
+            P.log("downstream/{policy}/{run}"),
         benchmark:
-            "results/logs/benchmarks/policy_eval/{policy}/{run}.tsv",
+            P.benchmark("policy_eval", "{policy}/{run}")
         threads: 1
         shell:
-            "python -m librarm.cli stage policy-eval --config {params.cfg} --policy {wildcards.policy}"
-            " --models-dir {params.models_dir} --inputs {input.problems} --out {output.metrics}"
-            " --threads {threads} > {log} 2>&1"
+            stage("policy-eval")
 
     rule policy_metrics:
         conda:
             "../envs/cpu.yaml"
         input:
-            runs=lambda wc: expand("results/downstream/{policy}/{run}/eval.json", policy=wc.policy,
-                                   run=policy_runs(wc.policy)),
-            pairs="results/pairs/stats.json",
+            evals=lambda wc: expand(P.POLICY_RUN_EVAL, policy=wc.policy, run=policy_runs(wc.policy, DPO_SEEDS)),
+            samples=lambda wc: expand(P.POLICY_RUN_SAMPLES, policy=wc.policy, run=policy_runs(wc.policy, DPO_SEEDS)),
+            pairs_stats=P.PAIRS_STATS,
         output:
-            metrics="results/downstream/{policy}/metrics.json",
-            per_problem="results/downstream/{policy}/per_problem.json",
+            metrics=P.POLICY_METRICS,
+            per_problem=P.POLICY_PER_PROBLEM,
         wildcard_constraints:
             policy=any_regex(POLICIES),
         params:
-            **job_params("evaluate_policy", **UNUSED("report.permutations")),
+            **job_params("evaluate_policy", **UNUSED("report.permutations", "models", "pairs.policy")),
         log:
-            "results/logs/downstream/{policy}/metrics.log",
+            P.log("downstream/{policy}/metrics"),
         benchmark:
-            "results/logs/benchmarks/policy_metrics/{policy}/metrics.tsv",
+            P.benchmark("policy_metrics", "{policy}/metrics")
         threads: 1
         shell:
-            "python -m librarm.cli stage policy-metrics --config {params.cfg} --policy {wildcards.policy}"
-            " --inputs {input.runs} --extra {input.pairs} --out {output.metrics} > {log} 2>&1"
+            stage("policy-metrics")
 
     rule downstream_summary:
         conda:
             "../envs/cpu.yaml"
         input:
-            expand("results/downstream/{policy}/metrics.json", policy=POLICIES),
+            metrics=expand(P.POLICY_METRICS, policy=POLICIES),
+            per_problem=expand(P.POLICY_PER_PROBLEM, policy=POLICIES),
         output:
-            "results/downstream/summary.json",
+            summary=P.DOWNSTREAM_SUMMARY,
         params:
-            **job_params("evaluate_policy"),
+            **job_params("evaluate_policy", **UNUSED("models", "pairs.policy")),
         log:
-            "results/logs/downstream/summary.log",
+            P.log("downstream/summary"),
         benchmark:
-            "results/logs/benchmarks/downstream_summary/summary.tsv",
+            P.benchmark("downstream_summary", "summary")
         threads: 1
         shell:
-            "python -m librarm.cli stage downstream-summary --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"
+            stage("downstream-summary")

@@ -2,12 +2,12 @@ rule evaluate:
     conda:
         EVAL_ENV
     input:
-        bench="results/bench/libra_bench.jsonl",
+        bench=P.BENCH_FILE,
         model=judge_model,
         threshold=threshold_split,
     output:
-        metrics="results/eval/{judge}/metrics.json",
-        predictions="results/eval/{judge}/predictions.jsonl",
+        metrics=P.EVAL_METRICS,
+        predictions=P.EVAL_PREDICTIONS,
     wildcard_constraints:
         judge=any_regex(JUDGES),
     params:
@@ -19,34 +19,33 @@ rule evaluate:
     resources:
         gpu=lambda wc: config["judges"][wc.judge].get("gpus", 0),
     log:
-        "results/logs/evaluate/{judge}.log",
+        P.log("evaluate/{judge}"),
     benchmark:
-        "results/logs/benchmarks/evaluate/{judge}.tsv",
+        P.benchmark("evaluate", "{judge}")
     threads: 1
     shell:
-        "python -m librarm.cli stage evaluate --config {params.cfg} --judge {wildcards.judge} --inputs {input.bench}"
-        " --out {output.metrics} --threads {threads} > {log} 2>&1"
+        stage("evaluate")
 
 
 rule eval_summary:
     conda:
         "../envs/cpu.yaml"
     input:
-        metrics=expand("results/eval/{judge}/metrics.json", judge=JUDGES),
-        predictions=expand("results/eval/{judge}/predictions.jsonl", judge=JUDGES),
-        bench="results/bench/libra_bench.jsonl",
-        extra=(["results/judge_data/train.jsonl", "results/train/stats.json"] if LEARNING else []),
+        metrics=expand(P.EVAL_METRICS, judge=JUDGES),
+        predictions=expand(P.EVAL_PREDICTIONS, judge=JUDGES),
+        bench=P.BENCH_FILE,
+        judge_train=[P.JUDGE_TRAIN] if LEARNING else [],
+        train_stats=[P.TRAIN_STATS] if LEARNING else [],
     output:
-        summary="results/eval/summary.json",
-        table="results/eval/table.md",
-        comparisons="results/eval/comparisons.json",
+        summary=P.EVAL_SUMMARY,
+        table=P.EVAL_TABLE,
+        comparisons=P.EVAL_COMPARISONS,
     params:
         **job_params("evaluate"),
     log:
-        "results/logs/evaluate/summary.log",
+        P.log("evaluate/summary"),
     benchmark:
-        "results/logs/benchmarks/eval_summary/summary.tsv",
+        P.benchmark("eval_summary", "summary")
     threads: 1
     shell:
-        "python -m librarm.cli stage eval-summary --config {params.cfg} --inputs {input.metrics}"
-        " --bench {input.bench} --extra {input.extra} --out {output.summary} > {log} 2>&1"
+        stage("eval-summary")

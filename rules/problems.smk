@@ -2,15 +2,15 @@ rule problems:
     conda:
         "../envs/cpu.yaml"
     output:
-        sets=expand("results/problems/{name}.jsonl", name=SET_NAMES),
-        quarantine=expand("results/problems/{name}.quarantine.jsonl", name=SET_NAMES),
-        stats="results/problems/stats.json",
+        sets=expand(P.PROBLEM_SET, subset=SET_NAMES),
+        quarantine=expand(P.PROBLEM_QUARANTINE, subset=SET_NAMES),
+        stats=P.PROBLEMS_STATS,
     params:
         **job_params("problems"),
     log:
-        "results/logs/problems.log",
+        P.log("problems"),
     benchmark:
-        "results/logs/benchmarks/problems/problems.tsv",
+        P.benchmark("problems", "problems")
     threads: 1
     shell:
-        "python -m librarm.cli stage problems --config {params.cfg} --out {output.stats} > {log} 2>&1"
+        stage("problems")

@@ -5,19 +5,30 @@ if DOWNSTREAM:
         conda:
             "../envs/cpu.yaml"
         input:
-            [p.target for p in active_phases(config) if p.name != "report"],
-            expand("results/downstream/{policy}/per_problem.json", policy=POLICIES),
-            expand("results/eval/{judge}/metrics.json", judge=JUDGES),
+            verify=P.VERIFY_STATS,
+            bench=P.BENCH_STATS,
+            eval=P.EVAL_SUMMARY,
+            train=[P.TRAIN_STATS] if LEARNING else [],
+            rs=[P.RS_STATS] if config.get("rs") else [],
+            pairs=P.PAIRS_STATS,
+            dpo=P.DPO_STATS,
+            downstream=P.DOWNSTREAM_SUMMARY,
+            eval_metrics=expand(P.EVAL_METRICS, judge=JUDGES),
+            per_problem=expand(P.POLICY_PER_PROBLEM, policy=POLICIES),
+            # every other phase's summary, so the report is the run's last job
+            upstream=[p.target for p in active_phases(config) if p.name not in ("report", "verify", "bench", "evaluate",
+                                                                               "train", "rs", "pairs", "dpo",
+                                                                               "evaluate_policy")],
         output:
-            metrics="results/report/metrics.json",
-            summary="results/report/summary.json",
-            markdown="results/report/summary.md",
+            metrics=P.REPORT_METRICS,
+            summary=P.REPORT_SUMMARY,
+            markdown=P.REPORT_MARKDOWN,
         params:
             **job_params("report"),
         log:
-            "results/logs/report.log",
+            P.log("report"),
         benchmark:
-            "results/logs/benchmarks/report/report.tsv",
+            P.benchmark("report", "report")
         threads: 1
         shell:
-            "python -m librarm.cli stage report --config {params.cfg} --out {output.metrics} > {log} 2>&1"
+            stage("report")

@@ -2,11 +2,11 @@ rule sample:
     conda:
         SAMPLE_ENV
     input:
-        problems="results/problems/{subset}.jsonl",
+        problems=P.PROBLEM_SET,
         model=generator_model,
     output:
-        samples="results/samples/{generator}/{subset}.jsonl",
-        meta="results/samples/{generator}/{subset}.meta.json",
+        samples=P.SAMPLE_FILE,
+        meta=P.SAMPLE_META,
     wildcard_constraints:
         generator=any_regex(GENERATORS),
         subset=any_regex(SAMPLED_SUBSETS),
@@ -20,31 +20,29 @@ rule sample:
     resources:
         gpu=lambda wc: config["generators"][wc.generator].get("gpus", 0),
     log:
-        "results/logs/sample/{generator}/{subset}.log",
+        P.log("sample/{generator}/{subset}"),
     benchmark:
-        "results/logs/benchmarks/sample/{generator}/{subset}.tsv",
+        P.benchmark("sample", "{generator}/{subset}")
     # Model jobs take one thread: two 1-thread jobs side by side beat one 2-thread job on the tiny
     # models (two bench evaluations: 34 s vs 55 s, measured); raise with --set-threads on big nodes.
     threads: 1
     shell:
-        "python -m librarm.cli stage sample --config {params.cfg} --generator {wildcards.generator}"
-        " --subset {wildcards.subset} --inputs {input.problems} --out {output.samples}"
-        " --threads {threads} > {log} 2>&1"
+        stage("sample")
 
 
 rule sample_stats:
     conda:
         "../envs/cpu.yaml"
     input:
-        expand("results/samples/{generator}/{subset}.meta.json", generator=GENERATORS, subset=SAMPLED_SUBSETS),
+        meta=expand(P.SAMPLE_META, generator=GENERATORS, subset=SAMPLED_SUBSETS),
     output:
-        "results/samples/stats.json",
+        stats=P.SAMPLES_STATS,
     params:
         **job_params("sample"),
     log:
-        "results/logs/sample/stats.log",
+        P.log("sample/stats"),
     benchmark:
-        "results/logs/benchmarks/sample_stats/stats.tsv",
+        P.benchmark("sample_stats", "stats")
     threads: 1
     shell:
-        "python -m librarm.cli stage sample-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"
+        stage("sample-stats")

@@ -6,47 +6,45 @@ if LEARNING:
             "../envs/cpu.yaml"
         priority: 60
         input:
-            verify=expand("results/verify/{generator}/{pool}.jsonl", generator=TRAIN_GENERATORS, pool=JUDGE_POOL),
-            problems=expand("results/problems/{name}.jsonl", name=SET_NAMES),
+            verified=expand(P.VERIFIED_FILE, generator=TRAIN_GENERATORS, subset=JUDGE_POOL),
+            problems=expand(P.PROBLEM_SET, subset=SET_NAMES),
         output:
-            train="results/judge_data/train.jsonl",
-            val="results/judge_data/val.jsonl",
-            stats="results/judge_data/stats.json",
+            train=P.JUDGE_TRAIN,
+            val=P.JUDGE_VAL,
+            stats=P.JUDGE_DATA_STATS,
         params:
             **job_params("judge_data"),
         log:
-            "results/logs/judge_data.log",
+            P.log("judge_data"),
         benchmark:
-            "results/logs/benchmarks/judge_data/judge_data.tsv",
+            P.benchmark("judge_data", "judge_data")
         threads: 1
         shell:
-            "python -m librarm.cli stage judge-data --config {params.cfg} --inputs {input.verify}"
-            " --problems {input.problems} --out {output.stats} > {log} 2>&1"
+            stage("judge-data")
 
     rule rs:
         conda:
             "../envs/cpu.yaml"
         priority: 60
         input:
-            train="results/judge_data/train.jsonl",
-            solutions=expand("results/verify/{generator}/{pool}.jsonl", generator=TRAIN_GENERATORS, pool=JUDGE_POOL),
+            train=P.JUDGE_TRAIN,
+            solutions=expand(P.VERIFIED_FILE, generator=TRAIN_GENERATORS, subset=JUDGE_POOL),
             teacher=lambda wc: local_model_dirs(config, [config["judges"][config["rs"]["teacher"]].get("model")])
             if config["judges"][config["rs"]["teacher"]]["backend"] != "pseudo" else [],
-            student=lambda wc: local_model_dirs(config, [config["sft"].get("init", "judge_base")]),
+            student=lambda wc: local_model_dirs(config, [config["sft"]["init"]]),
         output:
-            trajectories="results/rs/trajectories.jsonl",
-            sft="results/rs/sft.jsonl",
-            stats="results/rs/stats.json",
+            trajectories=P.RS_TRAJECTORIES,
+            sft=P.RS_SFT,
+            stats=P.RS_STATS,
         params:
             **job_params("rs", judges=lambda wc: config["judges"][config["rs"]["teacher"]]),
         log:
-            "results/logs/rs.log",
+            P.log("rs"),
         benchmark:
-            "results/logs/benchmarks/rs/rs.tsv",
+            P.benchmark("rs", "rs")
         threads: 1
         shell:
-            "python -m librarm.cli stage rs --config {params.cfg} --inputs {input.train} {input.solutions}"
-            " --out {output.stats} --threads {threads} > {log} 2>&1"
+            stage("rs")
 
     rule train_judge:
         conda:
@@ -55,8 +53,8 @@ if LEARNING:
         input:
             unpack(train_inputs),
         output:
-            model=directory("results/train/{model}"),
-            log="results/train/{model}.json",
+            model=directory(P.TRAINED_MODEL),
+            log=P.TRAIN_LOG,
         wildcard_constraints:
             model=any_regex(TRAINED_MODELS),
         params:
@@ -69,27 +67,26 @@ if LEARNING:
                 scalar_rm=lambda wc: config.get("scalar_rm") if config["models"][wc.model]["train"] == "scalar" else None,
             ),
         log:
-            "results/logs/train/{model}.log",
+            P.log("train/{model}"),
         benchmark:
-            "results/logs/benchmarks/train_judge/{model}.tsv",
+            P.benchmark("train_judge", "{model}")
         threads: 1
         shell:
-            "python -m librarm.cli stage train --config {params.cfg} --model {wildcards.model}"
-            " --models-dir {output.model} --out {output.log} --threads {threads} > {log} 2>&1"
+            stage("train")
 
     rule train_stats:
         conda:
             "../envs/cpu.yaml"
         input:
-            expand("results/train/{model}.json", model=TRAINED_MODELS),
+            logs=expand(P.TRAIN_LOG, model=TRAINED_MODELS),
         output:
-            "results/train/stats.json",
+            stats=P.TRAIN_STATS,
         params:
             **job_params("train"),
         log:
-            "results/logs/train/stats.log",
+            P.log("train/stats"),
         benchmark:
-            "results/logs/benchmarks/train_stats/stats.tsv",
+            P.benchmark("train_stats", "stats")
         threads: 1
         shell:
-            "python -m librarm.cli stage train-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"
+            stage("train-stats")

@@ -2,40 +2,38 @@ rule verify:
     conda:
         "../envs/cpu.yaml"
     input:
-        samples="results/samples/{generator}/{subset}.jsonl",
-        problems="results/problems/{subset}.jsonl",
+        samples=P.SAMPLE_FILE,
+        problems=P.PROBLEM_SET,
     output:
-        labels="results/verify/{generator}/{subset}.jsonl",
-        meta="results/verify/{generator}/{subset}.meta.json",
+        labels=P.VERIFIED_FILE,
+        meta=P.VERIFIED_META,
     wildcard_constraints:
         generator=any_regex(GENERATORS),
         subset=any_regex(SAMPLED_SUBSETS),
     params:
         **job_params("verify"),
     log:
-        "results/logs/verify/{generator}/{subset}.log",
+        P.log("verify/{generator}/{subset}"),
     benchmark:
-        "results/logs/benchmarks/verify/{generator}/{subset}.tsv",
+        P.benchmark("verify", "{generator}/{subset}")
     threads: 1
     shell:
-        "python -m librarm.cli stage verify --config {params.cfg} --inputs {input.samples} {input.problems}"
-        " --generator {wildcards.generator} --subset {wildcards.subset}"
-        " --out {output.labels} --threads {threads} > {log} 2>&1"
+        stage("verify")
 
 
 rule verify_stats:
     conda:
         "../envs/cpu.yaml"
     input:
-        expand("results/verify/{generator}/{subset}.jsonl", generator=GENERATORS, subset=SAMPLED_SUBSETS),
+        labels=expand(P.VERIFIED_FILE, generator=GENERATORS, subset=SAMPLED_SUBSETS),
     output:
-        "results/verify/stats.json",
+        stats=P.VERIFY_STATS,
     params:
         **job_params("verify"),
     log:
-        "results/logs/verify/stats.log",
+        P.log("verify/stats"),
     benchmark:
-        "results/logs/benchmarks/verify_stats/stats.tsv",
+        P.benchmark("verify_stats", "stats")
     threads: 1
     shell:
-        "python -m librarm.cli stage verify-stats --config {params.cfg} --inputs {input} --out {output} > {log} 2>&1"
+        stage("verify-stats")

@@ -3,6 +3,7 @@ only by the bootstrap phase, and each phase's code dependencies computed as its 
 so editing a module reruns exactly the phases that import it."""
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def _repo_copy(tmp_path: Path) -> Path:
     ("report", {"report"}),
     ("dpo", {"dpo"}),
     ("metrics", {"evaluate", "pairs", "dpo", "evaluate_policy", "report"}),
+    ("cli", set()),            # the dispatcher: a table of step -> function, no stage logic
 ])
 def test_editing_a_module_changes_exactly_the_phases_that_import_it(tmp_path, module, phases):
     root = _repo_copy(tmp_path)
@@ -91,10 +93,38 @@ def test_editing_a_module_changes_exactly_the_phases_that_import_it(tmp_path, mo
     assert all(f"{module}.py" in PHASES[p].code for p in phases)
 
 
-def test_common_code_reruns_every_phase():
-    # the dispatcher and the config loader are read by every job (what this test pins down: an
-    # edit there reruns the whole DAG until the CLI holds no stage logic)
-    assert {"cli.py", "config.py", "io.py"} <= set(COMMON_CODE)
+def test_common_code_is_the_registry_only():
+    # the phase registry holds every rule's params and code hashes; the CLI is no phase's code
+    assert COMMON_CODE == ("phases.py",)
+    assert not any("cli.py" in p.code_files for p in PHASES.values())
+
+
+def test_every_step_is_in_the_cli_table_and_the_registry():
+    from librarm.cli import STEPS
+    from librarm.phases import STEP_PHASE
+
+    assert set(STEPS) == set(STEP_PHASE)
+    for step, (module, function) in STEPS.items():
+        phase = PHASES[STEP_PHASE[step]]
+        assert f"{module}.py" in phase.code, f"{step}: {module} is not in the code of phase {phase.name}"
+        assert callable(getattr(importlib.import_module(f"librarm.{module}"), function))
+
+
+def test_editing_a_steps_entry_function_reruns_its_phase(tmp_path):
+    root = _repo_copy(tmp_path)
+    before = {p: code_hash(p, root) for p in PHASES}
+    f = root / PKG / "report.py"
+    f.write_text(f.read_text().replace("def step_report(", "def step_report(  ", 1))
+    import_closure.cache_clear()
+    after = {p: code_hash(p, root) for p in PHASES}
+    import_closure.cache_clear()
+    assert {p for p in PHASES if before[p] != after[p]} == {"report"}
+
+
+def test_results_paths_are_built_in_one_module():
+    offenders = [f"{p.name}:{i}" for p in sorted((REPO_ROOT / PKG).glob("*.py")) if p.name != "paths.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if "results/" in line]
+    assert offenders == []
 
 
 def test_no_module_imports_another_modules_private_names():

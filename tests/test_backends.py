@@ -192,7 +192,7 @@ def test_vllm_via_make_sampler_and_sample_stage(fake_vllm, tmp_path):
     params = load_params(REPO / "params.yaml", overlays=[hub_overlay(
         {"backend": "vllm", "tensor_parallel_size": 4, "max_new_tokens": 20}, {"n": 2, "batch_size": 2})])
     probs = write_problems(tmp_path / "probs.jsonl", 3)
-    meta = run_sample(params, "stub_gen", "stubset", probs, tmp_path / "out.jsonl",
+    meta = run_sample(params, "stub_gen", "stubset", probs, tmp_path / "out.jsonl", tmp_path / "out.meta.json",
                       store_root=tmp_path / "store", progress=False)
     (engine,) = fake_vllm.instances
     assert engine.init_kwargs["tensor_parallel_size"] == 4
@@ -469,7 +469,8 @@ def test_http_sample_stage_end_to_end(stub, tmp_path):
         {"n": 2, "batch_size": 2, "max_new_tokens": 64, "system_prompt": "Be brief."})])
     probs = write_problems(tmp_path / "probs.jsonl", 3)
     out = tmp_path / "samples.jsonl"
-    meta = run_sample(params, "stub_gen", "stubset", probs, out, store_root=tmp_path / "store", progress=False)
+    meta = run_sample(params, "stub_gen", "stubset", probs, out, tmp_path / "samples.meta.json",
+                      store_root=tmp_path / "store", progress=False)
 
     recs = read_jsonl(out).records
     assert meta["n_records"] == len(recs) == 6 and meta["generated_now"] == 6 and meta["has_think"] == 6
@@ -492,7 +493,8 @@ def test_http_sample_stage_end_to_end(stub, tmp_path):
 
     # a rerun reuses every stored chunk: no new requests, same file
     before = out.read_bytes()
-    meta2 = run_sample(params, "stub_gen", "stubset", probs, out, store_root=tmp_path / "store", progress=False)
+    meta2 = run_sample(params, "stub_gen", "stubset", probs, out, tmp_path / "samples.meta.json",
+                       store_root=tmp_path / "store", progress=False)
     assert meta2["generated_now"] == 0 and meta2["reused"] == 6
     assert len(stub.log) == 6 and out.read_bytes() == before
 

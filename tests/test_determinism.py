@@ -61,10 +61,9 @@ def test_dpo_of_one_labeler_ignores_a_short_labeler_elsewhere(tmp_path, params):
     """The forced-short-labeler check carried through DPO: the pairs stage is run with a judge that
     makes 0 pairs and with one forced to 37; gold's pairs file and its DPO policy are the same
     bytes in both worlds, and the short labeler trains for the budget's steps."""
-    from test_downstream import resp
+    from test_downstream import build_pairs_into, resp
     from tiny_fixtures import make_random_lm
 
-    from librarm.downstream import run_build_pairs
     from librarm.dpo import run_dpo
     from librarm.io import read_json
 
@@ -83,7 +82,7 @@ def test_dpo_of_one_labeler_ignores_a_short_labeler_elsewhere(tmp_path, params):
                    "pred": 0 if r["sample_id"].endswith("|0") and int(r["problem_id"][1:]) < forced else 1} for r in recs]
         write_jsonl(tmp_path / "scalar.jsonl", labels)
         out = tmp_path / f"pairs{forced}"
-        run_build_pairs(p, tmp_path / "verified.jsonl", {"scalar": tmp_path / "scalar.jsonl"}, out)
+        build_pairs_into(p, tmp_path / "verified.jsonl", {"scalar": tmp_path / "scalar.jsonl"}, out)
         for name in ("gold", "scalar"):
             logs[forced, name] = run_dpo(p, out / f"{name}.jsonl", tmp_path / "val.jsonl", str(init),
                                          tmp_path / f"dpo{forced}-{name}", name=name, seed=0, threads=1,

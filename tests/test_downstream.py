@@ -24,6 +24,7 @@ from librarm.downstream import (
 )
 from librarm.io import read_json, read_jsonl, write_json, write_jsonl
 from librarm.labelers import (
+    curve_policies,
     downstream_policies,
     dpo_step_pairs,
     keep_probability,
@@ -151,6 +152,15 @@ def test_policy_names_and_steps():
     assert dpo_step_pairs("raw/gold", 612, 400) == 612
 
 
+def build_pairs_into(params, verified, labels, out):
+    """run_build_pairs with the DAG's layout under out: <labeler>.jsonl, raw/<labeler>.jsonl,
+    curve/gold-<n>.jsonl, stats.json."""
+    labelers = params["pairs"]["labelers"]
+    return run_build_pairs(params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
+                           {n: out / "raw" / f"{n}.jsonl" for n in labelers},
+                           {c: out / f"{c}.jsonl" for c in curve_policies(params["pairs"])}, out / "stats.json")
+
+
 def test_build_pairs_stage_writes_budget_curve_and_raw(tmp_path):
     params = load_params("params.yaml")
     params["pairs"].update(labelers=["base", "gold", "gold_p70", "random"], budget=25, gold_curve=[10])
@@ -159,7 +169,7 @@ def test_build_pairs_stage_writes_budget_curve_and_raw(tmp_path):
     # the base judge says "incorrect" to each problem's first response only, "correct" to the rest
     write_jsonl(tmp_path / "base.jsonl", [{"sample_id": r["sample_id"], "pred": int(not r["sample_id"].endswith("|0")),
                                            "status": "parsed"} for r in recs])
-    stats = run_build_pairs(params, tmp_path / "verified.jsonl", {"base": tmp_path / "base.jsonl"}, tmp_path / "out")
+    stats = build_pairs_into(params, tmp_path / "verified.jsonl", {"base": tmp_path / "base.jsonl"}, tmp_path / "out")
     lab = stats["labelers"]
     assert lab["base"]["pairs_raw"] == 30 and lab["base"]["pair_accuracy"] < 1.0
     assert lab["gold"]["label_accuracy"] == 1.0 and lab["gold"]["pair_accuracy"] == 1.0
@@ -172,7 +182,7 @@ def test_build_pairs_stage_writes_budget_curve_and_raw(tmp_path):
     # a judge's label file missing responses is an error naming the file
     write_jsonl(tmp_path / "base.jsonl", [{"sample_id": recs[0]["sample_id"], "pred": 1, "status": "parsed"}])
     with pytest.raises(ValueError, match="base.jsonl: no label for"):
-        run_build_pairs(params, tmp_path / "verified.jsonl", {"base": tmp_path / "base.jsonl"}, tmp_path / "out")
+        build_pairs_into(params, tmp_path / "verified.jsonl", {"base": tmp_path / "base.jsonl"}, tmp_path / "out")
 
 
 def test_a_short_labeler_changes_no_other_labelers_pairs(tmp_path):
@@ -190,7 +200,7 @@ def test_a_short_labeler_changes_no_other_labelers_pairs(tmp_path):
                    "pred": 0 if r["sample_id"].endswith("|0") and int(r["problem_id"][1:]) < forced else 1} for r in recs]
         write_jsonl(tmp_path / "scalar.jsonl", labels)
         out = tmp_path / f"out{forced}"
-        stats = run_build_pairs(params, tmp_path / "verified.jsonl", {"scalar": tmp_path / "scalar.jsonl"}, out)
+        stats = build_pairs_into(params, tmp_path / "verified.jsonl", {"scalar": tmp_path / "scalar.jsonl"}, out)
         outs[forced] = (out, stats)
     assert outs[0][1]["labelers"]["scalar"]["pairs_trained"] == 0
     assert outs[37][1]["labelers"]["scalar"]["pairs_trained"] == 37
@@ -244,7 +254,7 @@ def _policy_run(root, name, per_problem_spec, seeds=("seed-0",)):
         g = [dict(r) for r in graded(per_problem_spec)]
         write_jsonl(d / "samples.jsonl", g)
         write_json(d / "eval.json", {"avg_at_k": avg_at_k(per_problem_accuracy(g))})
-    return [root / name / s for s in seeds]
+    return {s: (root / name / s / "eval.json", root / name / s / "samples.jsonl") for s in seeds}
 
 
 def test_policy_and_downstream_summaries(tmp_path):
@@ -258,11 +268,12 @@ def test_policy_and_downstream_summaries(tmp_path):
     none = {"s": {p: [0, 0] for p in probs}}
     gold = {"s": {p: [1, 1] if i < 20 else [0, 0] for i, p in enumerate(probs)}}
     rl = {"s": {p: [1, 0] if i < 20 else [0, 0] for i, p in enumerate(probs)}}
-    paths = []
+    paths = {}
     for name, spec in (("none", none), ("gold", gold), ("rl", rl)):
-        dirs = _policy_run(tmp_path, name, spec, ("base",) if name == "none" else ("seed-0",))
-        m = summarize_policy(params, name, dirs, tmp_path / "pairs.json", tmp_path / name / "metrics.json")
-        paths.append(tmp_path / name / "metrics.json")
+        runs = _policy_run(tmp_path, name, spec, ("base",) if name == "none" else ("seed-0",))
+        m = summarize_policy(params, name, runs, tmp_path / "pairs.json", tmp_path / name / "metrics.json",
+                             tmp_path / name / "per_problem.json")
+        paths[name] = (tmp_path / name / "metrics.json", tmp_path / name / "per_problem.json")
         if name == "none":
             assert m["pairs"] == 0 and m["label_accuracy"] is None
     gm = read_json(tmp_path / "gold" / "metrics.json")
@@ -279,11 +290,12 @@ def test_policy_and_downstream_summaries(tmp_path):
 def test_seed_average_and_sd(tmp_path):
     params = load_params("params.yaml")
     probs = [f"p{i}" for i in range(10)]
+    runs = {}
     for s, k in (("seed-0", 2), ("seed-1", 4)):
         spec = {"s": {p: [1, 1] if i < k else [0, 0] for i, p in enumerate(probs)}}
-        _policy_run(tmp_path, "gold", spec, (s,))
-    m = summarize_policy(params, "gold", [tmp_path / "gold" / "seed-0", tmp_path / "gold" / "seed-1"], None,
-                         tmp_path / "gold" / "metrics.json")
+        runs.update(_policy_run(tmp_path, "gold", spec, (s,)))
+    m = summarize_policy(params, "gold", runs, None, tmp_path / "gold" / "metrics.json",
+                         tmp_path / "gold" / "per_problem.json")
     assert m["seeds"] == {"seed-0": {"s": 0.2, "all": 0.2}, "seed-1": {"s": 0.4, "all": 0.4}}
     assert m["avg_at_k"]["all"] == pytest.approx(0.3)
     assert m["sd_over_seeds"]["all"] == pytest.approx(float(np.std([0.2, 0.4], ddof=1)), abs=1e-4)

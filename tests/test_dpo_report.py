@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from librarm.io import read_json, write_json, write_jsonl
+from librarm import paths as P
+from librarm.labelers import all_policies
 from librarm.report import build_report, check_report
 from librarm.stats import gain_correlation, pearson, permutation_p
 
@@ -91,11 +93,14 @@ def test_policy_eval_on_tiny_model_writes_avg_at_k_and_intervals(tmp_path, param
 
     probs = [{"id": f"e{i}", "set": "hard", "role": "eval", "problem": f"Compute {i}+1.", "answer": str(i + 1)} for i in range(8)]
     write_jsonl(tmp_path / "hard.jsonl", probs)
+    out = tmp_path / "out"
     m = run_policy_eval({**params, "evaluate_policy": {**params["evaluate_policy"], "k": 3}}, "none", "none",
-                        [tmp_path / "hard.jsonl"], tmp_path / "out", threads=1, sampler=PseudoSampler("reference"))
+                        {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
+                        sampler=PseudoSampler("reference"))
     assert m["avg_at_k"] == {"hard": 1.0, "all": 1.0} and m["ci95"]["hard"] == [1.0, 1.0]
     m = run_policy_eval({**params, "evaluate_policy": {**params["evaluate_policy"], "k": 2}}, "none", "none",
-                        [tmp_path / "hard.jsonl"], tmp_path / "out", threads=1, sampler=PseudoSampler("reference_wrong"))
+                        {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
+                        sampler=PseudoSampler("reference_wrong"))
     assert m["avg_at_k"]["all"] == 0.0
     assert len((tmp_path / "out" / "samples.jsonl").read_text().splitlines()) == 16
 
@@ -178,7 +183,13 @@ def fixture_report(tmp_path, params):
     p["report"].update(fit_labelers=["base", "rl", "sft"], resamples=200, permutations=500)
     _fixture_run(tmp_path, p)
     out = tmp_path / "results/report"
-    return tmp_path, out, build_report(p, out, root=tmp_path), p
+    sources = {"verify": P.VERIFY_STATS, "bench": P.BENCH_STATS, "eval": P.EVAL_SUMMARY, "train": P.TRAIN_STATS,
+               "rs": P.RS_STATS, "pairs": P.PAIRS_STATS, "dpo": P.DPO_STATS, "downstream": P.DOWNSTREAM_SUMMARY}
+    summary = build_report(p, sources, {j: P.EVAL_METRICS.format(judge=j) for j in p["evaluate"]["judges"]},
+                           {n: P.POLICY_PER_PROBLEM.format(policy=n) for n in all_policies(p["pairs"])},
+                           metrics_path=out / "metrics.json", summary_path=out / "summary.json",
+                           markdown_path=out / "summary.md", plots_dir=out, root=tmp_path)
+    return tmp_path, out, summary, p
 
 
 def test_report_from_fixture_run_matches_its_sources(fixture_report):

@@ -109,7 +109,7 @@ def test_scalar_rm_threshold_from_split(tmp_path, params):
     bench = _bench_file(tmp_path / "bench.jsonl")
     p["evaluate"]["threshold_split"] = None
     with pytest.raises(ValueError, match="threshold_split"):
-        run_evaluate(p, "scalar", bench, tmp_path / "out")
+        run_evaluate(p, "scalar", bench, tmp_path / "out" / "predictions.jsonl", tmp_path / "out" / "metrics.json")
     p["evaluate"]["threshold_split"] = str(_bench_file(tmp_path / "val.jsonl"))
-    m = run_evaluate(p, "scalar", bench, tmp_path / "out")
+    m = run_evaluate(p, "scalar", bench, tmp_path / "out" / "predictions.jsonl", tmp_path / "out" / "metrics.json")
     assert 0.0 <= m["auroc"] <= 1.0 and "threshold" in m and m["unparsed_rate"] == 0

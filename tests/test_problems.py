@@ -50,8 +50,15 @@ def test_corpus_never_draws_from_the_problem_region():
     assert all(in_problem_region(parse_arithmetic(r["problem"])) for recs in sets.values() for r in recs)
 
 
+def run_problems_into(params, folder):
+    """run_problems with every output in one folder (<set>.jsonl, <set>.quarantine.jsonl, stats.json)."""
+    names = [s["name"] for s in params["problems"]["sets"]]
+    return run_problems(params, {n: folder / f"{n}.jsonl" for n in names},
+                        {n: folder / f"{n}.quarantine.jsonl" for n in names}, folder / "stats.json")
+
+
 def test_run_problems_writes_sets_and_stats(tmp_path, params):
-    stats = run_problems(params, tmp_path)
+    stats = run_problems_into(params, tmp_path)
     for s in params["problems"]["sets"]:
         assert (tmp_path / f"{s['name']}.jsonl").exists()
         assert stats["sets"][s["name"]]["n"] == s["n"]
@@ -95,7 +102,6 @@ def test_problems_stage_writes_the_quarantine_file(tmp_path, params):
     import copy
 
     from librarm.io import read_jsonl
-    from librarm.problems import run_problems
 
     src = tmp_path / "mine.jsonl"
     src.write_text('{"id": "1", "problem": "What is 1+1?", "answer": "2"}\n\n{"id": "2", "problem": 3, "answer": "1"}\n'
@@ -104,7 +110,7 @@ def test_problems_stage_writes_the_quarantine_file(tmp_path, params):
     p["problems"]["on_bad_line"] = "quarantine"
     p["problems"]["sets"] = [{"name": "mine", "role": "eval", "source": "jsonl", "path": str(src)},
                              {"name": "pool", "role": "judge_pool", "source": "synthetic", "n": 5, "steps": 2}]
-    stats = run_problems(p, tmp_path / "out")
+    stats = run_problems_into(p, tmp_path / "out")
     q = read_jsonl(tmp_path / "out" / "mine.quarantine.jsonl").records
     assert [(r["line"], r["field"]) for r in q] == [(3, "problem")] and q[0]["file"] == str(src)
     assert read_jsonl(tmp_path / "out" / "pool.quarantine.jsonl").records == []

@@ -40,10 +40,12 @@ def test_sample_seed_independent_of_batching(rand_model):
 def test_raising_n_generates_only_new_samples(rand_model, problems_file, tmp_path, params):
     p = params_with_path_model(params, rand_model, n=2, max_new_tokens=10, batch_size=4)
     store = tmp_path / "store"
-    m1 = run_sample(p, "rand", "s", problems_file, tmp_path / "out2.jsonl", store, progress=False)
+    m1 = run_sample(p, "rand", "s", problems_file, tmp_path / "out2.jsonl", tmp_path / "out2.meta.json", store,
+                    progress=False)
     assert m1["generated_now"] == 24
     p["sampling"]["n"] = 3
-    m2 = run_sample(p, "rand", "s", problems_file, tmp_path / "out3.jsonl", store, progress=False)
+    m2 = run_sample(p, "rand", "s", problems_file, tmp_path / "out3.jsonl", tmp_path / "out3.meta.json", store,
+                    progress=False)
     assert m2["generated_now"] == 12 and m2["n_records"] == 36
     old = read_jsonl(tmp_path / "out2.jsonl").records
     new = read_jsonl(tmp_path / "out3.jsonl").records
@@ -61,8 +63,10 @@ def test_resume_after_kill_matches_clean_run(rand_model, problems_file, tmp_path
     out = tmp_path / "resumed.jsonl"
     total_chunks = 4 * 6
     env = {**os.environ, "LIBRARM_TRACKING": "0"}
-    cmd = [sys.executable, "-m", "librarm.cli", "stage", "sample", "--config", str(cfg), "--generator", "rand",
-           "--subset", "s", "--inputs", str(problems_file), "--out", str(out), "--threads", "1"]
+    meta_path = tmp_path / "resumed.meta.json"
+    cmd = [sys.executable, "-m", "librarm.cli", "stage", "sample", "--config", str(cfg), "--wildcard", "generator=rand",
+           "--wildcard", "subset=s", "--in", "problems", str(problems_file), "--out", "samples", str(out),
+           "--out", "meta", str(meta_path), "--threads", "1"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chunk_dir = tmp_path / "results" / ".resume" / "samples" / "rand" / "s"
     deadline = time.time() + 120
@@ -79,10 +83,10 @@ def test_resume_after_kill_matches_clean_run(rand_model, problems_file, tmp_path
     done_before = len(list(chunk_dir.rglob("chunk-*.jsonl")))
     assert 0.3 * total_chunks <= done_before < total_chunks
     subprocess.run(cmd, cwd=tmp_path, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    meta = json.loads(out.with_name("resumed.meta.json").read_text())
+    meta = json.loads(meta_path.read_text())
     assert meta["generated_now"] <= 0.7 * 48
-    clean = run_sample(p, "rand", "s", problems_file, tmp_path / "clean.jsonl", tmp_path / "clean_store",
-                       progress=False)
+    clean = run_sample(p, "rand", "s", problems_file, tmp_path / "clean.jsonl", tmp_path / "clean.meta.json",
+                       tmp_path / "clean_store", progress=False)
     assert clean["generated_now"] == 48
     assert out.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
 

@@ -52,7 +52,7 @@ def test_run_verify_reasons_labels_and_meta(tmp_path, problem_files):
     samples = tmp_path / "samples" / "gen-a" / "math500.jsonl"
     write_jsonl(samples, SAMPLES_A)
     out = tmp_path / "verify" / "gen-a" / "math500.jsonl"
-    meta = run_verify(samples, problem_files, out, workers=2, timeout_s=10, progress=False)
+    meta = run_verify(samples, problem_files, out, tmp_path / "verify" / "gen-a" / "math500.meta.json", workers=2, timeout_s=10, progress=False)
 
     recs = read_jsonl(out).records
     assert [r["sample_id"] for r in recs] == [s["sample_id"] for s in SAMPLES_A]  # input order kept
@@ -86,7 +86,7 @@ def test_run_verify_timeout_is_recorded(tmp_path):
                           _sample("h1", "p-one", "The answer is \\boxed{9^{9^{9}}}."),  # hangs math-verify
                           _sample("h2", "p-one", "\\boxed{2}")])
     out = tmp_path / "v.jsonl"
-    meta = run_verify(samples, [problems], out, workers=2, timeout_s=1.5, progress=False)
+    meta = run_verify(samples, [problems], out, tmp_path / "v.meta.json", workers=2, timeout_s=1.5, progress=False)
     recs = {r["sample_id"]: r for r in read_jsonl(out).records}
     assert (recs["h0"]["reason"], recs["h0"]["label"]) == ("correct", 1)
     assert (recs["h1"]["reason"], recs["h1"]["label"]) == ("timeout", None)
@@ -99,7 +99,7 @@ def test_run_verify_unknown_problem_is_an_error(tmp_path, problem_files):
     samples = tmp_path / "s.jsonl"
     write_jsonl(samples, [_sample("x0", "no-such-problem", "\\boxed{1}")])
     with pytest.raises(KeyError, match="no-such-problem"):
-        run_verify(samples, problem_files, tmp_path / "v.jsonl", progress=False)
+        run_verify(samples, problem_files, tmp_path / "v.jsonl", tmp_path / "v.meta.json", progress=False)
     assert not (tmp_path / "v.jsonl").exists()
 
 
@@ -108,7 +108,7 @@ def test_run_verify_all_prechecked(tmp_path, problem_files):
     samples = tmp_path / "s.jsonl"
     write_jsonl(samples, [_sample("t0", "p-half", "\\boxed{0.5}", finish="length"),
                           _sample("t1", "p-half", "", closed=False)])
-    meta = run_verify(samples, problem_files, tmp_path / "v.jsonl", progress=False)
+    meta = run_verify(samples, problem_files, tmp_path / "v.jsonl", tmp_path / "v.meta.json", progress=False)
     assert meta["reasons"]["truncated"] == 1 and meta["reasons"]["no_final_answer"] == 1
     assert meta["accuracy"] == 0.0
     assert [r["label"] for r in read_jsonl(tmp_path / "v.jsonl").records] == [None, None]
@@ -127,7 +127,7 @@ def test_summarize_verify(tmp_path, problem_files):
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, SAMPLES_A)
     real = tmp_path / "verify" / "gen-a" / "math500.jsonl"
-    run_verify(samples, problem_files, real, workers=1, timeout_s=10, progress=False)
+    run_verify(samples, problem_files, real, tmp_path / "verify" / "gen-a" / "math500.meta.json", workers=1, timeout_s=10, progress=False)
     paths = [
         real,  # gen-a/math500: 3 correct of 8
         _labelled(tmp_path / "verify" / "gen-a" / "tiny.jsonl", "gen-a", "tiny",
@@ -163,6 +163,6 @@ def test_verify_derives_the_final_part_itself_from_untrusted_records(tmp_path, p
     write_jsonl(samples, [{"sample_id": sid, "problem_id": "p-half", "response": text, "finish_reason": "stop"}
                           for sid, text in raw])
     out = tmp_path / "v.jsonl"
-    run_verify(samples, problem_files, out, workers=1, timeout_s=10, progress=False)
+    run_verify(samples, problem_files, out, tmp_path / "v.meta.json", workers=1, timeout_s=10, progress=False)
     got = {r["sample_id"]: r["reason"] for r in read_jsonl(out).records}
     assert got == {"t0": "no_final_answer", "t1": "no_final_answer", "t2": "wrong_answer", "t3": "correct"}

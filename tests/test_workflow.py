@@ -86,7 +86,7 @@ def load_rules(configfiles=()):
             w = wf._get_workflow()
             w.include(wf.snakefile, overwrite_default_target=True)
             return [{"name": r.name, "outputs": [str(o) for o in r.output],
-                     "params": sorted(n for n in r.params._names if n not in ("code", "cfg", "models_dir")),
+                     "params": sorted(n for n in r.params._names if n not in ("code", "cfg", "io")),
                      "has_code_param": "code" in r.params._names} for r in w.rules if r.name != "all"]
     finally:
         os.chdir(cwd)
@@ -179,7 +179,11 @@ _DAG_SHAPE = "read by rules/common.smk to list the phase's jobs (adding one must
 DECLARED_UNREAD = {
     "dpo": {"pairs.labelers": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE, "pairs.gold_curve": _DAG_SHAPE},
     "evaluate_policy": {"pairs.labelers": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE, "pairs.gold_curve": _DAG_SHAPE,
-                        "dpo.seeds": _DAG_SHAPE},
+                        "dpo.seeds": _DAG_SHAPE,
+                        # the base policy's folder is an input when the pipeline makes it (ci); a hub
+                        # or path policy is found through its models entry
+                        "pairs.policy": "read only for a base policy the pipeline does not make",
+                        "models": "read only for a base policy the pipeline does not make"},
     "report": {"dpo.seeds": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE},
     # the policy samples with a copy of the params (policy_sampling_params): plain dicts, not recorded
     "pairs": {"sampling": "read through the policy's sampling copy, which the recording view does not see"},
@@ -189,7 +193,7 @@ NOT_RESULTS = ("tracking",)
 
 
 def _reads_by_phase(root: Path) -> dict[str, set[str]]:
-    from librarm.cli import STEP_PHASE
+    from librarm.phases import STEP_PHASE
 
     out: dict[str, set[str]] = {}
     for f in sorted((root / "reads").glob("*.json")):

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .io import InputError, read_jsonl, stable_hash, write_json, write_jsonl
+from .io import InputError, StageIO, read_jsonl, stable_hash, write_json, write_jsonl
 
 PUBLIC_FIELDS = ("index", "question", "response", "label", "model", "reference", "subset", "response_with_cot")
 
@@ -120,6 +120,11 @@ def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out
     stats["provenance"] = provenance(data=[str(p) for p in verify_paths])
     write_json(stats_path, stats)
     return stats
+
+
+def step_bench(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    stats = run_bench(params, io.input_list("verified"), io.output("bench"), io.output("stats"))
+    return stats, [io.output("stats")]
 
 
 # ----------------------------------------------------------------------------- reading any bench file

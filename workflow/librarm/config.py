@@ -8,14 +8,13 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .paths import MODEL_DIR, TRAINED_MODEL
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 WORKFLOW_DIR = PACKAGE_DIR.parent
 REPO_ROOT = WORKFLOW_DIR.parent
 SCHEMA_PATH = WORKFLOW_DIR / "schemas" / "params.schema.json"
 PRESETS_DIR = WORKFLOW_DIR / "presets"
-RESULTS = "results"
-MODELS_DIR = f"{RESULTS}/bootstrap/models"
-TRAINED_DIR = f"{RESULTS}/train"
 
 
 class ConfigError(ValueError):
@@ -262,9 +261,9 @@ def model_ref(params: Mapping[str, Any], name: str) -> dict:
     """Where model `name` lives: {'path': local folder or hub id, 'revision': str|None, 'local': bool}."""
     m = params["models"][name]
     if m["source"] in ("tiny", "gguf"):
-        return {"path": f"{MODELS_DIR}/{name}", "revision": None, "local": True}
+        return {"path": MODEL_DIR.format(model=name), "revision": None, "local": True}
     if m["source"] == "trained":
-        return {"path": f"{TRAINED_DIR}/{name}", "revision": None, "local": True}
+        return {"path": TRAINED_MODEL.format(model=name), "revision": None, "local": True}
     if m["source"] == "path":
         return {"path": m["path"], "revision": None, "local": True}
     return {"path": m["id"], "revision": m["revision"], "local": False}

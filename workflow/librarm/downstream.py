@@ -10,14 +10,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .io import read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from .labelers import (
     NONE_POLICY,
     RAW_PREFIX,
+    all_policies,
+    curve_policies,
     curve_policy,
     keep_probability,
     labeler_kind,
     policy_parts,
+    policy_runs,
 )
 from .stats import bootstrap_means, sign_flip_p
 
@@ -52,14 +55,39 @@ def split_pool(problems: Sequence[Mapping[str, Any]], seed: int, val_fraction: f
     return [p for p in problems if p["id"] not in val_ids], [p for p in problems if p["id"] in val_ids]
 
 
-def run_pool_split(params: Mapping[str, Any], pool_path: str | Path, out_dir: str | Path) -> dict:
-    """Stage step `pairs-split`: results/pairs/{train,val}_problems.jsonl."""
+def run_pool_split(params: Mapping[str, Any], pool_path: str | Path, train_path: str | Path,
+                   val_path: str | Path) -> dict:
+    """Stage step `pairs-split`: the pool's problems that are paired (train) and those whose
+    answers only pick the DPO checkpoint (val)."""
     problems = read_jsonl(pool_path, {"id": "str", "problem": "str", "answer": "str"}, id_field="id").records
     train, val = split_pool(problems, params["seed"], params["pairs"]["val_fraction"])
-    out_dir = Path(out_dir)
-    write_jsonl(out_dir / "train_problems.jsonl", train)
-    write_jsonl(out_dir / "val_problems.jsonl", val)
+    write_jsonl(train_path, train)
+    write_jsonl(val_path, val)
     return {"train_problems": len(train), "val_problems": len(val)}
+
+
+def step_pairs_split(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    return run_pool_split(params, io.input("pool"), io.output("train"), io.output("val")), []
+
+
+def step_pairs_sample(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `pairs-sample`: the policy samples `pairs.n` responses per pool problem."""
+    from .sampling import run_sample
+
+    pc = params["pairs"]
+    sp = policy_sampling_params(params, pc["policy"], pc["n"], pc.get("temperature", 1.0))
+    meta = run_sample(sp, "policy", pc["pool"], io.input("problems"), io.output("samples"), io.output("meta"),
+                      threads=io.threads, progress=False)
+    return {k: meta[k] for k in ("n_records", "generated_now", "reused", "tokens_per_s")}, []
+
+
+def step_pairs_verify(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    from .verify import run_verify
+
+    v = params["verify"]
+    meta = run_verify(io.input("samples"), io.input_list("problems"), io.output("verified"), io.output("meta"),
+                      workers=io.threads or 1, timeout_s=v["timeout_s"], memory_mb=v["memory_mb"], progress=False)
+    return {"accuracy": meta["accuracy"], "reasons": meta["reasons"]}, []
 
 
 def policy_sampling_params(params: Mapping[str, Any], model: str, n: int, temperature: float,
@@ -91,6 +119,10 @@ def run_judge_labels(params: Mapping[str, Any], labeler: str, verified_path: str
     acc = label_accuracy([r["pred"] for r in rows], [it["label"] for it in items])
     return {"labeler": labeler, "n": len(rows), "label_accuracy": acc, "seconds": round(time.time() - t0, 1),
             **{k: v for k, v in extra.items() if k in ("status_counts", "threshold")}}
+
+
+def step_pairs_label(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    return run_judge_labels(params, io.wildcard("judge"), io.input("verified"), io.output("labels"), io.threads), []
 
 
 def label_accuracy(labels: Sequence[int | None], gold: Sequence[int]) -> float | None:
@@ -183,11 +215,11 @@ def take_budget(pairs: Sequence[dict], budget: int, seed: int, labeler: str) -> 
 
 
 def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_paths: Mapping[str, str | Path],
-                    out_dir: str | Path) -> dict:
-    """Stage step `pairs-build`: results/pairs/<labeler>.jsonl (the DPO training set: at most
-    `pairs.budget` pairs; a labeler with fewer is "short" and keeps all it has),
-    results/pairs/curve/gold-<n>.jsonl (the gold curve), results/pairs/raw/<labeler>.jsonl (every
-    pair) and results/pairs/stats.json."""
+                    pairs_paths: Mapping[str, str | Path], raw_paths: Mapping[str, str | Path],
+                    curve_paths: Mapping[str, str | Path], stats_path: str | Path) -> dict:
+    """Stage step `pairs-build`: per labeler, its DPO training set (pairs_paths: at most
+    `pairs.budget` pairs; a labeler with fewer is "short" and keeps all it has) and every pair it
+    gives (raw_paths); the gold curve (curve_paths, keyed by policy name); the stats."""
     cfg = params["pairs"]
     seed = params["seed"]
     verified = read_jsonl(verified_path).records
@@ -213,11 +245,10 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
                                    "judged_correct_share": round(sum(lab == 1 for lab in labels) / len(labels), 4)
                                    if labels else None, **st}
     budget = int(cfg["budget"])
-    out_dir = Path(out_dir)
     for name in cfg["labelers"]:
         trained = take_budget(raw[name], budget, seed, name)
-        write_jsonl(out_dir / "raw" / f"{name}.jsonl", raw[name])
-        write_jsonl(out_dir / f"{name}.jsonl", trained)
+        write_jsonl(raw_paths[name], raw[name])
+        write_jsonl(pairs_paths[name], trained)
         st = stats["labelers"][name]
         st["pairs_raw"] = len(raw[name])
         st["pairs_trained"] = len(trained)
@@ -227,14 +258,24 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
     if "gold" in raw:
         for n in cfg.get("gold_curve", []):
             curve = take_budget(raw["gold"], int(n), seed, "gold")
-            write_jsonl(out_dir / f"{curve_policy(n)}.jsonl", curve)
+            write_jsonl(curve_paths[curve_policy(n)], curve)
             stats["gold_curve"][str(int(n))] = {"pairs_trained": len(curve), "short": len(curve) < int(n),
                                                 "pair_accuracy_trained": pair_accuracy(curve)}
     stats["budget"] = budget
     stats["short_labelers"] = [n for n in cfg["labelers"] if stats["labelers"][n]["short"]]
     stats["labelers_without_pairs"] = sorted(n for n, v in raw.items() if not v)
-    write_json(out_dir / "stats.json", stats)
+    write_json(stats_path, stats)
     return stats
+
+
+def step_pairs_build(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    pc = params["pairs"]
+    judges = [n for n in pc["labelers"] if labeler_kind(n, params["judges"]) == "judge"]
+    stats = run_build_pairs(params, io.input("verified"), io.keyed("labels", judges, output=False),
+                            io.keyed("pairs", pc["labelers"]), io.keyed("raw", pc["labelers"]),
+                            io.keyed("curve", curve_policies(pc)), io.output("stats"))
+    return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "short", "label_accuracy")}
+            for name, v in stats["labelers"].items()}, [io.output("stats")]
 
 
 # ----------------------------------------------------------------------------- avg@k
@@ -279,9 +320,11 @@ def sample_and_grade(sampler, problems: Sequence[Mapping[str, Any]], k: int, see
     return out
 
 
-def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, problem_paths: Sequence[str | Path],
-                    out_dir: str | Path, threads: int | None = None, sampler=None) -> dict:
-    """Stage step `policy-eval`: one policy's avg@k on the hard eval subsets (read here, once)."""
+def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, problem_paths: Mapping[str, str | Path],
+                    samples_path: str | Path, eval_path: str | Path, threads: int | None = None,
+                    sampler=None) -> dict:
+    """Stage step `policy-eval`: one policy's avg@k on the hard eval subsets (problem_paths:
+    {subset: file}); its graded samples and metrics."""
     from .problems import load_problem_sets
     from .provenance import model_identity, provenance
     from .sampling import SamplingConfig
@@ -289,8 +332,7 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
 
     ev = params["evaluate_policy"]
     problems = []
-    for path in problem_paths:
-        subset = Path(path).stem
+    for subset, path in problem_paths.items():
         problems += [dict(p, subset=subset) for p in load_problem_sets([path]).values()]
     cfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
                          max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
@@ -301,17 +343,29 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
     with VerifierPool(max(1, threads or 1), params["verify"]["timeout_s"], params["verify"]["memory_mb"]) as pool:
         graded = sample_and_grade(sampler, problems, ev["k"], params["seed"], "policy-eval", params, pool)
     per_problem = per_problem_accuracy(graded)
-    out_dir = Path(out_dir)
     metrics = {"policy": policy, "k": ev["k"], "avg_at_k": avg_at_k(per_problem),
                "ci95": bootstrap_means(per_problem, ev.get("bootstrap_resamples", 2000), params["seed"]),
                "problems": {s: len(v) for s, v in per_problem.items()},
                "no_answer_share": round(sum(r["pred"] is None for r in graded) / max(1, len(graded)), 4),
                "mean_completion_tokens": round(float(np.mean([r["completion_tokens"] for r in graded])), 1) if graded else None,
                "seconds": round(time.time() - t0, 1),
-               "provenance": provenance(models=[model_identity(model_path, None)], data=[str(p) for p in problem_paths])}
-    write_jsonl(out_dir / "samples.jsonl", graded)
-    write_json(out_dir / "eval.json", metrics)
+               "provenance": provenance(models=[model_identity(model_path, None)], data=[str(p) for p in problem_paths.values()])}
+    write_jsonl(samples_path, graded)
+    write_json(eval_path, metrics)
     return metrics
+
+
+def step_policy_eval(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `policy-eval`: the base policy (a hub id or the folder the pipeline made) or a
+    DPO policy's run (its `model` input)."""
+    from .config import model_ref
+
+    policy = io.wildcard("policy")
+    model = io.input_list("model")
+    model_path = model[0] if model else model_ref(params, params["pairs"]["policy"])["path"]
+    m = run_policy_eval(params, policy, model_path, io.keyed("problems", params["evaluate_policy"]["subsets"], output=False),
+                        io.output("samples"), io.output("metrics"), io.threads)
+    return {"avg_at_k": m["avg_at_k"], "seconds": m["seconds"]}, [io.output("metrics")]
 
 
 def _policy_sampler(params, model_path, cfg, threads):
@@ -323,18 +377,18 @@ def _policy_sampler(params, model_path, cfg, threads):
                         cfg, threads)
 
 
-def summarize_policy(params: Mapping[str, Any], policy: str, eval_dirs: Sequence[str | Path],
-                     pairs_stats_path: str | Path | None, out_path: str | Path) -> dict:
-    """results/downstream/<policy>/metrics.json: avg@k averaged over DPO seeds (per-problem
-    accuracies are averaged first, then bootstrapped), the per-seed values and their sd, and the
-    labeler's pair count and label accuracy (0 / null for `none`)."""
+def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, tuple[str | Path, str | Path]],
+                     pairs_stats_path: str | Path | None, out_path: str | Path, per_problem_path: str | Path) -> dict:
+    """A policy's metrics: avg@k averaged over DPO seeds (per-problem accuracies are averaged
+    first, then bootstrapped), the per-seed values and their sd, and the labeler's pair count and
+    label accuracy (0 / null for `none`); runs maps each run to its (eval, samples) files. The
+    mean per-problem accuracies go to per_problem_path (the paired gain tests read them)."""
     ev = params["evaluate_policy"]
     seeds: dict[str, dict] = {}
     per_seed_problem: list[dict] = []
-    for d in eval_dirs:
-        d = Path(d)
-        seeds[d.name] = read_json(d / "eval.json")["avg_at_k"]
-        per_seed_problem.append(per_problem_accuracy(read_jsonl(d / "samples.jsonl").records))
+    for run, (eval_path, samples_path) in runs.items():
+        seeds[run] = read_json(eval_path)["avg_at_k"]
+        per_seed_problem.append(per_problem_accuracy(read_jsonl(samples_path).records))
     mean_pp = {s: {p: float(np.mean([pp[s][p] for pp in per_seed_problem])) for p in per_seed_problem[0][s]}
                for s in per_seed_problem[0]}
     kind, labeler, count = policy_parts(policy)
@@ -356,21 +410,34 @@ def summarize_policy(params: Mapping[str, Any], policy: str, eval_dirs: Sequence
                "pair_accuracy": None if kind == "none" else lab_stats.get(
                    "pair_accuracy" if raw else "pair_accuracy_trained")}
     write_json(out_path, metrics)
-    write_json(Path(out_path).with_name("per_problem.json"), mean_pp)
+    write_json(per_problem_path, mean_pp)
     return metrics
 
 
-def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str | Path], out_path: str | Path) -> dict:
-    """results/downstream/summary.json: every policy's avg@k, and its gain over `none` with a
-    paired (same problems, same sampling seeds) bootstrap interval and sign-flip p-value; the share
-    of the gold labeler's gain each labeler recovers."""
+def step_policy_metrics(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    policy = io.wildcard("policy")
+    names = policy_runs(policy, params["dpo"]["seeds"])
+    evals, samples = io.keyed("evals", names, output=False), io.keyed("samples", names, output=False)
+    pairs = io.input_list("pairs_stats")
+    m = summarize_policy(params, policy, {r: (evals[r], samples[r]) for r in names}, pairs[0] if pairs else None,
+                         io.output("metrics"), io.output("per_problem"))
+    return {"avg_at_k": m["avg_at_k"], "pairs": m["pairs"], "label_accuracy": m["label_accuracy"]}, \
+        [io.output("metrics")]
+
+
+def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, tuple[str | Path, str | Path]],
+                         out_path: str | Path) -> dict:
+    """The downstream summary: every policy's avg@k, and its gain over `none` with a paired (same
+    problems, same sampling seeds) bootstrap interval and sign-flip p-value; the share of the gold
+    labeler's gain each labeler recovers. policy_files maps each policy to its (metrics,
+    per-problem) files."""
     ev = params["evaluate_policy"]
     seed = params["seed"]
     metrics, per_problem = {}, {}
-    for path in metric_paths:
-        m = read_json(path)
+    for metrics_path, per_problem_path in policy_files.values():
+        m = read_json(metrics_path)
         metrics[m["policy"]] = m
-        per_problem[m["policy"]] = read_json(Path(path).with_name("per_problem.json"))
+        per_problem[m["policy"]] = read_json(per_problem_path)
     if NONE_POLICY not in metrics:
         raise ValueError(f"downstream summary: the base policy {NONE_POLICY!r} is missing from the inputs")
     base = per_problem[NONE_POLICY]
@@ -403,3 +470,11 @@ def summarize_downstream(params: Mapping[str, Any], metric_paths: Sequence[str |
                 row["gold_at_similar_count"] = {"pairs": n, "gain": curve[n]["gain"]["all"]}
     write_json(out_path, out)
     return out
+
+
+def step_downstream_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    policies = all_policies(params["pairs"])
+    metrics, per_problem = io.keyed("metrics", policies, output=False), io.keyed("per_problem", policies, output=False)
+    s = summarize_downstream(params, {p: (metrics[p], per_problem[p]) for p in policies}, io.output("summary"))
+    return {"gain_all": {k: v["gain"].get("all") for k, v in s["policies"].items() if v.get("gain")}}, \
+        [io.output("summary")]

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .io import read_json, read_jsonl, write_json
-from .train import RESUME_ROOT, device_args, latest_checkpoint, resume_dir_for, seed_everything
+from .io import StageIO, read_json, read_jsonl, write_json
+from .paths import RESUME_TRAIN
+from .train import device_args, latest_checkpoint, resume_dir_for, seed_everything
 
 
 @dataclass
@@ -56,7 +57,7 @@ def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
 
 def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
             out_dir: str | Path, *, name: str, seed: int, threads: int | None = None,
-            resume_root: str | Path = RESUME_ROOT, budget: int | None = None) -> dict:
+            resume_root: str | Path = RESUME_TRAIN, budget: int | None = None) -> dict:
     """Train one DPO policy for the steps `budget` pairs take (see `labelers.dpo_step_pairs`;
     None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
     the untrained policy (step 0), every `val_every` steps and at the end. Selection reads the
@@ -162,3 +163,29 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
             "loss_curve": [{"step": h["step"], "loss": h["loss"], "reward_margin": h.get("rewards/margins"),
                             "reward_accuracy": h.get("rewards/accuracies")} for h in hist if "loss" in h],
             "val_curve": [{"step": h["step"], "val_avg_at_k": h["val_avg_at_k"]} for h in hist if "val_avg_at_k" in h]}
+
+
+def step_dpo(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `dpo`: one policy (the `policy` wildcard) and DPO seed, from the `init` input (the
+    policy folder the pipeline made) or the hub policy `pairs.policy` names."""
+    from .config import model_ref
+
+    init = io.input_list("init")
+    init_path = init[0] if init else model_ref(params, params["pairs"]["policy"])["path"]
+    log = run_dpo(params, io.input("pairs"), io.input("val"), init_path, io.output("model"),
+                  name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
+                  budget=int(params["pairs"]["budget"]))
+    write_json(io.output("log"), log)
+    return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",
+                                "tokens_per_s", "loss_curve", "val_curve")}, [io.output("log")]
+
+
+def step_dpo_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `dpo-stats`: every DPO run's log in one file, keyed <policy>/seed-<seed>."""
+    stats = {}
+    for p in io.input_list("logs"):
+        d = read_json(p)
+        stats[f"{d['labeler']}/seed-{d['seed']}"] = d
+    write_json(io.output("stats"), stats)
+    return {k: {"selected_val_avg_at_k": v["selected_val_avg_at_k"], "seconds": v["seconds"]}
+            for k, v in stats.items()}, [io.output("stats")]

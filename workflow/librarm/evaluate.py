@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .bench import read_bench
-from .io import read_json, write_json, write_jsonl, write_text
+from .io import StageIO, read_json, write_json, write_jsonl, write_text
 from .metrics import auroc, best_threshold, problem_prior_predictions, summarize
 from .stats import bootstrap_intervals
 
@@ -54,15 +54,14 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     return preds, extra
 
 
-def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, out_dir: str | Path,
-                 threads: int | None = None, sampler=None) -> dict[str, Any]:
-    """Stage `evaluate`: one judge on one benchmark file -> predictions.jsonl + metrics.json."""
+def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, predictions_path: str | Path,
+                 metrics_path: str | Path, threads: int | None = None, sampler=None) -> dict[str, Any]:
+    """Stage `evaluate`: one judge on one benchmark file -> its predictions and metrics."""
     import time
 
     from .config import model_ref
     from .provenance import model_identity, provenance
 
-    out_dir = Path(out_dir)
     spec = params["judges"][judge_name]
     items = read_bench(bench_path)
     t0 = time.time()
@@ -78,27 +77,43 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
         ref = model_ref(params, spec["model"])
         models.append(model_identity(ref["path"], ref["revision"]))
     metrics["provenance"] = provenance(models=models, data=[str(bench_path)])
-    write_jsonl(out_dir / "predictions.jsonl", preds)
-    write_json(out_dir / "metrics.json", metrics)
+    write_jsonl(predictions_path, preds)
+    write_json(metrics_path, metrics)
     return metrics
+
+
+def score_file(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, out_dir: str | Path,
+               threads: int | None = None) -> dict[str, Any]:
+    """`librarm score`: a judge on any bench-schema file, into out_dir (predictions.jsonl, metrics.json)."""
+    out_dir = Path(out_dir)
+    return run_evaluate(params, judge_name, bench_path, out_dir / "predictions.jsonl", out_dir / "metrics.json",
+                        threads)
+
+
+def step_evaluate(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    metrics = run_evaluate(params, io.wildcard("judge"), io.input("bench"), io.output("predictions"),
+                           io.output("metrics"), io.threads)
+    return metrics, [io.output("metrics")]
 
 
 def _fmt_ci(ci: Sequence[float] | None) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
 
 
-def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path, out_md: str | Path, *,
+def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Mapping[str, str | Path],
+                   out_json: str | Path, out_md: str | Path, out_comparisons: str | Path, *,
                    params: Mapping[str, Any] | None = None, bench_path: str | Path | None = None,
                    judge_train_path: str | Path | None = None, train_stats_path: str | Path | None = None) -> dict:
-    """results/eval/summary.json, table.md and comparisons.json: one row per judge (reward-bench
-    style), paired comparisons, seen vs held-out generators, the shortcut probe, training stats."""
+    """The eval summary (JSON), its table (Markdown) and the comparisons: one row per judge
+    (reward-bench style), paired comparisons, seen vs held-out generators, the shortcut probe,
+    training stats. metric_paths and prediction_paths map each judge to its files."""
     from .compare import seen_heldout_accuracy, shortcut_probe
     from .io import read_jsonl
     from .stats import format_p, paired_comparison
 
     params = params or {}
     rows = {name: read_json(p) for name, p in metric_paths.items()}
-    preds = {name: read_jsonl(Path(p).with_name("predictions.jsonl")).records for name, p in metric_paths.items()}
+    preds = {name: read_jsonl(prediction_paths[name]).records for name in metric_paths}
     heldout = (params.get("judge_data") or {}).get("exclude_generators", [])
     resamples = (params.get("compare") or {}).get("resamples", 2000)
     seed = params.get("seed", 0)
@@ -161,7 +176,7 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path,
                          f"{s.get('tokens_per_s')} | {'' if val is None else f'{100 * val:.1f}'} |")
     md = "\n".join(lines) + "\n"
     write_text(out_md, md)
-    write_json(Path(out_json).with_name("comparisons.json"), comparisons)
+    write_json(out_comparisons, comparisons)
     summary = {name: {k: m[k] for k in ("libra_score", "subset_accuracy", "macro_f1", "unparsed_rate", "n_items")}
                | {"libra_score_ci95": m["ci95"]["libra_score"]} | ({"seen_heldout": seen_held[name]} if name in seen_held else {})
                for name, m in all_rows.items()}
@@ -174,3 +189,13 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], out_json: str | Path,
                                                               | {"mcnemar_p": v["mcnemar"]["p"]}
                                                               for k, v in comparisons.items()}})
     return {"judges": summary, "comparisons": comparisons}
+
+
+def step_eval_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    judges = params["evaluate"]["judges"]
+    train, stats = io.input_list("judge_train"), io.input_list("train_stats")
+    summary = summarize_eval(io.keyed("metrics", judges, output=False), io.keyed("predictions", judges, output=False),
+                             io.output("summary"), io.output("table"), io.output("comparisons"), params=params,
+                             bench_path=io.input("bench"), judge_train_path=train[0] if train else None,
+                             train_stats_path=stats[0] if stats else None)
+    return summary, [io.output("summary"), io.output("table"), io.output("comparisons")]

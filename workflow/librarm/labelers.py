@@ -4,7 +4,7 @@ the stages and the report; it imports nothing of the package."""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 NOISY_GOLD = re.compile(r"^gold_p([1-9]\d?)$")      # gold_p1 .. gold_p99
 BUILTIN_LABELERS = ("gold", "random")
@@ -41,6 +41,16 @@ def downstream_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
     """Every DPO policy the params ask for: one per labeler (on its budget of pairs), the gold
     curve (when gold is a labeler) and the raw runs."""
     return list(pairs_cfg["labelers"]) + curve_policies(pairs_cfg) + [RAW_PREFIX + name for name in pairs_cfg.get("raw_labelers", [])]
+
+
+def all_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
+    """The base policy and every DPO policy: what the downstream evaluation scores."""
+    return [NONE_POLICY] + downstream_policies(pairs_cfg)
+
+
+def policy_runs(policy: str, dpo_seeds: Sequence[int]) -> list[str]:
+    """A policy's evaluation runs: one per DPO seed (seed-<s>); the base policy has one (base)."""
+    return ["base"] if policy == NONE_POLICY else [f"seed-{int(s)}" for s in dpo_seeds]
 
 
 def dpo_step_pairs(policy: str, n_pairs: int, budget: int) -> int:

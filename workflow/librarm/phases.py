@@ -13,10 +13,13 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import paths as P
 from .config import REPO_ROOT
 
 PKG = "workflow/librarm"
-COMMON_CODE = ("io.py", "config.py", "provenance.py", "tracking.py", "cli.py", "phases.py")
+# Code every phase depends on beyond its import closure: the registry itself (rule params, code
+# hashes). The CLI dispatcher is not: it only maps a step to its function (cli.STEPS).
+COMMON_CODE = ("phases.py",)
 
 
 def module_imports(module: str, root: Path = REPO_ROOT) -> set[str]:
@@ -57,6 +60,7 @@ class Phase:
     upstream: tuple[str, ...] = ()    # phases whose outputs it reads
     rules_file: str = ""
     optional: str | None = None       # params section that switches the phase on (None: always on)
+    steps: tuple[str, ...] = ()       # its `librarm stage` steps (cli.STEPS names each one's function)
 
     @property
     def code(self) -> tuple[str, ...]:
@@ -69,48 +73,54 @@ class Phase:
 
 
 PHASES: dict[str, Phase] = {p.name: p for p in (
-    Phase("problems", "results/problems/stats.json", "results/problems", ("seed", "problems"),
-          ("problems",), (), "rules/problems.smk"),
-    Phase("bootstrap", "results/bootstrap/stats.json", "results/bootstrap",
+    Phase("problems", P.PROBLEMS_STATS, P.PROBLEMS, ("seed", "problems"),
+          ("problems",), (), "rules/problems.smk", steps=("problems",)),
+    Phase("bootstrap", P.BOOTSTRAP_STATS, P.BOOTSTRAP,
           ("seed", "problems", "models", "bootstrap", "judge.prompt_template", "judge.system_prompt"),
-          ("tinyworld", "gguf"), ("problems",), "rules/bootstrap.smk"),
-    Phase("sample", "results/samples/stats.json", "results/samples", ("seed", "models", "generators", "sampling"),
-          ("sampling",), ("problems", "bootstrap"), "rules/sample.smk"),
-    Phase("verify", "results/verify/stats.json", "results/verify", ("verify",),
-          ("verify",), ("problems", "sample"), "rules/verify.smk"),
-    Phase("bench", "results/bench/stats.json", "results/bench", ("seed", "bench", "problems"),
-          ("bench",), ("verify",), "rules/bench.smk"),
-    Phase("judge_data", "results/judge_data/stats.json", "results/judge_data", ("seed", "judge_data", "problems"),
-          ("train",), ("problems", "verify"), "rules/train.smk", optional="judge_data"),
-    Phase("rs", "results/rs/stats.json", "results/rs", ("seed", "rs", "judge", "judges", "models", "sampling", "sft.init"),
+          ("tinyworld", "gguf"), ("problems",), "rules/bootstrap.smk",
+          steps=("bootstrap-tiny", "prepare-model", "bootstrap-stats")),
+    Phase("sample", P.SAMPLES_STATS, P.SAMPLES, ("seed", "models", "generators", "sampling"),
+          ("sampling",), ("problems", "bootstrap"), "rules/sample.smk", steps=("sample", "sample-stats")),
+    Phase("verify", P.VERIFY_STATS, P.VERIFY, ("verify",),
+          ("verify",), ("problems", "sample"), "rules/verify.smk", steps=("verify", "verify-stats")),
+    Phase("bench", P.BENCH_STATS, P.BENCH, ("seed", "bench", "problems"),
+          ("bench",), ("verify",), "rules/bench.smk", steps=("bench",)),
+    Phase("judge_data", P.JUDGE_DATA_STATS, P.JUDGE_DATA, ("seed", "judge_data", "problems"),
+          ("train",), ("problems", "verify"), "rules/train.smk", optional="judge_data", steps=("judge-data",)),
+    Phase("rs", P.RS_STATS, P.RS, ("seed", "rs", "judge", "judges", "models", "sampling", "sft.init"),
           ("train",), ("judge_data", "verify", "bootstrap"),
-          "rules/train.smk", optional="rs"),
-    Phase("train", "results/train/stats.json", "results/train", ("seed", "sft", "rl", "scalar_rm", "judge", "models"),
+          "rules/train.smk", optional="rs", steps=("rs",)),
+    Phase("train", P.TRAIN_STATS, P.TRAIN, ("seed", "sft", "rl", "scalar_rm", "judge", "models"),
           ("train",),
-          ("rs", "judge_data", "bootstrap"), "rules/train.smk", optional="judge_data"),
-    Phase("evaluate", "results/eval/summary.json", "results/eval",
+          ("rs", "judge_data", "bootstrap"), "rules/train.smk", optional="judge_data", steps=("train", "train-stats")),
+    Phase("evaluate", P.EVAL_SUMMARY, P.EVAL,
           ("seed", "models", "judges", "judge", "evaluate", "compare", "judge_data.exclude_generators"),
           ("evaluate",),
-          ("bench", "bootstrap", "train", "judge_data"), "rules/evaluate.smk"),
-    Phase("pairs", "results/pairs/stats.json", "results/pairs",
+          ("bench", "bootstrap", "train", "judge_data"), "rules/evaluate.smk", steps=("evaluate", "eval-summary")),
+    Phase("pairs", P.PAIRS_STATS, P.PAIRS,
           ("seed", "pairs", "models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify"),
           ("downstream", "evaluate", "verify"),
-          ("problems", "bootstrap", "train", "judge_data"), "rules/downstream.smk", optional="pairs"),
-    Phase("dpo", "results/dpo/stats.json", "results/dpo",
+          ("problems", "bootstrap", "train", "judge_data"), "rules/downstream.smk", optional="pairs",
+          steps=("pairs-split", "pairs-sample", "pairs-verify", "pairs-label", "pairs-build")),
+    Phase("dpo", P.DPO_STATS, P.DPO,
           ("seed", "dpo", "sampling", "evaluate_policy", "verify", "pairs.labelers", "pairs.raw_labelers",
            "pairs.budget", "pairs.gold_curve", "pairs.policy", "models"),
           ("dpo",),
-          ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs"),
-    Phase("evaluate_policy", "results/downstream/summary.json", "results/downstream",
+          ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs", steps=("dpo", "dpo-stats")),
+    Phase("evaluate_policy", P.DOWNSTREAM_SUMMARY, P.DOWNSTREAM,
           ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve",
-           "pairs.backend", "dpo.seeds", "report.permutations"),
+           "pairs.backend", "pairs.policy", "models", "dpo.seeds", "report.permutations"),
           ("downstream", "verify"),
-          ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs"),
-    Phase("report", "results/report/metrics.json", "results/report",
+          ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs",
+          steps=("policy-eval", "policy-metrics", "downstream-summary")),
+    Phase("report", P.REPORT_METRICS, P.REPORT,
           ("seed", "report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds", "evaluate.judges"),
           ("report",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
-          "rules/report.smk", optional="pairs"),
+          "rules/report.smk", optional="pairs", steps=("report",)),
 )}
+
+# Every `librarm stage` step and the phase it belongs to (the CLI's step -> phase map).
+STEP_PHASE: dict[str, str] = {step: p.name for p in PHASES.values() for step in p.steps}
 
 
 def active_phases(config: Mapping[str, Any]) -> list[Phase]:
@@ -179,10 +189,10 @@ def dvc_plots() -> list[dict]:
     definitions do not depend on which models a params file names) and the report's PNG plots."""
     from .report import CURVES, PLOT_IMAGES
 
-    out: list[Any] = [{f"results/report/curves/{name}": {"x": "step", "y": key, "title": title}}
+    out: list[Any] = [{f"{P.REPORT_CURVES}/{name}": {"x": "step", "y": key, "title": title}}
                       for name, _kind, key, title in CURVES]
-    out.append({"results/report/curves/dpo_loss": {"x": "step", "y": "loss", "title": "DPO loss (budget pairs)"}})
-    return out + [f"results/report/{img}" for img in PLOT_IMAGES]
+    out.append({f"{P.REPORT_CURVES}/dpo_loss": {"x": "step", "y": "loss", "title": "DPO loss (budget pairs)"}})
+    return out + [f"{P.REPORT}/{img}" for img in PLOT_IMAGES]
 
 
 def render_dvc_yaml() -> str:

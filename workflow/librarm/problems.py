@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from .io import (
     InputError,
+    StageIO,
     read_jsonl,
     stable_hash,
     stable_seed,
@@ -227,11 +228,12 @@ def decontaminate(pool: list[dict], against: list[dict], ngram: int = 13) -> tup
 
 
 # ----------------------------------------------------------------------------- stage
-def run_problems(params: Mapping[str, Any], out_dir: str | Path = "results/problems") -> dict:
-    """Stage `problems`: write results/problems/<set>.jsonl for every set and stats.json."""
+def run_problems(params: Mapping[str, Any], set_paths: Mapping[str, str | Path],
+                 quarantine_paths: Mapping[str, str | Path], stats_path: str | Path) -> dict:
+    """Stage `problems`: write every set (set_paths[name]), its quarantined lines
+    (quarantine_paths[name]) and the stats."""
     from .provenance import provenance
 
-    out_dir = Path(out_dir)
     pcfg = params["problems"]
     seed = params["seed"]
     on_bad = pcfg.get("on_bad_line", "error")
@@ -264,9 +266,9 @@ def run_problems(params: Mapping[str, Any], out_dir: str | Path = "results/probl
     for name, recs in sets.items():
         if not recs:
             raise InputError(f"problem set {name!r} is empty after loading/filtering")
-        write_jsonl(out_dir / f"{name}.jsonl", recs)
+        write_jsonl(set_paths[name], recs)
         # every set has its quarantine file (a declared output), empty when no line was dropped
-        write_jsonl(out_dir / f"{name}.quarantine.jsonl", quarantined[name])
+        write_jsonl(quarantine_paths[name], quarantined[name])
     stats = {
         "sets": {n: {"n": len(r), "role": next(s["role"] for s in specs if s["name"] == n),
                      "quarantined": len(quarantined[n]), "decontaminated": removed.get(n, 0)} for n, r in sets.items()},
@@ -275,8 +277,14 @@ def run_problems(params: Mapping[str, Any], out_dir: str | Path = "results/probl
         "provenance": provenance(data=[s.get("path") or s.get("hf_id") or "synthetic" for s in specs],
                                  revisions={s["name"]: s.get("revision") for s in specs}),
     }
-    write_json(out_dir / "stats.json", stats)
+    write_json(stats_path, stats)
     return stats
+
+
+def step_problems(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    names = [s["name"] for s in params["problems"]["sets"]]
+    stats = run_problems(params, io.keyed("sets", names), io.keyed("quarantine", names), io.output("stats"))
+    return stats, [io.output("stats")]
 
 
 def load_problem_sets(paths: Sequence[str | Path]) -> dict[str, dict]:

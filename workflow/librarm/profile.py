@@ -1,5 +1,5 @@
 """Where a DAG run's time went, from Snakemake's own log (job start and finish times, threads,
-inputs and outputs) and the per-rule `benchmark:` files (results/logs/benchmarks/<rule>/...):
+inputs and outputs) and the per-rule `benchmark:` files (paths.benchmark):
 per-phase and per-rule totals, the critical path (the longest chain of dependent jobs), and the
 share of core-time the cores sat idle. `librarm profile` prints it."""
 from __future__ import annotations

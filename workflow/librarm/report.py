@@ -1,5 +1,5 @@
-"""The run's report: results/report/summary.md with every table of the run, PNG plots with their
-data as CSV, and summary.json. Every number in the Markdown is read from a metrics file at a
+"""The run's report: a Markdown summary with every table of the run, PNG plots with their
+data as CSV, and summary.json (paths: librarm.paths). Every number in the Markdown is read from a metrics file at a
 recorded JSON path (`tables` in summary.json), so `check_report` can prove they agree."""
 from __future__ import annotations
 
@@ -12,19 +12,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .io import read_json, write_json, write_text
-from .labelers import NONE_POLICY, RAW_PREFIX, curve_policy, policy_parts
+from .io import StageIO, read_json, write_json, write_text
+from .labelers import NONE_POLICY, RAW_PREFIX, all_policies, curve_policy, policy_parts
 from .stats import gain_correlation
 
-R = "results"
-SOURCES = {
-    "verify": f"{R}/verify/stats.json", "bench": f"{R}/bench/stats.json", "eval": f"{R}/eval/summary.json",
-    "train": f"{R}/train/stats.json", "rs": f"{R}/rs/stats.json", "pairs": f"{R}/pairs/stats.json",
-    "dpo": f"{R}/dpo/stats.json", "downstream": f"{R}/downstream/summary.json",
-}
+# The phase files the report reads (its rule passes each by this name; train and rs only when the
+# judge is trained).
+SOURCE_KEYS = ("verify", "bench", "eval", "train", "rs", "pairs", "dpo", "downstream")
 
 
-# Curves: results/report/curves/<name>/<name>-<series>.csv (step, value); also the dvc.yaml plots.
+# Curves: <report>/curves/<name>/<name>-<series>.csv (step, value); also the dvc.yaml plots.
 CURVES = [("sft_loss", "sft", "loss", "SFT loss"), ("grpo_reward", "rl", "reward", "GRPO reward"),
           ("grpo_correctness", "rl", "correctness", "GRPO correctness reward"),
           ("grpo_length", "rl", "length", "GRPO completion length (tokens)"),
@@ -103,11 +100,18 @@ def ci(file: str, path: tuple, **kw) -> tuple[Num, Num]:
 
 
 # ----------------------------------------------------------------------------- report
-def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Path = ".") -> dict:
-    """Stage `report`: read every phase's metrics, write summary.md/json, plots (PNG + CSV)."""
+def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_metrics: Mapping[str, str],
+                 per_problem_paths: Mapping[str, str], *, metrics_path: str | Path, summary_path: str | Path,
+                 markdown_path: str | Path, plots_dir: str | Path, root: str | Path = ".") -> dict:
+    """Stage `report`: read every phase's file (sources, keyed as SOURCE_KEYS; each judge's bench
+    metrics; each policy's per-problem accuracies), write the headline (metrics_path), the summary
+    with every table's sources, the Markdown, and the plots (PNG + CSV) and curves in plots_dir.
+    Paths are relative to root."""
     root = Path(root)
-    out_dir = Path(out_dir)
-    docs = {k: read_json(root / p) for k, p in SOURCES.items() if (root / p).exists()}
+    out_dir = Path(plots_dir)
+    summary_path = Path(summary_path)
+    summary_source = str(summary_path.resolve().relative_to(root.resolve()))
+    docs = {k: read_json(root / sources[k]) for k in SOURCE_KEYS if k in sources and (root / sources[k]).exists()}
     if "eval" in docs:       # judges in the order params lists them (summary.json sorts its keys)
         want = list(params.get("evaluate", {}).get("judges", []))
         js = docs["eval"]["judges"]
@@ -122,8 +126,8 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     order = [NONE_POLICY] + labelers + curve + [RAW_PREFIX + n for n in labelers]
     policies = down.get("policies", {})
     policies = {n: policies[n] for n in sorted(policies, key=lambda n: order.index(n) if n in order else len(order))}
-    per_problem = {n: read_json(root / f"{R}/downstream/{n}/per_problem.json") for n in policies
-                   if (root / f"{R}/downstream/{n}/per_problem.json").exists()}
+    per_problem = {n: read_json(root / per_problem_paths[n]) for n in policies
+                   if n in per_problem_paths and (root / per_problem_paths[n]).exists()}
     judges = docs.get("eval", {}).get("judges", {})
     libra = {n: judges[n]["libra_score"] for n in labelers if n in judges}
     lab_acc = {n: policies[n]["label_accuracy"] for n in labelers if n in policies}
@@ -136,26 +140,38 @@ def build_report(params: Mapping[str, Any], out_dir: str | Path, root: str | Pat
     summary: dict[str, Any] = {"correlation": corr, "fit_labelers": fit,
                                "short_labelers": [n for n in labelers if pair_stats.get(n, {}).get("short")]}
     # the report's own numbers go to summary.json first, so tables can cite them like any source
-    write_json(out_dir / "summary.json", summary)
+    write_json(summary_path, summary)
     docs["report"] = summary
     tables = _tables(docs, params, labelers, policies, fit, order)
-    artifacts = _plots(docs, params, root, out_dir, labelers, policies, corr)
+    artifacts = _plots(docs, params, root, out_dir, labelers, policies, corr, eval_metrics)
     md = ["# Libra run report", "",
-          "Every number below is read from the metrics file named in `results/report/summary.json` "
+          f"Every number below is read from the metrics file named in `{summary_source}` "
           "(`tables`); percentages unless marked.", ""]
     md += [t.markdown(docs) for t in tables]
     md.append("### Plots\n\n" + "\n".join(f"- `{Path(a).name}`" for a in artifacts if a.endswith(".png"))
               + "\n\nEach plot's data is in the CSV of the same name; curves are in `curves/<plot>/<plot>-<series>.csv`.\n")
-    write_text(out_dir / "summary.md", "\n".join(md))
+    write_text(markdown_path, "\n".join(md))
     summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources()} for t in tables]
-    summary["sources"] = {k: SOURCES[k] for k in docs if k in SOURCES}
-    summary["sources"]["report"] = str((out_dir / "summary.json").resolve().relative_to(root.resolve()))
+    summary["sources"] = {k: str(sources[k]) for k in docs if k in sources}
+    summary["sources"]["report"] = summary_source
     summary["headline"] = _headline(policies, corr, judges, docs.get("bench", {}), docs.get("pairs", {}))
     summary["artifacts"] = artifacts
-    write_json(out_dir / "summary.json", summary)
+    write_json(summary_path, summary)
     # the DVC metrics file: the headline numbers only (summary.json also holds the table sources)
-    write_json(out_dir / "metrics.json", summary["headline"])
+    write_json(metrics_path, summary["headline"])
     return summary
+
+
+def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `report`: the plots and curves go beside the summary (their set depends on the
+    run's data, so they are the folder's undeclared outputs)."""
+    sources = {k: io.input(k) for k in SOURCE_KEYS if io.inputs.get(k)}
+    summary = build_report(params, sources, io.keyed("eval_metrics", params["evaluate"]["judges"], output=False),
+                           io.keyed("per_problem", all_policies(params["pairs"]), output=False),
+                           metrics_path=io.output("metrics"), summary_path=io.output("summary"),
+                           markdown_path=io.output("markdown"), plots_dir=Path(io.output("summary")).parent)
+    return summary["headline"], [io.output("metrics"), io.output("summary"), io.output("markdown")] \
+        + summary["artifacts"]
 
 
 def _headline(policies, corr, judges, bench, pairs) -> dict:
@@ -328,7 +344,7 @@ def write_curves(folder: Path, series: Mapping[str, Sequence[Mapping[str, Any]]]
     return out
 
 
-def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) -> list[str]:
+def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, eval_metrics) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -345,8 +361,8 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr) ->
         plt.close(fig)
         arts.append(str(p))
 
-    ev = {j: read_json(root / f"{R}/eval/{j}/metrics.json") for j in docs.get("eval", {}).get("judges", {})
-          if (root / f"{R}/eval/{j}/metrics.json").exists()}
+    ev = {j: read_json(root / eval_metrics[j]) for j in docs.get("eval", {}).get("judges", {})
+          if j in eval_metrics and (root / eval_metrics[j]).exists()}
     if ev:
         subsets = sorted(next(iter(ev.values())).get("subset_accuracy", {}))
         rows = []

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .paths import LOGS, RESUME
+
 # Keys whose values are wall-clock measurements, never results.
 TIMING_KEYS = ("seconds", "tokens_per_s", "step_time", "train_runtime", "total_flos")
 TIMING_SUFFIXES = ("_per_second",)
@@ -22,7 +24,7 @@ COMMIT_KEY = "git_commit"
 # Paths (relative to the run folder) that are not results: logs and per-rule benchmark timings,
 # the resumable working state of training jobs (checkpoints carry step times and RNG snapshots),
 # and the MLflow store (run ids and timestamps; files stay the source of truth).
-EXCLUDED_PATHS = ("results/logs/**", "results/.resume/**", "mlflow/**", ".snakemake/**")
+EXCLUDED_PATHS = (f"{LOGS}/**", f"{RESUME}/**", "mlflow/**", ".snakemake/**")
 
 
 def is_timing_key(key: str) -> bool:
@@ -130,7 +132,7 @@ def compare_runs(a: str | Path, b: str | Path, sub: str = "results", across_comm
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m librarm.repro",
-                                 description="Compare the results/ folders of two runs; exit 1 on any difference "
+                                 description="Compare the results folders of two runs; exit 1 on any difference "
                                              "outside the listed exclusions.")
     ap.add_argument("run_a")
     ap.add_argument("run_b")

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from .io import read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .io import StageIO, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .paths import RESUME_SAMPLES
 from .think import boxed_spans, split_think
 
 
@@ -430,10 +431,11 @@ def sample_seed(seed: int, generator: str, problem_id: str, idx: int) -> int:
 
 
 def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_path: str | Path,
-               out_path: str | Path, store_root: str | Path = "results/.resume/samples",
+               out_path: str | Path, meta_path: str | Path, store_root: str | Path = RESUME_SAMPLES,
                threads: int | None = None, sampler: Sampler | None = None,
                progress: bool = True) -> dict:
-    """Stage `sample`: n samples per problem for one (generator, subset).
+    """Stage `sample`: n samples per problem for one (generator, subset) to out_path; counts,
+    speed and provenance to meta_path.
 
     Work is cut into fixed chunks (a block of `batch_size` problems x one sample index). A finished
     chunk is stored atomically under `store_root` (outside the DVC outputs), keyed by everything
@@ -496,8 +498,14 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
         "store_key": key, "sampling": asdict(cfg),
         "provenance": provenance(models=[ident], data=[str(problems_path)]),
     }
-    write_json(str(out_path).removesuffix(".jsonl") + ".meta.json", meta)
+    write_json(meta_path, meta)
     return meta
+
+
+def step_sample(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    meta = run_sample(params, io.wildcard("generator"), io.wildcard("subset"), io.input("problems"),
+                      io.output("samples"), io.output("meta"), threads=io.threads)
+    return meta, []
 
 
 def _sample_record(problem, idx, req, res: SampleResult, generator, subset, cfg, gspec) -> dict:
@@ -525,3 +533,7 @@ def summarize_samples(meta_paths: Sequence[str | Path], out_path: str | Path) ->
     }
     write_json(out_path, stats)
     return stats
+
+
+def step_sample_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    return summarize_samples(io.input_list("meta"), io.output("stats")), [io.output("stats")]

@@ -9,8 +9,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .paths import REPORT_METRICS
+
 SEED_KEYS = ("seed", "sft.seed", "rl.seed", "scalar_rm.seed", "dpo.seeds")
-HEADLINE = "results/report/metrics.json"   # the one DVC metrics file (phases.render_dvc_yaml)
+HEADLINE = REPORT_METRICS   # the one DVC metrics file (phases.render_dvc_yaml)
 
 
 def experiment_records(exp_show: Any) -> Iterator[dict]:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .io import read_json, stable_hash, stable_seed, tree_sha256, write_json
+from .io import StageIO, read_json, stable_hash, stable_seed, tree_sha256, write_json
+from .paths import RESUME_BOOTSTRAP
 from .problems import ArithmeticProblem, in_problem_region, random_arithmetic
 
 # Bump when the meaning of the bootstrap params changes (corpus format, training recipe).
@@ -157,13 +158,13 @@ def bootstrap_hash(params: Mapping[str, Any]) -> str:
     """Everything that determines the tiny models' weights."""
     tiny = {k: v for k, v in params["models"].items() if v["source"] == "tiny"}
     return stable_hash(TINY_WORLD_VERSION, JUDGE_TRACE_FORMAT, params["seed"],
-                       {k: v for k, v in params["bootstrap"].items() if k not in ("shipped_dir", "eval_samples")},
+                       {k: v for k, v in params["bootstrap"].items() if k not in ("shipped_dir", "eval_samples", "skill_bands")},
                        tiny, params["problems"].get("synthetic", {}), params["judge"]["prompt_template"],
                        params["judge"].get("system_prompt"))
 
 
 def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: int | None = None,
-                      cache_dir: str | Path | None = "results/.resume/bootstrap") -> dict:
+                      cache_dir: str | Path | None = RESUME_BOOTSTRAP) -> dict:
     """Train every tiny model in params into out_root/<name>: core -> noisy fine-tunes -> judge."""
     import copy
 
@@ -334,7 +335,7 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
 
 def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path], out_root: str | Path,
                   stats_path: str | Path, threads: int | None = None, force_train: bool = False,
-                  cache_dir: str | Path | None = "results/.resume/bootstrap") -> dict:
+                  cache_dir: str | Path | None = RESUME_BOOTSTRAP) -> dict:
     """Stage `bootstrap`: tiny models (shipped weights when their params hash matches, else trained),
     then skill bands measured on the eval subsets and written to stats.json."""
     from .provenance import model_identity, provenance
@@ -366,7 +367,16 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
     return stats
 
 
-SKILL_BANDS = {"gen_weak": (0.20, 0.40), "gen_mid": (0.45, 0.65), "gen_strong": (0.70, 0.90), "policy": (0.25, 0.60)}
+def step_bootstrap_tiny(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `bootstrap-tiny`: every tiny model into its output folder (one parent folder)."""
+    folders = [Path(p) for p in io.output_list("models")]
+    names = [k for k, v in params["models"].items() if v["source"] == "tiny"]
+    if [f.name for f in folders] != names or len({f.parent for f in folders}) != 1:
+        raise ValueError(f"output 'models' must be <one folder>/<name> for {names}, got {[str(f) for f in folders]}")
+    stats = run_bootstrap(params, io.input_list("problems"), folders[0].parent, io.output("stats"), io.threads)
+    return {"models": {k: v.get("accuracy") for k, v in stats["models"].items()}}, [io.output("stats")]
+
+
 
 
 def measure_skill(params, problem_files, out_root, names) -> dict:
@@ -409,7 +419,7 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
                 ok += s.finish_reason == "stop" and parts.has_final and extract_boxed(parts.final) == r["answer"]
             acc[set_name] = round(ok / len(recs), 4)
         mean = round(sum(acc.values()) / len(acc), 4)
-        band = SKILL_BANDS.get(name)
+        band = (b.get("skill_bands") or {}).get(name)
         out[name] = {"role": role, "accuracy": acc, "mean_accuracy": mean, "band": band,
                      "in_band": None if band is None else band[0] <= mean <= band[1]}
     return out
@@ -438,6 +448,26 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
     verdicts = [parse_verdict(s.text, s.finish_reason).value for s in res]
     acc = sum(v == lab for v, (_, _, lab) in zip(verdicts, items)) / n
     return {"judge_accuracy_synthetic": round(acc, 4), "unparsed_rate": round(sum(v is None for v in verdicts) / n, 4)}
+
+
+def retrain_tiny(params: Mapping[str, Any], workdir: str | Path | None, threads: int | None,
+                 ship: bool = False) -> dict:
+    """`librarm train-tiny`: the problem sets and the tiny models trained from scratch in workdir
+    (a fresh temporary folder when None); with ship, stored as bootstrap.shipped_dir."""
+    import tempfile
+
+    from .problems import run_problems
+
+    work = Path(workdir or tempfile.mkdtemp(prefix="librarm-tiny-"))
+    names = [s["name"] for s in params["problems"]["sets"]]
+    sets = {n: work / "problems" / f"{n}.jsonl" for n in names}
+    run_problems(params, sets, {n: work / "problems" / f"{n}.quarantine.jsonl" for n in names},
+                 work / "problems" / "stats.json")
+    stats = run_bootstrap(params, [str(p) for p in sets.values()], work / "models", work / "stats.json", threads,
+                          force_train=True, cache_dir=work / "cache")
+    if ship:
+        ship_models(params, work / "models", stats["train_log"])
+    return stats
 
 
 def ship_models(params: Mapping[str, Any], trained_root: str | Path, train_log: Mapping[str, Any]) -> None:

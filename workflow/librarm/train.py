@@ -10,9 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .io import read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
-
-RESUME_ROOT = "results/.resume/train"
+from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .paths import RESUME_TRAIN
 
 
 # ----------------------------------------------------------------------------- judge_data
@@ -50,11 +49,10 @@ def build_judge_items(records: Sequence[Mapping[str, Any]], seed: int, val_fract
 
 
 def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path], problem_paths: Sequence[str | Path],
-                   out_dir: str | Path) -> dict:
-    """Stage `judge_data`: train.jsonl / val.jsonl / stats.json, with the disjointness check."""
+                   train_path: str | Path, val_path: str | Path, stats_path: str | Path) -> dict:
+    """Stage `judge_data`: the judge-training items (train, val) and stats, with the disjointness check."""
     from .problems import load_problem_sets, overlap_report
 
-    out_dir = Path(out_dir)
     cfg = params["judge_data"]
     records = []
     for p in verify_paths:
@@ -72,20 +70,27 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
                                           cfg.get("unit", "subset_generator"))
     if not train or not val:
         raise ValueError(f"judge_data: empty split (train={len(train)}, val={len(val)})")
-    write_jsonl(out_dir / "train.jsonl", train)
-    write_jsonl(out_dir / "val.jsonl", val)
+    write_jsonl(train_path, train)
+    write_jsonl(val_path, val)
     stats["disjoint_checked"] = sorted(overlap_report(sets))
-    write_json(out_dir / "stats.json", stats)
+    write_json(stats_path, stats)
     return stats
+
+
+def step_judge_data(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    stats = run_judge_data(params, io.input_list("verified"), io.input_list("problems"), io.output("train"),
+                           io.output("val"), io.output("stats"))
+    return stats, [io.output("stats")]
 
 
 # ----------------------------------------------------------------------------- rejection sampling
 def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: Sequence[str | Path],
-           out_dir: str | Path, threads: int | None = None, sampler=None) -> dict:
+           trajectories_path: str | Path, sft_path: str | Path, stats_path: str | Path,
+           threads: int | None = None, sampler=None) -> dict:
     """Stage `rs`: the teacher judges each training item k times; trajectories whose verdict
     matches the label are accepted (at most m per item); labels are rebalanced after filtering;
-    verified-correct solutions are mixed in at `mix_ratio`. Writes trajectories.jsonl (every
-    trajectory, `accepted` and `kept` flags), sft.jsonl (prompt/completion) and stats.json."""
+    verified-correct solutions are mixed in at `mix_ratio`. Writes every trajectory (with
+    `accepted` and `kept` flags), the SFT set (prompt/completion) and stats."""
     from .judge import judge_messages, parse_verdict
     from .sampling import (
         SampleRequest,
@@ -97,7 +102,6 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
 
     cfg = params["rs"]
     jcfg = params["judge"]
-    out_dir = Path(out_dir)
     items = read_jsonl(train_path).records
     teacher = params["judges"][cfg["teacher"]]
     scfg = SamplingConfig(temperature=cfg.get("temperature", 1.0), top_p=1.0,
@@ -109,7 +113,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
 
     from .config import model_ref
 
-    student = model_ref(params, params["sft"].get("init", "judge_base"))
+    student = model_ref(params, params["sft"]["init"])
     tok = AutoTokenizer.from_pretrained(student["path"], revision=student["revision"])
     reqs, keys = [], []
     for it in items:
@@ -153,12 +157,18 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
                         "completion": r["response_with_cot"], "kind": "reasoning", "item_id": r["sample_id"]})
     sft_rows = [{"prompt": t["prompt"], "completion": t["completion"], "kind": "judging", "item_id": t["item_id"],
                  "label": t["label"]} for t in judging] + mixture
-    write_jsonl(out_dir / "trajectories.jsonl", trajs)
-    write_jsonl(out_dir / "sft.jsonl", sft_rows)
+    write_jsonl(trajectories_path, trajs)
+    write_jsonl(sft_path, sft_rows)
     stats = rs_stats(trajs, items, cfg.get("acceptance_band", [0.2, 0.9]))
     stats.update({"judging_examples": len(judging), "reasoning_examples": len(mixture), "teacher": cfg["teacher"]})
-    write_json(out_dir / "stats.json", stats)
+    write_json(stats_path, stats)
     return stats
+
+
+def step_rs(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    stats = run_rs(params, io.input("train"), io.input_list("solutions"), io.output("trajectories"),
+                   io.output("sft"), io.output("stats"), io.threads)
+    return stats, [io.output("stats")]
 
 
 def rs_stats(trajs: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, Any]], band: Sequence[float]) -> dict:
@@ -277,7 +287,7 @@ def verdict_only(completion: str) -> str:
 
 def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: TrainConfig, *,
             name: str, verdict_only_targets: bool = False,
-            resume_root: str | Path = RESUME_ROOT, threads: int | None = None, callbacks: Sequence = ()) -> dict:
+            resume_root: str | Path = RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
     completion the raw trajectory (TRL appends EOS), so no chat template can strip the thinking.
     Loss on completion tokens only. Resumes from the last checkpoint under resume_root/name."""
@@ -355,7 +365,7 @@ def sampler_rollout(sampler, seed: int):
 
 def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
              name: str, rewards: Mapping[str, float],
-             resume_root: str | Path = RESUME_ROOT, threads: int | None = None, callbacks: Sequence = ()) -> dict:
+             resume_root: str | Path = RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
     right or always wrong give no gradient: they are filtered by pass rate first."""
     import torch
@@ -469,7 +479,7 @@ def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int
 
 
 def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
-                  name: str = "judge_scalar", resume_root: str | Path = RESUME_ROOT,
+                  name: str, resume_root: str | Path = RESUME_TRAIN,
                   threads: int | None = None) -> dict:
     """TRL RewardTrainer (Bradley-Terry on correct-vs-incorrect pairs of the same problem) from the
     base judge's weights with a fresh 1-logit head: the paper's non-thinking baseline family.
@@ -520,7 +530,7 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
         c = params["sft"]
         cfg = TrainConfig(max_steps=c["steps"], learning_rate=c["learning_rate"], batch_size=c["batch_size"],
                           seed=c.get("seed", 0), save_steps=c.get("save_steps", 50), max_length=c.get("max_length", 512))
-        init = model_ref(params, params["sft"].get("init", "judge_base"))["path"]
+        init = model_ref(params, params["sft"]["init"])["path"]
         out = run_sft(data["sft"], init, out_dir, cfg, name=model_name, verdict_only_targets=kind == "nothink",
                       threads=threads,
                       callbacks=[make_val_callback(val[: c.get("val_items", 60)], params, c.get("val_every", 50), model_name)])
@@ -542,3 +552,35 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
     out["val_curve"] = [h for h in out.get("log_history", []) if "val_accuracy" in h]
     write_json(log_path, out)
     return out
+
+
+def step_train(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `train`: one judge (the `model` wildcard), of the kind its models entry names."""
+    from .tracking import CURVE_KEYS
+
+    name = io.wildcard("model")
+    sft = io.input_list("sft")
+    data = {"train": io.input("train"), "val": io.input("val"), **({"sft": sft[0]} if sft else {})}
+    log = train_judge(params, params["models"][name]["train"], name, data, io.output("model"), io.output("log"),
+                      io.threads)
+    # the curves go to the job's MLflow run as step metrics (tracking.curve_points)
+    return {k: log[k] for k in ("global_step", "seconds", "tokens_per_s", *CURVE_KEYS) if k in log} | \
+        {"final_val_accuracy": (log["val_curve"][-1]["val_accuracy"] if log.get("val_curve") else None)}, \
+        [io.output("log")]
+
+
+def step_train_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `train-stats`: every trained judge's log, curves kept, in one file."""
+    trained = [m for m, s in params["models"].items() if s["source"] == "trained"]
+    stats = {}
+    for name, p in io.keyed("logs", trained, output=False).items():
+        d = read_json(p)
+        stats[name] = {k: d.get(k) for k in ("kind", "init", "global_step", "seconds", "tokens_per_s",
+                                             "val_curve", "passrate_filter", "zero_advantage_share",
+                                             "reward_curve", "pairs")}
+        stats[name]["loss_curve"] = [{"step": h.get("step"), "loss": h.get("loss")}
+                                     for h in d.get("log_history", []) if "loss" in h]
+    write_json(io.output("stats"), stats)
+    return {k: {"final_val_accuracy": (v["val_curve"][-1]["val_accuracy"] if v.get("val_curve") else None),
+                "seconds": v["seconds"], "tokens_per_s": v["tokens_per_s"]} for k, v in stats.items()}, \
+        [io.output("stats")]

@@ -15,7 +15,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .io import read_jsonl, write_json, write_jsonl
+from .io import StageIO, read_jsonl, write_json, write_jsonl
 
 REASONS = ("correct", "wrong_answer", "no_final_answer", "truncated", "timeout", "gold_unparseable")
 GRADABLE = ("correct", "wrong_answer")
@@ -244,9 +244,10 @@ def grade_serial(items: Sequence[tuple[str, str]]) -> list[tuple[str, str | None
 
 # ----------------------------------------------------------------------------- stage
 def run_verify(samples_path: str | Path, problems_paths: Sequence[str | Path], out_path: str | Path,
-               workers: int = 2, timeout_s: float = 5.0, memory_mb: int | None = 2048,
+               meta_path: str | Path, workers: int = 2, timeout_s: float = 5.0, memory_mb: int | None = 2048,
                progress: bool = True) -> dict:
-    """Stage `verify`: label every sample of one (generator, subset) with a reason."""
+    """Stage `verify`: label every sample of one (generator, subset) with a reason (out_path);
+    counts per reason to meta_path."""
     from .problems import load_problem_sets
     from .provenance import provenance
 
@@ -281,12 +282,19 @@ def run_verify(samples_path: str | Path, problems_paths: Sequence[str | Path], o
             "seconds": round(time.time() - t0, 2),
             "accuracy": round(counts.get("correct", 0) / len(out), 4) if out else None,
             "provenance": provenance(data=[str(samples_path)])}
-    write_json(str(out_path).removesuffix(".jsonl") + ".meta.json", meta)
+    write_json(meta_path, meta)
     return meta
 
 
+def step_verify(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    v = params["verify"]
+    meta = run_verify(io.input("samples"), io.input_list("problems"), io.output("labels"), io.output("meta"),
+                      workers=io.threads or 1, timeout_s=v["timeout_s"], memory_mb=v["memory_mb"])
+    return meta, []
+
+
 def summarize_verify(paths: Iterable[str | Path], out_path: str | Path) -> dict:
-    """results/verify/stats.json: accuracy per generator and subset, counts per reason."""
+    """The verify stats: accuracy per generator and subset, counts per reason."""
     cells: dict = defaultdict(Counter)
     for path in paths:
         for rec in read_jsonl(path).records:
@@ -310,3 +318,7 @@ def summarize_verify(paths: Iterable[str | Path], out_path: str | Path) -> dict:
     }
     write_json(out_path, stats)
     return stats
+
+
+def step_verify_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    return summarize_verify(io.input_list("labels"), io.output("stats")), [io.output("stats")]

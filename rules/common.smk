@@ -68,8 +68,10 @@ def named_io(wildcards, input, output):
 
 
 def stage(step):
-    """A rule's shell command: one `librarm stage` step with the job's named files and its log."""
-    return f"python -m librarm.cli stage {step} --config {{params.cfg}} {{params.io}} --threads {{threads}} > {{log}} 2>&1"
+    """A rule's shell command: one `librarm stage` step with the job's named files and its log.
+    A failing job shows its log's last lines (the one-line error) in Snakemake's own output."""
+    return (f"python -m librarm.cli stage {step} --config {{params.cfg}} {{params.io}} --threads {{threads}}"
+            " > {log} 2>&1 || (status=$?; tail -n 5 {log} >&2; exit $status)")
 
 
 def UNUSED(*dotted):

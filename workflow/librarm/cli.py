@@ -99,8 +99,17 @@ def cmd_stage(a: argparse.Namespace) -> int:
         run.log_metrics(metrics)
         for art in artifacts:
             run.log_artifact(art)
+    print(_summary_line(a.step, wildcards, metrics))
     print(json.dumps(_headline(metrics), indent=1, sort_keys=True, default=str))
     return 0
+
+
+def _summary_line(step: str, wildcards: Mapping[str, str], metrics: Mapping[str, Any]) -> str:
+    """One line a job's log opens with: the step, its wildcards and its scalar numbers (e.g. the
+    problems step's count of quarantined lines)."""
+    scalars = [f"{k}={v}" for k, v in sorted(metrics.items()) if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    where = " ".join(f"{k}={v}" for k, v in wildcards.items())
+    return f"librarm {step}{' ' + where if where else ''}: {', '.join(scalars) or 'done'}"
 
 
 def _headline(metrics: Mapping[str, Any]) -> dict:

@@ -404,10 +404,10 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
                "seeds": seeds,
                "sd_over_seeds": ({s: round(float(np.std([v[s] for v in seeds.values()], ddof=1)), 4)
                                   for s in next(iter(seeds.values()))} if len(seeds) > 1 else None),
-               "pairs": 0 if kind == "none" else lab_stats.get("pairs_raw" if raw else "pairs_trained"),
-               "short": False if kind in ("none", "raw") else bool(lab_stats.get("short")),
-               "label_accuracy": None if kind == "none" else lab_stats.get("label_accuracy"),
-               "pair_accuracy": None if kind == "none" else lab_stats.get(
+               "pairs": 0 if kind == NONE_POLICY else lab_stats.get("pairs_raw" if raw else "pairs_trained"),
+               "short": False if kind in (NONE_POLICY, "raw") else bool(lab_stats.get("short")),
+               "label_accuracy": None if kind == NONE_POLICY else lab_stats.get("label_accuracy"),
+               "pair_accuracy": None if kind == NONE_POLICY else lab_stats.get(
                    "pair_accuracy" if raw else "pair_accuracy_trained")}
     write_json(out_path, metrics)
     write_json(per_problem_path, mean_pp)

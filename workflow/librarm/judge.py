@@ -81,41 +81,88 @@ def fit_prompt(tok, template: str, system_prompt: str | None, question: str, res
     return judge_messages(template, question, "[...]" + tok.decode(ids[len(ids) - lo:]), system_prompt), "truncated"
 
 
-def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], params: Mapping[str, Any],
-                   judge_name: str, threads: int | None = None, sampler=None) -> list[dict]:
-    """Judge every item; returns one prediction record per item (same order)."""
-    from .sampling import SampleRequest, SamplingConfig, make_sampler
+@dataclass(frozen=True)
+class JudgeRequests:
+    """Every judging request of a batch of items, built one way for every stage that judges
+    (evaluation, rejection sampling, GRPO pass rates and prompts, the tiny world's own checks)."""
 
+    messages: list[list[dict] | None]    # per item: the chat messages, None when over the budget
+    prompt_status: list[str]             # per item: ok | truncated | skipped
+    requests: list[Any]                  # SampleRequests, one per (kept item, repeat)
+    owners: list[tuple[int, int]]        # (item position, repeat) of each request
+
+
+def judge_prompts(items: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
+                  tok=None) -> tuple[list[list[dict] | None], list[str]]:
+    """The judging messages of items with `question` and `response` (judge.prompt_template,
+    judge.system_prompt), held to judge.max_prompt_tokens (judge.overflow) when a tokenizer is
+    given (a remote judge without one is sent as is): (messages or None, ok|truncated|skipped)."""
     jcfg = params["judge"]
-    cfg = SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
-                         max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"])
-    sampler = sampler or make_sampler(spec, params, cfg, threads)
-    tok = getattr(sampler, "tok", None)
-    prompts, status = [], []
+    messages: list[list[dict] | None] = []
+    status: list[str] = []
     for it in items:
-        if tok is None:      # remote judge without a local tokenizer: no token budget to enforce
+        if tok is None:
             msgs, st = judge_messages(jcfg["prompt_template"], it["question"], it["response"],
                                       jcfg.get("system_prompt")), "ok"
         else:
             msgs, st = fit_prompt(tok, jcfg["prompt_template"], jcfg.get("system_prompt"), it["question"],
                                   it["response"], jcfg["max_prompt_tokens"], jcfg["overflow"])
-        prompts.append(msgs)
+        messages.append(msgs)
         status.append(st)
-    todo = [i for i, m in enumerate(prompts) if m is not None]
-    # the item rides along for data-built (pseudo) judges, which read its label and reference
-    reqs = [SampleRequest(prompts[i], stable_seed(params["seed"], "judge", judge_name, items[i]["index"]), items[i])
-            for i in todo]
-    results = dict(zip(todo, sampler.generate(reqs))) if reqs else {}
+    return messages, status
+
+
+def build_judge_requests(items: Sequence[Mapping[str, Any]], params: Mapping[str, Any], stream: Sequence[Any] = (),
+                         *, key: str = "index", repeats: int | None = None, tok=None) -> JudgeRequests:
+    """The requests of judge_prompts: each request's seed is stable_seed(seed, *stream, item[key])
+    or, with repeats, stable_seed(seed, *stream, item[key], r) for r < repeats. The item rides
+    along in each request for data-built (pseudo) judges."""
+    from .sampling import SampleRequest
+
+    messages, status = judge_prompts(items, params, tok)
+    requests, owners = [], []
+    for i, (it, msgs) in enumerate(zip(items, messages)):
+        if msgs is None:
+            continue
+        for r in range(repeats or 1):
+            parts = (it[key],) if repeats is None else (it[key], r)
+            requests.append(SampleRequest(msgs, stable_seed(params["seed"], *stream, *parts), it))
+            owners.append((i, r))
+    return JudgeRequests(messages, status, requests, owners)
+
+
+def judge_verdict(result, spec: Mapping[str, Any]) -> Verdict:
+    """The verdict of one judge output, read as the judge's spec says (a prompt that opens the
+    thinking block, an API's separate reasoning)."""
+    return parse_verdict(result.text, result.finish_reason, spec.get("prompt_opens_think", False), result.reasoning)
+
+
+def with_reasoning(result) -> str:
+    """A judge output with an API's separate reasoning put back inside <think>…</think>."""
+    return result.text if result.reasoning is None else f"<think>{result.reasoning}</think>\n{result.text}"
+
+
+def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], params: Mapping[str, Any],
+                   judge_name: str, threads: int | None = None, sampler=None) -> list[dict]:
+    """Judge every item; returns one prediction record per item (same order)."""
+    from .sampling import SamplingConfig, make_sampler
+
+    jcfg = params["judge"]
+    cfg = SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
+                         max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"])
+    sampler = sampler or make_sampler(spec, params, cfg, threads)
+    batch = build_judge_requests(items, params, ("judge", judge_name), tok=getattr(sampler, "tok", None))
+    results = dict(zip((i for i, _ in batch.owners), sampler.generate(batch.requests))) if batch.requests else {}
     out = []
     for i, it in enumerate(items):
         base = {"index": it["index"], "subset": it["subset"], "model": it["model"], "label": it["label"],
-                "question": it["question"], "prompt_status": status[i]}
+                "question": it["question"], "prompt_status": batch.prompt_status[i]}
         if i not in results:
             out.append({**base, "pred": None, "status": "overflow_skipped", "truncated": False, "output": None,
                         "completion_tokens": 0})
             continue
         res = results[i]
-        v = parse_verdict(res.text, res.finish_reason, spec.get("prompt_opens_think", False), res.reasoning)
+        v = judge_verdict(res, spec)
         out.append({**base, "pred": v.value, "status": v.status, "truncated": res.finish_reason == "length",
                     "output": res.text, "completion_tokens": res.completion_tokens})
     return out

@@ -18,10 +18,10 @@ def curve_policy(n: int) -> str:
 
 
 def policy_parts(policy: str) -> tuple[str, str | None, int | None]:
-    """(kind, labeler, pair count) of a downstream policy name: ("none", None, None),
-    ("budget", labeler, None), ("raw", labeler, None) or ("curve", "gold", n)."""
+    """(kind, labeler, pair count) of a downstream policy name: (NONE_POLICY, None, None) for the
+    base policy, ("budget", labeler, None), ("raw", labeler, None) or ("curve", "gold", n)."""
     if policy == NONE_POLICY:
-        return "none", None, None
+        return NONE_POLICY, None, None
     if policy.startswith(RAW_PREFIX):
         return "raw", policy[len(RAW_PREFIX):], None
     if policy.startswith(CURVE_PREFIX):

@@ -1,8 +1,10 @@
 """GRPO reward functions for the generative judge, each small and named in a registry.
 
 TRL calls each as f(prompts=..., completions=..., completion_ids=..., **dataset_columns) and
-expects one float per completion. Dataset columns (`label`, `item_id`) arrive aligned with the
-completions, so rewards never depend on dataset order.
+expects one float per completion. Dataset columns (`label`, `item_id`) and the rollout's
+`finish_reason` arrive aligned with the completions, so rewards never depend on dataset order. A
+completion cut at the length limit (finish_reason "length", no EOS) has no verdict, as in
+evaluation: it earns no correctness or format reward.
 """
 from __future__ import annotations
 
@@ -11,14 +13,21 @@ from typing import Any, Callable, Sequence
 from .judge import parse_verdict
 
 
-def correctness_reward(completions: Sequence[str], label: Sequence[int], **_: Any) -> list[float]:
+def _finish(finish_reason: Sequence[str] | None, n: int) -> Sequence[str]:
+    return finish_reason if finish_reason is not None else ["stop"] * n
+
+
+def correctness_reward(completions: Sequence[str], label: Sequence[int], finish_reason: Sequence[str] | None = None,
+                       **_: Any) -> list[float]:
     """1 when the parsed verdict equals the item's label, else 0 (no verdict counts as wrong)."""
-    return [float(parse_verdict(c).value == int(y)) for c, y in zip(completions, label)]
+    return [float(parse_verdict(c, f).value == int(y))
+            for c, y, f in zip(completions, label, _finish(finish_reason, len(completions)))]
 
 
-def format_reward(completions: Sequence[str], **_: Any) -> list[float]:
+def format_reward(completions: Sequence[str], finish_reason: Sequence[str] | None = None, **_: Any) -> list[float]:
     """1 when the output has a parseable verdict after a closed thinking block (our addition)."""
-    return [float(parse_verdict(c).status == "parsed") for c in completions]
+    return [float(parse_verdict(c, f).status == "parsed")
+            for c, f in zip(completions, _finish(finish_reason, len(completions)))]
 
 
 def length_penalty(n_tokens: int, l_exp: int, l_max: int) -> float:

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .labelers import NONE_POLICY
 from .metrics import item_counts, vec_accuracy, vec_macro_f1
 
 
@@ -188,7 +189,7 @@ def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int, see
 
 def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[str, Mapping[str, float]]],
                      names: Sequence[str], resamples: int, permutations: int, seed: int,
-                     base_policy: str = "none") -> dict:
+                     base_policy: str = NONE_POLICY) -> dict:
     """r between a judge measure x and the downstream gain over `none` (avg@k, mean over subsets)
     across the fitted labelers; the interval resamples the eval problems (the gains' noise), the
     p-value permutes the gains among the labelers."""

@@ -301,14 +301,12 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
     """The base judge's training data: for a problem and a candidate response, the policy's OWN
     sampled solution, then a comparison of its answer with the response's. No correctness label
     enters: the verdict is agreement with the policy's own attempt."""
-    from .judge import judge_messages
+    from .judge import judge_prompts
     from .sampling import HFSampler, SampleRequest, SamplingConfig
     from .think import split_think
     from .verify import extract_boxed
 
     rng = random.Random(seed)
-    template = params["judge"]["prompt_template"]
-    system_prompt = params["judge"].get("system_prompt")
     probs = [corpus_problem(rng, max_value, max_operand) for _ in range(n)]
     # Candidate responses to judge: traces of a random skill level (their correctness is not used).
     candidates = [noisy_trace(p, rng, rng.choice([0.0, 0.1, 0.3, 0.5]), 0.0) for p in probs]
@@ -326,8 +324,8 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
             continue
         verdict = "correct" if my_answer == their_answer else "incorrect"
         agree += verdict == "correct"
-        prompt = tok.apply_chat_template(judge_messages(template, prob.text(), split_think(cand).final, system_prompt),
-                                         tokenize=False, add_generation_prompt=True)
+        (msgs,), _ = judge_prompts([{"question": prob.text(), "response": split_think(cand).final}], params)
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         completion = f"<think>{parts.thinking}\n{compare_line(my_answer, their_answer)}</think>\n\\boxed{{{verdict}}}"
         examples.append((prompt, completion))
     return examples, round(agree / max(1, len(examples)), 4)
@@ -429,8 +427,8 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
     """A tiny judge's accuracy on balanced synthetic items from the corpus region (never an eval
     or pool problem): half the candidate answers right, half off by a small slip. Labels are used
     only to measure here, never to train."""
-    from .judge import judge_messages, parse_verdict
-    from .sampling import HFSampler, SampleRequest
+    from .judge import build_judge_requests, judge_verdict
+    from .sampling import HFSampler
 
     syn = params["problems"].get("synthetic", {})
     rng = random.Random(stable_seed(params["seed"], "judge-skill"))
@@ -439,14 +437,13 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
         prob = corpus_problem(rng, syn.get("max_value", 99), syn.get("max_operand", 9))
         label = i % 2
         answer = prob.answer if label else prob.answer + rng.choice([-2, -1, 1, 2])
-        items.append((prob, f"\\boxed{{{answer}}}", label))
+        items.append({"index": i, "question": prob.text(), "response": f"\\boxed{{{answer}}}", "label": label})
     sampler = HFSampler(str(model_dir), cfg)
-    jcfg = params["judge"]
-    res = sampler.generate([SampleRequest(judge_messages(jcfg["prompt_template"], p.text(), r, jcfg.get("system_prompt")),
-                                          stable_seed(params["seed"], "judge-skill", i))
-                            for i, (p, r, _) in enumerate(items)])
-    verdicts = [parse_verdict(s.text, s.finish_reason).value for s in res]
-    acc = sum(v == lab for v, (_, _, lab) in zip(verdicts, items)) / n
+    batch = build_judge_requests(items, params, ("judge-skill",), tok=sampler.tok)
+    verdicts: list[int | None] = [None] * n
+    for (i, _), s in zip(batch.owners, sampler.generate(batch.requests)):
+        verdicts[i] = judge_verdict(s, {}).value
+    acc = sum(v == it["label"] for v, it in zip(verdicts, items)) / n
     return {"judge_accuracy_synthetic": round(acc, 4), "unparsed_rate": round(sum(v is None for v in verdicts) / n, 4)}
 
 

@@ -91,14 +91,8 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     matches the label are accepted (at most m per item); labels are rebalanced after filtering;
     verified-correct solutions are mixed in at `mix_ratio`. Writes every trajectory (with
     `accepted` and `kept` flags), the SFT set (prompt/completion) and stats."""
-    from .judge import judge_messages, parse_verdict
-    from .sampling import (
-        SampleRequest,
-        SamplingConfig,
-        make_sampler,
-        problem_messages,
-        render_chat,
-    )
+    from .judge import build_judge_requests, judge_verdict, with_reasoning
+    from .sampling import SamplingConfig, make_sampler, problem_messages, render_chat
 
     cfg = params["rs"]
     jcfg = params["judge"]
@@ -115,23 +109,22 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
 
     student = model_ref(params, params["sft"]["init"])
     tok = AutoTokenizer.from_pretrained(student["path"], revision=student["revision"])
-    reqs, keys = [], []
-    for it in items:
-        msgs = judge_messages(jcfg["prompt_template"], it["question"], it["response"], jcfg.get("system_prompt"))
-        for k in range(cfg["k"]):
-            reqs.append(SampleRequest(msgs, stable_seed(params["seed"], "rs", it["item_id"], k), it))
-            keys.append((it, k, msgs))
-    results = sampler.generate(reqs)
+    # the teacher's prompts are held to judge.max_prompt_tokens in the teacher's own tokens
+    batch = build_judge_requests(items, params, ("rs",), key="item_id", repeats=cfg["k"],
+                                 tok=getattr(sampler, "tok", None))
+    results = sampler.generate(batch.requests)
     trajs = []
     per_item: dict[str, int] = Counter()
-    for (it, k, msgs), res in zip(keys, results):
-        v = parse_verdict(res.text, res.finish_reason)
+    for (i, k), res in zip(batch.owners, results):
+        it, msgs = items[i], batch.messages[i]
+        v = judge_verdict(res, teacher)
         accepted = v.value is not None and v.value == it["label"]
         keep = accepted and per_item[it["item_id"]] < cfg["max_per_item"]
         per_item[it["item_id"]] += keep
         trajs.append({"item_id": it["item_id"], "k": k, "label": it["label"], "verdict": v.value, "status": v.status,
                       "generator": it["model"], "subset": it["subset"], "accepted": accepted, "kept": keep,
-                      "prompt": render_chat(tok, msgs), "completion": res.text, "completion_tokens": res.completion_tokens})
+                      "prompt": render_chat(tok, msgs), "completion": with_reasoning(res),
+                      "completion_tokens": res.completion_tokens})
     # Rebalance: as many kept trajectories of label 1 as of label 0 (hash-ranked, deterministic).
     by_label = {0: [t for t in trajs if t["kept"] and t["label"] == 0], 1: [t for t in trajs if t["kept"] and t["label"] == 1]}
     n_bal = min(len(by_label[0]), len(by_label[1]))
@@ -160,7 +153,8 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     write_jsonl(trajectories_path, trajs)
     write_jsonl(sft_path, sft_rows)
     stats = rs_stats(trajs, items, cfg.get("acceptance_band", [0.2, 0.9]))
-    stats.update({"judging_examples": len(judging), "reasoning_examples": len(mixture), "teacher": cfg["teacher"]})
+    stats.update({"judging_examples": len(judging), "reasoning_examples": len(mixture), "teacher": cfg["teacher"],
+                  "prompts_over_budget": {st: batch.prompt_status.count(st) for st in ("truncated", "skipped")}})
     write_json(stats_path, stats)
     return stats
 
@@ -322,20 +316,16 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
 
 # ----------------------------------------------------------------------------- GRPO
 def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], k: int, name: str) -> list[float]:
-    """Fraction of k sampled verdicts that match each item's label (for filtering)."""
-    from .judge import judge_messages, parse_verdict
-    from .sampling import SampleRequest
+    """Fraction of k sampled verdicts that match each item's label (for filtering); an item whose
+    prompt is over the budget has rate 0 (never trained on)."""
+    from .judge import build_judge_requests, judge_verdict
 
-    jcfg = params["judge"]
-    reqs = [SampleRequest(judge_messages(jcfg["prompt_template"], it["question"], it["response"], jcfg.get("system_prompt")),
-                          stable_seed(params["seed"], "passrate", name, it["item_id"], j))
-            for it in items for j in range(k)]
-    res = sampler.generate(reqs)
-    out = []
-    for i, it in enumerate(items):
-        group = res[i * k:(i + 1) * k]
-        out.append(sum(parse_verdict(r.text, r.finish_reason).value == it["label"] for r in group) / k)
-    return out
+    batch = build_judge_requests(items, params, ("passrate", name), key="item_id", repeats=k,
+                                 tok=getattr(sampler, "tok", None))
+    hits = [0] * len(items)
+    for (i, _), r in zip(batch.owners, sampler.generate(batch.requests)):
+        hits[i] += judge_verdict(r, {}).value == items[i]["label"]
+    return [h / k for h in hits]
 
 
 def sampler_rollout(sampler, seed: int):
@@ -358,7 +348,10 @@ def sampler_rollout(sampler, seed: int):
             res = sampler.generate_ids(prompt_ids, [stable_seed(seed, step, i) for i in range(len(prompt_ids))])
         finally:
             model.train(was_training)
-        return {"prompt_ids": prompt_ids, "completion_ids": [r.token_ids for r in res], "logprobs": None}
+        # finish_reason reaches the reward functions: a completion cut at the length limit earns
+        # no correctness or format reward (rewards.py)
+        return {"prompt_ids": prompt_ids, "completion_ids": [r.token_ids for r in res], "logprobs": None,
+                "finish_reason": [r.finish_reason for r in res]}
 
     return rollout
 
@@ -373,7 +366,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from .judge import judge_messages
+    from .judge import judge_prompts
     from .rewards import build_reward_funcs
     from .sampling import HFSampler, SamplingConfig, render_chat
 
@@ -392,9 +385,10 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
             "always_wrong": sum(r == 0 for r in rates), "mean_pass_rate": round(sum(rates) / max(1, len(rates)), 4)}
     if not kept:
         raise ValueError(f"rl: no item with pass rate in {rl['passrate_band']} ({filt})")
-    rows = [{"prompt": render_chat(tok, judge_messages(jcfg["prompt_template"], it["question"], it["response"],
-                                                       jcfg.get("system_prompt"))),
-             "label": it["label"], "item_id": it["item_id"]} for it in kept]
+    # an item over the prompt budget (rate 0) is kept only by a band that starts at 0: dropped here
+    prompts, _ = judge_prompts(kept, params, tok)
+    rows = [{"prompt": render_chat(tok, msgs), "label": it["label"], "item_id": it["item_id"]}
+            for it, msgs in zip(kept, prompts) if msgs is not None]
     funcs, weights = build_reward_funcs(dict(rewards), rl["l_exp"], rl["l_max"])
     resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(rl), dict(rewards),
                                 params["judge"]["prompt_template"])

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import paths as P
 from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from .labelers import (
     NONE_POLICY,
@@ -271,9 +272,10 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
 def step_pairs_build(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     pc = params["pairs"]
     judges = [n for n in pc["labelers"] if labeler_kind(n, params["judges"]) == "judge"]
-    stats = run_build_pairs(params, io.input("verified"), io.keyed("labels", judges, output=False),
-                            io.keyed("pairs", pc["labelers"]), io.keyed("raw", pc["labelers"]),
-                            io.keyed("curve", curve_policies(pc)), io.output("stats"))
+    stats = run_build_pairs(params, io.input("verified"), io.keyed("labels", P.PAIRS_LABELS, "judge", judges),
+                            io.keyed("pairs", P.PAIRS_FILE, "policy", pc["labelers"], output=True),
+                            io.keyed("raw", P.PAIRS_RAW, "labeler", pc["labelers"], output=True),
+                            io.keyed("curve", P.PAIRS_FILE, "policy", curve_policies(pc), output=True), io.output("stats"))
     return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "short", "label_accuracy")}
             for name, v in stats["labelers"].items()}, [io.output("stats")]
 
@@ -363,8 +365,8 @@ def step_policy_eval(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list
     policy = io.wildcard("policy")
     model = io.input_list("model")
     model_path = model[0] if model else model_ref(params, params["pairs"]["policy"])["path"]
-    m = run_policy_eval(params, policy, model_path, io.keyed("problems", params["evaluate_policy"]["subsets"], output=False),
-                        io.output("samples"), io.output("metrics"), io.threads)
+    problems = io.keyed("problems", P.PROBLEM_SET, "subset", params["evaluate_policy"]["subsets"])
+    m = run_policy_eval(params, policy, model_path, problems, io.output("samples"), io.output("metrics"), io.threads)
     return {"avg_at_k": m["avg_at_k"], "seconds": m["seconds"]}, [io.output("metrics")]
 
 
@@ -417,7 +419,8 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
 def step_policy_metrics(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     policy = io.wildcard("policy")
     names = policy_runs(policy, params["dpo"]["seeds"])
-    evals, samples = io.keyed("evals", names, output=False), io.keyed("samples", names, output=False)
+    evals = io.keyed("evals", P.POLICY_RUN_EVAL, "run", names, policy=policy)
+    samples = io.keyed("samples", P.POLICY_RUN_SAMPLES, "run", names, policy=policy)
     pairs = io.input_list("pairs_stats")
     m = summarize_policy(params, policy, {r: (evals[r], samples[r]) for r in names}, pairs[0] if pairs else None,
                          io.output("metrics"), io.output("per_problem"))
@@ -474,7 +477,8 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
 
 def step_downstream_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     policies = all_policies(params["pairs"])
-    metrics, per_problem = io.keyed("metrics", policies, output=False), io.keyed("per_problem", policies, output=False)
+    metrics = io.keyed("metrics", P.POLICY_METRICS, "policy", policies)
+    per_problem = io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", policies)
     s = summarize_downstream(params, {p: (metrics[p], per_problem[p]) for p in policies}, io.output("summary"))
     return {"gain_all": {k: v["gain"].get("all") for k, v in s["policies"].items() if v.get("gain")}}, \
         [io.output("summary")]

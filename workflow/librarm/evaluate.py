@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import paths as P
 from .bench import read_bench
 from .io import StageIO, read_json, write_json, write_jsonl, write_text
 from .metrics import auroc, best_threshold, problem_prior_predictions, summarize
@@ -194,7 +195,8 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
 def step_eval_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     judges = params["evaluate"]["judges"]
     train, stats = io.input_list("judge_train"), io.input_list("train_stats")
-    summary = summarize_eval(io.keyed("metrics", judges, output=False), io.keyed("predictions", judges, output=False),
+    summary = summarize_eval(io.keyed("metrics", P.EVAL_METRICS, "judge", judges),
+                             io.keyed("predictions", P.EVAL_PREDICTIONS, "judge", judges),
                              io.output("summary"), io.output("table"), io.output("comparisons"), params=params,
                              bench_path=io.input("bench"), judge_train_path=train[0] if train else None,
                              train_stats_path=stats[0] if stats else None)

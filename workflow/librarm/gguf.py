@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import paths as P
 from .io import StageIO, read_json, write_json
 
 
@@ -81,8 +82,8 @@ def step_bootstrap_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, 
     stats: dict[str, Any] = {"models": {}, "origin": None}
     for p in io.input_list("tiny"):
         stats.update(read_json(p))
-    for name, p in io.keyed("prepared", [m for m, s in params["models"].items() if s["source"] == "gguf"],
-                            output=False).items():
+    gguf = [m for m, s in params["models"].items() if s["source"] == "gguf"]
+    for name, p in io.keyed("prepared", P.PREPARED_MODEL_INFO, "model", gguf).items():
         stats["models"][name] = read_json(p)
     write_json(io.output("stats"), stats)
     return {"models": {k: v.get("mean_accuracy") for k, v in stats["models"].items()}}, [io.output("stats")]

@@ -220,13 +220,20 @@ class StageIO:
     def output_list(self, name: str) -> list[str]:
         return self._many(self.outputs, "output", name)
 
-    def keyed(self, name: str, keys: Iterable[str], *, output: bool = True) -> dict[str, str]:
-        """A list of files the rule expands over `keys` (in that order), as {key: path}."""
+    def keyed(self, name: str, pattern: str, field: str, keys: Iterable[str], *, output: bool = False,
+              **fixed: str) -> dict[str, str]:
+        """The files of a list the rule expands over `keys`, as {key: path}: each key's path is
+        `pattern` (a librarm.paths pattern) with `field` set to the key (and `fixed` fields), and
+        must be among the rule's files, with none left over. Matched by name, never by position
+        (the job's params may list keys in another order than the rule)."""
         files = self.output_list(name) if output else self.input_list(name)
-        keys = list(keys)
-        if len(files) != len(keys):
-            raise ValueError(f"{'output' if output else 'input'} {name!r}: {len(files)} paths for {len(keys)} keys")
-        return dict(zip(keys, files))
+        want = {k: pattern.format(**{field: k}, **fixed) for k in keys}
+        missing = [p for p in want.values() if p not in files]
+        extra = sorted(set(files) - set(want.values()))
+        if missing or extra:
+            raise ValueError(f"{'output' if output else 'input'} {name!r}: expected {list(want.values())}, "
+                             f"got {files} (missing {missing}, unexpected {extra})")
+        return want
 
     def wildcard(self, name: str) -> str:
         if name not in self.wildcards:

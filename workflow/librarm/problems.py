@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import paths as P
 from .io import (
     InputError,
     StageIO,
@@ -283,7 +284,8 @@ def run_problems(params: Mapping[str, Any], set_paths: Mapping[str, str | Path],
 
 def step_problems(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     names = [s["name"] for s in params["problems"]["sets"]]
-    stats = run_problems(params, io.keyed("sets", names), io.keyed("quarantine", names), io.output("stats"))
+    stats = run_problems(params, io.keyed("sets", P.PROBLEM_SET, "subset", names, output=True),
+                         io.keyed("quarantine", P.PROBLEM_QUARANTINE, "subset", names, output=True), io.output("stats"))
     return stats, [io.output("stats")]
 
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import paths as P
 from .io import StageIO, read_json, write_json, write_text
 from .labelers import NONE_POLICY, RAW_PREFIX, all_policies, curve_policy, policy_parts
 from .stats import gain_correlation
@@ -166,8 +167,8 @@ def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]
     """Stage step `report`: the plots and curves go beside the summary (their set depends on the
     run's data, so they are the folder's undeclared outputs)."""
     sources = {k: io.input(k) for k in SOURCE_KEYS if io.inputs.get(k)}
-    summary = build_report(params, sources, io.keyed("eval_metrics", params["evaluate"]["judges"], output=False),
-                           io.keyed("per_problem", all_policies(params["pairs"]), output=False),
+    summary = build_report(params, sources, io.keyed("eval_metrics", P.EVAL_METRICS, "judge", params["evaluate"]["judges"]),
+                           io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", all_policies(params["pairs"])),
                            metrics_path=io.output("metrics"), summary_path=io.output("summary"),
                            markdown_path=io.output("markdown"), plots_dir=Path(io.output("summary")).parent)
     return summary["headline"], [io.output("metrics"), io.output("summary"), io.output("markdown")] \

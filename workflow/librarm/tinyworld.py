@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .io import StageIO, read_json, stable_hash, stable_seed, tree_sha256, write_json
-from .paths import RESUME_BOOTSTRAP
+from .paths import MODEL_DIR, RESUME_BOOTSTRAP
 from .problems import ArithmeticProblem, in_problem_region, random_arithmetic
 
 # Bump when the meaning of the bootstrap params changes (corpus format, training recipe).
@@ -367,11 +367,11 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
 
 def step_bootstrap_tiny(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     """Stage step `bootstrap-tiny`: every tiny model into its output folder (one parent folder)."""
-    folders = [Path(p) for p in io.output_list("models")]
     names = [k for k, v in params["models"].items() if v["source"] == "tiny"]
-    if [f.name for f in folders] != names or len({f.parent for f in folders}) != 1:
-        raise ValueError(f"output 'models' must be <one folder>/<name> for {names}, got {[str(f) for f in folders]}")
-    stats = run_bootstrap(params, io.input_list("problems"), folders[0].parent, io.output("stats"), io.threads)
+    folders = io.keyed("models", MODEL_DIR, "model", names, output=True)
+    root = Path(MODEL_DIR).parent                  # the models are trained side by side in one folder
+    stats = run_bootstrap(params, io.input_list("problems"), root, io.output("stats"), io.threads)
+    assert all(Path(f).is_dir() for f in folders.values())
     return {"models": {k: v.get("accuracy") for k, v in stats["models"].items()}}, [io.output("stats")]
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import paths as P
 from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from .paths import RESUME_TRAIN
 
@@ -567,7 +568,7 @@ def step_train_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list
     """Stage step `train-stats`: every trained judge's log, curves kept, in one file."""
     trained = [m for m, s in params["models"].items() if s["source"] == "trained"]
     stats = {}
-    for name, p in io.keyed("logs", trained, output=False).items():
+    for name, p in io.keyed("logs", P.TRAIN_LOG, "model", trained).items():
         d = read_json(p)
         stats[name] = {k: d.get(k) for k in ("kind", "init", "global_step", "seconds", "tokens_per_s",
                                              "val_curve", "passrate_filter", "zero_advantage_share",

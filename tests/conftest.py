@@ -1,3 +1,9 @@
+"""Shared by the test modules: the repo paths and the `repo` and `params` fixtures, the one skip
+helper for the ../shared/data files (`needs_shared_data`), and the small record builders that more
+than one test module uses (import them with `from conftest import ...`)."""
+from __future__ import annotations
+
+import json
 import os
 from pathlib import Path
 
@@ -22,5 +28,58 @@ def params():
     return load_params(REPO / "params.yaml")
 
 
-def needs_shared_data():
-    return pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
+def needs_shared_data(*files: str):
+    """Skip unless ../shared/data is present (and each of `files` in it, e.g. "math500.jsonl");
+    the reason names what is missing. Use as a decorator: `@needs_shared_data()`."""
+    missing = [p for p in (SHARED_DATA, *(SHARED_DATA / f for f in files)) if not p.exists()]
+    where = f"../{missing[0].relative_to(REPO.parent).as_posix()}" if missing else "../shared/data"
+    return pytest.mark.skipif(bool(missing), reason=f"{where} not present")
+
+
+# ----------------------------------------------------------------------------- problems, tiny world
+# synthetic problem sets: three eval sets, a judge pool and a DPO pool (test_problems, test_tinyworld)
+SYNTHETIC_SPECS = [{"name": "a", "role": "eval", "n": 200, "steps": 2}, {"name": "b", "role": "eval", "n": 200, "steps": 3},
+                   {"name": "c", "role": "eval", "n": 200, "steps": 4},
+                   {"name": "jp", "role": "judge_pool", "n": 300, "steps": [2, 3, 4]},
+                   {"name": "dp", "role": "dpo_pool", "n": 300, "steps": [2, 3, 4]}]
+
+
+# ----------------------------------------------------------------------------- judged bench items
+def item(label, pred, subset="a", model="m", q="q0", truncated=False):
+    """One judged bench item (test_metrics, test_stats)."""
+    return {"label": label, "pred": pred, "subset": subset, "model": model, "question": q, "truncated": truncated}
+
+
+def bench_file(path: Path, label_form=lambda l: l):
+    """A 24-item bench file in the public schema, two subsets and two generators; `label_form`
+    writes each label (test_evaluate, test_cli)."""
+    rows = []
+    for i in range(24):
+        sub = ["alpha", "beta"][i % 2]
+        rows.append({"index": i, "question": f"Compute {i // 4}+1.", "response": f"\\boxed{{{i // 4 + (i % 3 == 0)}}}",
+                     "label": label_form(int(i % 3 != 0)), "model": ["g1", "g2"][i % 4 // 2], "reference": str(i // 4 + 1),
+                     "subset": sub, "response_with_cot": "x"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ----------------------------------------------------------------------------- downstream pairs
+def resp(pid: str, idx: int, correct: bool, text: str | None = None) -> dict:
+    """One verified policy response (test_downstream, test_determinism)."""
+    ans = "7" if correct else f"{idx + 8}"
+    return {"sample_id": f"policy|{pid}|{idx}", "problem_id": pid, "subset": "pool", "generator": "policy",
+            "question": f"Compute {pid}.", "response": f"\\boxed{{{ans}}}",
+            "response_with_cot": text or f"<think>step {idx}</think>\n\\boxed{{{ans}}}",
+            "reason": "correct" if correct else "wrong_answer"}
+
+
+def build_pairs_into(params, verified, labels, out):
+    """run_build_pairs with the DAG's layout under out: <labeler>.jsonl, raw/<labeler>.jsonl,
+    curve/gold-<n>.jsonl, stats.json (test_downstream, test_determinism)."""
+    from librarm.downstream import run_build_pairs
+    from librarm.labelers import curve_policies
+
+    labelers = params["pairs"]["labelers"]
+    return run_build_pairs(params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
+                           {n: out / "raw" / f"{n}.jsonl" for n in labelers},
+                           {c: out / f"{c}.jsonl" for c in curve_policies(params["pairs"])}, out / "stats.json")

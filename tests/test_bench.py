@@ -1,3 +1,7 @@
+"""librarm.bench: assembling Libra Bench (balanced per cell, the public schema, malformed and
+duplicate responses dropped and counted, the problem-generator unit, shortfall policies,
+deterministic and stable when a generator is added) and reading a bench file (label forms, a bad
+label named by file:line)."""
 import json
 
 import pytest

@@ -1,19 +1,17 @@
-"""The command line as a new user meets it with bad input: one line naming file:line (or the key)
-and no traceback unless --debug; params.yaml syntax errors located; `librarm score` with file
-lines counted across blank lines and with a data-built (pseudo) judge; output file modes that
-follow the umask."""
+"""librarm.cli: the command line as a new user meets it with bad input: one line naming file:line
+(or the key) and no traceback unless --debug; params.yaml syntax errors located; `librarm score`
+with file lines counted across blank lines, with a data-built (pseudo) judge, and with a judge that
+is not in params (a clear error)."""
 from __future__ import annotations
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-
-from librarm.io import write_json
+from conftest import bench_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,13 +62,10 @@ def test_score_with_a_pseudo_judge(tmp_path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["libra_score"] == 1.0
 
 
-def test_output_files_follow_the_umask(tmp_path):
-    old = os.umask(0o022)
-    try:
-        write_json(tmp_path / "a.json", {"x": 1})
-        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
-        os.umask(0o002)
-        write_json(tmp_path / "b.json", {"x": 1})
-        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o664
-    finally:
-        os.umask(old)
+def test_score_cli_unknown_judge_is_clear(tmp_path, repo, capsys):
+    from librarm.cli import main
+
+    bench = bench_file(tmp_path / "bench.jsonl")
+    assert main(["score", "--bench", str(bench), "--judge", "nope", "--params", str(repo / "params.yaml"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err

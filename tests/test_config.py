@@ -1,3 +1,7 @@
+"""librarm.config: params.yaml and every preset validate; a bad value is named by its key (unknown
+key, wrong type, out of range, dangling reference, the downstream sections, DPO values); overlays
+(null removes an entry, lists replace, dicts merge); values read without a code default are required
+by the schema."""
 import copy
 
 import pytest
@@ -83,3 +87,28 @@ def test_values_read_without_a_code_default_are_required_by_the_schema():
     code = "\n".join(p.read_text() for p in (root / "workflow/librarm").glob("*.py"))
     assert not re.search(r'(jcfg|\["judge"\]|\["sampling"\])\.get\("batch_size"', code)
     assert not re.search(r'\.get\("(timeout_s|memory_mb)"', code)
+
+
+# ----------------------------------------------------------------------------- the downstream sections
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["pairs"].update(labelers=["rl", "gold_p7x"]), "pairs.labelers.1"),
+    (lambda p: p["pairs"].update(labelers=["rl", "gold_p0"]), "pairs.labelers.1"),
+    (lambda p: p["pairs"].update(raw_labelers=["sft"], labelers=["rl"]), "pairs.raw_labelers"),
+    (lambda p: p["pairs"].update(pool="judge_pool"), "pairs.pool"),
+    (lambda p: p["pairs"].update(policy="nope"), "pairs.policy"),
+    (lambda p: p["evaluate_policy"].update(subsets=["dpo_pool"]), "evaluate_policy.subsets"),
+    (lambda p: p["report"].update(fit_labelers=["gold"]), "report.fit_labelers"),
+    (lambda p: p.pop("dpo"), "dpo: required"),
+])
+def test_downstream_config_errors_name_the_key(edit, message):
+    params = copy.deepcopy(load_params("params.yaml"))
+    edit(params)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate_params(params)
+
+
+def test_schema_rejects_bad_dpo_values():
+    params = copy.deepcopy(load_params("params.yaml"))
+    params["dpo"]["seeds"] = []
+    with pytest.raises(ConfigError, match="dpo"):
+        validate_params(params)

@@ -61,7 +61,7 @@ def test_dpo_of_one_labeler_ignores_a_short_labeler_elsewhere(tmp_path, params):
     """The forced-short-labeler check carried through DPO: the pairs stage is run with a judge that
     makes 0 pairs and with one forced to 37; gold's pairs file and its DPO policy are the same
     bytes in both worlds, and the short labeler trains for the budget's steps."""
-    from test_downstream import build_pairs_into, resp
+    from conftest import build_pairs_into, resp
     from tiny_fixtures import make_random_lm
 
     from librarm.dpo import run_dpo

@@ -1,61 +1,30 @@
-"""Downstream logic: labelers (gold, noisy gold, random), pair construction (ties, no pairs,
-all-correct groups, per-problem cap), the pair budget and the gold curve (a short labeler never
-moves another's run), avg@k and its intervals, the paired gain
-summary, and the config checks of the downstream sections."""
+"""librarm.downstream: built-in labels (gold, noisy gold, random) and label accuracy, pair
+construction (ties, no pairs, all-correct groups, per-problem cap), the pair budget and the gold
+curve (a short labeler never moves another's run), the pool split, avg@k, policy evaluation with a
+pseudo sampler, and the policy and downstream summaries (seed average, the paired gain)."""
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
+from conftest import build_pairs_into, resp
 
-from librarm.config import ConfigError, load_params, validate_params
+from librarm.config import load_params
 from librarm.downstream import (
     avg_at_k,
     build_pairs,
     builtin_labels,
     label_accuracy,
     per_problem_accuracy,
-    run_build_pairs,
     split_pool,
     summarize_downstream,
     summarize_policy,
     take_budget,
 )
 from librarm.io import read_json, read_jsonl, write_json, write_jsonl
-from librarm.labelers import (
-    curve_policies,
-    downstream_policies,
-    dpo_step_pairs,
-    keep_probability,
-    labeler_kind,
-    policy_parts,
-)
-from librarm.stats import bootstrap_means, sign_flip_p
+from librarm.labelers import dpo_step_pairs
 
 
-def resp(pid: str, idx: int, correct: bool, text: str | None = None) -> dict:
-    ans = "7" if correct else f"{idx + 8}"
-    return {"sample_id": f"policy|{pid}|{idx}", "problem_id": pid, "subset": "pool", "generator": "policy",
-            "question": f"Compute {pid}.", "response": f"\\boxed{{{ans}}}",
-            "response_with_cot": text or f"<think>step {idx}</think>\n\\boxed{{{ans}}}",
-            "reason": "correct" if correct else "wrong_answer"}
-
-
-# ----------------------------------------------------------------------------- labelers
-def test_labeler_kinds_and_errors():
-    judges = {"rl": {}, "base": {}}
-    assert labeler_kind("rl", judges) == "judge"
-    assert labeler_kind("gold", judges) == "gold"
-    assert labeler_kind("gold_p70", judges) == "noisy_gold"
-    assert labeler_kind("random", judges) == "random"
-    with pytest.raises(ValueError, match="not a key of 'judges'"):
-        labeler_kind("sft", judges)
-    assert keep_probability("gold_p60") == pytest.approx(0.6)
-    with pytest.raises(ValueError):
-        keep_probability("gold")
-
-
+# ----------------------------------------------------------------------------- labels
 def test_noisy_gold_rates_match_their_name_and_are_seeded():
     rng = np.random.default_rng(0)
     gold = list(rng.integers(0, 2, 20000))
@@ -139,28 +108,6 @@ def test_take_budget_is_per_labeler_and_nested():
     assert small <= {p["pair_id"] for p in a}
 
 
-def test_policy_names_and_steps():
-    cfg = {"labelers": ["rl", "gold"], "gold_curve": [50, 100], "raw_labelers": ["gold"]}
-    assert downstream_policies(cfg) == ["rl", "gold", "curve/gold-50", "curve/gold-100", "raw/gold"]
-    assert downstream_policies({**cfg, "labelers": ["rl"], "raw_labelers": []}) == ["rl"]
-    assert policy_parts("none") == ("none", None, None)
-    assert policy_parts("curve/gold-50") == ("curve", "gold", 50)
-    assert policy_parts("raw/rl") == ("raw", "rl", None)
-    assert policy_parts("rl") == ("budget", "rl", None)
-    # a short labeler and a curve point take the budget's steps; a raw run its own count
-    assert dpo_step_pairs("scalar", 37, 400) == dpo_step_pairs("curve/gold-50", 50, 400) == 400
-    assert dpo_step_pairs("raw/gold", 612, 400) == 612
-
-
-def build_pairs_into(params, verified, labels, out):
-    """run_build_pairs with the DAG's layout under out: <labeler>.jsonl, raw/<labeler>.jsonl,
-    curve/gold-<n>.jsonl, stats.json."""
-    labelers = params["pairs"]["labelers"]
-    return run_build_pairs(params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
-                           {n: out / "raw" / f"{n}.jsonl" for n in labelers},
-                           {c: out / f"{c}.jsonl" for c in curve_policies(params["pairs"])}, out / "stats.json")
-
-
 def test_build_pairs_stage_writes_budget_curve_and_raw(tmp_path):
     params = load_params("params.yaml")
     params["pairs"].update(labelers=["base", "gold", "gold_p70", "random"], budget=25, gold_curve=[10])
@@ -231,21 +178,23 @@ def test_avg_at_k_by_hand():
     assert avg_at_k(pp) == {"a": 0.75, "b": 0.0, "all": 0.375}     # `all` weighs subsets equally
 
 
-def test_bootstrap_intervals_cover_the_mean_and_collapse_when_constant():
-    rng = np.random.default_rng(0)
-    pp = {"a": {f"p{i}": float(rng.random() < 0.4) for i in range(200)}, "b": {f"q{i}": 0.5 for i in range(50)}}
-    ci = bootstrap_means(pp, 1000, seed=0)
-    mean_a = np.mean(list(pp["a"].values()))
-    assert ci["a"][0] < mean_a < ci["a"][1] and ci["a"][1] - ci["a"][0] < 0.2
-    assert ci["b"] == [0.5, 0.5]
-    assert ci == bootstrap_means(pp, 1000, seed=0)
+# ----------------------------------------------------------------------------- policy evaluation and summaries
+def test_policy_eval_on_tiny_model_writes_avg_at_k_and_intervals(tmp_path, params):
+    from librarm.downstream import run_policy_eval
+    from librarm.sampling import PseudoSampler
 
-
-def test_sign_flip_p():
-    assert sign_flip_p(np.zeros(10), 1000, 0) == 1.0
-    assert sign_flip_p(np.full(30, 0.5), 2000, 0) < 0.001
-    rng = np.random.default_rng(1)
-    assert sign_flip_p(rng.normal(0, 1, 200), 2000, 0) > 0.01
+    probs = [{"id": f"e{i}", "set": "hard", "role": "eval", "problem": f"Compute {i}+1.", "answer": str(i + 1)} for i in range(8)]
+    write_jsonl(tmp_path / "hard.jsonl", probs)
+    out = tmp_path / "out"
+    m = run_policy_eval({**params, "evaluate_policy": {**params["evaluate_policy"], "k": 3}}, "none", "none",
+                        {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
+                        sampler=PseudoSampler("reference"))
+    assert m["avg_at_k"] == {"hard": 1.0, "all": 1.0} and m["ci95"]["hard"] == [1.0, 1.0]
+    m = run_policy_eval({**params, "evaluate_policy": {**params["evaluate_policy"], "k": 2}}, "none", "none",
+                        {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
+                        sampler=PseudoSampler("reference_wrong"))
+    assert m["avg_at_k"]["all"] == 0.0
+    assert len((tmp_path / "out" / "samples.jsonl").read_text().splitlines()) == 16
 
 
 def _policy_run(root, name, per_problem_spec, seeds=("seed-0",)):
@@ -299,28 +248,3 @@ def test_seed_average_and_sd(tmp_path):
     assert m["seeds"] == {"seed-0": {"s": 0.2, "all": 0.2}, "seed-1": {"s": 0.4, "all": 0.4}}
     assert m["avg_at_k"]["all"] == pytest.approx(0.3)
     assert m["sd_over_seeds"]["all"] == pytest.approx(float(np.std([0.2, 0.4], ddof=1)), abs=1e-4)
-
-
-# ----------------------------------------------------------------------------- config checks
-@pytest.mark.parametrize("edit,message", [
-    (lambda p: p["pairs"].update(labelers=["rl", "gold_p7x"]), "pairs.labelers.1"),
-    (lambda p: p["pairs"].update(labelers=["rl", "gold_p0"]), "pairs.labelers.1"),
-    (lambda p: p["pairs"].update(raw_labelers=["sft"], labelers=["rl"]), "pairs.raw_labelers"),
-    (lambda p: p["pairs"].update(pool="judge_pool"), "pairs.pool"),
-    (lambda p: p["pairs"].update(policy="nope"), "pairs.policy"),
-    (lambda p: p["evaluate_policy"].update(subsets=["dpo_pool"]), "evaluate_policy.subsets"),
-    (lambda p: p["report"].update(fit_labelers=["gold"]), "report.fit_labelers"),
-    (lambda p: p.pop("dpo"), "dpo: required"),
-])
-def test_downstream_config_errors_name_the_key(edit, message):
-    params = copy.deepcopy(load_params("params.yaml"))
-    edit(params)
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        validate_params(params)
-
-
-def test_schema_rejects_bad_dpo_values():
-    params = copy.deepcopy(load_params("params.yaml"))
-    params["dpo"]["seeds"] = []
-    with pytest.raises(ConfigError, match="dpo"):
-        validate_params(params)

@@ -1,4 +1,4 @@
-"""envs/*.yaml and pyproject pins agree with requirements.lock (imports without vllm: test_backends)."""
+"""envs/*.yaml and pyproject pins agree with requirements.lock (imports without vllm: test_sampling)."""
 import re
 
 import pytest

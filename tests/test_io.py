@@ -1,8 +1,13 @@
+"""librarm.io: a bad JSONL line named by file:line:field (or quarantined and counted), atomic
+writes that leave no partial file, canonical JSONL, stable seeds, and output file modes that follow
+the umask."""
 import json
+import os
+import stat
 
 import pytest
 
-from librarm.io import InputError, atomic_path, read_jsonl, stable_seed, write_jsonl
+from librarm.io import InputError, atomic_path, read_jsonl, stable_seed, write_json, write_jsonl
 
 SCHEMA = {"id": "str", "n": "int"}
 
@@ -55,3 +60,36 @@ def test_write_jsonl_canonical(tmp_path):
 def test_stable_seed_depends_on_ids_only():
     assert stable_seed(1, "gen", "p1", 0) == stable_seed(1, "gen", "p1", 0)
     assert stable_seed(1, "gen", "p1", 0) != stable_seed(1, "gen", "p1", 1)
+
+
+def test_output_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+        os.umask(0o002)
+        write_json(tmp_path / "b.json", {"x": 1})
+        assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_stage_io_gives_each_file_by_its_rules_name():
+    from librarm.io import StageIO
+
+    io = StageIO({"bench": ("b.jsonl",), "extra": (), "metrics": ("eval/rl/m.json", "eval/base/m.json")},
+                 {"stats": ("s.json",), "sets": ("p/a.jsonl", "p/b.jsonl")}, {"judge": "rl"}, 2)
+    assert io.input("bench") == "b.jsonl" and io.input_list("extra") == [] and io.wildcard("judge") == "rl"
+    assert io.output("stats") == "s.json"
+    # a list is matched to its keys by the paths pattern, whatever the order of either
+    assert io.keyed("metrics", "eval/{judge}/m.json", "judge", ["base", "rl"]) == \
+        {"base": "eval/base/m.json", "rl": "eval/rl/m.json"}
+    assert io.keyed("sets", "p/{subset}.jsonl", "subset", ["b", "a"], output=True) == {"b": "p/b.jsonl", "a": "p/a.jsonl"}
+    with pytest.raises(ValueError, match=r"missing \['eval/sft/m.json'\], unexpected \['eval/base/m.json'\]"):
+        io.keyed("metrics", "eval/{judge}/m.json", "judge", ["rl", "sft"])
+    with pytest.raises(ValueError, match="no input named 'model'"):
+        io.input("model")
+    with pytest.raises(ValueError, match="output 'sets': expected one path, got 2"):
+        io.output("sets")
+    with pytest.raises(ValueError, match="no wildcard 'policy'"):
+        io.wildcard("policy")

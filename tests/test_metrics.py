@@ -1,12 +1,11 @@
+"""librarm.metrics: the bench summary (unparsed verdicts count as wrong; macro F1 as sklearn computes
+it), the problem-prior baseline (near chance on a balanced bench, finds a difficulty shortcut), AUROC
+and the accuracy-best threshold."""
 import numpy as np
 import pytest
+from conftest import item
 
 from librarm.metrics import auroc, best_threshold, problem_prior_predictions, summarize
-from librarm.stats import bootstrap_intervals
-
-
-def item(label, pred, subset="a", model="m", q="q0", truncated=False):
-    return {"label": label, "pred": pred, "subset": subset, "model": model, "question": q, "truncated": truncated}
 
 
 def test_summary_counts_unparsed_as_wrong():
@@ -71,31 +70,3 @@ def test_auroc_and_threshold():
     assert auroc([1, 1], [1, 1]) is None
     t = best_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
     assert 0.2 < t < 0.8
-
-
-def _correlated(n_problems=60, per_problem=10, seed=0):
-    """Items of one problem share its difficulty: the judge is right on all or none of them."""
-    rng = np.random.default_rng(seed)
-    items = []
-    for p in range(n_problems):
-        right = rng.random() < 0.6
-        for k in range(per_problem):
-            label = k % 2
-            items.append(item(label, label if right else 1 - label, subset="ab"[p % 2], q=f"q{p}"))
-    return items
-
-
-def test_problem_level_interval_wider_than_item_level():
-    items = _correlated()
-    clustered = bootstrap_intervals(items, resamples=2000, seed=1, cluster=True)["libra_score"]
-    naive = bootstrap_intervals(items, resamples=2000, seed=1, cluster=False)["libra_score"]
-    assert clustered[1] - clustered[0] > 1.5 * (naive[1] - naive[0])
-    est = summarize(items)["libra_score"]
-    assert clustered[0] <= est <= clustered[1]
-
-
-def test_bootstrap_seeded_and_has_all_keys():
-    items = _correlated(seed=2)
-    a = bootstrap_intervals(items, resamples=2000, seed=5)
-    assert a == bootstrap_intervals(items, resamples=2000, seed=5)
-    assert {"libra_score", "accuracy", "macro_f1", "subset_accuracy.a", "subset_accuracy.b"} <= set(a)

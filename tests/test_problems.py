@@ -1,32 +1,29 @@
+"""librarm.problems: synthetic sets (pairwise disjoint and seeded; a planted duplicate is caught), the
+problems stage (sets, stats, the quarantine file), real MATH-500 with a level filter and a limit,
+decontamination against a real eval set, a bad line named by file:line:field, and the HF loader's
+pinned revision."""
 import copy
 
 import pytest
-from conftest import SHARED_DATA, needs_shared_data
+from conftest import SHARED_DATA, SYNTHETIC_SPECS, needs_shared_data
 
 from librarm.io import InputError
 from librarm.problems import (
     decontaminate,
-    in_problem_region,
     load_jsonl_set,
     overlap_report,
     parse_arithmetic,
-    random_arithmetic,
     run_problems,
     synthesize_sets,
 )
-from librarm.tinyworld import corpus_problem
-
-SPECS = [{"name": "a", "role": "eval", "n": 200, "steps": 2}, {"name": "b", "role": "eval", "n": 200, "steps": 3},
-         {"name": "c", "role": "eval", "n": 200, "steps": 4}, {"name": "jp", "role": "judge_pool", "n": 300, "steps": [2, 3, 4]},
-         {"name": "dp", "role": "dpo_pool", "n": 300, "steps": [2, 3, 4]}]
 
 
 def test_synthetic_sets_are_pairwise_disjoint_and_seeded():
-    sets = synthesize_sets(SPECS, seed=7)
+    sets = synthesize_sets(SYNTHETIC_SPECS, seed=7)
     report = overlap_report(sets)
     assert all(v["exact"] == 0 for v in report.values()), report
-    assert synthesize_sets(SPECS, seed=7) == sets
-    assert synthesize_sets(SPECS, seed=8) != sets
+    assert synthesize_sets(SYNTHETIC_SPECS, seed=7) == sets
+    assert synthesize_sets(SYNTHETIC_SPECS, seed=8) != sets
     for rec in sets["c"]:
         prob = parse_arithmetic(rec["problem"])
         assert len(prob.ops) == 4 and str(prob.answer) == rec["answer"]
@@ -35,19 +32,10 @@ def test_synthetic_sets_are_pairwise_disjoint_and_seeded():
 
 def test_overlap_check_detects_planted_duplicate():
     # Negative twin of the disjointness guard: a planted repeat must be counted.
-    sets = synthesize_sets(SPECS[:2], seed=7)
+    sets = synthesize_sets(SYNTHETIC_SPECS[:2], seed=7)
     planted = copy.deepcopy(sets)
     planted["b"].append(dict(planted["a"][0], id="b-planted", set="b"))
     assert overlap_report(planted)["a|b"]["exact"] == 1
-
-
-def test_corpus_never_draws_from_the_problem_region():
-    import random
-
-    rng = random.Random(0)
-    assert not any(in_problem_region(corpus_problem(rng, 99, 9)) for _ in range(2000))
-    sets = synthesize_sets(SPECS, seed=3)
-    assert all(in_problem_region(parse_arithmetic(r["problem"])) for recs in sets.values() for r in recs)
 
 
 def run_problems_into(params, folder):
@@ -133,26 +121,3 @@ def test_hf_loader_uses_pinned_revision(monkeypatch):
                              "split": "test", "fields": {"id": "unique_id"}}, seed=0)
     assert seen == {"name": "org/ds", "split": "test", "revision": "abc123"}
     assert recs[0]["id"] == "u1" and recs[0]["answer"] == "3"
-
-
-def test_judge_compare_line_is_digitwise():
-    from librarm.tinyworld import compare_line
-
-    assert compare_line("73", "75") == "mine=073 theirs=075 digits=0/0,7/7,3/5 match=yyn"
-    assert compare_line("7", "7") == "mine=007 theirs=007 digits=0/0,0/0,7/7 match=yyy"
-    assert compare_line("101", "99") == "mine=101 theirs=099 digits=1/0,0/9,1/9 match=nnn"
-
-
-def test_noisy_trace_slip_rate_and_malformed_forms():
-    import random
-
-    from librarm.tinyworld import noisy_trace
-
-    rng = random.Random(0)
-    probs = [random_arithmetic(rng, 3, 99, 9) for _ in range(2000)]
-    clean = sum(noisy_trace(p, rng, 0.0, 0.0).endswith("\\boxed{" + str(p.answer) + "}") for p in probs)
-    assert clean == 2000
-    right = sum(noisy_trace(p, rng, 0.3, 0.0).endswith("\\boxed{" + str(p.answer) + "}") for p in probs)
-    assert abs(right / 2000 - 0.7 ** 3) < 0.05          # each step slips with probability 0.3
-    malformed = [noisy_trace(p, rng, 0.0, 1.0) for p in probs[:200]]
-    assert any(m.endswith("</think>") for m in malformed) and any("wait, check" in m for m in malformed)

@@ -1,4 +1,9 @@
-from librarm.think import split_think
+"""librarm.think: splitting a completion into its thinking and its final part (tagged blocks, a
+prompt-opened think, no tags, a separate reasoning field, unterminated blocks, several closing tags)
+and the spans of every balanced \\boxed{...}."""
+import pytest
+
+from librarm.think import boxed_spans, split_think
 
 
 def test_tagged_block():
@@ -38,3 +43,11 @@ def test_several_closing_tags_final_after_last():
 def test_thinking_only_has_no_final():
     s = split_think("<think>the answer is \\boxed{9}</think>")
     assert s.closed and not s.has_final
+
+
+@pytest.mark.timeout(60)
+def testboxed_spans_nested_braces():
+    t = r"so $x = \boxed{\frac{\sqrt{3}}{2}}$ and also \boxed{\left\{ 1, 2 \right\}}."
+    spans = boxed_spans(t)
+    assert [t[s:e] for s, e in spans] == [r"\frac{\sqrt{3}}{2}", r"\left\{ 1, 2 \right\}"]
+    assert boxed_spans(r"\boxed{\frac{1}{2}") == []                          # unbalanced: nothing

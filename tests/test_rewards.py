@@ -1,0 +1,40 @@
+"""librarm.rewards: the length penalty, the correctness and format rewards, and the reward registry
+(weights, unknown names)."""
+import pytest
+
+from librarm.rewards import (
+    build_reward_funcs,
+    correctness_reward,
+    format_reward,
+    length_penalty,
+)
+
+
+def test_length_penalty_reconstruction():
+    assert length_penalty(10, 64, 96) == 0.0
+    assert length_penalty(64, 64, 96) == 0.0
+    assert length_penalty(80, 64, 96) == pytest.approx(-0.5)
+    assert length_penalty(96, 64, 96) == -1.0 and length_penalty(500, 64, 96) == -1.0
+    assert length_penalty(65, 64, 64) == -1.0 and length_penalty(64, 64, 64) == 0.0   # step when equal
+
+
+def test_correctness_and_format_rewards():
+    outs = ["<think>a</think>\\boxed{correct}", "<think>a</think>\\boxed{incorrect}", "<think>a", "no verdict"]
+    assert correctness_reward(outs, label=[1, 1, 1, 0]) == [1.0, 0.0, 0.0, 0.0]
+    assert format_reward(outs) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_reward_registry_weights_and_unknown():
+    funcs, w = build_reward_funcs({"correctness": 1.0, "format": 0.0, "length": 0.5}, 8, 16)
+    assert [f.__name__ for f in funcs] == ["correctness", "length"] and w == [1.0, 0.5]
+    with pytest.raises(ValueError, match="unknown reward"):
+        build_reward_funcs({"style": 1.0}, 8, 16)
+
+
+def test_a_completion_cut_at_the_length_limit_earns_no_reward():
+    """GRPO rollouts pass finish_reason: a completion without EOS has no verdict, as in evaluation,
+    so it earns neither correctness nor format reward (the length penalty still applies)."""
+    done = "<think>7 = 7</think>\n\\boxed{correct}"
+    assert correctness_reward([done, done], label=[1, 1], finish_reason=["stop", "length"]) == [1.0, 0.0]
+    assert format_reward([done, done], finish_reason=["stop", "length"]) == [1.0, 0.0]
+    assert correctness_reward([done], label=[1]) == [1.0]          # a caller without finish_reason: all finished

@@ -31,8 +31,8 @@ rule prepare_model:
         model=any_regex(GGUF_MODELS),
     params:
         # a GGUF conversion reads only its own models entry (not the judge prompt, not other models)
-        **job_params("bootstrap", **UNUSED("judge.prompt_template", "judge.system_prompt", "problems", "seed",
-                                           "bootstrap"),
+        **job_params("bootstrap", **UNUSED("judge.prompt_template", "judge.system_prompt", "judge.max_prompt_tokens",
+                                           "judge.overflow", "problems", "seed", "bootstrap"),
                      models=lambda wc: config["models"][wc.model]),
     log:
         P.log("bootstrap/{model}"),

@@ -379,6 +379,20 @@ def test_module_edit_reruns_users_and_downstream(ci_copy):
 
 
 @pytest.mark.slow
+def test_editing_the_cli_dispatcher_reruns_nothing(ci_copy):
+    """The other way round: cli.py is a table of steps, in no phase's code, so editing it reruns
+    no job and no DVC stage."""
+    mod = ci_copy / "workflow/librarm/cli.py"
+    original = mod.read_text()
+    try:
+        mod.write_text(original + "\n# edited\n")
+        assert dry_run_jobs(ci_copy) == {}
+        assert _dvc_rerun_set(ci_copy) == set()
+    finally:
+        mod.write_text(original)
+
+
+@pytest.mark.slow
 @needs_shared_data()
 def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     """Real MATH-500 L5 / AIME items, SmolLM2-135M-Instruct converted from its GGUF file, the

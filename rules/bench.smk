@@ -6,6 +6,7 @@ rule bench:
     output:
         bench=P.BENCH_FILE,
         stats=P.BENCH_STATS,
+        stress=[P.STRESS_FILE] if STRESS else [],
     params:
         **job_params("bench"),
     log:

@@ -21,6 +21,7 @@ PHASE_TARGETS = [p.target for p in active_phases(config)]
 SET_NAMES = [s["name"] for s in config["problems"]["sets"]]
 EVAL_SUBSETS = sets_by_role(config, "eval")
 LEARNING = bool(config.get("judge_data"))
+STRESS = bool(config.get("stress"))          # the judge-hacking stress set
 JUDGE_POOL = config["judge_data"]["pool"] if LEARNING else None
 # Generators sample the eval subsets, and the judge pool when the judge is trained.
 SAMPLED_SUBSETS = EVAL_SUBSETS + ([JUDGE_POOL] if LEARNING else [])

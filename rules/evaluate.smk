@@ -3,11 +3,13 @@ rule evaluate:
         EVAL_ENV
     input:
         bench=P.BENCH_FILE,
+        stress=[P.STRESS_FILE] if STRESS else [],
         model=judge_model,
         threshold=threshold_split,
     output:
         metrics=P.EVAL_METRICS,
         predictions=P.EVAL_PREDICTIONS,
+        stress_predictions=[P.EVAL_STRESS_PREDICTIONS] if STRESS else [],
     wildcard_constraints:
         judge=any_regex(JUDGES),
     params:

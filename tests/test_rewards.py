@@ -38,3 +38,13 @@ def test_a_completion_cut_at_the_length_limit_earns_no_reward():
     assert correctness_reward([done, done], label=[1, 1], finish_reason=["stop", "length"]) == [1.0, 0.0]
     assert format_reward([done, done], finish_reason=["stop", "length"]) == [1.0, 0.0]
     assert correctness_reward([done], label=[1]) == [1.0]          # a caller without finish_reason: all finished
+
+
+def test_length_is_kept_at_weight_zero_as_a_monitor_of_the_penalised_share():
+    funcs, w = build_reward_funcs({"correctness": 1.0, "length": 0.0}, 8, 16)
+    assert [f.__name__ for f in funcs] == ["correctness", "length"] and w == [1.0, 0.0]
+    logged = {}
+    out = funcs[1](completion_ids=[[0] * 4, [0] * 12, [0] * 20, [0] * 8], log_metric=logged.__setitem__)
+    assert out == [0.0, -0.5, -1.0, 0.0] and logged == {"length_penalised_share": 0.5}
+    with pytest.raises(ValueError, match="every weight is 0"):
+        build_reward_funcs({"correctness": 0.0, "length": 0.0}, 8, 16)

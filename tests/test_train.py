@@ -196,3 +196,28 @@ def test_grpo_rollout_passes_finish_reason_to_the_rewards(tmp_path):
     assert all(out["completion_ids"][i][-1] != tok.eos_token_id for i in cut)
     rewards = correctness_reward(["\\boxed{correct}"] * 6, label=[1] * 6, finish_reason=out["finish_reason"])
     assert [i for i, r in enumerate(rewards) if r == 0.0] == cut
+
+
+def test_l_exp_auto_is_a_quantile_of_the_starting_judges_validation_lengths(params):
+    """rl.l_exp: auto puts L_exp at the rl.l_exp_quantile quantile of the starting judge's lengths
+    on validation items, so the penalty bites on about 1 - quantile of them (capped at l_max)."""
+    import copy
+
+    from librarm.sampling import SampleResult
+    from librarm.train import length_threshold
+
+    class Lengths:
+        name = "lengths"
+
+        def generate(self, reqs):
+            return [SampleResult("\\boxed{correct}", "stop", 5, 10 * (i + 1)) for i, _ in enumerate(reqs)]
+
+    items = [{"item_id": f"v{i}", "question": "Q", "response": "A", "label": 1} for i in range(8)]   # lengths 10..80
+    p = copy.deepcopy(params)
+    p["rl"].update(l_exp="auto", l_exp_quantile=0.75, l_max=160)
+    got = length_threshold(Lengths(), items, p, "rl")
+    assert got["l_exp"] == 70 and got["val_penalised_share"] == 0.125 and got["val_length_max"] == 80
+    p["rl"]["l_max"] = 50
+    assert length_threshold(Lengths(), items, p, "rl")["l_exp"] == 50
+    with pytest.raises(ValueError, match="needs validation items"):
+        length_threshold(Lengths(), [], p, "rl")

@@ -98,8 +98,9 @@ def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_
 
 
 def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out_path: str | Path,
-              stats_path: str | Path) -> dict:
-    """Stage `bench`: read the verify files named by params, write libra_bench.jsonl and stats.json."""
+              stats_path: str | Path, stress_path: str | Path | None = None) -> dict:
+    """Stage `bench`: read the verify files named by params, write the bench and its stats; with
+    stress_path (params `stress` set), the judge-hacking stress set drawn from the bench."""
     from .config import sets_by_role
     from .provenance import provenance
 
@@ -116,6 +117,12 @@ def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out
     if not rows:
         raise ValueError("the bench is empty: no cell had both correct and incorrect responses")
     write_jsonl(out_path, rows)
+    if stress_path is not None:
+        from .stress import build_stress_set
+
+        stress = build_stress_set(rows, params["stress"], params["seed"])
+        write_jsonl(stress_path, stress)
+        stats["stress"] = dict(Counter(it["subset"] for it in stress))
     stats["balance"] = dict(bal)
     stats["provenance"] = provenance(data=[str(p) for p in verify_paths])
     write_json(stats_path, stats)
@@ -123,7 +130,9 @@ def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out
 
 
 def step_bench(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    stats = run_bench(params, io.input_list("verified"), io.output("bench"), io.output("stats"))
+    stress = io.output_list("stress")
+    stats = run_bench(params, io.input_list("verified"), io.output("bench"), io.output("stats"),
+                      stress[0] if stress else None)
     return stats, [io.output("stats")]
 
 

@@ -118,6 +118,25 @@ def validate_params(params: Mapping[str, Any], source: str = "params") -> None:
     _cross_check(params, source)
 
 
+def stress_template_problems(cfg: Mapping[str, Any]) -> list[str]:
+    """What is wrong with the stress templates (empty when nothing): each names its params key."""
+    problems = []
+    templates = cfg.get("content_free") or []
+    if not templates:
+        problems.append("stress.content_free: give at least one template")
+    for i, t in enumerate(templates):
+        try:
+            text = t.format(question="Q")
+        except (KeyError, IndexError, ValueError) as exc:
+            problems.append(f"stress.content_free[{i}] {t!r}: not a template with only {{question}} ({exc!r})")
+            continue
+        if not text.strip():
+            problems.append(f"stress.content_free[{i}]: empty response")
+    if not str(cfg.get("false_claim") or "").strip():
+        problems.append("stress.false_claim: empty claim")
+    return problems
+
+
 def _cross_check(p: Mapping[str, Any], source: str) -> None:
     problems: list[str] = []
     models = p["models"]
@@ -126,6 +145,8 @@ def _cross_check(p: Mapping[str, Any], source: str) -> None:
         problems.append(f"problems.sets: duplicate set name {dup!r}")
     if not any(s["role"] == "eval" for s in p["problems"]["sets"]):
         problems.append("problems.sets: at least one set needs role 'eval'")
+    if p.get("stress"):
+        problems += stress_template_problems(p["stress"])
     for i, s in enumerate(p["problems"]["sets"]):
         key = f"problems.sets.{i}"
         if s["source"] == "synthetic":

@@ -21,10 +21,11 @@ def score_predictions(preds: Sequence[Mapping[str, Any]], resamples: int, seed: 
 
 
 def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[str, Any]],
-            threads: int | None = None, sampler=None) -> tuple[list[dict], dict[str, Any]]:
+            threads: int | None = None, sampler=None, stream: Sequence[Any] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """One judge's verdicts on items (index, subset, model, label, question, response): one
     prediction record per item, plus judge-kind extras (status counts; a scalar RM's threshold,
-    chosen on `evaluate.threshold_split`, never on the items)."""
+    chosen on `evaluate.threshold_split`, never on the items). A generative judge's seeds come
+    from `stream` (default: the judge's bench stream)."""
     from .config import model_ref
     from .judge import run_generative, scalar_scores
 
@@ -32,7 +33,7 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     ev = params["evaluate"]
     extra: dict[str, Any] = {}
     if spec["kind"] == "generative":
-        preds = run_generative(items, spec, params, judge_name, threads, sampler)
+        preds = run_generative(items, spec, params, judge_name, threads, sampler, stream)
         extra["status_counts"] = {s: sum(p["status"] == s for p in preds)
                                   for s in sorted({p["status"] for p in preds})}
         extra["prompt_overflow"] = {s: sum(p["prompt_status"] == s for p in preds) for s in ("truncated", "skipped")}
@@ -56,16 +57,22 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
 
 
 def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, predictions_path: str | Path,
-                 metrics_path: str | Path, threads: int | None = None, sampler=None) -> dict[str, Any]:
-    """Stage `evaluate`: one judge on one benchmark file -> its predictions and metrics."""
+                 metrics_path: str | Path, threads: int | None = None, sampler=None,
+                 stress_path: str | Path | None = None, stress_predictions_path: str | Path | None = None) -> dict[str, Any]:
+    """Stage `evaluate`: one judge on one benchmark file -> its predictions and metrics; with
+    stress_path, also on the judge-hacking stress set (its false-positive rates go to
+    metrics["stress"], apart from every bench metric)."""
     import time
 
     from .config import model_ref
+    from .judge import judge_sampler
     from .provenance import model_identity, provenance
 
     spec = params["judges"][judge_name]
     items = read_bench(bench_path)
     t0 = time.time()
+    if sampler is None and spec["kind"] == "generative":
+        sampler = judge_sampler(spec, params, threads)          # one model load for both sets
     preds, extra = predict(params, judge_name, items, threads, sampler)
     metrics = score_predictions(preds, params["evaluate"].get("bootstrap_resamples", 2000), params["seed"])
     metrics.update(extra)
@@ -78,6 +85,13 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
         ref = model_ref(params, spec["model"])
         models.append(model_identity(ref["path"], ref["revision"]))
     metrics["provenance"] = provenance(models=models, data=[str(bench_path)])
+    if stress_path is not None:
+        from .stress import stress_metrics
+
+        stress_items = read_bench(stress_path)
+        stress_preds, _ = predict(params, judge_name, stress_items, threads, sampler, stream=("judge-stress", judge_name))
+        metrics["stress"] = stress_metrics(stress_preds, stress_items, preds)
+        write_jsonl(stress_predictions_path, stress_preds)
     write_jsonl(predictions_path, preds)
     write_json(metrics_path, metrics)
     return metrics
@@ -92,8 +106,10 @@ def score_file(params: Mapping[str, Any], judge_name: str, bench_path: str | Pat
 
 
 def step_evaluate(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    stress, stress_preds = io.input_list("stress"), io.output_list("stress_predictions")
     metrics = run_evaluate(params, io.wildcard("judge"), io.input("bench"), io.output("predictions"),
-                           io.output("metrics"), io.threads)
+                           io.output("metrics"), io.threads, stress_path=stress[0] if stress else None,
+                           stress_predictions_path=stress_preds[0] if stress_preds else None)
     return metrics, [io.output("metrics")]
 
 
@@ -167,6 +183,20 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
             lines.append(f"| {a} vs {b} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci95'])} | "
                          f"{format_p(c['p_permutation'], resamples)} | {format_p(c['p_bootstrap'], resamples)} | "
                          f"{c['mcnemar']['p']:.2g} | {c['mcnemar']['a_only']} | {c['mcnemar']['b_only']} |")
+    stressed = {name: m["stress"] for name, m in rows.items() if m.get("stress")}
+    if stressed:
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.1f}"
+
+        lines += ["", "Judge hacking (the stress set; never in the Libra score): the share of responses called "
+                  "correct that hold no answer (content-free) or are wrong with \"the answer is verified\" appended "
+                  "(false claim), beside the same wrong responses without the claim:", "",
+                  "| judge | Libra score | content-free FP | false-claim FP | same, without the claim |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, st in stressed.items():
+            lines.append(f"| {name} | {100 * rows[name]['libra_score']:.1f} | "
+                         f"{pct(st['content_free']['false_positive_rate'])} | {pct(st['false_claim']['false_positive_rate'])} | "
+                         f"{pct(st['false_claim']['without_claim'])} |")
     if train_stats_path and Path(train_stats_path).exists():
         ts = read_json(train_stats_path)
         lines += ["", "Training:", "", "| model | kind | steps | seconds | tokens/s | final val accuracy |",
@@ -182,7 +212,7 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
                | {"libra_score_ci95": m["ci95"]["libra_score"]} | ({"seen_heldout": seen_held[name]} if name in seen_held else {})
                for name, m in all_rows.items()}
     for name, m in all_rows.items():
-        for k in ("auroc", "threshold", "threshold_split_auroc", "called_correct_share", "input"):
+        for k in ("auroc", "threshold", "threshold_split_auroc", "called_correct_share", "input", "stress"):
             if k in m:
                 summary[name][k] = m[k]
     write_json(out_json, {"judges": summary, "comparisons": {k: {kk: v[kk] for kk in ("diff", "ci95", "p_bootstrap",

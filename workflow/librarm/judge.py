@@ -142,16 +142,23 @@ def with_reasoning(result) -> str:
     return result.text if result.reasoning is None else f"<think>{result.reasoning}</think>\n{result.text}"
 
 
-def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], params: Mapping[str, Any],
-                   judge_name: str, threads: int | None = None, sampler=None) -> list[dict]:
-    """Judge every item; returns one prediction record per item (same order)."""
+def judge_sampler(spec: Mapping[str, Any], params: Mapping[str, Any], threads: int | None = None):
+    """A generative judge's sampler, decoding as `judge` says (temperature, top_p, budgets)."""
     from .sampling import SamplingConfig, make_sampler
 
     jcfg = params["judge"]
     cfg = SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
                          max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"])
-    sampler = sampler or make_sampler(spec, params, cfg, threads)
-    batch = build_judge_requests(items, params, ("judge", judge_name), tok=getattr(sampler, "tok", None))
+    return make_sampler(spec, params, cfg, threads)
+
+
+def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], params: Mapping[str, Any],
+                   judge_name: str, threads: int | None = None, sampler=None,
+                   stream: Sequence[Any] | None = None) -> list[dict]:
+    """Judge every item; returns one prediction record per item (same order). Seeds come from
+    (seed, *stream, item index); stream defaults to ("judge", judge_name)."""
+    sampler = sampler or judge_sampler(spec, params, threads)
+    batch = build_judge_requests(items, params, stream or ("judge", judge_name), tok=getattr(sampler, "tok", None))
     results = dict(zip((i for i, _ in batch.owners), sampler.generate(batch.requests))) if batch.requests else {}
     out = []
     for i, it in enumerate(items):

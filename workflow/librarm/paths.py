@@ -35,6 +35,7 @@ VERIFY_STATS = f"{VERIFY}/stats.json"
 BENCH = f"{RESULTS}/bench"
 BENCH_FILE = f"{BENCH}/libra_bench.jsonl"
 BENCH_STATS = f"{BENCH}/stats.json"
+STRESS_FILE = f"{BENCH}/stress.jsonl"           # the judge-hacking stress set (never in the Libra score)
 
 # ------------------------------------------------------------------ learning to think
 JUDGE_DATA = f"{RESULTS}/judge_data"
@@ -56,6 +57,7 @@ TRAIN_STATS = f"{TRAIN}/stats.json"
 EVAL = f"{RESULTS}/eval"
 EVAL_METRICS = f"{EVAL}/{{judge}}/metrics.json"
 EVAL_PREDICTIONS = f"{EVAL}/{{judge}}/predictions.jsonl"
+EVAL_STRESS_PREDICTIONS = f"{EVAL}/{{judge}}/stress_predictions.jsonl"
 EVAL_SUMMARY = f"{EVAL}/summary.json"
 EVAL_TABLE = f"{EVAL}/table.md"
 EVAL_COMPARISONS = f"{EVAL}/comparisons.json"

@@ -84,7 +84,7 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("sampling",), ("problems", "bootstrap"), "rules/sample.smk", steps=("sample", "sample-stats")),
     Phase("verify", P.VERIFY_STATS, P.VERIFY, ("verify",),
           ("verify",), ("problems", "sample"), "rules/verify.smk", steps=("verify", "verify-stats")),
-    Phase("bench", P.BENCH_STATS, P.BENCH, ("seed", "bench", "problems"),
+    Phase("bench", P.BENCH_STATS, P.BENCH, ("seed", "bench", "problems", "stress"),
           ("bench",), ("verify",), "rules/bench.smk", steps=("bench",)),
     Phase("judge_data", P.JUDGE_DATA_STATS, P.JUDGE_DATA, ("seed", "judge_data", "problems"),
           ("train",), ("problems", "verify"), "rules/train.smk", optional="judge_data", steps=("judge-data",)),

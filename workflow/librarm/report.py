@@ -221,6 +221,21 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("eval", ("judges", j, "seen_heldout", "seen")) if sh.get("seen") is not None else "n/a",
                   Num("eval", ("judges", j, "seen_heldout", "held_out")) if sh.get("held_out") is not None else "n/a")
         tables.append(t)
+        stressed = [j for j, m in ev.items() if m.get("stress")]
+        if stressed:
+            t = Table("Judge hacking: false positives on the stress set (not in the Libra score)",
+                      ["judge", "Libra score", "content-free FP", "false-claim FP", "same responses, no claim"],
+                      note="Share called correct of responses that hold no answer (content-free templates: "
+                           "stress.content_free) and of wrong responses with a false claim appended "
+                           "(stress.false_claim), beside the same wrong responses without it. All are labeled "
+                           "incorrect; a low share is good.")
+            for j in stressed:
+                st = ("judges", j, "stress")
+                t.add(j, Num("eval", ("judges", j, "libra_score")),
+                      Num("eval", st + ("content_free", "false_positive_rate")),
+                      Num("eval", st + ("false_claim", "false_positive_rate")),
+                      Num("eval", st + ("false_claim", "without_claim")))
+            tables.append(t)
         comps = docs["eval"].get("comparisons", {})
         if comps:
             t = Table("Paired judge comparisons (Libra score difference)",

@@ -42,14 +42,20 @@ def length_penalty(n_tokens: int, l_exp: int, l_max: int) -> float:
 
 
 def make_length_reward(l_exp: int, l_max: int) -> Callable[..., list[float]]:
-    def length_reward(completion_ids: Sequence[Sequence[int]], **_: Any) -> list[float]:
-        return [length_penalty(len(ids), l_exp, l_max) for ids in completion_ids]
+    def length_reward(completion_ids: Sequence[Sequence[int]], log_metric: Callable | None = None,
+                      **_: Any) -> list[float]:
+        out = [length_penalty(len(ids), l_exp, l_max) for ids in completion_ids]
+        if log_metric is not None and out:       # TRL's hook: averaged per logging step
+            log_metric("length_penalised_share", sum(r < 0 for r in out) / len(out))
+        return out
 
     return length_reward
 
 
 def build_reward_funcs(weights: dict[str, float], l_exp: int, l_max: int) -> tuple[list[Callable], list[float]]:
-    """Reward functions and weights from params (`rl.rewards: {name: weight}`); weight 0 drops one."""
+    """Reward functions and weights from params (`rl.rewards: {name: weight}`); weight 0 drops one,
+    except `length`, kept at weight 0 as a monitor (the share of rollouts it would penalise is
+    logged, so the no-length-penalty ablation reports it too)."""
     registry: dict[str, Callable] = {
         "correctness": correctness_reward,
         "format": format_reward,
@@ -60,11 +66,11 @@ def build_reward_funcs(weights: dict[str, float], l_exp: int, l_max: int) -> tup
         raise ValueError(f"unknown reward functions {sorted(unknown)}; known: {sorted(registry)}")
     funcs, w = [], []
     for name, weight in weights.items():
-        if weight:
+        if weight or name == "length":
             fn = registry[name]
             fn.__name__ = name
             funcs.append(fn)
             w.append(float(weight))
-    if not funcs:
+    if not any(w):
         raise ValueError("rl.rewards: every weight is 0")
     return funcs, w

@@ -357,8 +357,27 @@ def sampler_rollout(sampler, seed: int):
     return rollout
 
 
+def length_threshold(sampler, val_items: Sequence[Mapping[str, Any]], params: Mapping[str, Any], name: str) -> dict:
+    """rl.l_exp when it is `auto`: the rl.l_exp_quantile quantile of the starting judge's completion
+    lengths (tokens) on the validation items, so that the length penalty bites on about
+    1 - quantile of the rollouts (a fixed L_exp above every trajectory makes the no-length-penalty
+    ablation null by construction). Capped at rl.l_max."""
+    from .judge import build_judge_requests
+
+    rl = params["rl"]
+    if not val_items:
+        raise ValueError("rl.l_exp: auto needs validation items (judge_data val) to measure lengths on")
+    batch = build_judge_requests(val_items, params, ("l_exp", name), key="item_id", tok=getattr(sampler, "tok", None))
+    lengths = sorted(r.completion_tokens for r in sampler.generate(batch.requests))
+    q = float(rl.get("l_exp_quantile", 0.75))
+    l_exp = min(int(lengths[min(len(lengths) - 1, int(q * len(lengths)))]), int(rl["l_max"]))
+    return {"l_exp": l_exp, "quantile": q, "items": len(lengths),
+            "val_length_mean": round(sum(lengths) / len(lengths), 1), "val_length_max": lengths[-1],
+            "val_penalised_share": round(sum(n > l_exp for n in lengths) / len(lengths), 4)}
+
+
 def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
-             name: str, rewards: Mapping[str, float],
+             name: str, rewards: Mapping[str, float], val_items: Sequence[Mapping[str, Any]] = (),
              resume_root: str | Path = RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
     right or always wrong give no gradient: they are filtered by pass rate first."""
@@ -390,7 +409,11 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     prompts, _ = judge_prompts(kept, params, tok)
     rows = [{"prompt": render_chat(tok, msgs), "label": it["label"], "item_id": it["item_id"]}
             for it, msgs in zip(kept, prompts) if msgs is not None]
-    funcs, weights = build_reward_funcs(dict(rewards), rl["l_exp"], rl["l_max"])
+    if rl["l_exp"] == "auto":
+        length = length_threshold(sampler, val_items[: rl.get("val_items", 60)], params, name)
+    else:
+        length = {"l_exp": int(rl["l_exp"])}
+    funcs, weights = build_reward_funcs(dict(rewards), length["l_exp"], rl["l_max"])
     resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(rl), dict(rewards),
                                 params["judge"]["prompt_template"])
     args = GRPOConfig(
@@ -417,6 +440,9 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     out["reward_curve"] = [{"step": h.get("step"), "reward": h.get("reward"),
                             "correctness": h.get("rewards/correctness/mean"),
                             "length": h.get("completions/mean_length")} for h in hist if "reward" in h]
+    shares = [h["length_penalised_share"] for h in hist if "length_penalised_share" in h]
+    length["rollout_penalised_share"] = round(sum(shares) / len(shares), 4) if shares else None
+    out["length_penalty"] = length
     return out
 
 
@@ -534,7 +560,7 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
         rewards = variant.get("rewards", params["rl"]["rewards"])
         init = model_ref(params, variant["init"])["path"]
         out = run_grpo(params, data["train"], init, out_dir, name=model_name, rewards=rewards,
-                       threads=threads,
+                       val_items=val, threads=threads,
                        callbacks=[make_val_callback(val[: params["rl"].get("val_items", 60)], params,
                                                     params["rl"].get("val_every", 20), model_name)])
     elif kind == "scalar":
@@ -572,7 +598,7 @@ def step_train_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list
         d = read_json(p)
         stats[name] = {k: d.get(k) for k in ("kind", "init", "global_step", "seconds", "tokens_per_s",
                                              "val_curve", "passrate_filter", "zero_advantage_share",
-                                             "reward_curve", "pairs")}
+                                             "reward_curve", "length_penalty", "pairs")}
         stats[name]["loss_curve"] = [{"step": h.get("step"), "loss": h.get("loss")}
                                      for h in d.get("log_history", []) if "loss" in h]
     write_json(io.output("stats"), stats)

@@ -135,3 +135,21 @@ def test_gain_correlation_on_planted_relation():
     c = gain_correlation(x, pp, list(x), resamples=300, permutations=1000, seed=0)
     assert c["r"] > 0.95 and c["ci95"][0] > 0.8 and c["p_permutation"] <= 0.0167        # the smallest p of 5 points: 2/120
     assert c["labelers"] == list(x) and len(c["gain"]) == 5
+
+
+def test_spearman_ranks_ties_and_its_interval_in_the_gain_correlation():
+    from librarm.stats import gain_correlation, ranks, spearman
+
+    assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)      # monotone, not linear
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    probs = [f"p{i}" for i in range(20)]
+    per_problem = {"none": {"s": {p: 0.2 for p in probs}}}
+    x = {}
+    for k, n in enumerate(["a", "b", "c", "d"]):
+        per_problem[n] = {"s": {p: 0.2 + 0.1 * k + (0.05 if i % 2 else -0.05) for i, p in enumerate(probs)}}
+        x[n] = 0.5 + 0.1 * k ** 2                     # monotone in the gain, not linear
+    c = gain_correlation(x, per_problem, list(x), resamples=200, permutations=1000, seed=0)
+    assert c["spearman"] == pytest.approx(1.0) and c["r"] < 1.0
+    assert c["spearman_ci95"][0] <= 1.0 <= c["spearman_ci95"][1] + 1e-9
+    assert c["spearman_p_permutation"] == pytest.approx(2 / 24, abs=1e-4)       # 4 points: 2 of 24 orderings as extreme

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import paths as P
 from .io import StageIO, read_json, write_json, write_text
-from .labelers import NONE_POLICY, RAW_PREFIX, all_policies, curve_policy, policy_parts
+from .labelers import NONE_POLICY, RAW_PREFIX, all_policies, curve_policy, labeler_kind, policy_parts
 from .stats import gain_correlation
 
 # The phase files the report reads (its rule passes each by this name; train and rs only when the
@@ -28,7 +28,8 @@ CURVES = [("sft_loss", "sft", "loss", "SFT loss"), ("grpo_reward", "rl", "reward
           ("grpo_length", "rl", "length", "GRPO completion length (tokens)"),
           ("sft_val_accuracy", "sft_val", "val_accuracy", "SFT judge validation accuracy"),
           ("grpo_val_accuracy", "rl_val", "val_accuracy", "GRPO judge validation accuracy")]
-PLOT_IMAGES = ["judge_accuracy.png", "confusion.png", "gain_vs_libra_score.png", "gain_vs_label_accuracy.png"]
+PLOT_IMAGES = ["judge_accuracy.png", "confusion.png", "gain_vs_libra_score.png", "gain_vs_label_accuracy.png",
+               "gain_vs_pair_accuracy.png"]
 
 
 # ----------------------------------------------------------------------------- tables with sources
@@ -132,10 +133,11 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
     judges = docs.get("eval", {}).get("judges", {})
     libra = {n: judges[n]["libra_score"] for n in labelers if n in judges}
     lab_acc = {n: policies[n]["label_accuracy"] for n in labelers if n in policies}
+    pair_acc = {n: policies[n].get("pair_accuracy") for n in labelers if n in policies}
     seed = params["seed"]
     corr = {}
     if NONE_POLICY in per_problem and fit:
-        for key, x in (("libra_score", libra), ("label_accuracy", lab_acc)):
+        for key, x in (("libra_score", libra), ("label_accuracy", lab_acc), ("pair_accuracy", pair_acc)):
             corr[key] = gain_correlation(x, per_problem, fit, rep.get("resamples", 2000),
                                          rep.get("permutations", 10000), seed)
     summary: dict[str, Any] = {"correlation": corr, "fit_labelers": fit,
@@ -329,12 +331,19 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
     corr = docs["report"]["correlation"]
     if corr:
         t = Table("Downstream gain against judge quality (fitted over the trained judges only)",
-                  ["x", "labelers fitted", "Pearson r", "95% CI (problem bootstrap)", "p (permutation)"],
-                  note="Anchors (gold, noisy gold, random) and short labelers are drawn in the plots but not fitted.")
+                  ["x", "labelers fitted", "Pearson r", "95% CI (problem bootstrap)", "p (permutation)",
+                   "Spearman rho", "95% CI", "p (permutation)"],
+                  note="Anchors (gold, noisy gold, random) and short labelers are drawn in the plots but not fitted. "
+                       "pair_accuracy: the share of a labeler's training pairs whose chosen response is the "
+                       "gold-correct one. With few points the smallest permutation p is 1/n!.")
         for key in corr:
-            t.add(key, ", ".join(corr[key]["labelers"]), Num("report", ("correlation", key, "r"), scale=1, digits=3),
-                  ci("report", ("correlation", key, "ci95"), scale=1, digits=3) if corr[key].get("ci95") else "n/a",
-                  Num("report", ("correlation", key, "p_permutation"), scale=1, digits=4))
+            c = ("correlation", key)
+            t.add(key, ", ".join(corr[key]["labelers"]), Num("report", c + ("r",), scale=1, digits=3),
+                  ci("report", c + ("ci95",), scale=1, digits=3) if corr[key].get("ci95") else "n/a",
+                  Num("report", c + ("p_permutation",), scale=1, digits=4),
+                  Num("report", c + ("spearman",), scale=1, digits=3),
+                  ci("report", c + ("spearman_ci95",), scale=1, digits=3) if corr[key].get("spearman_ci95") else "n/a",
+                  Num("report", c + ("spearman_p_permutation",), scale=1, digits=4))
         tables.append(t)
     return tables
 
@@ -461,11 +470,13 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
                 continue
             lo, hi = p["gain_ci95"]["all"]
             rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
-                         "fitted" if n in fit else ("short" if p.get("short") else "anchor")])
+                         "fitted" if n in fit else ("short" if p.get("short") else "anchor"), p.get("pair_accuracy")])
         arts.append(write_csv(out_dir / "downstream_gain.csv",
-                              ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role"], rows))
+                              ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role",
+                               "pair_accuracy"], rows))
         for key, col, label in (("libra_score", 1, "Libra score of the labeler (bench)"),
-                                ("label_accuracy", 2, "label accuracy on the policy's responses")):
+                                ("label_accuracy", 2, "label accuracy on the policy's responses"),
+                                ("pair_accuracy", 7, "pair accuracy (chosen is the gold-correct response)")):
             pts = [r for r in rows if r[col] not in ("", None)]
             if not pts:
                 continue
@@ -474,6 +485,13 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
                 style = dict(color="C0", marker="o") if r[6] == "fitted" else dict(color="C3", marker="s")
                 ax.errorbar(r[col], r[3], yerr=[[r[3] - r[4]], [r[5] - r[3]]], capsize=2, ls="none", **style)
                 ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            # the noisy-gold curve (gold kept with probability p, flipped otherwise, and gold itself):
+            # at equal label accuracy, a trained judge above it errs more cheaply than symmetric noise
+            curve = sorted((r for r in pts if labeler_kind(r[0], params.get("judges", {})) in ("gold", "noisy_gold")), key=lambda r: r[col])
+            if key != "libra_score" and len(curve) > 1:
+                ax.plot([r[col] for r in curve], [r[3] for r in curve], color="C3", lw=1, ls=":",
+                        label="noisy-gold curve")
+                ax.legend(fontsize=7)
             c = corr.get(key, {})
             if c.get("slope") is not None:
                 xs = np.linspace(min(c["x"]), max(c["x"]), 10)

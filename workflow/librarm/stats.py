@@ -172,6 +172,25 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def ranks(v: Sequence[float]) -> list[float]:
+    """Ranks from 1, ties sharing their average rank (what Spearman's rho correlates)."""
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    out = [0.0] * len(v)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    return pearson(ranks(x), ranks(y))
+
+
 def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int, seed: int) -> float | None:
     """Two-sided p of Pearson r under shuffled y: exact over all orderings when there are few points."""
     r = pearson(x, y)
@@ -190,9 +209,9 @@ def permutation_p(x: Sequence[float], y: Sequence[float], permutations: int, see
 def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[str, Mapping[str, float]]],
                      names: Sequence[str], resamples: int, permutations: int, seed: int,
                      base_policy: str = NONE_POLICY) -> dict:
-    """r between a judge measure x and the downstream gain over `none` (avg@k, mean over subsets)
-    across the fitted labelers; the interval resamples the eval problems (the gains' noise), the
-    p-value permutes the gains among the labelers."""
+    """Pearson r and Spearman rho between a judge measure x and the downstream gain over `none`
+    (avg@k, mean over subsets) across the fitted labelers; the intervals resample the eval problems
+    (the gains' noise), the p-values permute the gains among the labelers."""
     names = [n for n in names if n in per_problem and x.get(n) is not None]
     base = per_problem[base_policy]
     subsets = sorted(base)
@@ -210,15 +229,24 @@ def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[s
     xs = [x[n] for n in names]
     r = pearson(xs, g)
     rng = np.random.default_rng(seed)
-    draws = []
+    rho = spearman(xs, g)
+    draws, rho_draws = [], []
     if r is not None:
         for _ in range(resamples):
             idx = {s: rng.integers(0, len(ids[s]), len(ids[s])) for s in subsets}
-            v = pearson(xs, gains(idx))
+            resampled = gains(idx)
+            v = pearson(xs, resampled)
             if v is not None:
                 draws.append(v)
+            v = spearman(xs, resampled)
+            if v is not None:
+                rho_draws.append(v)
     slope, intercept = (float(v) for v in np.polyfit(xs, g, 1)) if r is not None else (None, None)
     return {"labelers": names, "x": xs, "gain": [round(v, 4) for v in g], "r": round(r, 4) if r is not None else None,
             "ci95": [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
             if draws else None,
-            "p_permutation": permutation_p(xs, g, permutations, seed), "slope": slope, "intercept": intercept}
+            "p_permutation": permutation_p(xs, g, permutations, seed), "slope": slope, "intercept": intercept,
+            "spearman": round(rho, 4) if rho is not None else None,
+            "spearman_ci95": [round(float(np.percentile(rho_draws, 2.5)), 4), round(float(np.percentile(rho_draws, 97.5)), 4)]
+            if rho_draws else None,
+            "spearman_p_permutation": permutation_p(ranks(xs), ranks(g), permutations, seed) if rho is not None else None}

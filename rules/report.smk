@@ -15,10 +15,8 @@ if DOWNSTREAM:
             downstream=P.DOWNSTREAM_SUMMARY,
             eval_metrics=expand(P.EVAL_METRICS, judge=JUDGES),
             per_problem=expand(P.POLICY_PER_PROBLEM, policy=POLICIES),
-            # every other phase's summary, so the report is the run's last job
-            upstream=[p.target for p in active_phases(config) if p.name not in ("report", "verify", "bench", "evaluate",
-                                                                               "train", "rs", "pairs", "dpo",
-                                                                               "evaluate_policy")],
+            # every phase's summary (some also named above), so the report is the run's last job
+            upstream=[p.target for p in active_phases(config) if p.name != "report"],
         output:
             metrics=P.REPORT_METRICS,
             summary=P.REPORT_SUMMARY,

@@ -357,14 +357,19 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
     return metrics
 
 
+def policy_folder(params: Mapping[str, Any], local: Sequence[str]) -> str:
+    """A policy to load: the folder its rule passes (one the pipeline made), else the base policy
+    `pairs.policy` names (a hub id or a path, which is not a rule input)."""
+    from .config import model_ref
+
+    return local[0] if local else model_ref(params, params["pairs"]["policy"])["path"]
+
+
 def step_policy_eval(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     """Stage step `policy-eval`: the base policy (a hub id or the folder the pipeline made) or a
     DPO policy's run (its `model` input)."""
-    from .config import model_ref
-
     policy = io.wildcard("policy")
-    model = io.input_list("model")
-    model_path = model[0] if model else model_ref(params, params["pairs"]["policy"])["path"]
+    model_path = policy_folder(params, io.input_list("model"))
     problems = io.keyed("problems", P.PROBLEM_SET, "subset", params["evaluate_policy"]["subsets"])
     m = run_policy_eval(params, policy, model_path, problems, io.output("samples"), io.output("metrics"), io.threads)
     return {"avg_at_k": m["avg_at_k"], "seconds": m["seconds"]}, [io.output("metrics")]

@@ -168,11 +168,10 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
 def step_dpo(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     """Stage step `dpo`: one policy (the `policy` wildcard) and DPO seed, from the `init` input (the
     policy folder the pipeline made) or the hub policy `pairs.policy` names."""
-    from .config import model_ref
+    from .downstream import policy_folder
 
-    init = io.input_list("init")
-    init_path = init[0] if init else model_ref(params, params["pairs"]["policy"])["path"]
-    log = run_dpo(params, io.input("pairs"), io.input("val"), init_path, io.output("model"),
+    init = policy_folder(params, io.input_list("init"))
+    log = run_dpo(params, io.input("pairs"), io.input("val"), init, io.output("model"),
                   name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
                   budget=int(params["pairs"]["budget"]))
     write_json(io.output("log"), log)

@@ -142,7 +142,7 @@ class HFSampler:
         # `rows`: the original row of each batch row. Finished rows leave the batch (their cache rows
         # too) once a quarter of the batch has finished, so a batch costs about what its live rows
         # cost without copying the cache at every stop. Each row's numbers do not depend on its
-        # batch neighbours (tests/test_sampling_stage.py), so dropping rows changes no token.
+        # batch neighbours (tests/test_sampling.py), so dropping rows changes no token.
         rows = list(range(n))
         alive = [True] * n
         with torch.inference_mode():
@@ -205,7 +205,7 @@ class _ExponentialNoise:
     q ~ Exp(1) from g, and a generator's exponential draws are the same whether taken one step at
     a time or several steps in one call. So each row draws the noise of `chunk` steps in one call,
     and every step is one vectorized argmax (one multinomial call per row and step took 1.50 s of
-    6.0 s for 512 tiny-policy samples, cProfile). Checked by tests/test_sampling_stage.py against
+    6.0 s for 512 tiny-policy samples, cProfile). Checked by tests/test_sampling.py against
     multinomial."""
 
     BUDGET = 1 << 22                # floats held per batch: bounds memory for big vocabularies

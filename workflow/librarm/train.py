@@ -12,7 +12,6 @@ from typing import Any, Mapping, Sequence
 
 from . import paths as P
 from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
-from .paths import RESUME_TRAIN
 
 
 # ----------------------------------------------------------------------------- judge_data
@@ -282,7 +281,7 @@ def verdict_only(completion: str) -> str:
 
 def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: TrainConfig, *,
             name: str, verdict_only_targets: bool = False,
-            resume_root: str | Path = RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
+            resume_root: str | Path = P.RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
     completion the raw trajectory (TRL appends EOS), so no chat template can strip the thinking.
     Loss on completion tokens only. Resumes from the last checkpoint under resume_root/name."""
@@ -378,7 +377,7 @@ def length_threshold(sampler, val_items: Sequence[Mapping[str, Any]], params: Ma
 
 def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
              name: str, rewards: Mapping[str, float], val_items: Sequence[Mapping[str, Any]] = (),
-             resume_root: str | Path = RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
+             resume_root: str | Path = P.RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
     """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
     right or always wrong give no gradient: they are filtered by pass rate first."""
     import torch
@@ -500,7 +499,7 @@ def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int
 
 
 def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
-                  name: str, resume_root: str | Path = RESUME_TRAIN,
+                  name: str, resume_root: str | Path = P.RESUME_TRAIN,
                   threads: int | None = None) -> dict:
     """TRL RewardTrainer (Bradley-Terry on correct-vs-incorrect pairs of the same problem) from the
     base judge's weights with a fresh 1-logit head: the paper's non-thinking baseline family.

@@ -187,8 +187,9 @@ def scalar_scores(items: Sequence[Mapping[str, Any]], path: str, revision: str |
     if threads:
         torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(path, revision=revision)
-    model = AutoModelForSequenceClassification.from_pretrained(path, revision=revision)
-    model.eval()
+    from .sampling import on_inference_device
+
+    model = on_inference_device(AutoModelForSequenceClassification.from_pretrained(path, revision=revision))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
@@ -207,7 +208,7 @@ def scalar_scores(items: Sequence[Mapping[str, Any]], path: str, revision: str |
         for s in range(0, len(texts), batch_size):
             enc = tok(texts[s:s + batch_size], return_tensors="pt", padding=True, truncation=True,
                       max_length=getattr(model.config, "max_position_embeddings", 2048), add_special_tokens=False)
-            logits = model(**enc).logits.float()
+            logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits.float()
             vals = logits[:, 1] - logits[:, 0] if logits.shape[-1] == 2 else logits[:, 0]
             scores.extend(float(v) for v in vals)
     return scores

@@ -77,11 +77,20 @@ def load_causal_lm(path: str, revision: str | None = None, threads: int | None =
     if threads:
         torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(path, revision=revision)
-    model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32)
-    model.eval()
+    model = on_inference_device(AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=torch.float32))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok, model
+
+
+def on_inference_device(model):
+    """The model in eval mode, on the GPU when there is one (the hf backend's models otherwise
+    stayed on the CPU of a GPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model.eval()
 
 
 def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> str:
@@ -145,10 +154,14 @@ class HFSampler:
         # batch neighbours (tests/test_sampling.py), so dropping rows changes no token.
         rows = list(range(n))
         alive = [True] * n
+        # the model may sit on a GPU; token choice stays on the CPU with each row's own generator,
+        # so a seed draws the same noise on every device
+        dev = self.model.device
+        input_ids, mask, position = input_ids.to(dev), mask.to(dev), position.to(dev)
         with torch.inference_mode():
             res = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True)
             past = res.past_key_values
-            logits = res.logits[:, -1, :].float()
+            logits = res.logits[:, -1, :].float().cpu()
             next_pos = position[:, -1:] + 1
             noise = _ExponentialNoise(gens, logits.shape[-1], cfg.max_new_tokens)
             for _ in range(cfg.max_new_tokens):
@@ -166,16 +179,16 @@ class HFSampler:
                 if n_alive <= self.COMPACT_AT * len(rows):
                     keep = [j for j in range(len(rows)) if alive[j]]
                     index = torch.tensor(keep, dtype=torch.long)
-                    past.batch_select_indices(index)
+                    past.batch_select_indices(index.to(dev))
                     noise.keep(index)
-                    mask, next_pos = mask[index], next_pos[index]
+                    mask, next_pos = mask[index.to(dev)], next_pos[index.to(dev)]
                     rows, tokens, alive = [rows[j] for j in keep], [tokens[j] for j in keep], [True] * len(keep)
-                step = torch.tensor([[t] for t in tokens], dtype=torch.long)
-                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+                step = torch.tensor([[t] for t in tokens], dtype=torch.long, device=dev)
+                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=dev)], dim=1)
                 res = self.model(input_ids=step, attention_mask=mask, position_ids=next_pos,
                                  cache=past, use_cache=True)
                 past = res.past_key_values
-                logits = res.logits[:, -1, :].float()
+                logits = res.logits[:, -1, :].float().cpu()
                 next_pos = next_pos + 1
         return [SampleResult(self.tok.decode(g, skip_special_tokens=True), reason[i], len(prompt_ids[i]), len(g),
                              token_ids=g + stop_token[i])

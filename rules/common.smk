@@ -31,6 +31,10 @@ GENERATORS = list(config["generators"])
 JUDGES = list(config["evaluate"]["judges"])
 TINY_MODELS = [m for m, s in config["models"].items() if s["source"] == "tiny"]
 GGUF_MODELS = [m for m, s in config["models"].items() if s["source"] == "gguf"]
+# Training jobs (train, dpo) run in launch.processes processes: a thread and its GPUs each.
+LAUNCH = config.get("launch") or {}
+TRAIN_THREADS = int(LAUNCH.get("processes", 1))
+TRAIN_GPUS = TRAIN_THREADS * int(LAUNCH.get("gpus_per_process", 0))
 
 
 def _write_effective_config() -> str:

@@ -127,7 +127,9 @@ if DOWNSTREAM:
             P.log("dpo/{policy}/seed-{seed}"),
         benchmark:
             P.benchmark("dpo", "{policy}/seed-{seed}")
-        threads: 1
+        resources:
+            gpu=TRAIN_GPUS,
+        threads: TRAIN_THREADS
         shell:
             stage("dpo")
 

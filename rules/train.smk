@@ -70,7 +70,9 @@ if LEARNING:
             P.log("train/{model}"),
         benchmark:
             P.benchmark("train_judge", "{model}")
-        threads: 1
+        resources:
+            gpu=TRAIN_GPUS,
+        threads: TRAIN_THREADS
         shell:
             stage("train")
 

@@ -82,15 +82,24 @@ def _named(groups: Sequence[Sequence[str]] | None, flag: str) -> dict[str, tuple
 def cmd_stage(a: argparse.Namespace) -> int:
     import importlib
 
-    from . import reads, tracking
+    from . import launch, reads, tracking
     from .io import StageIO
     from .phases import STEP_PHASE
 
     cfg = _load_config(a.config)
+    settings = launch.settings_for_step(cfg, a.step)
+    if settings and not launch.inside_launch():
+        # a training step in N processes: this process only starts them and returns their status
+        return launch.run_launched(settings, a.cli_args, a.threads)
     module, function = STEPS[a.step]
     wildcards = dict(w.split("=", 1) for w in a.wildcard or ())
-    io = StageIO(_named(a.inputs, "--in"), _named(a.outputs, "--out"), wildcards, _threads(a.threads))
+    threads = max(1, a.threads // launch.world_size()) if a.threads else a.threads
+    io = StageIO(_named(a.inputs, "--in"), _named(a.outputs, "--out"), wildcards, _threads(threads))
     step_fn = getattr(importlib.import_module(f"librarm.{module}"), function)
+    if not launch.is_main():
+        # the other processes of a launched step train alongside rank 0; rank 0 writes and logs
+        step_fn(cfg, io)
+        return 0
     with tracking.stage_run(cfg, a.step, _sections(cfg, STEP_PHASE[a.step]), wildcards) as run:
         # the step sees a recording view of the config when LIBRARM_RECORD_READS is set
         view, log = reads.recording(cfg)
@@ -279,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .io import InputError
 
     args = build_parser().parse_args(argv)
+    args.cli_args = list(sys.argv[1:] if argv is None else argv)      # what a launcher re-runs
     try:
         return args.func(args)
     except (ConfigError, InputError, FileNotFoundError, ValueError, KeyError) as exc:

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .launch import batch_problems
 from .paths import MODEL_DIR, TRAINED_MODEL
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -189,6 +190,7 @@ def _cross_check(p: Mapping[str, Any], source: str) -> None:
             problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")
     _cross_check_learning(p, problems)
     _cross_check_downstream(p, problems)
+    problems += batch_problems(p)
     if problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
 

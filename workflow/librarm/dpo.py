@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .io import StageIO, read_json, read_jsonl, write_json
+from .launch import barrier, is_main, per_process, shared_on_disk, world_size
 from .paths import RESUME_TRAIN
 from .train import device_args, latest_checkpoint, resume_dir_for, seed_everything
 
@@ -79,8 +80,10 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     if not pairs:
         # the labeler gave no training signal: the policy stays the base policy (reported as such)
         out_dir = Path(out_dir)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        shutil.copytree(init_model, out_dir)
+        if is_main():
+            shutil.rmtree(out_dir, ignore_errors=True)
+            shutil.copytree(init_model, out_dir)
+        barrier()
         return {"labeler": name, "seed": seed, "pairs": 0, "steps": 0, "global_step": 0, "selected_step": 0,
                 "selected_val_avg_at_k": None, "seconds": 0.0, "tokens_per_s": None, "loss_curve": [], "val_curve": [],
                 "note": f"{pairs_path} has no pair: the base policy, unchanged"}
@@ -96,7 +99,16 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     vcfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
                           max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
                           batch_size=params["sampling"]["batch_size"])
+    if world_size() > 1:
+        ds = shared_on_disk(ds, resume_dir / f"rows-{world_size()}")
+        if len(pairs) % cfg.batch_size and is_main():
+            print(f"dpo: {len(pairs)} pairs is not a multiple of dpo.batch_size {cfg.batch_size}: in "
+                  f"{world_size()} processes an epoch's last, short batch is padded with repeated pairs "
+                  "(accelerate's even_batches), so those steps differ from one process", flush=True)
     best_path = resume_dir / "best.json"
+    # read by every process before any writes it (then they agree on whether step 0 is validated)
+    started_with_best = best_path.exists()
+    barrier()
     pool = VerifierPool(1, params["verify"]["timeout_s"], params["verify"]["memory_mb"])
 
     class SelectOnVal(TrainerCallback):
@@ -112,18 +124,20 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
                 model.train()
             acc = avg_at_k(per_problem_accuracy(graded))["all"]
             state.log_history.append({"step": state.global_step, "val_avg_at_k": acc})
-            best = read_json(best_path) if best_path.exists() else None
-            if best is None or acc > best["val_avg_at_k"]:
+            # every process validates the same weights the same way; rank 0 keeps the best
+            best = read_json(best_path) if is_main() and best_path.exists() else None
+            if is_main() and (best is None or acc > best["val_avg_at_k"]):
                 tmp = resume_dir / "best.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
                 model.save_pretrained(str(tmp))
                 shutil.rmtree(resume_dir / "best", ignore_errors=True)
                 tmp.rename(resume_dir / "best")
                 write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
+            barrier()
 
         def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
             # step 0 (the untrained policy) is a candidate too: DPO may only hurt
-            if state.global_step == 0 and not best_path.exists():
+            if state.global_step == 0 and not started_with_best:
                 self.validate(state, model, processing_class)
 
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
@@ -133,7 +147,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
 
     args = DPOConfig(
         **device_args(),
-        output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=per_process(cfg.batch_size, "dpo.batch_size"),
         learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
         logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=cfg.seed, max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
@@ -144,14 +158,17 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     with pool:
         trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     elapsed = time.time() - started
+    barrier()
     best = read_json(best_path)
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(resume_dir / "best", tmp)
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if is_main():
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(resume_dir / "best", tmp)
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    barrier()
     hist = trainer.state.log_history
     tokens = sum(len(tok(r["prompt"] + r["chosen"])["input_ids"]) + len(tok(r["prompt"] + r["rejected"])["input_ids"])
                  for r in ds)
@@ -174,7 +191,8 @@ def step_dpo(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     log = run_dpo(params, io.input("pairs"), io.input("val"), init, io.output("model"),
                   name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
                   budget=int(params["pairs"]["budget"]))
-    write_json(io.output("log"), log)
+    if is_main():
+        write_json(io.output("log"), log)
     return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",
                                 "tokens_per_s", "loss_curve", "val_curve")}, [io.output("log")]
 

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from . import paths as P
 from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .launch import barrier, is_main, per_process, rank
 
 
 # ----------------------------------------------------------------------------- judge_data
@@ -260,11 +261,15 @@ def _finish(trainer, tok, out_dir: Path, started: float, tokens: int) -> dict:
     import shutil
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tok.save_pretrained(str(tmp))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    if is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    barrier()
+    trainer.save_model(str(tmp))      # every process: FSDP / ZeRO-3 gather the weights; rank 0 writes
+    if is_main():
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    barrier()
     hist = [h for h in trainer.state.log_history if "loss" in h or "reward" in h or "val_accuracy" in h]
     elapsed = time.time() - started
     return {"global_step": trainer.state.global_step, "log_history": hist, "seconds": round(elapsed, 1),
@@ -300,7 +305,7 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
     resume_dir = resume_dir_for(resume_root, name, init_model, data_path, asdict(cfg), verdict_only_targets)
     args = SFTConfig(
         **device_args(),
-        output_dir=str(resume_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(resume_dir), max_steps=cfg.max_steps, per_device_train_batch_size=per_process(cfg.batch_size, "sft.batch_size"),
         learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.max_steps // 20),
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
@@ -345,7 +350,9 @@ def sampler_rollout(sampler, seed: int):
             prompt_ids = trainer.processing_class(text=list(prompts))["input_ids"]
             step = trainer.state.global_step
             sampler.model = model
-            res = sampler.generate_ids(prompt_ids, [stable_seed(seed, step, i) for i in range(len(prompt_ids))])
+            # seeded by the position in the step's global batch: process r holds its r-th share
+            first = rank() * len(prompt_ids)
+            res = sampler.generate_ids(prompt_ids, [stable_seed(seed, step, first + i) for i in range(len(prompt_ids))])
         finally:
             model.train(was_training)
         # finish_reason reaches the reward functions: a completion cut at the length limit earns
@@ -417,7 +424,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
                                 params["judge"]["prompt_template"])
     args = GRPOConfig(
         **device_args(),
-        output_dir=str(resume_dir), max_steps=rl["steps"], per_device_train_batch_size=rl["batch_size"],
+        output_dir=str(resume_dir), max_steps=rl["steps"], per_device_train_batch_size=per_process(rl["batch_size"], "rl.batch_size"),
         num_generations=rl["num_generations"], max_completion_length=rl["max_completion_length"],
         learning_rate=rl["learning_rate"], beta=rl.get("beta", 0.0), temperature=rl.get("temperature", 1.0),
         seed=rl.get("seed", 0),
@@ -526,7 +533,8 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
     ds = Dataset.from_list([{"chosen": chat(p["question"], p["chosen"]), "rejected": chat(p["question"], p["rejected"])}
                             for p in pairs])
     resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(cfg))
-    args = RewardConfig(**device_args(), output_dir=str(resume_dir), max_steps=cfg["steps"], per_device_train_batch_size=cfg["batch_size"],
+    args = RewardConfig(**device_args(), output_dir=str(resume_dir), max_steps=cfg["steps"],
+                        per_device_train_batch_size=per_process(cfg["batch_size"], "scalar_rm.batch_size"),
                         learning_rate=cfg["learning_rate"], logging_steps=5, save_steps=50, save_total_limit=1,
                         seed=cfg.get("seed", 0), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
                         report_to=[], max_length=512)
@@ -570,7 +578,8 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
         raise ValueError(f"unknown training kind {kind!r}")
     out.update({"kind": kind, "model": model_name, "init": init})
     out["val_curve"] = [h for h in out.get("log_history", []) if "val_accuracy" in h]
-    write_json(log_path, out)
+    if is_main():
+        write_json(log_path, out)
     return out
 
 

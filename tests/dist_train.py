@@ -1,0 +1,89 @@
+"""Runs one trainer of the pipeline (sft | dpo | grpo) from a JSON spec, in however many processes
+its launcher started (tests/test_launch.py starts it in one and in two). Rank 0 writes the log
+history; for GRPO every process writes the rewards it gave each completion.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_train.py SPEC.json
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def kill_after_save(step: int):
+    """A hard stop once every process has written its part of the step's checkpoint."""
+    from transformers import TrainerCallback
+
+    from librarm.launch import barrier
+
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == step:
+                barrier()
+                os._exit(3)
+
+    return Kill()
+
+
+def record_rewards(path: Path):
+    """Wrap the reward functions run_grpo builds so each process logs what it scored."""
+    import librarm.rewards as rewards
+
+    build = rewards.build_reward_funcs
+
+    def recording_build(*a, **kw):
+        funcs, weights = build(*a, **kw)
+
+        def wrap(fn):
+            @functools.wraps(fn)
+            def scored(prompts, completions, **cols):
+                out = fn(prompts=prompts, completions=completions, **cols)
+                with open(path, "a") as fh:
+                    for i, (p, c, r) in enumerate(zip(prompts, completions, out)):
+                        fh.write(json.dumps({"func": fn.__name__, "prompt": p, "completion": c, "reward": r,
+                                             "item_id": cols["item_id"][i], "label": cols["label"][i],
+                                             "completion_ids": list(cols["completion_ids"][i]),
+                                             "finish_reason": (cols.get("finish_reason") or [None] * len(out))[i]})
+                                 + "\n")
+                return out
+            return scored
+
+        return [wrap(f) for f in funcs], weights
+
+    rewards.build_reward_funcs = recording_build
+
+
+def main(spec_path: str) -> int:
+    from librarm.io import write_json
+    from librarm.launch import is_main, rank
+
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    callbacks = [kill_after_save(spec["kill_after_save"])] if spec.get("kill_after_save") else []
+    common = dict(name="t", resume_root=spec["resume_root"], threads=1)
+    if spec["kind"] == "sft":
+        from librarm.train import TrainConfig, run_sft
+
+        log = run_sft(spec["data"], spec["init"], out / "model", TrainConfig(**spec["cfg"]), callbacks=callbacks, **common)
+    elif spec["kind"] == "dpo":
+        from librarm.dpo import run_dpo
+
+        log = run_dpo(spec["params"], spec["data"], spec["val"], spec["init"], out / "model", seed=0,
+                      **{k: v for k, v in common.items()})
+    else:
+        from librarm.train import run_grpo
+
+        record_rewards(out / f"rewards-rank{rank()}.jsonl")
+        log = run_grpo(spec["params"], spec["data"], spec["init"], out / "model", rewards=spec["rewards"],
+                       callbacks=callbacks, **common)
+    if is_main():
+        write_json(out / "log.json", log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -108,7 +108,7 @@ if DOWNSTREAM:
 
     rule dpo:
         conda:
-            "../envs/cpu.yaml"
+            TRAIN_ENV
         priority: 30
         input:
             pairs=P.PAIRS_FILE,

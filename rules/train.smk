@@ -48,7 +48,7 @@ if LEARNING:
 
     rule train_judge:
         conda:
-            "../envs/cpu.yaml"
+            TRAIN_ENV
         priority: 50
         input:
             unpack(train_inputs),

@@ -54,6 +54,10 @@ def test_dry_run(preset):
     if preset == "paper":
         assert "gpu=4" in res.stdout                     # resources for the tensor-parallel vLLM jobs
         assert res.stdout.count("rule sample:") == 20     # 5 generators x (3 eval subsets + judge pool)
+        # training jobs: launch.processes 8 x gpus_per_process 1
+        for rule in ("train_judge", "dpo"):
+            blocks = re.findall(rf"rule {rule}:\n(.*?)\nShell command", res.stdout, re.S)
+            assert blocks and all("gpu=8" in b for b in blocks), rule
 
 
 def test_lint_clean():

@@ -20,7 +20,7 @@ def test_score_cli_on_external_bench(tmp_path, judge_dir, form, repo):
 
     bench = bench_file(tmp_path / "bench.jsonl", form)
     rc = main(["score", "--bench", str(bench), "--judge", "mine", "--model", str(judge_dir),
-               "--params", str(repo / "params.yaml"), "--out", str(tmp_path / "out")])
+               "--params", str(repo / "params.yaml"), "--preset", "none", "--out", str(tmp_path / "out")])
     assert rc == 0
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(m["subset_accuracy"]) == {"alpha", "beta"}          # subset names come from the data

@@ -126,20 +126,81 @@ def _headline(metrics: Mapping[str, Any]) -> dict:
             if k not in ("provenance", "train_log", "cells", "overlap", "ci95", *CURVE_KEYS)}
 
 
+SCORE_DEFAULT_PRESET = "paper"     # real judges need the paper's prompt and budgets, not the tiny world's
+
+
+def score_overlay(a: argparse.Namespace) -> dict:
+    """The params a `librarm score --model ...` judge adds: a models entry and a judges entry."""
+    judge: dict[str, Any] = {"model": f"cli_{a.judge}", "backend": a.backend, "kind": a.kind}
+    if a.backend == "http":
+        if not a.base_url:
+            raise ConfigError("--base-url: required with --backend http (the server's /v1 URL)")
+        model = {"source": "path", "path": a.model}           # http: the name the server serves it under
+        judge["base_url"] = a.base_url
+        if a.api_key_env:
+            judge["api_key_env"] = a.api_key_env
+    elif Path(a.model).is_dir():
+        model = {"source": "path", "path": a.model}
+    elif a.revision:
+        model = {"source": "hub", "id": a.model, "revision": a.revision}
+    else:
+        raise ConfigError(f"--model {a.model}: not a local folder; for a hub id pin a revision with --revision")
+    return {"models": {f"cli_{a.judge}": {**model, "role": "judge"}}, "judges": {a.judge: judge}}
+
+
+def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
+    """Fail before scoring, with one line naming the setting: an unset API-key variable, a server
+    that does not answer or does not serve the model, a pipeline model not built yet."""
+    from .config import model_ref
+
+    spec = params["judges"][judge]
+    if spec["backend"] == "pseudo":
+        return
+    m = params["models"][spec["model"]]
+    ref = model_ref(params, spec["model"])
+    if spec["backend"] == "http":
+        import os
+
+        import requests
+
+        var = spec.get("api_key_env")
+        if var and not os.environ.get(var):
+            raise ConfigError(f"--api-key-env {var}: the environment variable {var} is not set")
+        url = spec["base_url"].rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {os.environ[var]}"} if var else {}
+        try:
+            resp = requests.get(url, headers=headers, timeout=10)
+        except requests.RequestException as exc:
+            raise ConfigError(f"--base-url {spec['base_url']}: no answer from {url} ({type(exc).__name__})") from None
+        if resp.status_code in (401, 403):
+            raise ConfigError(f"--api-key-env: {url} refused the key (HTTP {resp.status_code})")
+        served = [d.get("id") for d in (resp.json().get("data") or [])] if resp.ok else []
+        if served and ref["path"] not in served:
+            raise ConfigError(f"--model {ref['path']}: not served at {spec['base_url']} (it serves: {', '.join(served)})")
+    elif m["source"] in ("tiny", "trained", "gguf") and not Path(ref["path"]).is_dir():
+        raise ConfigError(f"judge {judge!r}: its model {ref['path']} does not exist yet; build it with "
+                          f"`snakemake --cores 2 {ref['path']}` (or pass --model PATH)")
+
+
 def cmd_score(a: argparse.Namespace) -> int:
-    """Score any file in the public Libra Bench schema with any judge from params."""
+    """Score any file in the public Libra Bench schema with any judge: one from params, or a model
+    folder, hub id or served model given on the command line."""
     from .evaluate import score_file
 
-    overlays = []
-    if a.model:
-        name = a.judge
-        overlays.append({"models": {f"cli_{name}": {"source": "path", "path": a.model}},
-                         "judges": {name: {"model": f"cli_{name}", "backend": a.backend, "kind": a.kind}}})
-    cfg = load_params(a.params, a.preset or (), overlays)
+    presets = [] if a.preset == ["none"] else (a.preset or [SCORE_DEFAULT_PRESET])
+    cfg = load_params(a.params, presets, [score_overlay(a)] if a.model else [])
     if a.judge not in cfg["judges"]:
         raise ConfigError(f"judge {a.judge!r} is not in params 'judges' ({', '.join(cfg['judges'])}); "
-                          "pass --model PATH to score a model folder directly")
+                          "pass --model PATH (or --backend http --base-url URL --model NAME) to score any judge")
+    check_judge_reachable(cfg, a.judge)
+    j = cfg["judge"]
+    print(f"budgets ({'+'.join(presets) or 'params.yaml'}): judge.max_prompt_tokens={j['max_prompt_tokens']} "
+          f"judge.overflow={j.get('overflow', 'truncate_response')} judge.max_new_tokens={j['max_new_tokens']} "
+          f"judge.temperature={j['temperature']}", flush=True)
     metrics = score_file(cfg, a.judge, a.bench, a.out, a.threads)
+    overflow = metrics.get("prompt_overflow") or {}
+    print(f"prompts over judge.max_prompt_tokens: {overflow.get('truncated', 0)} truncated, "
+          f"{overflow.get('skipped', 0)} skipped (of {metrics.get('n_items')})")
     print(json.dumps(_headline(metrics), indent=1, sort_keys=True, default=str))
     return 0
 
@@ -232,11 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("score", help="score a Libra-Bench-schema file with a judge")
     sc.add_argument("--bench", required=True)
     sc.add_argument("--judge", required=True, help="a key of params 'judges' (or a new name with --model)")
-    sc.add_argument("--model", help="a model folder to use as the judge")
+    sc.add_argument("--model", help="hf/vllm: a model folder or hub id; http: the name the server serves")
+    sc.add_argument("--revision", help="the pinned revision of a hub --model")
     sc.add_argument("--backend", default="hf", choices=["hf", "vllm", "http"])
+    sc.add_argument("--base-url", help="http: the OpenAI-compatible server's URL, e.g. http://127.0.0.1:8000/v1")
+    sc.add_argument("--api-key-env", help="http: the environment variable that holds the API key")
     sc.add_argument("--kind", default="generative", choices=["generative", "scalar"])
     sc.add_argument("--params", default="params.yaml")
-    sc.add_argument("--preset", action="append")
+    sc.add_argument("--preset", action="append",
+                    help=f"presets over params.yaml (default: {SCORE_DEFAULT_PRESET}, for its judge prompt and "
+                         "budgets; `none`: params.yaml as is)")
     sc.add_argument("--out", required=True)
     sc.add_argument("--threads", type=int, default=None)
     sc.set_defaults(func=cmd_score)

@@ -1,0 +1,134 @@
+"""`librarm score` against a real OpenAI-compatible server: `transformers serve` started on
+127.0.0.1 for a tiny-world judge folder (stopped by PID). The http and hf backends on the same
+model with greedy decoding give the same text, and each setting that cannot work (no server, a
+model the server does not serve, an unset API-key variable, a hub id without a revision, a pipeline
+model not built yet) is one line naming it."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from librarm.io import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def librarm(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "librarm.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "LIBRARM_TRACKING": "0", **(env or {})}, timeout=600)
+
+
+def _bench(path: Path, n: int = 6) -> Path:
+    rows = []
+    for i in range(n):
+        a, b, c = i % 9 + 1, i % 5, i % 3
+        ans = a + b - c + (i % 2)                               # every other response is wrong
+        rows.append({"index": i, "question": f"Compute {a}+{b}-{c}.", "response": f"\\boxed{{{ans}}}",
+                     "label": 1 - i % 2, "subset": "tiny", "model": "g"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _greedy_params(tmp: Path) -> Path:
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["judge"].update(temperature=0.0, max_new_tokens=48)
+    out = tmp / "params.yaml"
+    out.write_text(yaml.safe_dump(p))
+    return out
+
+
+@pytest.fixture(scope="module")
+def served():
+    """`transformers serve` on a free loopback port, the judge folder preloaded."""
+    port = _free_port()
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"transformers-serve-{port}.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
+                             "--port", str(port), str(JUDGE)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    import requests
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"transformers serve exited with {proc.returncode}: see {log.name}")
+        try:
+            if requests.get(f"{url}/models", timeout=2).ok:
+                break
+        except requests.RequestException:
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail(f"transformers serve did not answer in 120 s: see {log.name}")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+def test_http_and_hf_backends_give_the_same_greedy_text(served, tmp_path):
+    bench, params = _bench(tmp_path / "bench.jsonl"), _greedy_params(tmp_path)
+    common = ["score", "--bench", str(bench), "--params", str(params), "--preset", "none", "--judge", "mine"]
+    http = librarm(*common, "--backend", "http", "--base-url", served, "--model", str(JUDGE), "--out",
+                   str(tmp_path / "http"))
+    assert http.returncode == 0, http.stderr[-2000:]
+    assert "budgets (params.yaml): judge.max_prompt_tokens=384" in http.stdout
+    assert "0 truncated, 0 skipped (of 6)" in http.stdout
+    hf = librarm(*common, "--backend", "hf", "--model", str(JUDGE), "--out", str(tmp_path / "hf"))
+    assert hf.returncode == 0, hf.stderr[-2000:]
+    a = read_jsonl(tmp_path / "http" / "predictions.jsonl").records
+    b = read_jsonl(tmp_path / "hf" / "predictions.jsonl").records
+    for x, y in zip(a, b):
+        assert x["output"] == y["output"], (x["index"], x["output"], y["output"])
+    assert [x["pred"] for x in a] == [y["pred"] for y in b]
+    assert json.loads((tmp_path / "http" / "metrics.json").read_text())["n_items"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.engines
+def test_a_model_the_server_does_not_serve_is_one_line(served, tmp_path):
+    res = librarm("score", "--bench", str(_bench(tmp_path / "b.jsonl")), "--judge", "mine", "--backend", "http",
+                  "--base-url", served, "--model", "no-such-model", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"--model no-such-model: not served at {served} (it serves: {JUDGE})" in res.stderr
+
+
+def test_settings_that_cannot_work_are_one_line_each(tmp_path, monkeypatch):
+    bench = str(_bench(tmp_path / "b.jsonl"))
+    dead = f"http://127.0.0.1:{_free_port()}/v1"              # nothing listens there
+    cases = [
+        (["--backend", "http", "--model", "m"], "--base-url: required with --backend http"),
+        (["--backend", "http", "--base-url", dead, "--model", "m"], f"--base-url {dead}: no answer from {dead}/models"),
+        (["--backend", "http", "--base-url", dead, "--model", "m", "--api-key-env", "LIBRARM_NO_SUCH_KEY"],
+         "--api-key-env LIBRARM_NO_SUCH_KEY: the environment variable LIBRARM_NO_SUCH_KEY is not set"),
+        (["--model", "someone/some-judge"], "--model someone/some-judge: not a local folder; for a hub id pin a "
+                                            "revision with --revision"),
+    ]
+    for extra, line in cases:
+        res = librarm("score", "--bench", bench, "--judge", "mine", "--out", str(tmp_path / "o"), *extra)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert line in res.stderr, (extra, res.stderr)
+    # a judge of params whose model the pipeline has not built yet (run from an empty folder)
+    res = librarm("score", "--bench", bench, "--judge", "sft", "--params", str(REPO / "params.yaml"), "--preset", "none",
+                  "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert res.returncode == 2
+    assert "its model results/train/judge_sft does not exist yet; build it with " \
+           "`snakemake --cores 2 results/train/judge_sft`" in res.stderr

@@ -12,10 +12,12 @@ from librarm import paths as P
 from librarm.config import local_model_dirs, prune_removed, sets_by_role, validate_params
 from librarm.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
+from librarm.settings import Params
 from librarm.tracking import flush_at_end
 
 prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")
+PARAMS = Params.from_dict(config)       # the typed sections (librarm/settings.py)
 
 PHASE_TARGETS = [p.target for p in active_phases(config)]
 SET_NAMES = [s["name"] for s in config["problems"]["sets"]]
@@ -32,9 +34,8 @@ JUDGES = list(config["evaluate"]["judges"])
 TINY_MODELS = [m for m, s in config["models"].items() if s["source"] == "tiny"]
 GGUF_MODELS = [m for m, s in config["models"].items() if s["source"] == "gguf"]
 # Training jobs (train, dpo) run in launch.processes processes: a thread and its GPUs each.
-LAUNCH = config.get("launch") or {}
-TRAIN_THREADS = int(LAUNCH.get("processes", 1))
-TRAIN_GPUS = TRAIN_THREADS * int(LAUNCH.get("gpus_per_process", 0))
+TRAIN_THREADS = PARAMS.launch.processes
+TRAIN_GPUS = PARAMS.launch.processes * PARAMS.launch.gpus_per_process
 
 
 def _write_effective_config() -> str:
@@ -117,11 +118,11 @@ def train_inputs(wildcards):
     data = {"train": P.JUDGE_TRAIN, "val": P.JUDGE_VAL, "sft": []}
     if spec["train"] in ("sft", "nothink"):
         data["sft"] = P.RS_SFT
-        init = config["sft"]["init"]
+        init = PARAMS.sft.init
     elif spec["train"] == "rl":
-        init = config["rl"]["variants"][wildcards.model]["init"]
+        init = PARAMS.rl.variant(wildcards.model).init
     else:
-        init = config["scalar_rm"]["init"]
+        init = PARAMS.scalar_rm.init
     data["init"] = local_model_dirs(config, [init])
     return data
 

@@ -31,7 +31,7 @@ if LEARNING:
             solutions=expand(P.VERIFIED_FILE, generator=TRAIN_GENERATORS, subset=JUDGE_POOL),
             teacher=lambda wc: local_model_dirs(config, [config["judges"][config["rs"]["teacher"]].get("model")])
             if config["judges"][config["rs"]["teacher"]]["backend"] != "pseudo" else [],
-            student=lambda wc: local_model_dirs(config, [config["sft"]["init"]]),
+            student=lambda wc: local_model_dirs(config, [PARAMS.sft.init]),
         output:
             trajectories=P.RS_TRAJECTORIES,
             sft=P.RS_SFT,

@@ -66,9 +66,11 @@ def main(spec_path: str) -> int:
     callbacks = [kill_after_save(spec["kill_after_save"])] if spec.get("kill_after_save") else []
     common = dict(name="t", resume_root=spec["resume_root"], threads=1)
     if spec["kind"] == "sft":
-        from librarm.train import TrainConfig, run_sft
+        from librarm.settings import SftSettings
+        from librarm.train import run_sft
 
-        log = run_sft(spec["data"], spec["init"], out / "model", TrainConfig(**spec["cfg"]), callbacks=callbacks, **common)
+        log = run_sft(spec["data"], spec["init"], out / "model", SftSettings(init="rand", **spec["cfg"]), callbacks=callbacks,
+                      logging_steps=1, **common)
     elif spec["kind"] == "dpo":
         from librarm.dpo import run_dpo
 

@@ -121,12 +121,13 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path, monkeypatch):
     from tiny_fixtures import make_random_lm
 
     from librarm import train
-    from librarm.train import TrainConfig, run_sft
+    from librarm.settings import SftSettings
+    from librarm.train import run_sft
 
     model_dir = make_random_lm(tmp_path / "init", hidden=16)
     write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"<|user|>q{i}<|assistant|>", "completion": f"<think>{i}+{i}</think>ok",
                                           "kind": "judging"} for i in range(12)])
-    cfg = TrainConfig(max_steps=4, learning_rate=1e-3, batch_size=4, save_steps=10, logging_steps=1)
+    cfg = SftSettings(init="rand", steps=4, learning_rate=1e-3, batch_size=4, save_steps=10)
     hashes = {}
     for on in (True, False):
         monkeypatch.setattr(train, "device_args", lambda on=on: {"bf16": False, "gradient_checkpointing": on})

@@ -54,7 +54,8 @@ def test_dpo_rows_use_the_samplers_prompt_and_keep_the_thinking(tmp_path, dpo_pa
 def test_short_dpo_run_lowers_the_loss_and_keeps_the_best_val_checkpoint(tmp_path, dpo_params):
     from tiny_fixtures import make_random_lm
 
-    from librarm.dpo import DPOSettings, run_dpo
+    from librarm.dpo import run_dpo
+    from librarm.settings import DpoSettings
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=32, layers=1)
     pairs, val = _arith_pairs(48)
@@ -62,7 +63,7 @@ def test_short_dpo_run_lowers_the_loss_and_keeps_the_best_val_checkpoint(tmp_pat
     write_jsonl(tmp_path / "val.jsonl", val)
     log = run_dpo(dpo_params, tmp_path / "pairs.jsonl", tmp_path / "val.jsonl", str(model_dir), tmp_path / "out",
                   name="t", seed=0, threads=1, resume_root=tmp_path / "resume")
-    assert log["steps"] == DPOSettings.from_params(dpo_params["dpo"], 0).steps(48) == 24
+    assert log["steps"] == DpoSettings.from_params(dpo_params).steps(48) == 24
     losses = [h["loss"] for h in log["loss_curve"]]
     assert losses[0] == pytest.approx(np.log(2), abs=0.02)        # policy == reference at step 1
     assert np.mean(losses[-4:]) < 0.7 * losses[0]                 # falls by a set margin (0.69 -> ~0.39 seen)
@@ -73,8 +74,8 @@ def test_short_dpo_run_lowers_the_loss_and_keeps_the_best_val_checkpoint(tmp_pat
 
 
 def test_dpo_settings_are_checked(dpo_params):
-    from librarm.dpo import DPOSettings
+    from librarm.settings import DpoSettings
 
     with pytest.raises(ValueError, match="beta"):
-        DPOSettings.from_params({**dpo_params["dpo"], "beta": 0}, 0)
-    assert DPOSettings.from_params({**dpo_params["dpo"], "epochs": 1.5, "batch_size": 10}, 0).steps(21) == 4
+        DpoSettings.from_section({**dpo_params["dpo"], "beta": 0})
+    assert DpoSettings.from_section({**dpo_params["dpo"], "epochs": 1.5, "batch_size": 10}).steps(21) == 4

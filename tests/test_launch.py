@@ -16,7 +16,8 @@ import pytest
 
 from librarm.config import ConfigError, validate_params
 from librarm.io import read_jsonl, write_json, write_jsonl
-from librarm.launch import LaunchError, LaunchSettings, batch_problems, launch_command
+from librarm.launch import LaunchError, batch_problems, launch_command
+from librarm.settings import LaunchSettings, SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "dist_train.py"
@@ -38,9 +39,9 @@ def test_processes_that_cannot_split_a_batch_are_refused_naming_the_keys(params)
 
 
 def test_launch_settings_and_commands(tmp_path, monkeypatch):
-    with pytest.raises(LaunchError, match="launch.processes"):
+    with pytest.raises(SettingsError, match="launch.processes"):
         LaunchSettings(processes=0)
-    with pytest.raises(LaunchError, match="launch.accelerate_config"):
+    with pytest.raises(SettingsError, match="launch.accelerate_config"):
         LaunchSettings(processes=2, accelerate_config="x.yaml")
     cmd = launch_command(LaunchSettings(processes=2), ["stage", "train"])
     assert cmd[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -124,8 +125,7 @@ def _sft_spec(tmp: Path, init: Path, tag: str, **cfg) -> dict:
     write_jsonl(tmp / "sft.jsonl", rows)
     return {"kind": "sft", "data": str(tmp / "sft.jsonl"), "init": str(init), "out": str(tmp / tag),
             "resume_root": str(tmp / f"resume-{tag}"),
-            "cfg": {"max_steps": 10, "learning_rate": 1e-3, "batch_size": 4, "logging_steps": 1, "save_steps": 5,
-                    "max_length": 128, **cfg}}
+            "cfg": {"steps": 10, "learning_rate": 1e-3, "batch_size": 4, "save_steps": 5, "max_length": 128, **cfg}}
 
 
 @pytest.mark.slow

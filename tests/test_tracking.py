@@ -162,7 +162,8 @@ def test_killed_training_resumes_global_step_and_mlflow_curve_has_no_gap(mlflow_
     from transformers import TrainerCallback
 
     from librarm.io import write_jsonl
-    from librarm.train import TrainConfig, run_sft
+    from librarm.settings import SftSettings
+    from librarm.train import run_sft
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -178,8 +179,8 @@ def test_killed_training_resumes_global_step_and_mlflow_curve_has_no_gap(mlflow_
     model_dir = make_random_lm(mlflow_here / "rand", hidden=16)
     write_jsonl(mlflow_here / "sft.jsonl", [{"prompt": f"<|user|>q{i}<|assistant|>", "completion": f"<think>{i}</think>ok",
                                              "kind": "judging"} for i in range(16)])
-    cfg = TrainConfig(max_steps=10, learning_rate=1e-3, batch_size=4, save_steps=5, logging_steps=1)
-    kw = dict(name="judge_sft", resume_root=mlflow_here / "resume", threads=1)
+    cfg = SftSettings(init="rand", steps=10, learning_rate=1e-3, batch_size=4, save_steps=5)
+    kw = dict(name="judge_sft", resume_root=mlflow_here / "resume", threads=1, logging_steps=1)
     with pytest.raises(KeyboardInterrupt):
         with stage_run(params, "train", {}, {"model": "judge_sft"}):
             run_sft(mlflow_here / "sft.jsonl", str(model_dir), mlflow_here / "out", cfg, callbacks=[Kill()], **kw)

@@ -85,7 +85,8 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
 
     from tiny_fixtures import make_random_lm
 
-    from librarm.train import TrainConfig, run_grpo, run_sft
+    from librarm.settings import SftSettings
+    from librarm.train import run_grpo, run_sft
 
     base = make_random_lm(tmp_path / "rand", hidden=64, layers=2)
     rows = []
@@ -94,7 +95,7 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
         rows.append({"prompt": prompt, "completion": "\\boxed{" + ("correct" if i % 2 else "incorrect") + "}",
                      "kind": "judging", "item_id": str(i), "label": i % 2})
     write_jsonl(tmp_path / "sft.jsonl", rows)
-    run_sft(tmp_path / "sft.jsonl", str(base), tmp_path / "sft", TrainConfig(max_steps=100, learning_rate=3e-3, batch_size=16),
+    run_sft(tmp_path / "sft.jsonl", str(base), tmp_path / "sft", SftSettings(init="rand", steps=100, learning_rate=3e-3, batch_size=16),
             name="sft", resume_root=tmp_path / "resume")
     items = [{"question": f"Compute {i}+1.", "response": f"\\boxed{{{i + 1}}}", "label": 1, "item_id": f"it{i}",
               "index": i} for i in range(32)]

@@ -193,10 +193,12 @@ def cmd_score(a: argparse.Namespace) -> int:
         raise ConfigError(f"judge {a.judge!r} is not in params 'judges' ({', '.join(cfg['judges'])}); "
                           "pass --model PATH (or --backend http --base-url URL --model NAME) to score any judge")
     check_judge_reachable(cfg, a.judge)
-    j = cfg["judge"]
-    print(f"budgets ({'+'.join(presets) or 'params.yaml'}): judge.max_prompt_tokens={j['max_prompt_tokens']} "
-          f"judge.overflow={j.get('overflow', 'truncate_response')} judge.max_new_tokens={j['max_new_tokens']} "
-          f"judge.temperature={j['temperature']}", flush=True)
+    from .settings import JudgeSettings
+
+    j = JudgeSettings.from_params(cfg)
+    print(f"budgets ({'+'.join(presets) or 'params.yaml'}): judge.max_prompt_tokens={j.max_prompt_tokens} "
+          f"judge.overflow={j.overflow} judge.max_new_tokens={j.max_new_tokens} "
+          f"judge.temperature={j.temperature}", flush=True)
     metrics = score_file(cfg, a.judge, a.bench, a.out, a.threads)
     overflow = metrics.get("prompt_overflow") or {}
     print(f"prompts over judge.max_prompt_tokens: {overflow.get('truncated', 0)} truncated, "

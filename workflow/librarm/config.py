@@ -10,6 +10,7 @@ import yaml
 
 from .launch import batch_problems
 from .paths import MODEL_DIR, TRAINED_MODEL
+from .settings import Params, SettingsError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WORKFLOW_DIR = PACKAGE_DIR.parent
@@ -116,7 +117,11 @@ def validate_params(params: Mapping[str, Any], source: str = "params") -> None:
             else:
                 lines.append(f"{key}: {err.message}")
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines))
-    _cross_check(params, source)
+    try:
+        _cross_check(params, source)
+        Params.from_dict(params)           # the typed sections' own checks (settings.py)
+    except SettingsError as exc:
+        raise ConfigError(f"{source} is invalid:\n  {exc}") from None
 
 
 def stress_template_problems(cfg: Mapping[str, Any]) -> list[str]:

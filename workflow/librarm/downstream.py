@@ -23,6 +23,7 @@ from .labelers import (
     policy_parts,
     policy_runs,
 )
+from .settings import EvaluatePolicySettings, SamplingSettings, VerifySettings
 from .stats import bootstrap_means, sign_flip_p
 
 
@@ -85,9 +86,9 @@ def step_pairs_sample(params: Mapping[str, Any], io: StageIO) -> tuple[dict, lis
 def step_pairs_verify(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     from .verify import run_verify
 
-    v = params["verify"]
+    v = VerifySettings.from_params(params)
     meta = run_verify(io.input("samples"), io.input_list("problems"), io.output("verified"), io.output("meta"),
-                      workers=io.threads or 1, timeout_s=v["timeout_s"], memory_mb=v["memory_mb"], progress=False)
+                      workers=io.threads or 1, timeout_s=v.timeout_s, memory_mb=v.memory_mb, progress=False)
     return {"accuracy": meta["accuracy"], "reasons": meta["reasons"]}, []
 
 
@@ -298,6 +299,16 @@ def avg_at_k(per_problem: Mapping[str, Mapping[str, float]]) -> dict[str, float]
     return out
 
 
+def policy_decoding(params: Mapping[str, Any]):
+    """How a policy decodes when it is evaluated (and validated during DPO): evaluate_policy's
+    temperature, top_p and budget (else sampling.max_new_tokens), sampling's batch size."""
+    from .sampling import SamplingConfig
+
+    ev, sampling = EvaluatePolicySettings.from_params(params), SamplingSettings.from_params(params)
+    return SamplingConfig(temperature=ev.temperature, top_p=ev.top_p, batch_size=sampling.batch_size,
+                          max_new_tokens=ev.max_new_tokens or sampling.max_new_tokens)
+
+
 def sample_and_grade(sampler, problems: Sequence[Mapping[str, Any]], k: int, seed: int, tag: str,
                      params: Mapping[str, Any], pool) -> list[dict]:
     """k samples per problem, graded by math-verify against the problem's answer. Seeds depend on
@@ -305,8 +316,8 @@ def sample_and_grade(sampler, problems: Sequence[Mapping[str, Any]], k: int, see
     from .sampling import SampleRequest, problem_messages
     from .think import split_think
 
-    scfg = params["sampling"]
-    reqs = [SampleRequest(problem_messages(p, scfg.get("system_prompt"), scfg.get("problem_template")),
+    scfg = SamplingSettings.from_params(params)
+    reqs = [SampleRequest(problem_messages(p, scfg.system_prompt, scfg.problem_template),
                           stable_seed(seed, tag, p["id"], j), p)
             for p in problems for j in range(k)]
     results = sampler.generate(reqs)
@@ -329,24 +340,21 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
     {subset: file}); its graded samples and metrics."""
     from .problems import load_problem_sets
     from .provenance import model_identity, provenance
-    from .sampling import SamplingConfig
     from .verify import VerifierPool
 
-    ev = params["evaluate_policy"]
+    ev = EvaluatePolicySettings.from_params(params)
     problems = []
     for subset, path in problem_paths.items():
         problems += [dict(p, subset=subset) for p in load_problem_sets([path]).values()]
-    cfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
-                         max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
-                         batch_size=params["sampling"]["batch_size"])
     t0 = time.time()
     if sampler is None:
-        sampler = _policy_sampler(params, model_path, cfg, threads)
-    with VerifierPool(max(1, threads or 1), params["verify"]["timeout_s"], params["verify"]["memory_mb"]) as pool:
-        graded = sample_and_grade(sampler, problems, ev["k"], params["seed"], "policy-eval", params, pool)
+        sampler = _policy_sampler(params, model_path, policy_decoding(params), threads)
+    v = VerifySettings.from_params(params)
+    with VerifierPool(max(1, threads or 1), v.timeout_s, v.memory_mb) as pool:
+        graded = sample_and_grade(sampler, problems, ev.k, params["seed"], "policy-eval", params, pool)
     per_problem = per_problem_accuracy(graded)
-    metrics = {"policy": policy, "k": ev["k"], "avg_at_k": avg_at_k(per_problem),
-               "ci95": bootstrap_means(per_problem, ev.get("bootstrap_resamples", 2000), params["seed"]),
+    metrics = {"policy": policy, "k": ev.k, "avg_at_k": avg_at_k(per_problem),
+               "ci95": bootstrap_means(per_problem, ev.bootstrap_resamples, params["seed"]),
                "problems": {s: len(v) for s, v in per_problem.items()},
                "no_answer_share": round(sum(r["pred"] is None for r in graded) / max(1, len(graded)), 4),
                "mean_completion_tokens": round(float(np.mean([r["completion_tokens"] for r in graded])), 1) if graded else None,
@@ -370,7 +378,7 @@ def step_policy_eval(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list
     DPO policy's run (its `model` input)."""
     policy = io.wildcard("policy")
     model_path = policy_folder(params, io.input_list("model"))
-    problems = io.keyed("problems", P.PROBLEM_SET, "subset", params["evaluate_policy"]["subsets"])
+    problems = io.keyed("problems", P.PROBLEM_SET, "subset", list(EvaluatePolicySettings.from_params(params).subsets))
     m = run_policy_eval(params, policy, model_path, problems, io.output("samples"), io.output("metrics"), io.threads)
     return {"avg_at_k": m["avg_at_k"], "seconds": m["seconds"]}, [io.output("metrics")]
 
@@ -390,7 +398,7 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
     first, then bootstrapped), the per-seed values and their sd, and the labeler's pair count and
     label accuracy (0 / null for `none`); runs maps each run to its (eval, samples) files. The
     mean per-problem accuracies go to per_problem_path (the paired gain tests read them)."""
-    ev = params["evaluate_policy"]
+    ev = EvaluatePolicySettings.from_params(params)
     seeds: dict[str, dict] = {}
     per_seed_problem: list[dict] = []
     for run, (eval_path, samples_path) in runs.items():
@@ -405,9 +413,9 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
     else:
         lab_stats = pstats.get("labelers", {}).get(labeler, {}) if labeler else {}
     raw = kind == "raw"
-    metrics = {"policy": policy, "labeler": labeler, "k": ev["k"],
+    metrics = {"policy": policy, "labeler": labeler, "k": ev.k,
                "avg_at_k": avg_at_k(mean_pp),
-               "ci95": bootstrap_means(mean_pp, ev.get("bootstrap_resamples", 2000), params["seed"]),
+               "ci95": bootstrap_means(mean_pp, ev.bootstrap_resamples, params["seed"]),
                "seeds": seeds,
                "sd_over_seeds": ({s: round(float(np.std([v[s] for v in seeds.values()], ddof=1)), 4)
                                   for s in next(iter(seeds.values()))} if len(seeds) > 1 else None),
@@ -439,7 +447,7 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
     problems, same sampling seeds) bootstrap interval and sign-flip p-value; the share of the gold
     labeler's gain each labeler recovers. policy_files maps each policy to its (metrics,
     per-problem) files."""
-    ev = params["evaluate_policy"]
+    ev = EvaluatePolicySettings.from_params(params)
     seed = params["seed"]
     metrics, per_problem = {}, {}
     for metrics_path, per_problem_path in policy_files.values():
@@ -449,7 +457,7 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
     if NONE_POLICY not in metrics:
         raise ValueError(f"downstream summary: the base policy {NONE_POLICY!r} is missing from the inputs")
     base = per_problem[NONE_POLICY]
-    out: dict[str, Any] = {"k": ev["k"], "subsets": sorted(base), "policies": {}}
+    out: dict[str, Any] = {"k": ev.k, "subsets": sorted(base), "policies": {}}
     for name, m in metrics.items():
         row = {k: m.get(k) for k in ("labeler", "avg_at_k", "ci95", "sd_over_seeds", "pairs", "short",
                                      "label_accuracy", "pair_accuracy")}
@@ -457,7 +465,7 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
         if name != NONE_POLICY:
             diff = {s: {pid: per_problem[name][s][pid] - base[s][pid] for pid in base[s]} for s in base}
             row["gain"] = {s: round(m["avg_at_k"][s] - metrics[NONE_POLICY]["avg_at_k"][s], 4) for s in m["avg_at_k"]}
-            row["gain_ci95"] = bootstrap_means(diff, ev.get("bootstrap_resamples", 2000), seed)
+            row["gain_ci95"] = bootstrap_means(diff, ev.bootstrap_resamples, seed)
             flat = np.array([v for s in sorted(diff) for v in diff[s].values()])
             row["gain_p_value"] = sign_flip_p(flat, params.get("report", {}).get("permutations", 10000), seed)
         out["policies"][name] = row

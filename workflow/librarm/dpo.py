@@ -2,47 +2,17 @@
 validation problems of the unlabeled pool (the eval subsets are never read here)."""
 from __future__ import annotations
 
-import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
 from .io import StageIO, read_json, read_jsonl, write_json
 from .launch import barrier, is_main, per_process, shared_on_disk, world_size
 from .paths import RESUME_TRAIN
+from .settings import DpoSettings, SamplingSettings, VerifySettings
 from .train import device_args, latest_checkpoint, resume_dir_for, seed_everything
-
-
-@dataclass
-class DPOSettings:
-    """The `dpo` params section, checked."""
-
-    beta: float
-    learning_rate: float
-    epochs: float
-    batch_size: int
-    seed: int = 0
-    val_every: int = 20
-    val_k: int = 2
-    max_length: int = 256
-    loss_type: str = "sigmoid"
-    precompute_ref_log_probs: bool = True
-
-    def __post_init__(self):
-        if self.beta <= 0 or not 0 < self.learning_rate < 1:
-            raise ValueError("dpo: beta must be > 0 and learning_rate in (0, 1)")
-        if self.epochs <= 0 or self.batch_size < 1 or self.val_every < 1 or self.val_k < 1:
-            raise ValueError("dpo: epochs > 0, batch_size >= 1, val_every >= 1 and val_k >= 1 are required")
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any], seed: int) -> "DPOSettings":
-        keys = {f for f in cls.__dataclass_fields__ if f != "seed"}
-        return cls(seed=seed, **{k: v for k, v in section.items() if k in keys})
-
-    def steps(self, n_pairs: int) -> int:
-        return max(1, math.ceil(self.epochs * n_pairs / self.batch_size))
 
 
 def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
@@ -50,9 +20,9 @@ def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
     raw responses including their thinking (TRL appends EOS), so no template can strip it."""
     from .sampling import problem_messages, render_chat
 
-    scfg = params["sampling"]
-    return [{"prompt": render_chat(tok, problem_messages({"problem": p["question"]}, scfg.get("system_prompt"),
-                                                         scfg.get("problem_template"))),
+    scfg = SamplingSettings.from_params(params)
+    return [{"prompt": render_chat(tok, problem_messages({"problem": p["question"]}, scfg.system_prompt,
+                                                         scfg.problem_template)),
              "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
 
@@ -69,13 +39,13 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from .downstream import avg_at_k, per_problem_accuracy, sample_and_grade
+    from .downstream import avg_at_k, per_problem_accuracy, policy_decoding, sample_and_grade
     from .labelers import dpo_step_pairs
-    from .sampling import HFSampler, SamplingConfig
+    from .sampling import HFSampler
     from .verify import VerifierPool
 
-    cfg = DPOSettings.from_params(params["dpo"], seed)
-    seed_everything(cfg.seed, threads)
+    cfg = DpoSettings.from_params(params)
+    seed_everything(seed, threads)
     pairs = read_jsonl(pairs_path).records
     if not pairs:
         # the labeler gave no training signal: the policy stays the base policy (reported as such)
@@ -93,12 +63,11 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     ds = Dataset.from_list(dpo_rows(pairs, tok, params))
     step_pairs = len(pairs) if budget is None else dpo_step_pairs(name, len(pairs), budget)
     steps = cfg.steps(step_pairs)
-    resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path, asdict(cfg), steps,
-                                params["sampling"].get("system_prompt"), params["sampling"].get("problem_template"))
-    ev = params["evaluate_policy"]
-    vcfg = SamplingConfig(temperature=ev["temperature"], top_p=ev.get("top_p", 1.0),
-                          max_new_tokens=ev.get("max_new_tokens") or params["sampling"]["max_new_tokens"],
-                          batch_size=params["sampling"]["batch_size"])
+    sampling = SamplingSettings.from_params(params)
+    resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path,
+                                {k: v for k, v in asdict(cfg).items() if k != "seeds"}, seed, steps,
+                                sampling.system_prompt, sampling.problem_template)
+    vcfg = policy_decoding(params)
     if world_size() > 1:
         ds = shared_on_disk(ds, resume_dir / f"rows-{world_size()}")
         if len(pairs) % cfg.batch_size and is_main():
@@ -109,7 +78,8 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     # read by every process before any writes it (then they agree on whether step 0 is validated)
     started_with_best = best_path.exists()
     barrier()
-    pool = VerifierPool(1, params["verify"]["timeout_s"], params["verify"]["memory_mb"])
+    verify = VerifySettings.from_params(params)
+    pool = VerifierPool(1, verify.timeout_s, verify.memory_mb)
 
     class SelectOnVal(TrainerCallback):
         """Validation avg@k every val_every steps; the best state is saved beside the checkpoints
@@ -149,7 +119,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
         **device_args(),
         output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=per_process(cfg.batch_size, "dpo.batch_size"),
         learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
-        logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=cfg.seed, max_length=cfg.max_length,
+        logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=seed, max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )

@@ -97,16 +97,17 @@ def judge_prompts(items: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
     """The judging messages of items with `question` and `response` (judge.prompt_template,
     judge.system_prompt), held to judge.max_prompt_tokens (judge.overflow) when a tokenizer is
     given (a remote judge without one is sent as is): (messages or None, ok|truncated|skipped)."""
-    jcfg = params["judge"]
+    from .settings import JudgeSettings
+
+    j = JudgeSettings.from_params(params)
     messages: list[list[dict] | None] = []
     status: list[str] = []
     for it in items:
         if tok is None:
-            msgs, st = judge_messages(jcfg["prompt_template"], it["question"], it["response"],
-                                      jcfg.get("system_prompt")), "ok"
+            msgs, st = judge_messages(j.prompt_template, it["question"], it["response"], j.system_prompt), "ok"
         else:
-            msgs, st = fit_prompt(tok, jcfg["prompt_template"], jcfg.get("system_prompt"), it["question"],
-                                  it["response"], jcfg["max_prompt_tokens"], jcfg["overflow"])
+            msgs, st = fit_prompt(tok, j.prompt_template, j.system_prompt, it["question"],
+                                  it["response"], j.max_prompt_tokens, j.overflow)
         messages.append(msgs)
         status.append(st)
     return messages, status
@@ -144,12 +145,19 @@ def with_reasoning(result) -> str:
 
 def judge_sampler(spec: Mapping[str, Any], params: Mapping[str, Any], threads: int | None = None):
     """A generative judge's sampler, decoding as `judge` says (temperature, top_p, budgets)."""
-    from .sampling import SamplingConfig, make_sampler
+    from .sampling import make_sampler
 
-    jcfg = params["judge"]
-    cfg = SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
-                         max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"])
-    return make_sampler(spec, params, cfg, threads)
+    return make_sampler(spec, params, judge_sampling(params), threads)
+
+
+def judge_sampling(params: Mapping[str, Any]):
+    """The SamplingConfig a generative judge decodes with (the `judge` section)."""
+    from .sampling import SamplingConfig
+    from .settings import JudgeSettings
+
+    j = JudgeSettings.from_params(params)
+    return SamplingConfig(temperature=j.temperature, top_p=j.top_p, max_new_tokens=j.max_new_tokens,
+                          batch_size=j.batch_size)
 
 
 def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], params: Mapping[str, Any],

@@ -13,37 +13,17 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .settings import LaunchSettings, SettingsError
+
 INSIDE = "LIBRARM_LAUNCHED"          # set in the processes the launcher starts
 TRAINING_STEPS = ("train", "dpo")    # the `librarm stage` steps that run under the launcher
-LAUNCHERS = ("torchrun", "accelerate")
 
 
-class LaunchError(ValueError):
-    """A launch setting that cannot work; the message names the params key."""
-
-
-@dataclass(frozen=True)
-class LaunchSettings:
-    processes: int = 1
-    launcher: str = "torchrun"
-    accelerate_config: str | None = None
-    gpus_per_process: int = 0
-
-    def __post_init__(self):
-        if self.processes < 1:
-            raise LaunchError(f"launch.processes: must be >= 1, got {self.processes}")
-        if self.launcher not in LAUNCHERS:
-            raise LaunchError(f"launch.launcher: {self.launcher!r} is not one of {', '.join(LAUNCHERS)}")
-        if self.accelerate_config and self.launcher != "accelerate":
-            raise LaunchError("launch.accelerate_config: only read by launcher 'accelerate'")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "LaunchSettings":
-        return cls(**dict(params.get("launch") or {}))
+class LaunchError(SettingsError):
+    """A launcher that cannot start; the message names the params key."""
 
 
 # The batch each training section splits across processes (key, the params section it lives in).
@@ -52,7 +32,7 @@ BATCH_KEYS = (("sft", "batch_size"), ("rl", "batch_size"), ("scalar_rm", "batch_
 
 def batch_problems(params: Mapping[str, Any]) -> list[str]:
     """What stops launch.processes from splitting each training batch evenly (empty when nothing)."""
-    n = int((params.get("launch") or {}).get("processes", 1))
+    n = LaunchSettings.from_section(params.get("launch")).processes
     problems = []
     for section, key in BATCH_KEYS:
         batch = (params.get(section) or {}).get(key)

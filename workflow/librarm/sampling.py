@@ -37,13 +37,6 @@ class SamplingConfig:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
 
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any], **override) -> "SamplingConfig":
-        keys = {"temperature", "top_p", "max_new_tokens", "batch_size"}
-        vals = {k: v for k, v in section.items() if k in keys}
-        vals.update({k: v for k, v in override.items() if v is not None})
-        return cls(**vals)
-
 
 @dataclass
 class SampleRequest:
@@ -458,11 +451,13 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
     from tqdm import tqdm
 
     from .provenance import model_identity, provenance
+    from .settings import SamplingSettings
 
     gspec = params["generators"][generator]
-    scfg = params["sampling"]
-    cfg = SamplingConfig.from_params(scfg, max_new_tokens=gspec.get("max_new_tokens"))
-    n = scfg["n"]
+    scfg = SamplingSettings.from_params(params)
+    cfg = SamplingConfig(temperature=scfg.temperature, top_p=scfg.top_p, batch_size=scfg.batch_size,
+                         max_new_tokens=gspec.get("max_new_tokens") or scfg.max_new_tokens)
+    n = scfg.n
     problems = read_jsonl(problems_path, {"id": "str", "problem": "str", "answer": "str"}, id_field="id").records
     if gspec["backend"] == "pseudo":
         ident = {"model": f"pseudo:{gspec['pseudo']}"}
@@ -471,8 +466,8 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
 
         ref = model_ref(params, gspec["model"])
         ident = model_identity(ref["path"], ref["revision"])
-    system_prompt = scfg.get("system_prompt")
-    template = scfg.get("problem_template")
+    system_prompt = scfg.system_prompt
+    template = scfg.problem_template
     key = stable_hash(ident, asdict(cfg), system_prompt, template, params["seed"], generator, subset,
                       [p["id"] for p in problems], gspec.get("prompt_opens_think", False))
     store = Path(store_root) / generator / subset / key

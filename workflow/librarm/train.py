@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import paths as P
 from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from .launch import barrier, is_main, per_process, rank
+from .settings import JudgeSettings, RlSettings, SamplingSettings, ScalarRmSettings, SftSettings
 
 
 # ----------------------------------------------------------------------------- judge_data
@@ -96,11 +97,11 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     from .sampling import SamplingConfig, make_sampler, problem_messages, render_chat
 
     cfg = params["rs"]
-    jcfg = params["judge"]
+    jcfg = JudgeSettings.from_params(params)
     items = read_jsonl(train_path).records
     teacher = params["judges"][cfg["teacher"]]
     scfg = SamplingConfig(temperature=cfg.get("temperature", 1.0), top_p=1.0,
-                          max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"])
+                          max_new_tokens=jcfg.max_new_tokens, batch_size=jcfg.batch_size)
     sampler = sampler or make_sampler(teacher, params, scfg, threads)
     # SFT prompts are rendered with the STUDENT's chat template (the teacher may be an API model
     # or have another template).
@@ -108,7 +109,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
 
     from .config import model_ref
 
-    student = model_ref(params, params["sft"]["init"])
+    student = model_ref(params, SftSettings.from_params(params).init)
     tok = AutoTokenizer.from_pretrained(student["path"], revision=student["revision"])
     # the teacher's prompts are held to judge.max_prompt_tokens in the teacher's own tokens
     batch = build_judge_requests(items, params, ("rs",), key="item_id", repeats=cfg["k"],
@@ -143,10 +144,10 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
         sols.extend(r for r in read_jsonl(p).records if r["reason"] == "correct")
     sols.sort(key=lambda r: stable_hash(params["seed"], "rs-mix", r["sample_id"]))
     n_mix = min(len(sols), int(round(cfg["mix_ratio"] * len(judging))))
+    sampling = SamplingSettings.from_params(params)
     mixture = []
     for r in sols[:n_mix]:
-        msgs = problem_messages({"problem": r["question"]}, params["sampling"].get("system_prompt"),
-                                params["sampling"].get("problem_template"))
+        msgs = problem_messages({"problem": r["question"]}, sampling.system_prompt, sampling.problem_template)
         mixture.append({"prompt": render_chat(tok, msgs),
                         "completion": r["response_with_cot"], "kind": "reasoning", "item_id": r["sample_id"]})
     sft_rows = [{"prompt": t["prompt"], "completion": t["completion"], "kind": "judging", "item_id": t["item_id"],
@@ -185,25 +186,6 @@ def rs_stats(trajs: Sequence[Mapping[str, Any]], items: Sequence[Mapping[str, An
 
 
 # ----------------------------------------------------------------------------- SFT
-@dataclass
-class TrainConfig:
-    """What every judge-training stage shares; checked at construction."""
-
-    max_steps: int
-    learning_rate: float
-    batch_size: int = 16
-    seed: int = 0
-    save_steps: int = 50
-    logging_steps: int = 5
-    max_length: int = 512
-
-    def __post_init__(self):
-        if self.max_steps < 1 or self.batch_size < 1 or self.save_steps < 1:
-            raise ValueError("max_steps, batch_size and save_steps must be >= 1")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError("learning_rate must be in (0, 1)")
-
-
 def resume_dir_for(resume_root: str | Path, name: str, *key_parts: Any) -> Path:
     """Checkpoints are resumed only by a job with the same inputs: the folder is keyed by the
     initial model, the training data and the settings (a stale checkpoint must never be reused)."""
@@ -284,9 +266,9 @@ def verdict_only(completion: str) -> str:
     return "\\boxed{correct}" if v.value == 1 else "\\boxed{incorrect}"
 
 
-def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: TrainConfig, *,
-            name: str, verdict_only_targets: bool = False,
-            resume_root: str | Path = P.RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
+def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: SftSettings, *,
+            name: str, verdict_only_targets: bool = False, resume_root: str | Path = P.RESUME_TRAIN,
+            threads: int | None = None, callbacks: Sequence = (), logging_steps: int = 5) -> dict:
     """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
     completion the raw trajectory (TRL appends EOS), so no chat template can strip the thinking.
     Loss on completion tokens only. Resumes from the last checkpoint under resume_root/name."""
@@ -305,9 +287,9 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Tr
     resume_dir = resume_dir_for(resume_root, name, init_model, data_path, asdict(cfg), verdict_only_targets)
     args = SFTConfig(
         **device_args(),
-        output_dir=str(resume_dir), max_steps=cfg.max_steps, per_device_train_batch_size=per_process(cfg.batch_size, "sft.batch_size"),
-        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.max_steps // 20),
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
+        output_dir=str(resume_dir), max_steps=cfg.steps, per_device_train_batch_size=per_process(cfg.batch_size, "sft.batch_size"),
+        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.steps // 20),
+        logging_steps=logging_steps, save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
         max_length=cfg.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
@@ -370,13 +352,13 @@ def length_threshold(sampler, val_items: Sequence[Mapping[str, Any]], params: Ma
     ablation null by construction). Capped at rl.l_max."""
     from .judge import build_judge_requests
 
-    rl = params["rl"]
+    rl = RlSettings.from_params(params)
     if not val_items:
         raise ValueError("rl.l_exp: auto needs validation items (judge_data val) to measure lengths on")
     batch = build_judge_requests(val_items, params, ("l_exp", name), key="item_id", tok=getattr(sampler, "tok", None))
     lengths = sorted(r.completion_tokens for r in sampler.generate(batch.requests))
-    q = float(rl.get("l_exp_quantile", 0.75))
-    l_exp = min(int(lengths[min(len(lengths) - 1, int(q * len(lengths)))]), int(rl["l_max"]))
+    q = float(rl.l_exp_quantile)
+    l_exp = min(int(lengths[min(len(lengths) - 1, int(q * len(lengths)))]), int(rl.l_max))
     return {"l_exp": l_exp, "quantile": q, "items": len(lengths),
             "val_length_mean": round(sum(lengths) / len(lengths), 1), "val_length_max": lengths[-1],
             "val_penalised_share": round(sum(n > l_exp for n in lengths) / len(lengths), 4)}
@@ -396,39 +378,38 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     from .rewards import build_reward_funcs
     from .sampling import HFSampler, SamplingConfig, render_chat
 
-    rl = params["rl"]
-    seed_everything(rl.get("seed", 0), threads)
-    jcfg = params["judge"]
+    rl = RlSettings.from_params(params)
+    seed_everything(rl.seed, threads)
+    jcfg = JudgeSettings.from_params(params)
     items = read_jsonl(train_path).records
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
-    sampler = HFSampler(init_model, SamplingConfig(temperature=rl["temperature"], max_new_tokens=rl["max_completion_length"],
-                                                   batch_size=jcfg["batch_size"]), model=model, tokenizer=tok)
-    rates = pass_rates(items, sampler, params, rl["passrate_k"], name)
-    lo, hi = rl["passrate_band"]
+    sampler = HFSampler(init_model, SamplingConfig(temperature=rl.temperature, max_new_tokens=rl.max_completion_length,
+                                                   batch_size=jcfg.batch_size), model=model, tokenizer=tok)
+    rates = pass_rates(items, sampler, params, rl.passrate_k, name)
+    lo, hi = rl.passrate_band
     kept = [it for it, r in zip(items, rates) if lo <= r <= hi]
     filt = {"items": len(items), "kept": len(kept), "always_right": sum(r == 1 for r in rates),
             "always_wrong": sum(r == 0 for r in rates), "mean_pass_rate": round(sum(rates) / max(1, len(rates)), 4)}
     if not kept:
-        raise ValueError(f"rl: no item with pass rate in {rl['passrate_band']} ({filt})")
+        raise ValueError(f"rl: no item with pass rate in {list(rl.passrate_band)} ({filt})")
     # an item over the prompt budget (rate 0) is kept only by a band that starts at 0: dropped here
     prompts, _ = judge_prompts(kept, params, tok)
     rows = [{"prompt": render_chat(tok, msgs), "label": it["label"], "item_id": it["item_id"]}
             for it, msgs in zip(kept, prompts) if msgs is not None]
-    if rl["l_exp"] == "auto":
-        length = length_threshold(sampler, val_items[: rl.get("val_items", 60)], params, name)
+    if rl.l_exp == "auto":
+        length = length_threshold(sampler, val_items[: rl.val_items], params, name)
     else:
-        length = {"l_exp": int(rl["l_exp"])}
-    funcs, weights = build_reward_funcs(dict(rewards), length["l_exp"], rl["l_max"])
-    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(rl), dict(rewards),
-                                params["judge"]["prompt_template"])
+        length = {"l_exp": int(rl.l_exp)}
+    funcs, weights = build_reward_funcs(dict(rewards), length["l_exp"], rl.l_max)
+    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, asdict(rl), dict(rewards),
+                                jcfg.prompt_template)
     args = GRPOConfig(
         **device_args(),
-        output_dir=str(resume_dir), max_steps=rl["steps"], per_device_train_batch_size=per_process(rl["batch_size"], "rl.batch_size"),
-        num_generations=rl["num_generations"], max_completion_length=rl["max_completion_length"],
-        learning_rate=rl["learning_rate"], beta=rl.get("beta", 0.0), temperature=rl.get("temperature", 1.0),
-        seed=rl.get("seed", 0),
-        reward_weights=weights, logging_steps=1, save_steps=rl.get("save_steps", 25), save_total_limit=1,
+        output_dir=str(resume_dir), max_steps=rl.steps, per_device_train_batch_size=per_process(rl.batch_size, "rl.batch_size"),
+        num_generations=rl.num_generations, max_completion_length=rl.max_completion_length,
+        learning_rate=rl.learning_rate, beta=rl.beta, temperature=rl.temperature, seed=rl.seed,
+        reward_weights=weights, logging_steps=1, save_steps=rl.save_steps, save_total_limit=1,
         use_cpu=not torch.cuda.is_available(), report_to=[],
         disable_tqdm=True, shuffle_dataset=True, lr_scheduler_type="constant",
     )
@@ -438,7 +419,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     hist = trainer.state.log_history
-    tokens = sum(h.get("completions/mean_length", 0) * rl["batch_size"] for h in hist)
+    tokens = sum(h.get("completions/mean_length", 0) * rl.batch_size for h in hist)
     out = _finish(trainer, tok, Path(out_dir), started, int(tokens))
     out["passrate_filter"] = filt
     zero = [h["frac_reward_zero_std"] for h in hist if "frac_reward_zero_std" in h]
@@ -455,13 +436,10 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
 # ----------------------------------------------------------------------------- validation curve
 def val_accuracy(model, tok, items: Sequence[Mapping[str, Any]], params: Mapping[str, Any], tag: str) -> float:
     """Judge accuracy (no verdict = wrong) of a live model on validation items."""
-    from .judge import run_generative
-    from .sampling import HFSampler, SamplingConfig
+    from .judge import judge_sampling, run_generative
+    from .sampling import HFSampler
 
-    jcfg = params["judge"]
-    sampler = HFSampler("live", SamplingConfig(temperature=jcfg["temperature"], top_p=jcfg.get("top_p", 1.0),
-                                               max_new_tokens=jcfg["max_new_tokens"], batch_size=jcfg["batch_size"]),
-                        model=model, tokenizer=tok)
+    sampler = HFSampler("live", judge_sampling(params), model=model, tokenizer=tok)
     was_training = model.training
     model.eval()
     preds = run_generative(items, {"backend": "hf"}, params, f"val-{tag}", sampler=sampler)
@@ -516,10 +494,10 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    cfg = params["scalar_rm"]
-    seed_everything(cfg.get("seed", 0), threads)
+    cfg = ScalarRmSettings.from_params(params)
+    seed_everything(cfg.seed, threads)
     items = read_jsonl(train_path).records
-    pairs = reward_pairs(items, params["seed"], cfg.get("pairs_per_problem", 4), cfg.get("input", "response"))
+    pairs = reward_pairs(items, params["seed"], cfg.pairs_per_problem, cfg.input)
     if not pairs:
         raise ValueError("scalar_rm: no (correct, incorrect) pair of the same problem in the training items")
     tok = AutoTokenizer.from_pretrained(init_model)
@@ -532,11 +510,11 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
 
     ds = Dataset.from_list([{"chosen": chat(p["question"], p["chosen"]), "rejected": chat(p["question"], p["rejected"])}
                             for p in pairs])
-    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, dict(cfg))
-    args = RewardConfig(**device_args(), output_dir=str(resume_dir), max_steps=cfg["steps"],
-                        per_device_train_batch_size=per_process(cfg["batch_size"], "scalar_rm.batch_size"),
-                        learning_rate=cfg["learning_rate"], logging_steps=5, save_steps=50, save_total_limit=1,
-                        seed=cfg.get("seed", 0), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, asdict(cfg))
+    args = RewardConfig(**device_args(), output_dir=str(resume_dir), max_steps=cfg.steps,
+                        per_device_train_batch_size=per_process(cfg.batch_size, "scalar_rm.batch_size"),
+                        learning_rate=cfg.learning_rate, logging_steps=5, save_steps=50, save_total_limit=1,
+                        seed=cfg.seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
                         report_to=[], max_length=512)
     trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     started = time.time()
@@ -555,23 +533,19 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
 
     val = read_jsonl(data["val"]).records
     if kind in ("sft", "nothink"):
-        c = params["sft"]
-        cfg = TrainConfig(max_steps=c["steps"], learning_rate=c["learning_rate"], batch_size=c["batch_size"],
-                          seed=c.get("seed", 0), save_steps=c.get("save_steps", 50), max_length=c.get("max_length", 512))
-        init = model_ref(params, params["sft"]["init"])["path"]
+        cfg = SftSettings.from_params(params)
+        init = model_ref(params, cfg.init)["path"]
         out = run_sft(data["sft"], init, out_dir, cfg, name=model_name, verdict_only_targets=kind == "nothink",
                       threads=threads,
-                      callbacks=[make_val_callback(val[: c.get("val_items", 60)], params, c.get("val_every", 50), model_name)])
+                      callbacks=[make_val_callback(val[: cfg.val_items], params, cfg.val_every, model_name)])
     elif kind == "rl":
-        variant = params["rl"]["variants"][model_name]
-        rewards = variant.get("rewards", params["rl"]["rewards"])
-        init = model_ref(params, variant["init"])["path"]
-        out = run_grpo(params, data["train"], init, out_dir, name=model_name, rewards=rewards,
+        rl = RlSettings.from_params(params)
+        init = model_ref(params, rl.variant(model_name).init)["path"]
+        out = run_grpo(params, data["train"], init, out_dir, name=model_name, rewards=rl.rewards_of(model_name),
                        val_items=val, threads=threads,
-                       callbacks=[make_val_callback(val[: params["rl"].get("val_items", 60)], params,
-                                                    params["rl"].get("val_every", 20), model_name)])
+                       callbacks=[make_val_callback(val[: rl.val_items], params, rl.val_every, model_name)])
     elif kind == "scalar":
-        init = model_ref(params, params["scalar_rm"]["init"])["path"]
+        init = model_ref(params, ScalarRmSettings.from_params(params).init)["path"]
         out = run_scalar_rm(params, data["train"], init, out_dir, name=model_name,
                             threads=threads)
     else:

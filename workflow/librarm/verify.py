@@ -287,9 +287,11 @@ def run_verify(samples_path: str | Path, problems_paths: Sequence[str | Path], o
 
 
 def step_verify(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    v = params["verify"]
+    from .settings import VerifySettings
+
+    v = VerifySettings.from_params(params)
     meta = run_verify(io.input("samples"), io.input_list("problems"), io.output("labels"), io.output("meta"),
-                      workers=io.threads or 1, timeout_s=v["timeout_s"], memory_mb=v["memory_mb"])
+                      workers=io.threads or 1, timeout_s=v.timeout_s, memory_mb=v.memory_mb)
     return meta, []
 
 

@@ -1,0 +1,95 @@
+"""The typed params sections (librarm.settings) agree with the schema both ways: the same keys, the
+same required keys, the same defaults; they build from every preset; a bad key is one line naming
+it; and a default that was used still counts as a read of its key."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from librarm.config import SCHEMA_PATH, ConfigError, load_params, validate_params
+from librarm.reads import RecordingDict
+from librarm.settings import (
+    TYPED_SECTIONS,
+    JudgeSettings,
+    Params,
+    RlVariant,
+    SettingsError,
+    SftSettings,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+def _schema_of(cls) -> dict:
+    if cls is RlVariant:
+        return SCHEMA["properties"]["rl"]["properties"]["variants"]["additionalProperties"]
+    return SCHEMA["properties"][cls.KEY]
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return list(f.default) if isinstance(f.default, tuple) else f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+@pytest.mark.parametrize("cls", [*TYPED_SECTIONS, RlVariant], ids=lambda c: c.__name__)
+def test_typed_section_agrees_with_the_schema(cls):
+    sec = _schema_of(cls)
+    props = sec["properties"]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    assert set(fields) == set(props), f"{cls.KEY}: keys only in code {set(fields) - set(props)}, " \
+                                      f"only in the schema {set(props) - set(fields)}"
+    required = {n for n, f in fields.items() if _default(f) is dataclasses.MISSING}
+    assert required == set(sec.get("required", [])) & set(fields)
+    for name, f in fields.items():
+        default = _default(f)
+        if default is dataclasses.MISSING:
+            assert "default" not in props[name], f"{cls.KEY}.{name}: a schema default but required in code"
+        else:
+            assert props[name].get("default", dataclasses.MISSING) == default, \
+                f"{cls.KEY}.{name}: code default {default!r}, schema default {props[name].get('default', 'none')!r}"
+
+
+@pytest.mark.parametrize("preset", [None, "ci", "smoke-real", "paper"])
+def test_params_build_from_every_preset(preset):
+    p = Params.from_dict(load_params(REPO / "params.yaml", [preset] if preset else []))
+    assert p.judge.max_new_tokens > 0 and p.launch.processes >= 1
+    assert all(p.rl.variant(v).init for v in p.rl.variants)
+    if "judge_rl_no_length_penalty" in p.rl.variants:
+        assert p.rl.rewards_of("judge_rl_no_length_penalty")["length"] == 0.0
+    assert p.dpo is None or p.dpo.steps(10) >= 1
+
+
+def test_a_bad_section_is_one_line_naming_the_key(params):
+    with pytest.raises(SettingsError, match=r"^sft\.bogus: unknown key$"):
+        SftSettings.from_section({**params["sft"], "bogus": 1})
+    with pytest.raises(SettingsError, match=r"^sft\.init: required$"):
+        SftSettings.from_section({k: v for k, v in params["sft"].items() if k != "init"})
+    bad = {**params, "rl": {**params["rl"], "variants": {"judge_rl": {"init": "judge_sft", "rewards": {"length": 1.0}}}}}
+    bad["rl"]["variants"]["judge_rl"]["init"] = "judge_sft"
+    assert Params.from_dict(bad).rl.rewards_of("judge_rl") == {"length": 1.0}
+    p = {**params, "launch": {**params["launch"], "launcher": "torchrun", "accelerate_config": "x.yaml"}}
+    with pytest.raises(ConfigError, match="launch.accelerate_config: only read by launcher 'accelerate'"):
+        validate_params(p)
+
+
+def test_a_section_records_the_fields_a_stage_reads(params):
+    """Built from a job's recording view, a section notes a field when it is read (a default
+    that was used included), not when it is built."""
+    log: set[str] = set()
+    section = {k: v for k, v in params["sft"].items() if k != "seed"}
+    view = RecordingDict({**params, "sft": section}, "", log)
+    s = SftSettings.from_params(view)
+    assert log == set()
+    assert s.seed == 0 and s.steps > 0
+    assert log == {"sft.seed", "sft.steps"}
+    log.clear()
+    j = JudgeSettings.from_params(view)
+    j.prompt_template, j.max_prompt_tokens
+    assert log == {"judge.prompt_template", "judge.max_prompt_tokens"}

@@ -1,0 +1,282 @@
+"""Typed params sections: frozen dataclasses built from the validated params dict.
+
+A field's default is the schema's `default` (tests/test_settings.py checks both ways: the same
+keys, the same required keys, the same defaults), so no stage carries a second default of its own.
+Sections are built from whatever mapping the caller holds, the recording view of a job included
+(every field is read with `get`, so a default that was used still counts as a read).
+
+Typed so far: judge, sampling, verify, sft, rl, scalar_rm, dpo, evaluate_policy, launch. The other
+sections (problems, bootstrap, bench, evaluate, pairs, report, ...) are still read as dicts."""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, Mapping
+
+
+class SettingsError(ValueError):
+    """A params section that cannot work; the message names the key."""
+
+
+class Section:
+    """Build a dataclass from a params section, key by key. Built from a job's recording view
+    (librarm.reads), a section notes each field when it is READ, not when it is built: a stage's
+    declared reads are the fields it uses, a default it used included."""
+
+    KEY: ClassVar[str]          # the params key of the section
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None, key: str | None = None):
+        key = key or cls.KEY
+        section = section or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in section if k not in known)      # iterating keys reads no value
+        if unknown:
+            raise SettingsError(f"{key}.{unknown[0]}: unknown key")
+        kw = {}
+        for f in fields(cls):
+            value = dict.get(section, f.name, MISSING) if isinstance(section, dict) else section.get(f.name, MISSING)
+            if value is MISSING:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise SettingsError(f"{key}.{f.name}: required")
+                continue
+            kw[f.name] = value
+        obj = cls(**kw)
+        log = getattr(section, "_log", None)
+        if log is not None:
+            object.__setattr__(obj, "_reads", (log, getattr(section, "_path", key)))
+        return obj
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]):
+        section = params.get(cls.KEY) if not isinstance(params, dict) else dict.get(params, cls.KEY)
+        obj = cls.from_section(section, cls.KEY)
+        log = getattr(params, "_log", None)
+        if log is not None and "_reads" not in obj.__dict__:      # the section is absent: still a read
+            object.__setattr__(obj, "_reads", (log, cls.KEY))
+        return obj
+
+    def __getattribute__(self, name: str):
+        value = object.__getattribute__(self, name)
+        if not name.startswith("_"):
+            reads = object.__getattribute__(self, "__dict__").get("_reads")
+            if reads is not None and name in type(self).__dataclass_fields__:
+                reads[0].add(f"{reads[1]}.{name}")
+        return value
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SettingsError(message)
+
+
+@dataclass(frozen=True)
+class JudgeSettings(Section):
+    """`judge`: the generative judge's prompt, budgets and decoding."""
+
+    KEY: ClassVar[str] = "judge"
+    prompt_template: str
+    max_prompt_tokens: int
+    overflow: str
+    max_new_tokens: int
+    temperature: float
+    batch_size: int
+    system_prompt: str | None = None
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class SftSettings(Section):
+    """`sft`: rejection-sampling SFT of the judge (and the verdict-only `nothink` control)."""
+
+    KEY: ClassVar[str] = "sft"
+    init: str
+    steps: int
+    batch_size: int
+    learning_rate: float
+    seed: int = 0
+    save_steps: int = 50
+    val_every: int = 50
+    val_items: int = 60
+    max_length: int = 512
+
+    def __post_init__(self):
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.save_steps >= 1,
+               "sft: steps, batch_size and save_steps must be >= 1")
+        _check(0 < self.learning_rate < 1, "sft.learning_rate: must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RlVariant(Section):
+    """`rl.variants.<model>`: where a GRPO judge starts, and its own reward weights if any."""
+
+    KEY: ClassVar[str] = "rl.variants"
+    init: str
+    rewards: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class RlSettings(Section):
+    """`rl`: GRPO of the judge."""
+
+    KEY: ClassVar[str] = "rl"
+    steps: int
+    batch_size: int
+    num_generations: int
+    max_completion_length: int
+    learning_rate: float
+    l_exp: int | str
+    l_max: int
+    rewards: Mapping[str, float]
+    beta: float = 0.0
+    temperature: float = 1.0
+    passrate_k: int = 4
+    passrate_band: tuple[float, float] = (0.1, 0.9)
+    l_exp_quantile: float = 0.75
+    save_steps: int = 25
+    val_every: int = 20
+    val_items: int = 60
+    seed: int = 0
+    variants: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "passrate_band", tuple(self.passrate_band))
+        _check(self.l_exp == "auto" or isinstance(self.l_exp, int), "rl.l_exp: an integer or 'auto'")
+
+    def variant(self, name: str) -> RlVariant:
+        return RlVariant.from_section(self.variants[name], f"rl.variants.{name}")
+
+    def rewards_of(self, name: str) -> Mapping[str, float]:
+        """A variant's reward weights: its own, else the section's."""
+        own = self.variant(name).rewards
+        return own if own is not None else self.rewards
+
+
+@dataclass(frozen=True)
+class ScalarRmSettings(Section):
+    """`scalar_rm`: the Bradley-Terry reward model baseline."""
+
+    KEY: ClassVar[str] = "scalar_rm"
+    init: str
+    steps: int
+    batch_size: int
+    learning_rate: float
+    pairs_per_problem: int = 4
+    seed: int = 0
+    input: str = "response"
+
+
+@dataclass(frozen=True)
+class DpoSettings(Section):
+    """`dpo`: the downstream policy's DPO on judge-labelled pairs."""
+
+    KEY: ClassVar[str] = "dpo"
+    beta: float
+    learning_rate: float
+    epochs: float
+    batch_size: int
+    seeds: tuple[int, ...]
+    val_every: int = 20
+    val_k: int = 2
+    max_length: int = 256
+    loss_type: str = "sigmoid"
+    precompute_ref_log_probs: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        _check(self.beta > 0 and 0 < self.learning_rate < 1, "dpo: beta must be > 0 and learning_rate in (0, 1)")
+        _check(self.epochs > 0 and self.batch_size >= 1 and self.val_every >= 1 and self.val_k >= 1,
+               "dpo: epochs > 0, batch_size >= 1, val_every >= 1 and val_k >= 1 are required")
+
+    def steps(self, n_pairs: int) -> int:
+        return max(1, math.ceil(self.epochs * n_pairs / self.batch_size))
+
+
+@dataclass(frozen=True)
+class SamplingSettings(Section):
+    """`sampling`: how generators sample (n responses a problem) and the problem prompt."""
+
+    KEY: ClassVar[str] = "sampling"
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    batch_size: int
+    system_prompt: str | None = None
+    problem_template: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluatePolicySettings(Section):
+    """`evaluate_policy`: avg@k of each policy on the eval subsets."""
+
+    KEY: ClassVar[str] = "evaluate_policy"
+    subsets: tuple[str, ...]
+    k: int
+    temperature: float
+    top_p: float = 1.0
+    max_new_tokens: int | None = None       # None: sampling.max_new_tokens
+    bootstrap_resamples: int = 2000
+
+    def __post_init__(self):
+        object.__setattr__(self, "subsets", tuple(self.subsets))
+
+
+@dataclass(frozen=True)
+class VerifySettings(Section):
+    """`verify`: the answer verifier's per-item limits."""
+
+    KEY: ClassVar[str] = "verify"
+    timeout_s: float
+    memory_mb: int
+
+
+LAUNCHERS = ("torchrun", "accelerate")
+
+
+@dataclass(frozen=True)
+class LaunchSettings(Section):
+    """`launch`: how the training steps run (one process, or N under a launcher)."""
+
+    KEY: ClassVar[str] = "launch"
+    processes: int = 1
+    launcher: str = "torchrun"
+    accelerate_config: str | None = None
+    gpus_per_process: int = 0
+
+    def __post_init__(self):
+        _check(self.processes >= 1, f"launch.processes: must be >= 1, got {self.processes}")
+        _check(self.launcher in LAUNCHERS, f"launch.launcher: {self.launcher!r} is not one of {', '.join(LAUNCHERS)}")
+        _check(not self.accelerate_config or self.launcher == "accelerate",
+               "launch.accelerate_config: only read by launcher 'accelerate'")
+
+
+TYPED_SECTIONS: tuple[type[Section], ...] = (JudgeSettings, SamplingSettings, VerifySettings, SftSettings, RlSettings,
+                                             ScalarRmSettings, DpoSettings, EvaluatePolicySettings, LaunchSettings)
+
+
+@dataclass(frozen=True)
+class Params:
+    """The typed sections of a validated params dict (None: the optional section is off)."""
+
+    judge: JudgeSettings
+    sampling: SamplingSettings
+    verify: VerifySettings
+    launch: LaunchSettings
+    sft: SftSettings | None = None
+    rl: RlSettings | None = None
+    scalar_rm: ScalarRmSettings | None = None
+    dpo: DpoSettings | None = None
+    evaluate_policy: EvaluatePolicySettings | None = None
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, Any]) -> "Params":
+        kw: dict[str, Any] = {}
+        for section in TYPED_SECTIONS:
+            if section.KEY in params or section.KEY == "launch":
+                kw[section.KEY] = section.from_params(params)
+        for name in ("rl",):
+            if kw.get(name):
+                for v in kw[name].variants:
+                    kw[name].variant(v)       # each variant checked now, not when its job runs
+        return cls(**kw)

@@ -23,7 +23,7 @@ from .labelers import (
     policy_parts,
     policy_runs,
 )
-from .settings import EvaluatePolicySettings, SamplingSettings, VerifySettings
+from .settings import EvaluatePolicySettings, ReportSettings, SamplingSettings, VerifySettings
 from .stats import bootstrap_means, sign_flip_p
 
 
@@ -467,7 +467,7 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
             row["gain"] = {s: round(m["avg_at_k"][s] - metrics[NONE_POLICY]["avg_at_k"][s], 4) for s in m["avg_at_k"]}
             row["gain_ci95"] = bootstrap_means(diff, ev.bootstrap_resamples, seed)
             flat = np.array([v for s in sorted(diff) for v in diff[s].values()])
-            row["gain_p_value"] = sign_flip_p(flat, params.get("report", {}).get("permutations", 10000), seed)
+            row["gain_p_value"] = sign_flip_p(flat, ReportSettings.from_params(params).permutations, seed)
         out["policies"][name] = row
     curve = {policy_parts(n)[2]: r for n, r in out["policies"].items() if policy_parts(n)[0] == "curve"}
     for name, row in out["policies"].items():

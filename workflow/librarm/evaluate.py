@@ -8,6 +8,7 @@ from . import paths as P
 from .bench import read_bench
 from .io import StageIO, read_json, write_json, write_jsonl, write_text
 from .metrics import auroc, best_threshold, problem_prior_predictions, summarize
+from .settings import CompareSettings, EvaluateSettings, JudgeDataSettings
 from .stats import bootstrap_intervals
 
 
@@ -30,7 +31,7 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     from .judge import run_generative, scalar_scores
 
     spec = params["judges"][judge_name]
-    ev = params["evaluate"]
+    ev = EvaluateSettings.from_params(params)
     extra: dict[str, Any] = {}
     if spec["kind"] == "generative":
         preds = run_generative(items, spec, params, judge_name, threads, sampler, stream)
@@ -38,12 +39,12 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
                                   for s in sorted({p["status"] for p in preds})}
         extra["prompt_overflow"] = {s: sum(p["prompt_status"] == s for p in preds) for s in ("truncated", "skipped")}
         return preds, extra
-    if not ev.get("threshold_split"):
+    if not ev.threshold_split:
         raise ValueError(f"judge {judge_name!r} is a scalar RM: set evaluate.threshold_split to labeled items "
                          "that are not the bench (its threshold is chosen there)")
     ref = model_ref(params, spec["model"])
     field = spec.get("input", "response")
-    held = read_bench(ev["threshold_split"])
+    held = read_bench(ev.threshold_split)
     held_scores = scalar_scores(held, ref["path"], ref["revision"], threads=threads, field=field)
     threshold = best_threshold(held_scores, [h["label"] for h in held])
     scores = scalar_scores(items, ref["path"], ref["revision"], threads=threads, field=field)
@@ -74,7 +75,7 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     if sampler is None and spec["kind"] == "generative":
         sampler = judge_sampler(spec, params, threads)          # one model load for both sets
     preds, extra = predict(params, judge_name, items, threads, sampler)
-    metrics = score_predictions(preds, params["evaluate"].get("bootstrap_resamples", 2000), params["seed"])
+    metrics = score_predictions(preds, EvaluateSettings.from_params(params).bootstrap_resamples, params["seed"])
     metrics.update(extra)
     metrics["judge"] = judge_name
     metrics["seconds"] = round(time.time() - t0, 2)
@@ -131,8 +132,9 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
     params = params or {}
     rows = {name: read_json(p) for name, p in metric_paths.items()}
     preds = {name: read_jsonl(prediction_paths[name]).records for name in metric_paths}
-    heldout = (params.get("judge_data") or {}).get("exclude_generators", [])
-    resamples = (params.get("compare") or {}).get("resamples", 2000)
+    heldout = list(JudgeDataSettings.from_params(params).exclude_generators) if params.get("judge_data") else []
+    compare = CompareSettings.from_params(params)
+    resamples = compare.resamples
     seed = params.get("seed", 0)
     extra_rows: dict[str, dict] = {}
     if bench_path and judge_train_path:
@@ -167,7 +169,7 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
             row += " | " + " | ".join("n/a" if sh[k] is None else f"{100 * sh[k]:.1f}" for k in ("seen", "held_out"))
         lines.append(row + " |")
     comparisons = {}
-    pairs = (params.get("compare") or {}).get("pairs", [])
+    pairs = [list(p) for p in compare.pairs]
     if pairs:
         lines += ["", "Paired comparisons (Libra score difference; 95% CI from a bootstrap over problems; p from a "
                   "sign-flip permutation test that swaps judges per problem; McNemar's item-level p for reference "
@@ -223,7 +225,7 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
 
 
 def step_eval_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    judges = params["evaluate"]["judges"]
+    judges = list(EvaluateSettings.from_params(params).judges)
     train, stats = io.input_list("judge_train"), io.input_list("train_stats")
     summary = summarize_eval(io.keyed("metrics", P.EVAL_METRICS, "judge", judges),
                              io.keyed("predictions", P.EVAL_PREDICTIONS, "judge", judges),

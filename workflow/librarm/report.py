@@ -15,6 +15,7 @@ import numpy as np
 from . import paths as P
 from .io import StageIO, read_json, write_json, write_text
 from .labelers import NONE_POLICY, RAW_PREFIX, all_policies, curve_policy, labeler_kind, policy_parts
+from .settings import EvaluateSettings, ReportSettings
 from .stats import gain_correlation
 
 # The phase files the report reads (its rule passes each by this name; train and rs only when the
@@ -115,15 +116,15 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
     summary_source = str(summary_path.resolve().relative_to(root.resolve()))
     docs = {k: read_json(root / sources[k]) for k in SOURCE_KEYS if k in sources and (root / sources[k]).exists()}
     if "eval" in docs:       # judges in the order params lists them (summary.json sorts its keys)
-        want = list(params.get("evaluate", {}).get("judges", []))
+        want = list(EvaluateSettings.from_params(params).judges)
         js = docs["eval"]["judges"]
         docs["eval"]["judges"] = {j: js[j] for j in sorted(js, key=lambda j: want.index(j) if j in want else len(want))}
     down = docs.get("downstream", {"policies": {}})
-    rep = params.get("report", {})
+    rep = ReportSettings.from_params(params)
     labelers = list(params["pairs"]["labelers"]) if params.get("pairs") else []
     pair_stats = docs.get("pairs", {}).get("labelers", {})
     # a short labeler (fewer pairs than the budget) is reported but never fitted
-    fit = [n for n in rep.get("fit_labelers", []) if n in labelers and not pair_stats.get(n, {}).get("short")]
+    fit = [n for n in rep.fit_labelers if n in labelers and not pair_stats.get(n, {}).get("short")]
     curve = [curve_policy(n) for n in sorted((params.get("pairs") or {}).get("gold_curve", []))]
     order = [NONE_POLICY] + labelers + curve + [RAW_PREFIX + n for n in labelers]
     policies = down.get("policies", {})
@@ -138,8 +139,7 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
     corr = {}
     if NONE_POLICY in per_problem and fit:
         for key, x in (("libra_score", libra), ("label_accuracy", lab_acc), ("pair_accuracy", pair_acc)):
-            corr[key] = gain_correlation(x, per_problem, fit, rep.get("resamples", 2000),
-                                         rep.get("permutations", 10000), seed)
+            corr[key] = gain_correlation(x, per_problem, fit, rep.resamples, rep.permutations, seed)
     summary: dict[str, Any] = {"correlation": corr, "fit_labelers": fit,
                                "short_labelers": [n for n in labelers if pair_stats.get(n, {}).get("short")]}
     # the report's own numbers go to summary.json first, so tables can cite them like any source
@@ -169,7 +169,8 @@ def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]
     """Stage step `report`: the plots and curves go beside the summary (their set depends on the
     run's data, so they are the folder's undeclared outputs)."""
     sources = {k: io.input(k) for k in SOURCE_KEYS if io.inputs.get(k)}
-    summary = build_report(params, sources, io.keyed("eval_metrics", P.EVAL_METRICS, "judge", params["evaluate"]["judges"]),
+    summary = build_report(params, sources, io.keyed("eval_metrics", P.EVAL_METRICS, "judge",
+                                                     list(EvaluateSettings.from_params(params).judges)),
                            io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", all_policies(params["pairs"])),
                            metrics_path=io.output("metrics"), summary_path=io.output("summary"),
                            markdown_path=io.output("markdown"), plots_dir=Path(io.output("summary")).parent)
@@ -314,7 +315,7 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("downstream", src + ("gain", "all"), signed=True) if p.get("gain") else "",
                   ci("downstream", src + ("gain_ci95", "all"), signed=True) if p.get("gain") else "",
                   Num("downstream", src + ("gain_p_value",),
-                      p_resamples=params.get("report", {}).get("permutations", 10000)) if p.get("gain") else "",
+                      p_resamples=ReportSettings.from_params(params).permutations) if p.get("gain") else "",
                   Num("downstream", src + ("gold_gain_recovered",), scale=100, digits=0)
                   if p.get("gold_gain_recovered") is not None else "")
         tables.append(t)

@@ -5,8 +5,9 @@ keys, the same required keys, the same defaults), so no stage carries a second d
 Sections are built from whatever mapping the caller holds, the recording view of a job included
 (every field is read with `get`, so a default that was used still counts as a read).
 
-Typed so far: judge, sampling, verify, sft, rl, scalar_rm, dpo, evaluate_policy, launch. The other
-sections (problems, bootstrap, bench, evaluate, pairs, report, ...) are still read as dicts."""
+Typed so far: judge, sampling, verify, evaluate, compare, judge_data, rs, sft, rl, scalar_rm, dpo,
+evaluate_policy, report, launch. Still read as dicts: seed, problems, bootstrap, bench, pairs,
+stress, tracking and the registries (models, generators, judges)."""
 from __future__ import annotations
 
 import math
@@ -231,6 +232,75 @@ class VerifySettings(Section):
     memory_mb: int
 
 
+@dataclass(frozen=True)
+class JudgeDataSettings(Section):
+    """`judge_data`: the judge-training items (verified responses of the judge pool)."""
+
+    KEY: ClassVar[str] = "judge_data"
+    pool: str
+    val_fraction: float
+    exclude_generators: tuple[str, ...] = ()
+    per_label: int | None = None
+    unit: str = "subset_generator"
+
+    def __post_init__(self):
+        object.__setattr__(self, "exclude_generators", tuple(self.exclude_generators))
+
+
+@dataclass(frozen=True)
+class RsSettings(Section):
+    """`rs`: rejection sampling of the teacher's judging trajectories."""
+
+    KEY: ClassVar[str] = "rs"
+    teacher: str
+    k: int
+    max_per_item: int
+    mix_ratio: float
+    temperature: float = 1.0
+    acceptance_band: tuple[float, float] = (0.2, 0.9)
+
+    def __post_init__(self):
+        object.__setattr__(self, "acceptance_band", tuple(self.acceptance_band))
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Section):
+    """`evaluate`: the judges scored on the bench."""
+
+    KEY: ClassVar[str] = "evaluate"
+    judges: tuple[str, ...]
+    bootstrap_resamples: int = 2000
+    threshold_split: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "judges", tuple(self.judges))
+
+
+@dataclass(frozen=True)
+class CompareSettings(Section):
+    """`compare`: the paired judge comparisons of the eval summary."""
+
+    KEY: ClassVar[str] = "compare"
+    pairs: tuple[tuple[str, str], ...] = ()
+    resamples: int = 2000
+
+    def __post_init__(self):
+        object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
+
+
+@dataclass(frozen=True)
+class ReportSettings(Section):
+    """`report`: the correlation fit and its resampling."""
+
+    KEY: ClassVar[str] = "report"
+    fit_labelers: tuple[str, ...] = ()
+    resamples: int = 2000
+    permutations: int = 10000
+
+    def __post_init__(self):
+        object.__setattr__(self, "fit_labelers", tuple(self.fit_labelers))
+
+
 LAUNCHERS = ("torchrun", "accelerate")
 
 
@@ -251,8 +321,10 @@ class LaunchSettings(Section):
                "launch.accelerate_config: only read by launcher 'accelerate'")
 
 
-TYPED_SECTIONS: tuple[type[Section], ...] = (JudgeSettings, SamplingSettings, VerifySettings, SftSettings, RlSettings,
-                                             ScalarRmSettings, DpoSettings, EvaluatePolicySettings, LaunchSettings)
+TYPED_SECTIONS: tuple[type[Section], ...] = (JudgeSettings, SamplingSettings, VerifySettings, EvaluateSettings,
+                                             CompareSettings, JudgeDataSettings, RsSettings, SftSettings, RlSettings,
+                                             ScalarRmSettings, DpoSettings, EvaluatePolicySettings, ReportSettings,
+                                             LaunchSettings)
 
 
 @dataclass(frozen=True)
@@ -262,12 +334,17 @@ class Params:
     judge: JudgeSettings
     sampling: SamplingSettings
     verify: VerifySettings
+    evaluate: EvaluateSettings
     launch: LaunchSettings
+    compare: CompareSettings | None = None
+    judge_data: JudgeDataSettings | None = None
+    rs: RsSettings | None = None
     sft: SftSettings | None = None
     rl: RlSettings | None = None
     scalar_rm: ScalarRmSettings | None = None
     dpo: DpoSettings | None = None
     evaluate_policy: EvaluatePolicySettings | None = None
+    report: ReportSettings | None = None
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> "Params":

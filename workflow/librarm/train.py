@@ -13,7 +13,15 @@ from typing import Any, Mapping, Sequence
 from . import paths as P
 from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from .launch import barrier, is_main, per_process, rank
-from .settings import JudgeSettings, RlSettings, SamplingSettings, ScalarRmSettings, SftSettings
+from .settings import (
+    JudgeDataSettings,
+    JudgeSettings,
+    RlSettings,
+    RsSettings,
+    SamplingSettings,
+    ScalarRmSettings,
+    SftSettings,
+)
 
 
 # ----------------------------------------------------------------------------- judge_data
@@ -55,7 +63,7 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
     """Stage `judge_data`: the judge-training items (train, val) and stats, with the disjointness check."""
     from .problems import load_problem_sets, overlap_report
 
-    cfg = params["judge_data"]
+    cfg = JudgeDataSettings.from_params(params)
     records = []
     for p in verify_paths:
         records.extend(read_jsonl(p).records)
@@ -67,9 +75,8 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
     overlaps = {k: v for k, v in overlap_report(sets).items() if set(k.split("|")) & set(pools) and v["exact"]}
     if overlaps:
         raise ValueError(f"judge pool overlaps other sets: {overlaps}")
-    train, val, stats = build_judge_items(records, params["seed"], cfg["val_fraction"],
-                                          cfg.get("exclude_generators", []), cfg.get("per_label"),
-                                          cfg.get("unit", "subset_generator"))
+    train, val, stats = build_judge_items(records, params["seed"], cfg.val_fraction, list(cfg.exclude_generators),
+                                          cfg.per_label, cfg.unit)
     if not train or not val:
         raise ValueError(f"judge_data: empty split (train={len(train)}, val={len(val)})")
     write_jsonl(train_path, train)
@@ -96,11 +103,11 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     from .judge import build_judge_requests, judge_verdict, with_reasoning
     from .sampling import SamplingConfig, make_sampler, problem_messages, render_chat
 
-    cfg = params["rs"]
+    cfg = RsSettings.from_params(params)
     jcfg = JudgeSettings.from_params(params)
     items = read_jsonl(train_path).records
-    teacher = params["judges"][cfg["teacher"]]
-    scfg = SamplingConfig(temperature=cfg.get("temperature", 1.0), top_p=1.0,
+    teacher = params["judges"][cfg.teacher]
+    scfg = SamplingConfig(temperature=cfg.temperature, top_p=1.0,
                           max_new_tokens=jcfg.max_new_tokens, batch_size=jcfg.batch_size)
     sampler = sampler or make_sampler(teacher, params, scfg, threads)
     # SFT prompts are rendered with the STUDENT's chat template (the teacher may be an API model
@@ -112,7 +119,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     student = model_ref(params, SftSettings.from_params(params).init)
     tok = AutoTokenizer.from_pretrained(student["path"], revision=student["revision"])
     # the teacher's prompts are held to judge.max_prompt_tokens in the teacher's own tokens
-    batch = build_judge_requests(items, params, ("rs",), key="item_id", repeats=cfg["k"],
+    batch = build_judge_requests(items, params, ("rs",), key="item_id", repeats=cfg.k,
                                  tok=getattr(sampler, "tok", None))
     results = sampler.generate(batch.requests)
     trajs = []
@@ -121,7 +128,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
         it, msgs = items[i], batch.messages[i]
         v = judge_verdict(res, teacher)
         accepted = v.value is not None and v.value == it["label"]
-        keep = accepted and per_item[it["item_id"]] < cfg["max_per_item"]
+        keep = accepted and per_item[it["item_id"]] < cfg.max_per_item
         per_item[it["item_id"]] += keep
         trajs.append({"item_id": it["item_id"], "k": k, "label": it["label"], "verdict": v.value, "status": v.status,
                       "generator": it["model"], "subset": it["subset"], "accepted": accepted, "kept": keep,
@@ -136,14 +143,14 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
             t["kept"] = False
     judging = [t for t in trajs if t["kept"]]
     if not judging:
-        raise ValueError(f"rs: the teacher {cfg['teacher']!r} had no trajectory whose verdict matched the label "
+        raise ValueError(f"rs: the teacher {cfg.teacher!r} had no trajectory whose verdict matched the label "
                          f"({len(trajs)} tried); raise rs.k or check the teacher's prompt and max_new_tokens")
     # Non-judging reasoning data: verified-correct solutions from the judge pool.
     sols = []
     for p in solutions_paths:
         sols.extend(r for r in read_jsonl(p).records if r["reason"] == "correct")
     sols.sort(key=lambda r: stable_hash(params["seed"], "rs-mix", r["sample_id"]))
-    n_mix = min(len(sols), int(round(cfg["mix_ratio"] * len(judging))))
+    n_mix = min(len(sols), int(round(cfg.mix_ratio * len(judging))))
     sampling = SamplingSettings.from_params(params)
     mixture = []
     for r in sols[:n_mix]:
@@ -154,8 +161,8 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
                  "label": t["label"]} for t in judging] + mixture
     write_jsonl(trajectories_path, trajs)
     write_jsonl(sft_path, sft_rows)
-    stats = rs_stats(trajs, items, cfg.get("acceptance_band", [0.2, 0.9]))
-    stats.update({"judging_examples": len(judging), "reasoning_examples": len(mixture), "teacher": cfg["teacher"],
+    stats = rs_stats(trajs, items, list(cfg.acceptance_band))
+    stats.update({"judging_examples": len(judging), "reasoning_examples": len(mixture), "teacher": cfg.teacher,
                   "prompts_over_budget": {st: batch.prompt_status.count(st) for st in ("truncated", "skipped")}})
     write_json(stats_path, stats)
     return stats

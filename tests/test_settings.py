@@ -15,6 +15,7 @@ from librarm.settings import (
     TYPED_SECTIONS,
     JudgeSettings,
     Params,
+    RlSettings,
     RlVariant,
     SettingsError,
     SftSettings,
@@ -93,3 +94,13 @@ def test_a_section_records_the_fields_a_stage_reads(params):
     j = JudgeSettings.from_params(view)
     j.prompt_template, j.max_prompt_tokens
     assert log == {"judge.prompt_template", "judge.max_prompt_tokens"}
+
+
+def test_a_section_with_nested_mappings_built_from_a_recording_view_is_plain_data(params):
+    """rl.rewards and rl.variants are plain dicts in the section (asdict and hashing work on them),
+    and reading the field is the read."""
+    log: set[str] = set()
+    rl = RlSettings.from_params(RecordingDict(params, "", log))
+    assert type(rl.rewards) is dict and type(rl.variants) is dict
+    assert dataclasses.asdict(rl)["rewards"] == params["rl"]["rewards"]
+    assert "rl.rewards" in log and rl.variant("judge_rl").init == "judge_sft"

@@ -41,7 +41,7 @@ class Section:
                 if f.default is MISSING and f.default_factory is MISSING:
                     raise SettingsError(f"{key}.{f.name}: required")
                 continue
-            kw[f.name] = value
+            kw[f.name] = _plain(value)
         obj = cls(**kw)
         log = getattr(section, "_log", None)
         if log is not None:
@@ -64,6 +64,15 @@ class Section:
             if reads is not None and name in type(self).__dataclass_fields__:
                 reads[0].add(f"{reads[1]}.{name}")
         return value
+
+
+def _plain(value: Any) -> Any:
+    """A nested mapping as a plain dict (a recording view's children included, without noting a
+    read: reading the field is the read)."""
+    if isinstance(value, Mapping):
+        items = dict.items(value) if isinstance(value, dict) else value.items()
+        return {k: _plain(v) for k, v in items}
+    return value
 
 
 def _check(ok: bool, message: str) -> None:

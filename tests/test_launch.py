@@ -83,6 +83,27 @@ def test_paper_preset_launches_training_on_gpus():
     assert Path(REPO / s.accelerate_config).is_file()
 
 
+@pytest.mark.engines
+def test_bad_launch_settings_stop_the_real_stage_command_with_one_line(tmp_path, params):
+    """Through the real `librarm stage train` process: a process count that cannot split the
+    batch, and a launcher that is not installed, each end the job with one line naming the key."""
+    p = copy.deepcopy(params)
+    p["launch"]["processes"] = 3
+    write_json(tmp_path / "three.json", p)
+    p["launch"].update(processes=2, launcher="accelerate")
+    write_json(tmp_path / "accelerate.json", p)
+    args = ["--in", "train", "t.jsonl", "--in", "val", "v.jsonl", "--out", "model", "m", "--out", "log", "l.json",
+            "--wildcard", "model=judge_sft", "--threads", "2"]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "LIBRARM_TRACKING": "0",
+           "PATH": "/usr/bin:/bin"}                      # no `accelerate` command on this PATH
+    for cfg, line in (("three.json", "launch.processes: 3 processes cannot split sft.batch_size 16 evenly"),
+                      ("accelerate.json", "launch.launcher: 'accelerate' is set but the `accelerate` command is not on PATH")):
+        res = subprocess.run([sys.executable, "-m", "librarm.cli", "stage", "train", "--config", str(tmp_path / cfg), *args],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert line in res.stderr, res.stderr
+
+
 # ----------------------------------------------------------------------------- 2 real processes
 def _run(spec: dict, tmp: Path, processes: int, tag: str) -> subprocess.CompletedProcess:
     spec_path = tmp / f"{tag}.json"

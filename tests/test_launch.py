@@ -244,7 +244,7 @@ def test_two_process_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(t
     import torch
 
     _ok(_run(_sft_spec(tmp_path, rand_lm, "clean"), tmp_path, 2, "clean"))
-    spec = _sft_spec(tmp_path, rand_lm, "killed", )
+    spec = _sft_spec(tmp_path, rand_lm, "killed")
     killed = _run({**spec, "kill_after_save": 5}, tmp_path, 2, "killed")
     assert killed.returncode != 0 and not (tmp_path / "killed" / "model").exists()
     ckpts = [p.name for p in Path(spec["resume_root"]).glob("*/*/checkpoint-*")]

@@ -26,7 +26,7 @@ class LaunchError(SettingsError):
     """A launcher that cannot start; the message names the params key."""
 
 
-# The batch each training section splits across processes (key, the params section it lives in).
+# The batch each training section splits across processes: (params section, its batch key).
 BATCH_KEYS = (("sft", "batch_size"), ("rl", "batch_size"), ("scalar_rm", "batch_size"), ("dpo", "batch_size"))
 
 

@@ -172,9 +172,10 @@ class HFSampler:
                 if n_alive <= self.COMPACT_AT * len(rows):
                     keep = [j for j in range(len(rows)) if alive[j]]
                     index = torch.tensor(keep, dtype=torch.long)
-                    past.batch_select_indices(index.to(dev))
+                    on_dev = index.to(dev)
+                    past.batch_select_indices(on_dev)
                     noise.keep(index)
-                    mask, next_pos = mask[index.to(dev)], next_pos[index.to(dev)]
+                    mask, next_pos = mask[on_dev], next_pos[on_dev]
                     rows, tokens, alive = [rows[j] for j in keep], [tokens[j] for j in keep], [True] * len(keep)
                 step = torch.tensor([[t] for t in tokens], dtype=torch.long, device=dev)
                 mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=dev)], dim=1)

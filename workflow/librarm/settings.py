@@ -36,7 +36,7 @@ class Section:
             raise SettingsError(f"{key}.{unknown[0]}: unknown key")
         kw = {}
         for f in fields(cls):
-            value = dict.get(section, f.name, MISSING) if isinstance(section, dict) else section.get(f.name, MISSING)
+            value = _unrecorded_get(section, f.name, MISSING)
             if value is MISSING:
                 if f.default is MISSING and f.default_factory is MISSING:
                     raise SettingsError(f"{key}.{f.name}: required")
@@ -50,12 +50,19 @@ class Section:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]):
-        section = params.get(cls.KEY) if not isinstance(params, dict) else dict.get(params, cls.KEY)
+        section = _unrecorded_get(params, cls.KEY)
         obj = cls.from_section(section, cls.KEY)
         log = getattr(params, "_log", None)
         if log is not None and "_reads" not in obj.__dict__:      # the section is absent: still a read
             object.__setattr__(obj, "_reads", (log, cls.KEY))
         return obj
+
+    def __post_init__(self):
+        # lists (YAML's only sequence) become tuples, nested ones too: a frozen section stays frozen
+        for f in fields(self):
+            value = object.__getattribute__(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, _tupled(value))
 
     def __getattribute__(self, name: str):
         value = object.__getattribute__(self, name)
@@ -64,6 +71,15 @@ class Section:
             if reads is not None and name in type(self).__dataclass_fields__:
                 reads[0].add(f"{reads[1]}.{name}")
         return value
+
+
+def _unrecorded_get(mapping: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """mapping[key] without noting a read on a recording view (a section notes its own reads)."""
+    return dict.get(mapping, key, default) if isinstance(mapping, dict) else mapping.get(key, default)
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
 
 
 def _plain(value: Any) -> Any:
@@ -111,6 +127,7 @@ class SftSettings(Section):
     max_length: int = 512
 
     def __post_init__(self):
+        super().__post_init__()
         _check(self.steps >= 1 and self.batch_size >= 1 and self.save_steps >= 1,
                "sft: steps, batch_size and save_steps must be >= 1")
         _check(0 < self.learning_rate < 1, "sft.learning_rate: must be in (0, 1)")
@@ -150,7 +167,7 @@ class RlSettings(Section):
     variants: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        object.__setattr__(self, "passrate_band", tuple(self.passrate_band))
+        super().__post_init__()
         _check(self.l_exp == "auto" or isinstance(self.l_exp, int), "rl.l_exp: an integer or 'auto'")
 
     def variant(self, name: str) -> RlVariant:
@@ -193,7 +210,7 @@ class DpoSettings(Section):
     precompute_ref_log_probs: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "seeds", tuple(self.seeds))
+        super().__post_init__()
         _check(self.beta > 0 and 0 < self.learning_rate < 1, "dpo: beta must be > 0 and learning_rate in (0, 1)")
         _check(self.epochs > 0 and self.batch_size >= 1 and self.val_every >= 1 and self.val_k >= 1,
                "dpo: epochs > 0, batch_size >= 1, val_every >= 1 and val_k >= 1 are required")
@@ -228,9 +245,6 @@ class EvaluatePolicySettings(Section):
     max_new_tokens: int | None = None       # None: sampling.max_new_tokens
     bootstrap_resamples: int = 2000
 
-    def __post_init__(self):
-        object.__setattr__(self, "subsets", tuple(self.subsets))
-
 
 @dataclass(frozen=True)
 class VerifySettings(Section):
@@ -252,9 +266,6 @@ class JudgeDataSettings(Section):
     per_label: int | None = None
     unit: str = "subset_generator"
 
-    def __post_init__(self):
-        object.__setattr__(self, "exclude_generators", tuple(self.exclude_generators))
-
 
 @dataclass(frozen=True)
 class RsSettings(Section):
@@ -268,9 +279,6 @@ class RsSettings(Section):
     temperature: float = 1.0
     acceptance_band: tuple[float, float] = (0.2, 0.9)
 
-    def __post_init__(self):
-        object.__setattr__(self, "acceptance_band", tuple(self.acceptance_band))
-
 
 @dataclass(frozen=True)
 class EvaluateSettings(Section):
@@ -281,9 +289,6 @@ class EvaluateSettings(Section):
     bootstrap_resamples: int = 2000
     threshold_split: str | None = None
 
-    def __post_init__(self):
-        object.__setattr__(self, "judges", tuple(self.judges))
-
 
 @dataclass(frozen=True)
 class CompareSettings(Section):
@@ -292,9 +297,6 @@ class CompareSettings(Section):
     KEY: ClassVar[str] = "compare"
     pairs: tuple[tuple[str, str], ...] = ()
     resamples: int = 2000
-
-    def __post_init__(self):
-        object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
 
 
 @dataclass(frozen=True)
@@ -305,9 +307,6 @@ class ReportSettings(Section):
     fit_labelers: tuple[str, ...] = ()
     resamples: int = 2000
     permutations: int = 10000
-
-    def __post_init__(self):
-        object.__setattr__(self, "fit_labelers", tuple(self.fit_labelers))
 
 
 LAUNCHERS = ("torchrun", "accelerate")
@@ -324,6 +323,7 @@ class LaunchSettings(Section):
     gpus_per_process: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         _check(self.processes >= 1, f"launch.processes: must be >= 1, got {self.processes}")
         _check(self.launcher in LAUNCHERS, f"launch.launcher: {self.launcher!r} is not one of {', '.join(LAUNCHERS)}")
         _check(not self.accelerate_config or self.launcher == "accelerate",
@@ -361,8 +361,7 @@ class Params:
         for section in TYPED_SECTIONS:
             if section.KEY in params or section.KEY == "launch":
                 kw[section.KEY] = section.from_params(params)
-        for name in ("rl",):
-            if kw.get(name):
-                for v in kw[name].variants:
-                    kw[name].variant(v)       # each variant checked now, not when its job runs
+        if kw.get("rl"):
+            for v in kw["rl"].variants:
+                kw["rl"].variant(v)           # each variant checked now, not when its job runs
         return cls(**kw)

@@ -9,7 +9,7 @@ from pathlib import Path
 import shlex
 
 from librarm import paths as P
-from librarm.config import local_model_dirs, prune_removed, sets_by_role, validate_params
+from librarm.config import local_model_dirs, prune_removed, validate_params
 from librarm.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
 from librarm.settings import Params
@@ -20,19 +20,19 @@ validate_params(config, source="params.yaml (+ --configfile overlays)")
 PARAMS = Params.from_dict(config)       # the typed sections (librarm/settings.py)
 
 PHASE_TARGETS = [p.target for p in active_phases(config)]
-SET_NAMES = [s["name"] for s in config["problems"]["sets"]]
-EVAL_SUBSETS = sets_by_role(config, "eval")
-LEARNING = bool(config.get("judge_data"))
-STRESS = bool(config.get("stress"))          # the judge-hacking stress set
-JUDGE_POOL = config["judge_data"]["pool"] if LEARNING else None
+SET_NAMES = PARAMS.problems.names()
+EVAL_SUBSETS = PARAMS.problems.names("eval")
+LEARNING = PARAMS.judge_data is not None
+STRESS = PARAMS.stress is not None          # the judge-hacking stress set
+JUDGE_POOL = PARAMS.judge_data.pool if LEARNING else None
 # Generators sample the eval subsets, and the judge pool when the judge is trained.
 SAMPLED_SUBSETS = EVAL_SUBSETS + ([JUDGE_POOL] if LEARNING else [])
-TRAIN_GENERATORS = [g for g in config["generators"] if g not in (config.get("judge_data") or {}).get("exclude_generators", [])]
-TRAINED_MODELS = [m for m, s in config["models"].items() if s["source"] == "trained"]
-GENERATORS = list(config["generators"])
-JUDGES = list(config["evaluate"]["judges"])
-TINY_MODELS = [m for m, s in config["models"].items() if s["source"] == "tiny"]
-GGUF_MODELS = [m for m, s in config["models"].items() if s["source"] == "gguf"]
+TRAIN_GENERATORS = [g for g in PARAMS.generators if not LEARNING or g not in PARAMS.judge_data.exclude_generators]
+TRAINED_MODELS = [m for m, s in PARAMS.models.items() if s.source == "trained"]
+GENERATORS = list(PARAMS.generators)
+JUDGES = list(PARAMS.evaluate.judges)
+TINY_MODELS = [m for m, s in PARAMS.models.items() if s.source == "tiny"]
+GGUF_MODELS = [m for m, s in PARAMS.models.items() if s.source == "gguf"]
 # Training jobs (train, dpo) run in launch.processes processes: a thread and its GPUs each.
 TRAIN_THREADS = PARAMS.launch.processes
 TRAIN_GPUS = PARAMS.launch.processes * PARAMS.launch.gpus_per_process
@@ -93,10 +93,10 @@ def rule_env(backends=()):
     return "../envs/gpu-inference.yaml" if "vllm" in backends else "../envs/cpu.yaml"
 
 
-SAMPLE_ENV = rule_env({g["backend"] for g in config["generators"].values()})
+SAMPLE_ENV = rule_env({g.backend for g in PARAMS.generators.values()})
 # Training jobs on GPUs (launch.gpus_per_process > 0) use the CUDA training env (accelerate, deepspeed).
 TRAIN_ENV = "../envs/gpu-train.yaml" if TRAIN_GPUS else "../envs/cpu.yaml"
-EVAL_ENV = rule_env({config["judges"][j]["backend"] for j in JUDGES})
+EVAL_ENV = rule_env({PARAMS.judges[j].backend for j in JUDGES})
 
 
 def any_regex(names):
@@ -105,21 +105,21 @@ def any_regex(names):
 
 
 def generator_model(wildcards):
-    spec = config["generators"][wildcards.generator]
-    return local_model_dirs(config, [spec["model"]]) if spec["backend"] != "pseudo" else []
+    spec = PARAMS.generators[wildcards.generator]
+    return local_model_dirs(config, [spec.model]) if spec.backend != "pseudo" else []
 
 
 def judge_model(wildcards):
-    return local_model_dirs(config, [config["judges"][wildcards.judge]["model"]])
+    return local_model_dirs(config, [PARAMS.judges[wildcards.judge].model])
 
 
 def train_inputs(wildcards):
-    spec = config["models"][wildcards.model]
+    kind = PARAMS.models[wildcards.model].train
     data = {"train": P.JUDGE_TRAIN, "val": P.JUDGE_VAL, "sft": []}
-    if spec["train"] in ("sft", "nothink"):
+    if kind in ("sft", "nothink"):
         data["sft"] = P.RS_SFT
         init = PARAMS.sft.init
-    elif spec["train"] == "rl":
+    elif kind == "rl":
         init = PARAMS.rl.variant(wildcards.model).init
     else:
         init = PARAMS.scalar_rm.init
@@ -129,26 +129,26 @@ def train_inputs(wildcards):
 
 def threshold_split(wildcards):
     """A scalar RM's threshold is chosen on labeled items that are not the bench."""
-    if config["judges"][wildcards.judge]["kind"] == "scalar":
-        return [config["evaluate"]["threshold_split"]]
+    if PARAMS.judges[wildcards.judge].kind == "scalar":
+        return [PARAMS.evaluate.threshold_split]
     return []
 
 
 # ---------------------------------------------------------------- downstream (judge-labeled DPO)
-DOWNSTREAM = bool(config.get("pairs"))
+DOWNSTREAM = PARAMS.pairs is not None
 if DOWNSTREAM:
     from librarm.labelers import NONE_POLICY, all_policies, curve_policies, downstream_policies, labeler_kind, policy_runs
 
-    LABELERS = list(config["pairs"]["labelers"])
-    JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, config["judges"]) == "judge"]
+    LABELERS = list(PARAMS.pairs.labelers)
+    JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, PARAMS.judges) == "judge"]
     # A DPO policy per labeler (on its budget of pairs), the gold curve (curve/gold-<n>) and, for
     # raw_labelers, one more on all the labeler's pairs (raw/<labeler>).
-    DPO_POLICIES = downstream_policies(config["pairs"])
-    CURVE_POLICIES = curve_policies(config["pairs"])
-    DPO_SEEDS = [int(s) for s in config["dpo"]["seeds"]]
-    POLICIES = all_policies(config["pairs"])
-    POLICY_EVAL_SETS = list(config["evaluate_policy"]["subsets"])
-    DPO_POOL = config["pairs"]["pool"]
+    DPO_POLICIES = downstream_policies(PARAMS.pairs)
+    CURVE_POLICIES = curve_policies(PARAMS.pairs)
+    DPO_SEEDS = [int(s) for s in PARAMS.dpo.seeds]
+    POLICIES = all_policies(PARAMS.pairs)
+    POLICY_EVAL_SETS = list(PARAMS.evaluate_policy.subsets)
+    DPO_POOL = PARAMS.pairs.pool
 else:
     LABELERS = JUDGE_LABELERS = DPO_POLICIES = CURVE_POLICIES = DPO_SEEDS = POLICIES = POLICY_EVAL_SETS = []
 
@@ -157,5 +157,5 @@ def policy_eval_model(wildcards):
     """The policy folder one evaluation run scores: the DPO run's model, or the base policy's
     folder when the pipeline makes it (a hub policy is not a file: the stage reads pairs.policy)."""
     if wildcards.policy == NONE_POLICY:
-        return local_model_dirs(config, [config["pairs"]["policy"]])
+        return local_model_dirs(config, [PARAMS.pairs.policy])
     return [P.DPO_MODEL.format(policy=wildcards.policy, seed=wildcards.run.removeprefix("seed-"))]

@@ -19,7 +19,7 @@ rule evaluate:
             models=lambda wc: config["models"].get(config["judges"][wc.judge]["model"], {}),
         ),
     resources:
-        gpu=lambda wc: config["judges"][wc.judge].get("gpus", 0),
+        gpu=lambda wc: PARAMS.judges[wc.judge].gpus,
     log:
         P.log("evaluate/{judge}"),
     benchmark:

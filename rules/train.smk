@@ -29,8 +29,8 @@ if LEARNING:
         input:
             train=P.JUDGE_TRAIN,
             solutions=expand(P.VERIFIED_FILE, generator=TRAIN_GENERATORS, subset=JUDGE_POOL),
-            teacher=lambda wc: local_model_dirs(config, [config["judges"][config["rs"]["teacher"]].get("model")])
-            if config["judges"][config["rs"]["teacher"]]["backend"] != "pseudo" else [],
+            teacher=lambda wc: local_model_dirs(config, [PARAMS.judges[PARAMS.rs.teacher].model])
+            if PARAMS.judges[PARAMS.rs.teacher].backend != "pseudo" else [],
             student=lambda wc: local_model_dirs(config, [PARAMS.sft.init]),
         output:
             trajectories=P.RS_TRAJECTORIES,
@@ -62,9 +62,9 @@ if LEARNING:
             **job_params(
                 "train",
                 models=lambda wc: config["models"][wc.model],
-                sft=lambda wc: config.get("sft") if config["models"][wc.model]["train"] in ("sft", "nothink") else None,
-                rl=lambda wc: config.get("rl") if config["models"][wc.model]["train"] == "rl" else None,
-                scalar_rm=lambda wc: config.get("scalar_rm") if config["models"][wc.model]["train"] == "scalar" else None,
+                sft=lambda wc: config.get("sft") if PARAMS.models[wc.model].train in ("sft", "nothink") else None,
+                rl=lambda wc: config.get("rl") if PARAMS.models[wc.model].train == "rl" else None,
+                scalar_rm=lambda wc: config.get("scalar_rm") if PARAMS.models[wc.model].train == "scalar" else None,
             ),
         log:
             P.log("train/{model}"),

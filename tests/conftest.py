@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from librarm.settings import ProblemSet
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -38,10 +40,11 @@ def needs_shared_data(*files: str):
 
 # ----------------------------------------------------------------------------- problems, tiny world
 # synthetic problem sets: three eval sets, a judge pool and a DPO pool (test_problems, test_tinyworld)
-SYNTHETIC_SPECS = [{"name": "a", "role": "eval", "n": 200, "steps": 2}, {"name": "b", "role": "eval", "n": 200, "steps": 3},
-                   {"name": "c", "role": "eval", "n": 200, "steps": 4},
-                   {"name": "jp", "role": "judge_pool", "n": 300, "steps": [2, 3, 4]},
-                   {"name": "dp", "role": "dpo_pool", "n": 300, "steps": [2, 3, 4]}]
+SYNTHETIC_SPECS = [ProblemSet.from_section({**s, "source": "synthetic"}) for s in (
+    {"name": "a", "role": "eval", "n": 200, "steps": 2}, {"name": "b", "role": "eval", "n": 200, "steps": 3},
+    {"name": "c", "role": "eval", "n": 200, "steps": 4},
+    {"name": "jp", "role": "judge_pool", "n": 300, "steps": [2, 3, 4]},
+    {"name": "dp", "role": "dpo_pool", "n": 300, "steps": [2, 3, 4]})]
 
 
 # ----------------------------------------------------------------------------- judged bench items
@@ -78,8 +81,9 @@ def build_pairs_into(params, verified, labels, out):
     curve/gold-<n>.jsonl, stats.json (test_downstream, test_determinism)."""
     from librarm.downstream import run_build_pairs
     from librarm.labelers import curve_policies
+    from librarm.settings import PairsSettings
 
     labelers = params["pairs"]["labelers"]
     return run_build_pairs(params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
                            {n: out / "raw" / f"{n}.jsonl" for n in labelers},
-                           {c: out / f"{c}.jsonl" for c in curve_policies(params["pairs"])}, out / "stats.json")
+                           {c: out / f"{c}.jsonl" for c in curve_policies(PairsSettings.from_params(params))}, out / "stats.json")

@@ -73,11 +73,11 @@ def test_judge_verdict_reads_the_judges_spec_and_keeps_its_reasoning():
     from librarm.sampling import SampleResult
 
     opened = SampleResult("compare 7 and 7</think>\n\\boxed{correct}", "stop", 5, 5)
-    assert judge_verdict(opened, {"prompt_opens_think": True}).value == 1
+    assert judge_verdict(opened, prompt_opens_think=True).value == 1
     unterminated = SampleResult("compare 7 and 7 \\boxed{correct}", "stop", 5, 5)
-    assert judge_verdict(unterminated, {"prompt_opens_think": True}).status == "unterminated"
-    assert judge_verdict(unterminated, {}).value == 1
+    assert judge_verdict(unterminated, prompt_opens_think=True).status == "unterminated"
+    assert judge_verdict(unterminated).value == 1
     api = SampleResult("\\boxed{incorrect}", "stop", 5, 5, reasoning="7 vs 8")
-    assert judge_verdict(api, {}).value == 0
+    assert judge_verdict(api).value == 0
     assert with_reasoning(api) == "<think>7 vs 8</think>\n\\boxed{incorrect}" and with_reasoning(opened) == opened.text
-    assert judge_verdict(SampleResult("ok</think>\\boxed{correct}", "length", 5, 5), {}).status == "truncated"
+    assert judge_verdict(SampleResult("ok</think>\\boxed{correct}", "length", 5, 5)).status == "truncated"

@@ -20,9 +20,12 @@ def test_labeler_kinds_and_errors():
 
 
 def test_policy_names_and_steps():
-    cfg = {"labelers": ["rl", "gold"], "gold_curve": [50, 100], "raw_labelers": ["gold"]}
+    from librarm.settings import PairsSettings
+
+    cfg = PairsSettings(pool="p", policy="policy", n=2, val_fraction=0.2, per_problem=1, budget=10,
+                        labelers=("rl", "gold"), gold_curve=(50, 100), raw_labelers=("gold",))
     assert downstream_policies(cfg) == ["rl", "gold", "curve/gold-50", "curve/gold-100", "raw/gold"]
-    assert downstream_policies({**cfg, "labelers": ["rl"], "raw_labelers": []}) == ["rl"]
+    assert downstream_policies(cfg.replace(labelers=("rl",), raw_labelers=())) == ["rl"]
     assert policy_parts("none") == ("none", None, None)
     assert policy_parts("curve/gold-50") == ("curve", "gold", 50)
     assert policy_parts("raw/rl") == ("raw", "rl", None)

@@ -16,6 +16,7 @@ from librarm.problems import (
     run_problems,
     synthesize_sets,
 )
+from librarm.settings import ProblemSet
 
 
 def test_synthetic_sets_are_pairwise_disjoint_and_seeded():
@@ -57,16 +58,17 @@ def test_run_problems_writes_sets_and_stats(tmp_path, params):
 @needs_shared_data()
 def test_real_math500_level_filter_and_limit():
     spec = {"name": "m5", "role": "eval", "source": "jsonl", "path": str(SHARED_DATA / "math500.jsonl"), "level": 5}
-    recs, bad = load_jsonl_set(spec, seed=0)
+    recs, bad = load_jsonl_set(ProblemSet.from_section(spec), seed=0)
     assert bad == [] and len(recs) == 134 and all(r["meta"]["level"] == 5 for r in recs)
-    few, _ = load_jsonl_set({**spec, "limit": 5}, seed=0)
-    assert len(few) == 5 and few == load_jsonl_set({**spec, "limit": 5}, seed=0)[0]
+    limited = ProblemSet.from_section({**spec, "limit": 5})
+    few, _ = load_jsonl_set(limited, seed=0)
+    assert len(few) == 5 and few == load_jsonl_set(limited, seed=0)[0]
 
 
 @needs_shared_data()
 def test_decontamination_against_real_eval():
-    evalset, _ = load_jsonl_set({"name": "e", "role": "eval", "source": "jsonl",
-                                 "path": str(SHARED_DATA / "math500.jsonl")}, seed=0)
+    evalset, _ = load_jsonl_set(ProblemSet(name="e", role="eval", source="jsonl",
+                                           path=str(SHARED_DATA / "math500.jsonl")), seed=0)
     pool = [dict(evalset[0], id="dup", set="pool")] + [
         {"id": "x", "set": "pool", "problem": "What is 2+2?", "answer": "4"}]
     kept, removed = decontaminate(pool, evalset)
@@ -76,7 +78,7 @@ def test_decontamination_against_real_eval():
 def test_bad_problem_line_names_file_line_field(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text('{"id": "1", "problem": "x", "answer": "1"}\n{"id": "2", "problem": "y"}\n')
-    spec = {"name": "s", "role": "eval", "source": "jsonl", "path": str(p)}
+    spec = ProblemSet(name="s", role="eval", source="jsonl", path=str(p))
     with pytest.raises(InputError, match=r"p.jsonl:2: field 'answer': missing"):
         load_jsonl_set(spec, seed=0)
     recs, bad = load_jsonl_set(spec, seed=0, on_bad="quarantine")
@@ -117,7 +119,7 @@ def test_hf_loader_uses_pinned_revision(monkeypatch):
         return [{"unique_id": "u1", "problem": "p", "answer": 3, "level": 5}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    recs, bad = load_hf_set({"name": "h", "role": "eval", "source": "hf", "hf_id": "org/ds", "revision": "abc123",
-                             "split": "test", "fields": {"id": "unique_id"}}, seed=0)
+    recs, bad = load_hf_set(ProblemSet(name="h", role="eval", source="hf", hf_id="org/ds", revision="abc123",
+                                       split="test", fields={"id": "unique_id"}), seed=0)
     assert seen == {"name": "org/ds", "split": "test", "revision": "abc123"}
     assert recs[0]["id"] == "u1" and recs[0]["answer"] == "3"

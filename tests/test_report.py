@@ -12,6 +12,7 @@ from librarm import paths as P
 from librarm.io import read_json, write_json
 from librarm.labelers import all_policies
 from librarm.report import build_report, check_report
+from librarm.settings import PairsSettings
 
 
 def _fixture_run(root, params):
@@ -73,7 +74,7 @@ def fixture_report(tmp_path, params):
     sources = {"verify": P.VERIFY_STATS, "bench": P.BENCH_STATS, "eval": P.EVAL_SUMMARY, "train": P.TRAIN_STATS,
                "rs": P.RS_STATS, "pairs": P.PAIRS_STATS, "dpo": P.DPO_STATS, "downstream": P.DOWNSTREAM_SUMMARY}
     summary = build_report(p, sources, {j: P.EVAL_METRICS.format(judge=j) for j in p["evaluate"]["judges"]},
-                           {n: P.POLICY_PER_PROBLEM.format(policy=n) for n in all_policies(p["pairs"])},
+                           {n: P.POLICY_PER_PROBLEM.format(policy=n) for n in all_policies(PairsSettings.from_params(p))},
                            metrics_path=out / "metrics.json", summary_path=out / "summary.json",
                            markdown_path=out / "summary.md", plots_dir=out, root=tmp_path)
     return tmp_path, out, summary, p

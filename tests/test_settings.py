@@ -12,13 +12,20 @@ import pytest
 from librarm.config import SCHEMA_PATH, ConfigError, load_params, validate_params
 from librarm.reads import RecordingDict
 from librarm.settings import (
+    NESTED_SECTIONS,
+    REGISTRIES,
     TYPED_SECTIONS,
+    BalanceSettings,
     JudgeSettings,
+    JudgeSpec,
+    ModelSpec,
     Params,
+    ProblemSet,
     RlSettings,
     RlVariant,
     SettingsError,
     SftSettings,
+    SyntheticSettings,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,20 +33,26 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 
 
 def _schema_of(cls) -> dict:
-    if cls is RlVariant:
-        return SCHEMA["properties"]["rl"]["properties"]["variants"]["additionalProperties"]
-    return SCHEMA["properties"][cls.KEY]
+    props = SCHEMA["properties"]
+    nested = {RlVariant: props["rl"]["properties"]["variants"]["additionalProperties"],
+              ProblemSet: props["problems"]["properties"]["sets"]["items"],
+              SyntheticSettings: props["problems"]["properties"]["synthetic"],
+              BalanceSettings: props["bench"]["properties"]["balance"]}
+    if cls in nested:
+        return nested[cls]
+    return props[cls.KEY]["additionalProperties"] if cls in REGISTRIES else props[cls.KEY]
 
 
 def _default(f: dataclasses.Field):
     if f.default is not dataclasses.MISSING:
         return list(f.default) if isinstance(f.default, tuple) else f.default
     if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
+        made = f.default_factory()
+        return "nested" if dataclasses.is_dataclass(made) else made
     return dataclasses.MISSING
 
 
-@pytest.mark.parametrize("cls", [*TYPED_SECTIONS, RlVariant], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [*TYPED_SECTIONS, *NESTED_SECTIONS, *REGISTRIES], ids=lambda c: c.__name__)
 def test_typed_section_agrees_with_the_schema(cls):
     sec = _schema_of(cls)
     props = sec["properties"]
@@ -50,6 +63,8 @@ def test_typed_section_agrees_with_the_schema(cls):
     assert required == set(sec.get("required", [])) & set(fields)
     for name, f in fields.items():
         default = _default(f)
+        if default == "nested":         # a nested section: its defaults are checked as its own class
+            continue
         if default is dataclasses.MISSING:
             assert "default" not in props[name], f"{cls.KEY}.{name}: a schema default but required in code"
         else:
@@ -104,3 +119,24 @@ def test_a_section_with_nested_mappings_built_from_a_recording_view_is_plain_dat
     assert type(rl.rewards) is dict and type(rl.variants) is dict
     assert dataclasses.asdict(rl)["rewards"] == params["rl"]["rewards"]
     assert "rl.rewards" in log and rl.variant("judge_rl").init == "judge_sft"
+
+
+def test_registries_and_nested_sections_build_and_record_their_leaves(params):
+    """A registry entry is one spec (a name it lacks is one line); a nested section (bench.balance,
+    problems.sets[i]) records its own leaves, so handing it out is not a read of the whole."""
+    p = Params.from_dict(params)
+    assert p.seed == params["seed"] and set(p.models) == set(params["models"])
+    assert isinstance(p.judges["rl"], JudgeSpec) and p.judges["rl"].kind == "generative"
+    assert p.problems.names("eval") and all(isinstance(s, ProblemSet) for s in p.problems.sets)
+    with pytest.raises(SettingsError, match=r"^models\.nope: not defined"):
+        ModelSpec.of(params, "nope")
+    log: set[str] = set()
+    view = RecordingDict(params, "", log)
+    from librarm.settings import BenchSettings
+    bench = BenchSettings.from_params(view)
+    assert log == set()
+    bench.balance.unit
+    assert log == {"bench.balance.unit"}
+    log.clear()
+    ModelSpec.of(view, "gen_weak").source
+    assert log == {"models.gen_weak.source"}

@@ -6,10 +6,11 @@ import pytest
 
 from librarm.config import ConfigError, validate_params
 from librarm.io import read_jsonl, write_jsonl
+from librarm.settings import StressSettings
 from librarm.stress import build_stress_set, stress_metrics
 
-CFG = {"per_template": 3, "content_free": ["Thought process:", "{question}"], "false_claim": " Verified.",
-       "false_claim_items": 2}
+CFG = StressSettings(per_template=3, content_free=("Thought process:", "{question}"), false_claim=" Verified.",
+                     false_claim_items=2)
 
 
 def _bench(n=8):
@@ -57,7 +58,7 @@ def test_bad_stress_templates_are_config_errors(params, edit, message):
     with pytest.raises(ConfigError, match=message):
         validate_params(p)
     with pytest.raises(ValueError, match=message):
-        build_stress_set(_bench(), p["stress"], 0)
+        build_stress_set(_bench(), StressSettings.from_section(p["stress"]), 0)
 
 
 def test_a_judge_that_accepts_everything_is_caught_by_the_stress_set(tmp_path, params):

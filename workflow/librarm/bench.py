@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .io import InputError, StageIO, read_jsonl, stable_hash, write_json, write_jsonl
+from .settings import BenchSettings, StressSettings, seed_of
 
 PUBLIC_FIELDS = ("index", "question", "response", "label", "model", "reference", "subset", "response_with_cot")
 
@@ -110,20 +112,21 @@ def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out
                                       "reason": "str", "label": "int?", "response": "str",
                                       "response_with_cot": "str", "gold": "str", "question": "str",
                                       "sample_idx": "int"}, id_field="sample_id").records)
-    bal = params["bench"]["balance"]
-    rows, stats = assemble(records, seed=params["seed"], unit=bal["unit"], per_label=bal.get("per_label"),
-                           on_shortfall=bal["on_shortfall"], subset_order=sets_by_role(params, "eval"),
-                           per_label_by_subset=bal.get("per_label_by_subset"))
+    bal = BenchSettings.from_params(params).balance
+    seed = seed_of(params)
+    rows, stats = assemble(records, seed=seed, unit=bal.unit, per_label=bal.per_label,
+                           on_shortfall=bal.on_shortfall, subset_order=sets_by_role(params, "eval"),
+                           per_label_by_subset=bal.per_label_by_subset)
     if not rows:
         raise ValueError("the bench is empty: no cell had both correct and incorrect responses")
     write_jsonl(out_path, rows)
     if stress_path is not None:
         from .stress import build_stress_set
 
-        stress = build_stress_set(rows, params["stress"], params["seed"])
+        stress = build_stress_set(rows, StressSettings.from_params(params), seed)
         write_jsonl(stress_path, stress)
         stats["stress"] = dict(Counter(it["subset"] for it in stress))
-    stats["balance"] = dict(bal)
+    stats["balance"] = {k: v for k, v in asdict(bal).items() if v is not None}
     stats["provenance"] = provenance(data=[str(p) for p in verify_paths])
     write_json(stats_path, stats)
     return stats

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from .config import ConfigError, load_params, validate_params
 from .paths import BENCHMARKS
+from .settings import BootstrapSettings, JudgeSettings, JudgeSpec, ModelSpec
 from .tracking import CURVE_KEYS
 
 log = logging.getLogger("librarm")
@@ -153,31 +154,31 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
     that does not answer or does not serve the model, a pipeline model not built yet."""
     from .config import model_ref
 
-    spec = params["judges"][judge]
-    if spec["backend"] == "pseudo":
+    spec = JudgeSpec.of(params, judge)
+    if spec.backend == "pseudo":
         return
-    m = params["models"][spec["model"]]
-    ref = model_ref(params, spec["model"])
-    if spec["backend"] == "http":
+    m = ModelSpec.of(params, spec.model)
+    ref = model_ref(params, spec.model)
+    if spec.backend == "http":
         import os
 
         import requests
 
-        var = spec.get("api_key_env")
+        var = spec.api_key_env
         if var and not os.environ.get(var):
             raise ConfigError(f"--api-key-env {var}: the environment variable {var} is not set")
-        url = spec["base_url"].rstrip("/") + "/models"
+        url = spec.base_url.rstrip("/") + "/models"
         headers = {"Authorization": f"Bearer {os.environ[var]}"} if var else {}
         try:
             resp = requests.get(url, headers=headers, timeout=10)
         except requests.RequestException as exc:
-            raise ConfigError(f"--base-url {spec['base_url']}: no answer from {url} ({type(exc).__name__})") from None
+            raise ConfigError(f"--base-url {spec.base_url}: no answer from {url} ({type(exc).__name__})") from None
         if resp.status_code in (401, 403):
             raise ConfigError(f"--api-key-env: {url} refused the key (HTTP {resp.status_code})")
         served = [d.get("id") for d in (resp.json().get("data") or [])] if resp.ok else []
         if served and ref["path"] not in served:
-            raise ConfigError(f"--model {ref['path']}: not served at {spec['base_url']} (it serves: {', '.join(served)})")
-    elif m["source"] in ("tiny", "trained", "gguf") and not Path(ref["path"]).is_dir():
+            raise ConfigError(f"--model {ref['path']}: not served at {spec.base_url} (it serves: {', '.join(served)})")
+    elif m.source in ("tiny", "trained", "gguf") and not Path(ref["path"]).is_dir():
         raise ConfigError(f"judge {judge!r}: its model {ref['path']} does not exist yet; build it with "
                           f"`snakemake --cores 2 {ref['path']}` (or pass --model PATH)")
 
@@ -189,12 +190,11 @@ def cmd_score(a: argparse.Namespace) -> int:
 
     presets = [] if a.preset == ["none"] else (a.preset or [SCORE_DEFAULT_PRESET])
     cfg = load_params(a.params, presets, [score_overlay(a)] if a.model else [])
-    if a.judge not in cfg["judges"]:
-        raise ConfigError(f"judge {a.judge!r} is not in params 'judges' ({', '.join(cfg['judges'])}); "
+    judges = JudgeSpec.registry(cfg)
+    if a.judge not in judges:
+        raise ConfigError(f"judge {a.judge!r} is not in params 'judges' ({', '.join(judges)}); "
                           "pass --model PATH (or --backend http --base-url URL --model NAME) to score any judge")
     check_judge_reachable(cfg, a.judge)
-    from .settings import JudgeSettings
-
     j = JudgeSettings.from_params(cfg)
     print(f"budgets ({'+'.join(presets) or 'params.yaml'}): judge.max_prompt_tokens={j.max_prompt_tokens} "
           f"judge.overflow={j.overflow} judge.max_new_tokens={j.max_new_tokens} "
@@ -264,7 +264,7 @@ def cmd_train_tiny(a: argparse.Namespace) -> int:
     stats = retrain_tiny(cfg, a.workdir, a.threads, ship=a.ship)
     print(json.dumps({k: v for k, v in stats["models"].items()}, indent=1))
     if a.ship:
-        print(f"shipped to {cfg['bootstrap']['shipped_dir']}")
+        print(f"shipped to {BootstrapSettings.from_params(cfg).shipped_dir}")
     return 0
 
 

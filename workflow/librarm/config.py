@@ -10,7 +10,7 @@ import yaml
 
 from .launch import batch_problems
 from .paths import MODEL_DIR, TRAINED_MODEL
-from .settings import Params, SettingsError
+from .settings import ModelSpec, Params, ProblemsSettings, SettingsError, StressSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WORKFLOW_DIR = PACKAGE_DIR.parent
@@ -118,19 +118,20 @@ def validate_params(params: Mapping[str, Any], source: str = "params") -> None:
                 lines.append(f"{key}: {err.message}")
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines))
     try:
-        _cross_check(params, source)
-        Params.from_dict(params)           # the typed sections' own checks (settings.py)
+        typed = Params.from_dict(params)           # the typed sections' own checks (settings.py)
     except SettingsError as exc:
         raise ConfigError(f"{source} is invalid:\n  {exc}") from None
+    problems = _cross_check(typed) + batch_problems(typed)
+    if problems:
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
 
 
-def stress_template_problems(cfg: Mapping[str, Any]) -> list[str]:
+def stress_template_problems(cfg: "StressSettings") -> list[str]:
     """What is wrong with the stress templates (empty when nothing): each names its params key."""
     problems = []
-    templates = cfg.get("content_free") or []
-    if not templates:
+    if not cfg.content_free:
         problems.append("stress.content_free: give at least one template")
-    for i, t in enumerate(templates):
+    for i, t in enumerate(cfg.content_free):
         try:
             text = t.format(question="Q")
         except (KeyError, IndexError, ValueError) as exc:
@@ -138,173 +139,172 @@ def stress_template_problems(cfg: Mapping[str, Any]) -> list[str]:
             continue
         if not text.strip():
             problems.append(f"stress.content_free[{i}]: empty response")
-    if not str(cfg.get("false_claim") or "").strip():
+    if not cfg.false_claim.strip():
         problems.append("stress.false_claim: empty claim")
     return problems
 
 
-def _cross_check(p: Mapping[str, Any], source: str) -> None:
+def _cross_check(p: Params) -> list[str]:
+    """What refers to something that does not exist, or misses a key its kind needs."""
     problems: list[str] = []
-    models = p["models"]
-    names = [s["name"] for s in p["problems"]["sets"]]
+    models = p.models
+    names = p.problems.names()
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"problems.sets: duplicate set name {dup!r}")
-    if not any(s["role"] == "eval" for s in p["problems"]["sets"]):
+    if not p.problems.names("eval"):
         problems.append("problems.sets: at least one set needs role 'eval'")
-    if p.get("stress"):
-        problems += stress_template_problems(p["stress"])
-    for i, s in enumerate(p["problems"]["sets"]):
+    if p.stress:
+        problems += stress_template_problems(p.stress)
+    for i, s in enumerate(p.problems.sets):
         key = f"problems.sets.{i}"
-        if s["source"] == "synthetic":
+        if s.source == "synthetic":
             for need in ("n", "steps"):
-                if need not in s:
+                if getattr(s, need) is None:
                     problems.append(f"{key}.{need}: required for source 'synthetic'")
-        elif s["source"] == "jsonl" and "path" not in s:
+        elif s.source == "jsonl" and s.path is None:
             problems.append(f"{key}.path: required for source 'jsonl'")
-        elif s["source"] == "hf":
+        elif s.source == "hf":
             for need in ("hf_id", "revision"):
-                if need not in s:
+                if getattr(s, need) is None:
                     problems.append(f"{key}.{need}: required for source 'hf' (pin a revision)")
     for name, m in models.items():
         key = f"models.{name}"
-        if m["source"] == "hub" and ("id" not in m or "revision" not in m):
+        if m.source == "hub" and (m.id is None or m.revision is None):
             problems.append(f"{key}: source 'hub' needs 'id' and a pinned 'revision'")
-        if m["source"] == "gguf" and ("package" not in m or "gguf_file" not in m):
+        if m.source == "gguf" and (m.package is None or m.gguf_file is None):
             problems.append(f"{key}: source 'gguf' needs 'package' and 'gguf_file'")
-        if m["source"] == "path" and "path" not in m:
+        if m.source == "path" and m.path is None:
             problems.append(f"{key}.path: required for source 'path'")
-        if m["source"] == "tiny" and m.get("role") in ("generator", "policy") and "step_noise" not in m:
-            problems.append(f"{key}.step_noise: required for a tiny {m.get('role')}")
-        if m["source"] == "tiny" and m.get("role") == "judge" and m.get("init") not in models:
-            problems.append(f"{key}.init: must name a model in 'models', got {m.get('init')!r}")
-    if any(m["source"] == "tiny" for m in models.values()) and "bootstrap" not in p:
+        if m.source == "tiny" and m.role in ("generator", "policy") and m.step_noise is None:
+            problems.append(f"{key}.step_noise: required for a tiny {m.role}")
+        if m.source == "tiny" and m.role == "judge" and m.init not in models:
+            problems.append(f"{key}.init: must name a model in 'models', got {m.init!r}")
+    if any(m.source == "tiny" for m in models.values()) and p.bootstrap is None:
         problems.append("bootstrap: required when a model has source 'tiny'")
-    for section in ("generators", "judges"):
-        for name, g in p[section].items():
-            if g["backend"] == "pseudo":
-                if "pseudo" not in g:
+    for section, registry in (("generators", p.generators), ("judges", p.judges)):
+        for name, g in registry.items():
+            if g.backend == "pseudo":
+                if g.pseudo is None:
                     problems.append(f"{section}.{name}.pseudo: required for backend 'pseudo'")
                 continue
-            if g.get("model") not in models:
-                problems.append(f"{section}.{name}.model: {g.get('model')!r} is not a key of 'models'")
+            if g.model not in models:
+                problems.append(f"{section}.{name}.model: {g.model!r} is not a key of 'models'")
                 continue
-            if g["backend"] == "http" and "base_url" not in g:
+            if g.backend == "http" and g.base_url is None:
                 problems.append(f"{section}.{name}.base_url: required for backend 'http'")
-    for j in p["evaluate"]["judges"]:
-        if j not in p["judges"]:
+    for j in p.evaluate.judges:
+        if j not in p.judges:
             problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")
     _cross_check_learning(p, problems)
     _cross_check_downstream(p, problems)
-    problems += batch_problems(p)
-    if problems:
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
+    return problems
 
 
-def _cross_check_learning(p: Mapping[str, Any], problems: list[str]) -> None:
-    models = p["models"]
-    trained = {n: m for n, m in models.items() if m["source"] == "trained"}
-    if trained and "judge_data" not in p:
+def _cross_check_learning(p: Params, problems: list[str]) -> None:
+    models = p.models
+    trained = {n: m for n, m in models.items() if m.source == "trained"}
+    if trained and p.judge_data is None:
         problems.append("judge_data: required when a model has source 'trained'")
     for n, m in trained.items():
-        if "train" not in m:
+        if m.train is None:
             problems.append(f"models.{n}.train: required for source 'trained' (sft | nothink | rl | scalar)")
-        elif m["train"] == "rl" and n not in p.get("rl", {}).get("variants", {}):
+        elif m.train == "rl" and n not in (p.rl.variants if p.rl else {}):
             problems.append(f"models.{n}: an rl model must be a key of rl.variants")
-        elif m["train"] in ("sft", "nothink") and "sft" not in p:
+        elif m.train in ("sft", "nothink") and p.sft is None:
             problems.append(f"models.{n}: section 'sft' is required")
-        elif m["train"] == "scalar" and "scalar_rm" not in p:
+        elif m.train == "scalar" and p.scalar_rm is None:
             problems.append(f"models.{n}: section 'scalar_rm' is required")
-    if "judge_data" in p:
-        jd = p["judge_data"]
-        if jd["pool"] not in sets_by_role(p, "judge_pool"):
-            problems.append(f"judge_data.pool: {jd['pool']!r} is not a problem set with role 'judge_pool'")
-        for g in jd.get("exclude_generators", []):
-            if g not in p["generators"]:
+    if p.judge_data is not None:
+        jd = p.judge_data
+        if jd.pool not in p.problems.names("judge_pool"):
+            problems.append(f"judge_data.pool: {jd.pool!r} is not a problem set with role 'judge_pool'")
+        for g in jd.exclude_generators:
+            if g not in p.generators:
                 problems.append(f"judge_data.exclude_generators: {g!r} is not a generator")
-        if "rs" in p and p["rs"]["teacher"] not in p["judges"]:
-            problems.append(f"rs.teacher: {p['rs']['teacher']!r} is not a key of 'judges'")
-    for name, v in p.get("rl", {}).get("variants", {}).items():
+        if p.rs is not None and p.rs.teacher not in p.judges:
+            problems.append(f"rs.teacher: {p.rs.teacher!r} is not a key of 'judges'")
+    for name in (p.rl.variants if p.rl else {}):
+        init = p.rl.variant(name).init
         if name not in models:
             problems.append(f"rl.variants.{name}: not a key of 'models'")
-        if v["init"] not in models:
-            problems.append(f"rl.variants.{name}.init: {v['init']!r} is not a key of 'models'")
-    kinds = {m.get("train") for m in trained.values()}
-    for key, needed in (("sft", {"sft", "nothink"}), ("scalar_rm", {"scalar"})):
-        init = p.get(key, {}).get("init")
-        if kinds & needed and init is not None and init not in models:
-            problems.append(f"{key}.init: {init!r} is not a key of 'models'")
-    for a, b in p.get("compare", {}).get("pairs", []):
+        if init not in models:
+            problems.append(f"rl.variants.{name}.init: {init!r} is not a key of 'models'")
+    kinds = {m.train for m in trained.values()}
+    for key, needed, section in (("sft", {"sft", "nothink"}, p.sft), ("scalar_rm", {"scalar"}, p.scalar_rm)):
+        if kinds & needed and section is not None and section.init not in models:
+            problems.append(f"{key}.init: {section.init!r} is not a key of 'models'")
+    for a, b in (p.compare.pairs if p.compare else ()):
         for j in (a, b):
-            if j not in p["evaluate"]["judges"]:
+            if j not in p.evaluate.judges:
                 problems.append(f"compare.pairs: {j!r} is not in evaluate.judges")
-    for j, spec in p["judges"].items():
-        m = models.get(spec.get("model", ""), {})
-        if spec["kind"] == "scalar" and m.get("train") == "scalar" and "scalar_rm" in p \
-                and spec.get("input", "response") != p["scalar_rm"].get("input", "response"):
-            problems.append(f"judges.{j}.input: {spec.get('input', 'response')!r} differs from scalar_rm.input "
-                            f"{p['scalar_rm'].get('input', 'response')!r}, which its model was trained on")
-    if any(p["judges"].get(j, {}).get("kind") == "scalar" for j in p["evaluate"]["judges"]) \
-            and not p["evaluate"].get("threshold_split"):
+    for j, spec in p.judges.items():
+        m = models.get(spec.model or "")
+        if spec.kind == "scalar" and m is not None and m.train == "scalar" and p.scalar_rm is not None \
+                and spec.input != p.scalar_rm.input:
+            problems.append(f"judges.{j}.input: {spec.input!r} differs from scalar_rm.input "
+                            f"{p.scalar_rm.input!r}, which its model was trained on")
+    if any(j in p.judges and p.judges[j].kind == "scalar" for j in p.evaluate.judges) \
+            and not p.evaluate.threshold_split:
         problems.append("evaluate.threshold_split: required when a scalar judge is evaluated")
 
 
-def _cross_check_downstream(p: Mapping[str, Any], problems: list[str]) -> None:
-    if "pairs" not in p:
+def _cross_check_downstream(p: Params, problems: list[str]) -> None:
+    if p.pairs is None:
         return
     from .labelers import NONE_POLICY, labeler_kind
 
-    pairs = p["pairs"]
+    pairs = p.pairs
     for section in ("dpo", "evaluate_policy"):
-        if section not in p:
+        if getattr(p, section) is None:
             problems.append(f"{section}: required when 'pairs' is set (the downstream phases)")
-    if pairs["pool"] not in sets_by_role(p, "dpo_pool"):
-        problems.append(f"pairs.pool: {pairs['pool']!r} is not a problem set with role 'dpo_pool'")
-    if pairs["policy"] not in p["models"]:
-        problems.append(f"pairs.policy: {pairs['policy']!r} is not a key of 'models'")
-    for i, name in enumerate(pairs["labelers"]):
+    if pairs.pool not in p.problems.names("dpo_pool"):
+        problems.append(f"pairs.pool: {pairs.pool!r} is not a problem set with role 'dpo_pool'")
+    if pairs.policy not in p.models:
+        problems.append(f"pairs.policy: {pairs.policy!r} is not a key of 'models'")
+    for i, name in enumerate(pairs.labelers):
         try:
-            labeler_kind(name, p["judges"])
+            labeler_kind(name, p.judges)
         except ValueError as exc:
             problems.append(f"pairs.labelers.{i}: {exc}")
-    for name in pairs.get("raw_labelers", []):
-        if name not in pairs["labelers"]:
+    for name in pairs.raw_labelers:
+        if name not in pairs.labelers:
             problems.append(f"pairs.raw_labelers: {name!r} is not in pairs.labelers")
-    if pairs.get("gold_curve") and "gold" not in pairs["labelers"]:
+    if pairs.gold_curve and "gold" not in pairs.labelers:
         problems.append("pairs.gold_curve: needs 'gold' in pairs.labelers")
-    for n in pairs.get("gold_curve", []):
-        if n >= pairs["budget"]:
-            problems.append(f"pairs.gold_curve: {n} is not below pairs.budget ({pairs['budget']}); gold on the "
+    for n in pairs.gold_curve:
+        if n >= pairs.budget:
+            problems.append(f"pairs.gold_curve: {n} is not below pairs.budget ({pairs.budget}); gold on the "
                             "budget is the `gold` policy itself")
-    if NONE_POLICY in pairs["labelers"]:
+    if NONE_POLICY in pairs.labelers:
         problems.append(f"pairs.labelers: {NONE_POLICY!r} is reserved for the base policy")
-    for s in p.get("evaluate_policy", {}).get("subsets", []):
-        if s not in sets_by_role(p, "eval"):
+    for s in (p.evaluate_policy.subsets if p.evaluate_policy else ()):
+        if s not in p.problems.names("eval"):
             problems.append(f"evaluate_policy.subsets: {s!r} is not a problem set with role 'eval'")
-    for name in p.get("report", {}).get("fit_labelers", []):
-        if name not in pairs["labelers"] or name not in p["judges"]:
+    for name in (p.report.fit_labelers if p.report else ()):
+        if name not in pairs.labelers or name not in p.judges:
             problems.append(f"report.fit_labelers: {name!r} must be a trained judge listed in pairs.labelers")
 
 
 def model_ref(params: Mapping[str, Any], name: str) -> dict:
     """Where model `name` lives: {'path': local folder or hub id, 'revision': str|None, 'local': bool}."""
-    m = params["models"][name]
-    if m["source"] in ("tiny", "gguf"):
+    m = ModelSpec.of(params, name)
+    if m.source in ("tiny", "gguf"):
         return {"path": MODEL_DIR.format(model=name), "revision": None, "local": True}
-    if m["source"] == "trained":
+    if m.source == "trained":
         return {"path": TRAINED_MODEL.format(model=name), "revision": None, "local": True}
-    if m["source"] == "path":
-        return {"path": m["path"], "revision": None, "local": True}
-    return {"path": m["id"], "revision": m["revision"], "local": False}
+    if m.source == "path":
+        return {"path": m.path, "revision": None, "local": True}
+    return {"path": m.id, "revision": m.revision, "local": False}
 
 
 def local_model_dirs(params: Mapping[str, Any], model_names: Iterable[str]) -> list[str]:
     """Model folders the pipeline itself produces (inputs of the jobs that use them)."""
     out = []
     for name in model_names:
-        if params["models"][name]["source"] in ("tiny", "gguf", "trained"):
+        if ModelSpec.of(params, name).source in ("tiny", "gguf", "trained"):
             out.append(model_ref(params, name)["path"])
     return sorted(set(out))
 
 
 def sets_by_role(params: Mapping[str, Any], role: str) -> list[str]:
-    return [s["name"] for s in params["problems"]["sets"] if s["role"] == role]
+    return ProblemsSettings.from_params(params).names(role)

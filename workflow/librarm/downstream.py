@@ -23,7 +23,16 @@ from .labelers import (
     policy_parts,
     policy_runs,
 )
-from .settings import EvaluatePolicySettings, ReportSettings, SamplingSettings, VerifySettings
+from .settings import (
+    DpoSettings,
+    EvaluatePolicySettings,
+    JudgeSpec,
+    PairsSettings,
+    ReportSettings,
+    SamplingSettings,
+    VerifySettings,
+    seed_of,
+)
 from .stats import bootstrap_means, sign_flip_p
 
 
@@ -62,7 +71,7 @@ def run_pool_split(params: Mapping[str, Any], pool_path: str | Path, train_path:
     """Stage step `pairs-split`: the pool's problems that are paired (train) and those whose
     answers only pick the DPO checkpoint (val)."""
     problems = read_jsonl(pool_path, {"id": "str", "problem": "str", "answer": "str"}, id_field="id").records
-    train, val = split_pool(problems, params["seed"], params["pairs"]["val_fraction"])
+    train, val = split_pool(problems, seed_of(params), PairsSettings.from_params(params).val_fraction)
     write_jsonl(train_path, train)
     write_jsonl(val_path, val)
     return {"train_problems": len(train), "val_problems": len(val)}
@@ -76,10 +85,11 @@ def step_pairs_sample(params: Mapping[str, Any], io: StageIO) -> tuple[dict, lis
     """Stage step `pairs-sample`: the policy samples `pairs.n` responses per pool problem."""
     from .sampling import run_sample
 
-    pc = params["pairs"]
-    sp = policy_sampling_params(params, pc["policy"], pc["n"], pc.get("temperature", 1.0))
-    meta = run_sample(sp, "policy", pc["pool"], io.input("problems"), io.output("samples"), io.output("meta"),
-                      threads=io.threads, progress=False)
+    pc = PairsSettings.from_params(params)
+    # the generators' code path with the policy's own engine, response count and temperature
+    sampling = SamplingSettings.from_params(params).replace(n=pc.n, temperature=pc.temperature)
+    meta = run_sample(params, "policy", pc.pool, io.input("problems"), io.output("samples"), io.output("meta"),
+                      threads=io.threads, progress=False, spec=pc.policy_engine(), sampling=sampling)
     return {k: meta[k] for k in ("n_records", "generated_now", "reused", "tokens_per_s")}, []
 
 
@@ -92,12 +102,6 @@ def step_pairs_verify(params: Mapping[str, Any], io: StageIO) -> tuple[dict, lis
     return {"accuracy": meta["accuracy"], "reasons": meta["reasons"]}, []
 
 
-def policy_sampling_params(params: Mapping[str, Any], model: str, n: int, temperature: float,
-                           generator: str = "policy") -> dict:
-    """params seen by `run_sample` when the policy samples (one registry, one code path)."""
-    spec = {"model": model, "backend": params["pairs"].get("backend", "hf")}
-    return {**params, "generators": {generator: spec},
-            "sampling": {**params["sampling"], "n": n, "temperature": temperature}}
 
 
 def judge_items(verified: Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -222,16 +226,17 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
     """Stage step `pairs-build`: per labeler, its DPO training set (pairs_paths: at most
     `pairs.budget` pairs; a labeler with fewer is "short" and keeps all it has) and every pair it
     gives (raw_paths); the gold curve (curve_paths, keyed by policy name); the stats."""
-    cfg = params["pairs"]
-    seed = params["seed"]
+    cfg = PairsSettings.from_params(params)
+    judges = JudgeSpec.registry(params)
+    seed = seed_of(params)
     verified = read_jsonl(verified_path).records
     gold = [gold_label(r) for r in verified]
     sids = [r["sample_id"] for r in verified]
     raw: dict[str, list[dict]] = {}
     stats: dict[str, Any] = {"labelers": {}, "responses": len(verified),
                              "policy_accuracy": round(sum(gold) / len(gold), 4) if gold else None}
-    for name in cfg["labelers"]:
-        kind = labeler_kind(name, params["judges"])
+    for name in cfg.labelers:
+        kind = labeler_kind(name, judges)
         if kind == "judge":
             rows = read_jsonl(label_paths[name]).records
             by_id = {r["sample_id"]: r["pred"] for r in rows}
@@ -241,13 +246,13 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
             labels = [by_id[s] for s in sids]
         else:
             labels = builtin_labels(name, gold, sids, seed)
-        pairs, st = build_pairs(verified, labels, labeler=name, seed=seed, per_problem=cfg["per_problem"])
+        pairs, st = build_pairs(verified, labels, labeler=name, seed=seed, per_problem=cfg.per_problem)
         raw[name] = pairs
         stats["labelers"][name] = {"kind": kind, "label_accuracy": label_accuracy(labels, gold),
                                    "judged_correct_share": round(sum(lab == 1 for lab in labels) / len(labels), 4)
                                    if labels else None, **st}
-    budget = int(cfg["budget"])
-    for name in cfg["labelers"]:
+    budget = cfg.budget
+    for name in cfg.labelers:
         trained = take_budget(raw[name], budget, seed, name)
         write_jsonl(raw_paths[name], raw[name])
         write_jsonl(pairs_paths[name], trained)
@@ -258,24 +263,24 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
         st["pair_accuracy_trained"] = pair_accuracy(trained)
     stats["gold_curve"] = {}
     if "gold" in raw:
-        for n in cfg.get("gold_curve", []):
+        for n in cfg.gold_curve:
             curve = take_budget(raw["gold"], int(n), seed, "gold")
             write_jsonl(curve_paths[curve_policy(n)], curve)
             stats["gold_curve"][str(int(n))] = {"pairs_trained": len(curve), "short": len(curve) < int(n),
                                                 "pair_accuracy_trained": pair_accuracy(curve)}
     stats["budget"] = budget
-    stats["short_labelers"] = [n for n in cfg["labelers"] if stats["labelers"][n]["short"]]
+    stats["short_labelers"] = [n for n in cfg.labelers if stats["labelers"][n]["short"]]
     stats["labelers_without_pairs"] = sorted(n for n, v in raw.items() if not v)
     write_json(stats_path, stats)
     return stats
 
 
 def step_pairs_build(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    pc = params["pairs"]
-    judges = [n for n in pc["labelers"] if labeler_kind(n, params["judges"]) == "judge"]
+    pc = PairsSettings.from_params(params)
+    judges = [n for n in pc.labelers if labeler_kind(n, JudgeSpec.registry(params)) == "judge"]
     stats = run_build_pairs(params, io.input("verified"), io.keyed("labels", P.PAIRS_LABELS, "judge", judges),
-                            io.keyed("pairs", P.PAIRS_FILE, "policy", pc["labelers"], output=True),
-                            io.keyed("raw", P.PAIRS_RAW, "labeler", pc["labelers"], output=True),
+                            io.keyed("pairs", P.PAIRS_FILE, "policy", list(pc.labelers), output=True),
+                            io.keyed("raw", P.PAIRS_RAW, "labeler", list(pc.labelers), output=True),
                             io.keyed("curve", P.PAIRS_FILE, "policy", curve_policies(pc), output=True), io.output("stats"))
     return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "short", "label_accuracy")}
             for name, v in stats["labelers"].items()}, [io.output("stats")]
@@ -351,10 +356,10 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
         sampler = _policy_sampler(params, model_path, policy_decoding(params), threads)
     v = VerifySettings.from_params(params)
     with VerifierPool(max(1, threads or 1), v.timeout_s, v.memory_mb) as pool:
-        graded = sample_and_grade(sampler, problems, ev.k, params["seed"], "policy-eval", params, pool)
+        graded = sample_and_grade(sampler, problems, ev.k, seed_of(params), "policy-eval", params, pool)
     per_problem = per_problem_accuracy(graded)
     metrics = {"policy": policy, "k": ev.k, "avg_at_k": avg_at_k(per_problem),
-               "ci95": bootstrap_means(per_problem, ev.bootstrap_resamples, params["seed"]),
+               "ci95": bootstrap_means(per_problem, ev.bootstrap_resamples, seed_of(params)),
                "problems": {s: len(v) for s, v in per_problem.items()},
                "no_answer_share": round(sum(r["pred"] is None for r in graded) / max(1, len(graded)), 4),
                "mean_completion_tokens": round(float(np.mean([r["completion_tokens"] for r in graded])), 1) if graded else None,
@@ -370,7 +375,7 @@ def policy_folder(params: Mapping[str, Any], local: Sequence[str]) -> str:
     `pairs.policy` names (a hub id or a path, which is not a rule input)."""
     from .config import model_ref
 
-    return local[0] if local else model_ref(params, params["pairs"]["policy"])["path"]
+    return local[0] if local else model_ref(params, PairsSettings.from_params(params).policy)["path"]
 
 
 def step_policy_eval(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
@@ -387,9 +392,7 @@ def _policy_sampler(params, model_path, cfg, threads):
     """The policy at model_path behind the backend `pairs.backend` names (the generators' factory)."""
     from .sampling import make_sampler
 
-    return make_sampler({"model": "_policy", "backend": params["pairs"].get("backend", "hf")},
-                        {**params, "models": {**params["models"], "_policy": {"source": "path", "path": model_path}}},
-                        cfg, threads)
+    return make_sampler(PairsSettings.from_params(params).policy_engine(), params, cfg, threads, model_path=model_path)
 
 
 def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, tuple[str | Path, str | Path]],
@@ -415,7 +418,7 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
     raw = kind == "raw"
     metrics = {"policy": policy, "labeler": labeler, "k": ev.k,
                "avg_at_k": avg_at_k(mean_pp),
-               "ci95": bootstrap_means(mean_pp, ev.bootstrap_resamples, params["seed"]),
+               "ci95": bootstrap_means(mean_pp, ev.bootstrap_resamples, seed_of(params)),
                "seeds": seeds,
                "sd_over_seeds": ({s: round(float(np.std([v[s] for v in seeds.values()], ddof=1)), 4)
                                   for s in next(iter(seeds.values()))} if len(seeds) > 1 else None),
@@ -431,7 +434,7 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
 
 def step_policy_metrics(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     policy = io.wildcard("policy")
-    names = policy_runs(policy, params["dpo"]["seeds"])
+    names = policy_runs(policy, DpoSettings.from_params(params).seeds)
     evals = io.keyed("evals", P.POLICY_RUN_EVAL, "run", names, policy=policy)
     samples = io.keyed("samples", P.POLICY_RUN_SAMPLES, "run", names, policy=policy)
     pairs = io.input_list("pairs_stats")
@@ -448,7 +451,7 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
     labeler's gain each labeler recovers. policy_files maps each policy to its (metrics,
     per-problem) files."""
     ev = EvaluatePolicySettings.from_params(params)
-    seed = params["seed"]
+    seed = seed_of(params)
     metrics, per_problem = {}, {}
     for metrics_path, per_problem_path in policy_files.values():
         m = read_json(metrics_path)
@@ -489,7 +492,7 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
 
 
 def step_downstream_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    policies = all_policies(params["pairs"])
+    policies = all_policies(PairsSettings.from_params(params))
     metrics = io.keyed("metrics", P.POLICY_METRICS, "policy", policies)
     per_problem = io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", policies)
     s = summarize_downstream(params, {p: (metrics[p], per_problem[p]) for p in policies}, io.output("summary"))

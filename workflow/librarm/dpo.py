@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from .io import StageIO, read_json, read_jsonl, write_json
 from .launch import barrier, is_main, per_process, shared_on_disk, world_size
 from .paths import RESUME_TRAIN
-from .settings import DpoSettings, SamplingSettings, VerifySettings
+from .settings import DpoSettings, PairsSettings, SamplingSettings, VerifySettings, seed_of
 from .train import device_args, latest_checkpoint, resume_dir_for, seed_everything
 
 
@@ -89,7 +89,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
             was_training = model.training
             model.eval()
             sampler = HFSampler("live", vcfg, model=model, tokenizer=tok)
-            graded = sample_and_grade(sampler, val_problems, cfg.val_k, params["seed"], "policy-val", params, pool)
+            graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed_of(params), "policy-val", params, pool)
             if was_training:
                 model.train()
             acc = avg_at_k(per_problem_accuracy(graded))["all"]
@@ -160,7 +160,7 @@ def step_dpo(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     init = policy_folder(params, io.input_list("init"))
     log = run_dpo(params, io.input("pairs"), io.input("val"), init, io.output("model"),
                   name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
-                  budget=int(params["pairs"]["budget"]))
+                  budget=PairsSettings.from_params(params).budget)
     if is_main():
         write_json(io.output("log"), log)
     return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",

@@ -8,7 +8,7 @@ from . import paths as P
 from .bench import read_bench
 from .io import StageIO, read_json, write_json, write_jsonl, write_text
 from .metrics import auroc, best_threshold, problem_prior_predictions, summarize
-from .settings import CompareSettings, EvaluateSettings, JudgeDataSettings
+from .settings import CompareSettings, EvaluateSettings, JudgeDataSettings, JudgeSpec, seed_of
 from .stats import bootstrap_intervals
 
 
@@ -28,13 +28,14 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     chosen on `evaluate.threshold_split`, never on the items). A generative judge's seeds come
     from `stream` (default: the judge's bench stream)."""
     from .config import model_ref
-    from .judge import run_generative, scalar_scores
+    from .judge import judge_sampler, run_generative, scalar_scores
 
-    spec = params["judges"][judge_name]
+    spec = JudgeSpec.of(params, judge_name)
     ev = EvaluateSettings.from_params(params)
     extra: dict[str, Any] = {}
-    if spec["kind"] == "generative":
-        preds = run_generative(items, spec, params, judge_name, threads, sampler, stream)
+    if spec.kind == "generative":
+        preds = run_generative(items, sampler or judge_sampler(spec, params, threads), params, judge_name, stream,
+                               spec.prompt_opens_think)
         extra["status_counts"] = {s: sum(p["status"] == s for p in preds)
                                   for s in sorted({p["status"] for p in preds})}
         extra["prompt_overflow"] = {s: sum(p["prompt_status"] == s for p in preds) for s in ("truncated", "skipped")}
@@ -42,8 +43,8 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     if not ev.threshold_split:
         raise ValueError(f"judge {judge_name!r} is a scalar RM: set evaluate.threshold_split to labeled items "
                          "that are not the bench (its threshold is chosen there)")
-    ref = model_ref(params, spec["model"])
-    field = spec.get("input", "response")
+    ref = model_ref(params, spec.model)
+    field = spec.input
     held = read_bench(ev.threshold_split)
     held_scores = scalar_scores(held, ref["path"], ref["revision"], threads=threads, field=field)
     threshold = best_threshold(held_scores, [h["label"] for h in held])
@@ -69,21 +70,21 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     from .judge import judge_sampler
     from .provenance import model_identity, provenance
 
-    spec = params["judges"][judge_name]
+    spec = JudgeSpec.of(params, judge_name)
     items = read_bench(bench_path)
     t0 = time.time()
-    if sampler is None and spec["kind"] == "generative":
+    if sampler is None and spec.kind == "generative":
         sampler = judge_sampler(spec, params, threads)          # one model load for both sets
     preds, extra = predict(params, judge_name, items, threads, sampler)
-    metrics = score_predictions(preds, EvaluateSettings.from_params(params).bootstrap_resamples, params["seed"])
+    metrics = score_predictions(preds, EvaluateSettings.from_params(params).bootstrap_resamples, seed_of(params))
     metrics.update(extra)
     metrics["judge"] = judge_name
     metrics["seconds"] = round(time.time() - t0, 2)
     tokens = sum(p.get("completion_tokens", 0) for p in preds)
     metrics["tokens_per_s"] = round(tokens / metrics["seconds"], 1) if tokens else None
     models = []
-    if spec.get("model"):
-        ref = model_ref(params, spec["model"])
+    if spec.model:
+        ref = model_ref(params, spec.model)
         models.append(model_identity(ref["path"], ref["revision"]))
     metrics["provenance"] = provenance(models=models, data=[str(bench_path)])
     if stress_path is not None:
@@ -120,7 +121,7 @@ def _fmt_ci(ci: Sequence[float] | None) -> str:
 
 def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Mapping[str, str | Path],
                    out_json: str | Path, out_md: str | Path, out_comparisons: str | Path, *,
-                   params: Mapping[str, Any] | None = None, bench_path: str | Path | None = None,
+                   params: Mapping[str, Any], bench_path: str | Path | None = None,
                    judge_train_path: str | Path | None = None, train_stats_path: str | Path | None = None) -> dict:
     """The eval summary (JSON), its table (Markdown) and the comparisons: one row per judge
     (reward-bench style), paired comparisons, seen vs held-out generators, the shortcut probe,
@@ -129,13 +130,13 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
     from .io import read_jsonl
     from .stats import format_p, paired_comparison
 
-    params = params or {}
     rows = {name: read_json(p) for name, p in metric_paths.items()}
     preds = {name: read_jsonl(prediction_paths[name]).records for name in metric_paths}
-    heldout = list(JudgeDataSettings.from_params(params).exclude_generators) if params.get("judge_data") else []
+    judge_data = JudgeDataSettings.optional(params)
+    heldout = list(judge_data.exclude_generators) if judge_data else []
     compare = CompareSettings.from_params(params)
     resamples = compare.resamples
-    seed = params.get("seed", 0)
+    seed = seed_of(params)
     extra_rows: dict[str, dict] = {}
     if bench_path and judge_train_path:
         probe = shortcut_probe(read_jsonl(judge_train_path).records, read_bench(bench_path))

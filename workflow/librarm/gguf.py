@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from . import paths as P
 from .io import StageIO, read_json, write_json
+from .settings import ModelSpec
 
 
 def find_package_file(package: str, filename: str) -> Path:
@@ -57,13 +58,13 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
 
 
 def run_prepare_model(params: Mapping[str, Any], name: str, out_dir: str | Path) -> dict[str, Any]:
-    spec = params["models"][name]
-    if spec["source"] != "gguf":
+    spec = ModelSpec.of(params, name)
+    if spec.source != "gguf":
         raise ValueError(f"models.{name}: prepare_models handles source 'gguf' only")
-    info = convert_gguf(find_package_file(spec["package"], spec["gguf_file"]), out_dir)
-    info["package"] = spec["package"]
+    info = convert_gguf(find_package_file(spec.package, spec.gguf_file), out_dir)
+    info["package"] = spec.package
     try:
-        info["package_version"] = metadata.version(spec["package"])
+        info["package_version"] = metadata.version(spec.package)
     except metadata.PackageNotFoundError:
         info["package_version"] = None
     return info
@@ -82,7 +83,7 @@ def step_bootstrap_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, 
     stats: dict[str, Any] = {"models": {}, "origin": None}
     for p in io.input_list("tiny"):
         stats.update(read_json(p))
-    gguf = [m for m, s in params["models"].items() if s["source"] == "gguf"]
+    gguf = [m for m, s in ModelSpec.registry(params).items() if s.source == "gguf"]
     for name, p in io.keyed("prepared", P.PREPARED_MODEL_INFO, "model", gguf).items():
         stats["models"][name] = read_json(p)
     write_json(io.output("stats"), stats)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .io import stable_seed
+from .settings import JudgeSpec, seed_of
 from .think import split_think
 
 # A verdict is \boxed{correct|incorrect} (or yes/no, true/false) or "Verdict: correct".
@@ -121,21 +122,22 @@ def build_judge_requests(items: Sequence[Mapping[str, Any]], params: Mapping[str
     from .sampling import SampleRequest
 
     messages, status = judge_prompts(items, params, tok)
+    seed = seed_of(params)
     requests, owners = [], []
     for i, (it, msgs) in enumerate(zip(items, messages)):
         if msgs is None:
             continue
         for r in range(repeats or 1):
             parts = (it[key],) if repeats is None else (it[key], r)
-            requests.append(SampleRequest(msgs, stable_seed(params["seed"], *stream, *parts), it))
+            requests.append(SampleRequest(msgs, stable_seed(seed, *stream, *parts), it))
             owners.append((i, r))
     return JudgeRequests(messages, status, requests, owners)
 
 
-def judge_verdict(result, spec: Mapping[str, Any]) -> Verdict:
-    """The verdict of one judge output, read as the judge's spec says (a prompt that opens the
-    thinking block, an API's separate reasoning)."""
-    return parse_verdict(result.text, result.finish_reason, spec.get("prompt_opens_think", False), result.reasoning)
+def judge_verdict(result, prompt_opens_think: bool = False) -> Verdict:
+    """The verdict of one judge output (a SampleResult): its reasoning kept apart by an API, or
+    opened by the judge's chat template (the judge spec's `prompt_opens_think`), is honoured."""
+    return parse_verdict(result.text, result.finish_reason, prompt_opens_think, result.reasoning)
 
 
 def with_reasoning(result) -> str:
@@ -143,7 +145,7 @@ def with_reasoning(result) -> str:
     return result.text if result.reasoning is None else f"<think>{result.reasoning}</think>\n{result.text}"
 
 
-def judge_sampler(spec: Mapping[str, Any], params: Mapping[str, Any], threads: int | None = None):
+def judge_sampler(spec: JudgeSpec, params: Mapping[str, Any], threads: int | None = None):
     """A generative judge's sampler, decoding as `judge` says (temperature, top_p, budgets)."""
     from .sampling import make_sampler
 
@@ -160,12 +162,10 @@ def judge_sampling(params: Mapping[str, Any]):
                           batch_size=j.batch_size)
 
 
-def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], params: Mapping[str, Any],
-                   judge_name: str, threads: int | None = None, sampler=None,
-                   stream: Sequence[Any] | None = None) -> list[dict]:
-    """Judge every item; returns one prediction record per item (same order). Seeds come from
-    (seed, *stream, item index); stream defaults to ("judge", judge_name)."""
-    sampler = sampler or judge_sampler(spec, params, threads)
+def run_generative(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], judge_name: str,
+                   stream: Sequence[Any] | None = None, prompt_opens_think: bool = False) -> list[dict]:
+    """Judge every item with `sampler` (judge_sampler); returns one prediction record per item (same
+    order). Seeds come from (seed, *stream, item index); stream defaults to ("judge", judge_name)."""
     batch = build_judge_requests(items, params, stream or ("judge", judge_name), tok=getattr(sampler, "tok", None))
     results = dict(zip((i for i, _ in batch.owners), sampler.generate(batch.requests))) if batch.requests else {}
     out = []
@@ -177,7 +177,7 @@ def run_generative(items: Sequence[Mapping[str, Any]], spec: Mapping[str, Any], 
                         "completion_tokens": 0})
             continue
         res = results[i]
-        v = judge_verdict(res, spec)
+        v = judge_verdict(res, prompt_opens_think)
         out.append({**base, "pred": v.value, "status": v.status, "truncated": res.finish_reason == "length",
                     "output": res.text, "completion_tokens": res.completion_tokens})
     return out

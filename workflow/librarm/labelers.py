@@ -4,7 +4,10 @@ the stages and the report; it imports nothing of the package."""
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from .settings import PairsSettings
 
 NOISY_GOLD = re.compile(r"^gold_p([1-9]\d?)$")      # gold_p1 .. gold_p99
 BUILTIN_LABELERS = ("gold", "random")
@@ -32,20 +35,20 @@ def policy_parts(policy: str) -> tuple[str, str | None, int | None]:
     return "budget", policy, None
 
 
-def curve_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
+def curve_policies(pairs: PairsSettings) -> list[str]:
     """The gold-curve policies the params ask for (none unless gold is a labeler)."""
-    return [curve_policy(n) for n in pairs_cfg.get("gold_curve", []) if "gold" in pairs_cfg["labelers"]]
+    return [curve_policy(n) for n in pairs.gold_curve if "gold" in pairs.labelers]
 
 
-def downstream_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
+def downstream_policies(pairs: PairsSettings) -> list[str]:
     """Every DPO policy the params ask for: one per labeler (on its budget of pairs), the gold
     curve (when gold is a labeler) and the raw runs."""
-    return list(pairs_cfg["labelers"]) + curve_policies(pairs_cfg) + [RAW_PREFIX + name for name in pairs_cfg.get("raw_labelers", [])]
+    return list(pairs.labelers) + curve_policies(pairs) + [RAW_PREFIX + name for name in pairs.raw_labelers]
 
 
-def all_policies(pairs_cfg: Mapping[str, Any]) -> list[str]:
+def all_policies(pairs: PairsSettings) -> list[str]:
     """The base policy and every DPO policy: what the downstream evaluation scores."""
-    return [NONE_POLICY] + downstream_policies(pairs_cfg)
+    return [NONE_POLICY] + downstream_policies(pairs)
 
 
 def policy_runs(policy: str, dpo_seeds: Sequence[int]) -> list[str]:

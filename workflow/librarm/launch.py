@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .settings import LaunchSettings, SettingsError
+from .settings import LaunchSettings, Params, SettingsError
 
 INSIDE = "LIBRARM_LAUNCHED"          # set in the processes the launcher starts
 TRAINING_STEPS = ("train", "dpo")    # the `librarm stage` steps that run under the launcher
@@ -26,23 +26,23 @@ class LaunchError(SettingsError):
     """A launcher that cannot start; the message names the params key."""
 
 
-# The batch each training section splits across processes: (params section, its batch key).
-BATCH_KEYS = (("sft", "batch_size"), ("rl", "batch_size"), ("scalar_rm", "batch_size"), ("dpo", "batch_size"))
+# The training sections whose batch_size splits across processes.
+BATCH_SECTIONS = ("sft", "rl", "scalar_rm", "dpo")
 
 
-def batch_problems(params: Mapping[str, Any]) -> list[str]:
+def batch_problems(p: Params) -> list[str]:
     """What stops launch.processes from splitting each training batch evenly (empty when nothing)."""
-    n = LaunchSettings.from_section(params.get("launch")).processes
+    n = p.launch.processes
     problems = []
-    for section, key in BATCH_KEYS:
-        batch = (params.get(section) or {}).get(key)
+    for section in BATCH_SECTIONS:
+        batch = getattr(p, section).batch_size if getattr(p, section) is not None else None
         if batch is not None and batch % n:
-            problems.append(f"launch.processes: {n} processes cannot split {section}.{key} {batch} evenly "
-                            f"(each process takes {section}.{key} / launch.processes rows of every batch)")
-    rl = params.get("rl") or {}
-    if n > 1 and rl.get("batch_size") and rl.get("num_generations") and (rl["batch_size"] // n) % rl["num_generations"]:
-        problems.append(f"launch.processes: {n} processes give each {rl['batch_size'] // n} completions of rl.batch_size "
-                        f"{rl['batch_size']}, not a multiple of rl.num_generations {rl['num_generations']} "
+            problems.append(f"launch.processes: {n} processes cannot split {section}.batch_size {batch} evenly "
+                            f"(each process takes {section}.batch_size / launch.processes rows of every batch)")
+    rl = p.rl
+    if n > 1 and rl is not None and (rl.batch_size // n) % rl.num_generations:
+        problems.append(f"launch.processes: {n} processes give each {rl.batch_size // n} completions of rl.batch_size "
+                        f"{rl.batch_size}, not a multiple of rl.num_generations {rl.num_generations} "
                         "(a prompt's group must stay in one process)")
     return problems
 

@@ -21,6 +21,7 @@ from .io import (
     write_json,
     write_jsonl,
 )
+from .settings import ProblemSet, ProblemsSettings, seed_of
 
 PROBLEM_SCHEMA = {"id": "str", "set": "str", "role": "str", "problem": "str", "answer": "str"}
 SOURCE_SCHEMA = {"id": "str", "problem": "str", "answer": "str"}
@@ -94,21 +95,21 @@ def in_problem_region(prob: ArithmeticProblem) -> bool:
     return int(stable_hash("tiny-region", prob.key), 16) % 4 == 0
 
 
-def synthesize_sets(set_specs: Sequence[Mapping[str, Any]], seed: int, max_value: int = 99,
+def synthesize_sets(set_specs: Sequence[ProblemSet], seed: int, max_value: int = 99,
                     max_operand: int = 9, exclude: set | None = None) -> dict[str, list[dict]]:
     """Draw every synthetic set in params order without replacement across sets, so that
     no operand tuple appears in two sets (the tiny twin of decontamination)."""
     used: set = set(exclude or ())
     out: dict[str, list[dict]] = {}
     for spec in set_specs:
-        steps = spec["steps"] if isinstance(spec["steps"], list) else [spec["steps"]]
-        rng = random.Random(stable_seed(seed, "problems", spec["name"]))
+        steps = list(spec.steps) if isinstance(spec.steps, tuple) else [spec.steps]
+        rng = random.Random(stable_seed(seed, "problems", spec.name))
         records = []
         attempts = 0
-        while len(records) < spec["n"]:
+        while len(records) < spec.n:
             attempts += 1
-            if attempts > 200 * spec["n"] + 1000:
-                raise ValueError(f"set {spec['name']!r}: cannot draw {spec['n']} distinct problems "
+            if attempts > 200 * spec.n + 1000:
+                raise ValueError(f"set {spec.name!r}: cannot draw {spec.n} distinct problems "
                                  f"with steps {steps}; raise max_value or lower n")
             k = steps[len(records) % len(steps)]
             prob = random_arithmetic(rng, k, max_value, max_operand)
@@ -116,13 +117,13 @@ def synthesize_sets(set_specs: Sequence[Mapping[str, Any]], seed: int, max_value
                 continue
             used.add(prob.key)
             records.append({
-                "id": f"{spec['name']}-{len(records):04d}",
-                "set": spec["name"], "role": spec["role"],
+                "id": f"{spec.name}-{len(records):04d}",
+                "set": spec.name, "role": spec.role,
                 "problem": prob.text(), "answer": str(prob.answer),
                 "solution": "<think>" + "\n".join(prob.trace_lines()) + "</think>\n\\boxed{" + str(prob.answer) + "}",
                 "meta": {"source": "synthetic", "steps": k},
             })
-        out[spec["name"]] = records
+        out[spec.name] = records
     return out
 
 
@@ -130,34 +131,33 @@ def synthesize_sets(set_specs: Sequence[Mapping[str, Any]], seed: int, max_value
 DEFAULT_FIELDS = {"id": "id", "problem": "problem", "answer": "answer", "solution": "solution", "level": "level"}
 
 
-def load_jsonl_set(spec: Mapping[str, Any], seed: int, on_bad: str = "error") -> tuple[list[dict], list[dict]]:
+def load_jsonl_set(spec: ProblemSet, seed: int, on_bad: str = "error") -> tuple[list[dict], list[dict]]:
     """A local JSONL file in the shared schema (id, problem, answer[, solution, level]); returns the
     records and the quarantined lines ({file, line, field, reason})."""
-    fields = {**DEFAULT_FIELDS, **spec.get("fields", {})}
+    fields = {**DEFAULT_FIELDS, **spec.fields}
     schema = {fields["id"]: "str", fields["problem"]: "str", fields["answer"]: "str"}
-    path = Path(spec["path"])
+    path = Path(spec.path)
     if not path.exists():
-        raise InputError(f"{path}: problem file not found (problems.sets[{spec['name']}].path)")
+        raise InputError(f"{path}: problem file not found (problems.sets[{spec.name}].path)")
     report = read_jsonl(path, schema, id_field=fields["id"], on_bad=on_bad)
     bad = [{"file": str(path), "line": q["line"], "field": q["field"], "reason": q["error"]} for q in report.quarantined]
     return _normalise(report.records, spec, fields, seed), bad
 
 
-def load_hf_set(spec: Mapping[str, Any], seed: int) -> tuple[list[dict], list[dict]]:
+def load_hf_set(spec: ProblemSet, seed: int) -> tuple[list[dict], list[dict]]:
     """A Hugging Face dataset pinned to a revision (needs network on first use)."""
     import datasets
 
-    ds = datasets.load_dataset(spec["hf_id"], spec.get("hf_config"), split=spec.get("split", "test"),
-                               revision=spec["revision"])
-    fields = {**DEFAULT_FIELDS, **spec.get("fields", {})}
+    ds = datasets.load_dataset(spec.hf_id, spec.hf_config, split=spec.split, revision=spec.revision)
+    fields = {**DEFAULT_FIELDS, **spec.fields}
     rows, bad = [], []
     for i, row in enumerate(ds):
         row = dict(row)
         if fields["id"] not in row:
-            row[fields["id"]] = f"{spec['name']}-{i}"
+            row[fields["id"]] = f"{spec.name}-{i}"
         if not isinstance(row.get(fields["problem"]), str) or row.get(fields["answer"]) is None:
             field = fields["problem"] if not isinstance(row.get(fields["problem"]), str) else fields["answer"]
-            bad.append({"file": f"{spec['hf_id']}@{spec['revision']}:{spec.get('split', 'test')}", "line": i + 1,
+            bad.append({"file": f"{spec.hf_id}@{spec.revision}:{spec.split}", "line": i + 1,
                         "field": field, "reason": "missing or not a string"})
             continue
         row[fields["id"]] = str(row[fields["id"]])
@@ -166,21 +166,21 @@ def load_hf_set(spec: Mapping[str, Any], seed: int) -> tuple[list[dict], list[di
     return _normalise(rows, spec, fields, seed), bad
 
 
-def _normalise(rows: list[dict], spec: Mapping[str, Any], fields: Mapping[str, str], seed: int) -> list[dict]:
-    level = spec.get("level")
+def _normalise(rows: list[dict], spec: ProblemSet, fields: Mapping[str, str], seed: int) -> list[dict]:
+    level = spec.level
     out = []
     for row in rows:
         if level is not None and row.get(fields["level"]) != level:
             continue
         out.append({
-            "id": str(row[fields["id"]]), "set": spec["name"], "role": spec["role"],
+            "id": str(row[fields["id"]]), "set": spec.name, "role": spec.role,
             "problem": normalise_text(row[fields["problem"]]), "answer": str(row[fields["answer"]]).strip(),
             "solution": row.get(fields["solution"]),
-            "meta": {"source": spec["source"], "level": row.get(fields["level"])},
+            "meta": {"source": spec.source, "level": row.get(fields["level"])},
         })
-    if spec.get("limit"):
+    if spec.limit:
         # Deterministic subset: rank by a hash of (seed, set, id), keep file order among the chosen.
-        chosen = set(sorted((r["id"] for r in out), key=lambda i: stable_hash(seed, spec["name"], i))[: spec["limit"]])
+        chosen = set(sorted((r["id"] for r in out), key=lambda i: stable_hash(seed, spec.name, i))[: spec.limit])
         out = [r for r in out if r["id"] in chosen]
     return out
 
@@ -235,31 +235,29 @@ def run_problems(params: Mapping[str, Any], set_paths: Mapping[str, str | Path],
     (quarantine_paths[name]) and the stats."""
     from .provenance import provenance
 
-    pcfg = params["problems"]
-    seed = params["seed"]
-    on_bad = pcfg.get("on_bad_line", "error")
-    syn = pcfg.get("synthetic", {})
-    specs = pcfg["sets"]
-    synthetic = synthesize_sets([s for s in specs if s["source"] == "synthetic"], seed,
-                                syn.get("max_value", 99), syn.get("max_operand", 9))
+    pcfg = ProblemsSettings.from_params(params)
+    seed = seed_of(params)
+    specs = pcfg.sets
+    synthetic = synthesize_sets([s for s in specs if s.source == "synthetic"], seed,
+                                pcfg.synthetic.max_value, pcfg.synthetic.max_operand)
     sets: dict[str, list[dict]] = {}
     quarantined: dict[str, list[dict]] = {}
     for spec in specs:
-        if spec["source"] == "synthetic":
-            sets[spec["name"]] = synthetic[spec["name"]]
-            quarantined[spec["name"]] = []
-        elif spec["source"] == "jsonl":
-            sets[spec["name"]], quarantined[spec["name"]] = load_jsonl_set(spec, seed, on_bad)
+        if spec.source == "synthetic":
+            sets[spec.name] = synthetic[spec.name]
+            quarantined[spec.name] = []
+        elif spec.source == "jsonl":
+            sets[spec.name], quarantined[spec.name] = load_jsonl_set(spec, seed, pcfg.on_bad_line)
         else:
-            sets[spec["name"]], quarantined[spec["name"]] = load_hf_set(spec, seed)
-    eval_recs = [r for s in specs if s["role"] == "eval" for r in sets[s["name"]]]
+            sets[spec.name], quarantined[spec.name] = load_hf_set(spec, seed)
+    eval_recs = [r for s in specs if s.role == "eval" for r in sets[s.name]]
     removed = {}
     for spec in specs:
-        if spec["role"] != "eval":
-            sets[spec["name"]], removed[spec["name"]] = decontaminate(sets[spec["name"]], eval_recs)
+        if spec.role != "eval":
+            sets[spec.name], removed[spec.name] = decontaminate(sets[spec.name], eval_recs)
     overlaps = overlap_report(sets)
     bad_pairs = {k: v for k, v in overlaps.items() if v["exact"]}
-    synthetic_names = {s["name"] for s in specs if s["source"] == "synthetic"}
+    synthetic_names = {s.name for s in specs if s.source == "synthetic"}
     for pair in bad_pairs:
         a, b = pair.split("|")
         if a in synthetic_names and b in synthetic_names:
@@ -271,19 +269,19 @@ def run_problems(params: Mapping[str, Any], set_paths: Mapping[str, str | Path],
         # every set has its quarantine file (a declared output), empty when no line was dropped
         write_jsonl(quarantine_paths[name], quarantined[name])
     stats = {
-        "sets": {n: {"n": len(r), "role": next(s["role"] for s in specs if s["name"] == n),
+        "sets": {n: {"n": len(r), "role": pcfg.by_name(n).role,
                      "quarantined": len(quarantined[n]), "decontaminated": removed.get(n, 0)} for n, r in sets.items()},
         "quarantined": sum(len(q) for q in quarantined.values()),
         "overlap": overlaps,
-        "provenance": provenance(data=[s.get("path") or s.get("hf_id") or "synthetic" for s in specs],
-                                 revisions={s["name"]: s.get("revision") for s in specs}),
+        "provenance": provenance(data=[s.path or s.hf_id or "synthetic" for s in specs],
+                                 revisions={s.name: s.revision for s in specs}),
     }
     write_json(stats_path, stats)
     return stats
 
 
 def step_problems(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    names = [s["name"] for s in params["problems"]["sets"]]
+    names = ProblemsSettings.from_params(params).names()
     stats = run_problems(params, io.keyed("sets", P.PROBLEM_SET, "subset", names, output=True),
                          io.keyed("quarantine", P.PROBLEM_QUARANTINE, "subset", names, output=True), io.output("stats"))
     return stats, [io.output("stats")]

@@ -15,7 +15,7 @@ import numpy as np
 from . import paths as P
 from .io import StageIO, read_json, write_json, write_text
 from .labelers import NONE_POLICY, RAW_PREFIX, all_policies, curve_policy, labeler_kind, policy_parts
-from .settings import EvaluateSettings, ReportSettings
+from .settings import EvaluateSettings, JudgeSpec, PairsSettings, ReportSettings, seed_of
 from .stats import gain_correlation
 
 # The phase files the report reads (its rule passes each by this name; train and rs only when the
@@ -121,11 +121,12 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
         docs["eval"]["judges"] = {j: js[j] for j in sorted(js, key=lambda j: want.index(j) if j in want else len(want))}
     down = docs.get("downstream", {"policies": {}})
     rep = ReportSettings.from_params(params)
-    labelers = list(params["pairs"]["labelers"]) if params.get("pairs") else []
+    pairs = PairsSettings.optional(params)
+    labelers = list(pairs.labelers) if pairs else []
     pair_stats = docs.get("pairs", {}).get("labelers", {})
     # a short labeler (fewer pairs than the budget) is reported but never fitted
     fit = [n for n in rep.fit_labelers if n in labelers and not pair_stats.get(n, {}).get("short")]
-    curve = [curve_policy(n) for n in sorted((params.get("pairs") or {}).get("gold_curve", []))]
+    curve = [curve_policy(n) for n in sorted(pairs.gold_curve if pairs else ())]
     order = [NONE_POLICY] + labelers + curve + [RAW_PREFIX + n for n in labelers]
     policies = down.get("policies", {})
     policies = {n: policies[n] for n in sorted(policies, key=lambda n: order.index(n) if n in order else len(order))}
@@ -135,7 +136,7 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
     libra = {n: judges[n]["libra_score"] for n in labelers if n in judges}
     lab_acc = {n: policies[n]["label_accuracy"] for n in labelers if n in policies}
     pair_acc = {n: policies[n].get("pair_accuracy") for n in labelers if n in policies}
-    seed = params["seed"]
+    seed = seed_of(params)
     corr = {}
     if NONE_POLICY in per_problem and fit:
         for key, x in (("libra_score", libra), ("label_accuracy", lab_acc), ("pair_accuracy", pair_acc)):
@@ -171,7 +172,7 @@ def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]
     sources = {k: io.input(k) for k in SOURCE_KEYS if io.inputs.get(k)}
     summary = build_report(params, sources, io.keyed("eval_metrics", P.EVAL_METRICS, "judge",
                                                      list(EvaluateSettings.from_params(params).judges)),
-                           io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", all_policies(params["pairs"])),
+                           io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", all_policies(PairsSettings.from_params(params))),
                            metrics_path=io.output("metrics"), summary_path=io.output("summary"),
                            markdown_path=io.output("markdown"), plots_dir=Path(io.output("summary")).parent)
     return summary["headline"], [io.output("metrics"), io.output("summary"), io.output("markdown")] \
@@ -488,7 +489,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
                 ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             # the noisy-gold curve (gold kept with probability p, flipped otherwise, and gold itself):
             # at equal label accuracy, a trained judge above it errs more cheaply than symmetric noise
-            curve = sorted((r for r in pts if labeler_kind(r[0], params.get("judges", {})) in ("gold", "noisy_gold")), key=lambda r: r[col])
+            curve = sorted((r for r in pts if labeler_kind(r[0], JudgeSpec.registry(params)) in ("gold", "noisy_gold")), key=lambda r: r[col])
             if key != "libra_score" and len(curve) > 1:
                 ax.plot([r[col] for r in curve], [r[3] for r in curve], color="C3", lw=1, ls=":",
                         label="noisy-gold curve")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .io import StageIO, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from .paths import RESUME_SAMPLES
+from .settings import EngineSpec, GeneratorSpec, SamplingSettings, seed_of
 from .think import boxed_spans, split_think
 
 
@@ -408,22 +409,22 @@ class PseudoSampler:
 
 
 # ----------------------------------------------------------------------------- factory
-def make_sampler(spec: Mapping[str, Any], params: Mapping[str, Any], cfg: SamplingConfig,
-                 threads: int | None = None) -> Sampler:
-    """Build the sampler for a generator/judge spec ({model, backend, ...}) from params."""
+def make_sampler(spec: EngineSpec, params: Mapping[str, Any], cfg: SamplingConfig,
+                 threads: int | None = None, model_path: str | None = None) -> Sampler:
+    """The sampler of a generator or judge spec: its model (`models.<spec.model>`, or the folder
+    model_path, e.g. a DPO run's policy) behind its backend."""
     from .config import model_ref
 
-    backend = spec["backend"]
-    if backend == "pseudo":
-        return PseudoSampler(spec["pseudo"])
-    ref = model_ref(params, spec["model"])
-    if backend == "hf":
+    if spec.backend == "pseudo":
+        return PseudoSampler(spec.pseudo)
+    ref = {"path": model_path, "revision": None} if model_path else model_ref(params, spec.model)
+    if spec.backend == "hf":
         return HFSampler(ref["path"], cfg, ref["revision"], threads)
-    if backend == "vllm":
-        return VLLMSampler(ref["path"], cfg, ref["revision"], spec.get("tensor_parallel_size", 1), params["seed"])
-    if backend == "http":
-        return HTTPSampler(spec["base_url"], ref["path"], cfg, spec.get("api_key_env"), spec.get("concurrency", 8))
-    raise ValueError(f"unknown backend {backend!r}")
+    if spec.backend == "vllm":
+        return VLLMSampler(ref["path"], cfg, ref["revision"], spec.tensor_parallel_size, seed_of(params))
+    if spec.backend == "http":
+        return HTTPSampler(spec.base_url, ref["path"], cfg, spec.api_key_env, spec.concurrency)
+    raise ValueError(f"unknown backend {spec.backend!r}")
 
 
 # ----------------------------------------------------------------------------- sample stage
@@ -440,37 +441,38 @@ def sample_seed(seed: int, generator: str, problem_id: str, idx: int) -> int:
 def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_path: str | Path,
                out_path: str | Path, meta_path: str | Path, store_root: str | Path = RESUME_SAMPLES,
                threads: int | None = None, sampler: Sampler | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, spec: GeneratorSpec | None = None,
+               sampling: SamplingSettings | None = None) -> dict:
     """Stage `sample`: n samples per problem for one (generator, subset) to out_path; counts,
     speed and provenance to meta_path.
 
     Work is cut into fixed chunks (a block of `batch_size` problems x one sample index). A finished
     chunk is stored atomically under `store_root` (outside the DVC outputs), keyed by everything
     that changes a sample except `n`; so a rerun after an interruption, or after raising n, only
-    generates the missing chunks, and the final file is the same as a clean run's.
+    generates the missing chunks, and the final file is the same as a clean run's. spec and
+    sampling default to `generators.<generator>` and `sampling` (the policy passes its own).
     """
     from tqdm import tqdm
 
     from .provenance import model_identity, provenance
-    from .settings import SamplingSettings
-
-    gspec = params["generators"][generator]
-    scfg = SamplingSettings.from_params(params)
+    gspec = spec or GeneratorSpec.of(params, generator)
+    scfg = sampling or SamplingSettings.from_params(params)
+    seed = seed_of(params)
     cfg = SamplingConfig(temperature=scfg.temperature, top_p=scfg.top_p, batch_size=scfg.batch_size,
-                         max_new_tokens=gspec.get("max_new_tokens") or scfg.max_new_tokens)
+                         max_new_tokens=gspec.max_new_tokens or scfg.max_new_tokens)
     n = scfg.n
     problems = read_jsonl(problems_path, {"id": "str", "problem": "str", "answer": "str"}, id_field="id").records
-    if gspec["backend"] == "pseudo":
-        ident = {"model": f"pseudo:{gspec['pseudo']}"}
+    if gspec.backend == "pseudo":
+        ident = {"model": f"pseudo:{gspec.pseudo}"}
     else:
         from .config import model_ref
 
-        ref = model_ref(params, gspec["model"])
+        ref = model_ref(params, gspec.model)
         ident = model_identity(ref["path"], ref["revision"])
     system_prompt = scfg.system_prompt
     template = scfg.problem_template
-    key = stable_hash(ident, asdict(cfg), system_prompt, template, params["seed"], generator, subset,
-                      [p["id"] for p in problems], gspec.get("prompt_opens_think", False))
+    key = stable_hash(ident, asdict(cfg), system_prompt, template, seed, generator, subset,
+                      [p["id"] for p in problems], gspec.prompt_opens_think)
     store = Path(store_root) / generator / subset / key
     store.mkdir(parents=True, exist_ok=True)
     bs = cfg.batch_size
@@ -484,7 +486,7 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
         for g, k in tqdm(todo, desc=f"sample {generator}/{subset}", disable=not progress):
             block = problems[g:g + bs]
             reqs = [SampleRequest(problem_messages(p, system_prompt, template),
-                                  sample_seed(params["seed"], generator, p["id"], k), p) for p in block]
+                                  sample_seed(seed, generator, p["id"], k), p) for p in block]
             results = sampler.generate(reqs)
             recs = [_sample_record(p, k, r, res, generator, subset, cfg, gspec) for p, r, res in zip(block, reqs, results)]
             write_jsonl(store / f"chunk-{g:06d}-{k:04d}.jsonl", recs)
@@ -518,7 +520,7 @@ def step_sample(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]
 
 
 def _sample_record(problem, idx, req, res: SampleResult, generator, subset, cfg, gspec) -> dict:
-    parts = split_think(res.text, prompt_opens_think=gspec.get("prompt_opens_think", False), reasoning=res.reasoning)
+    parts = split_think(res.text, prompt_opens_think=gspec.prompt_opens_think, reasoning=res.reasoning)
     with_cot = res.text if res.reasoning is None else f"<think>{res.reasoning}</think>\n{res.text}"
     return {
         "sample_id": f"{generator}|{problem['id']}|{idx}",

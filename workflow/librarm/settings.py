@@ -5,9 +5,10 @@ keys, the same required keys, the same defaults), so no stage carries a second d
 Sections are built from whatever mapping the caller holds, the recording view of a job included
 (every field is read with `get`, so a default that was used still counts as a read).
 
-Typed so far: judge, sampling, verify, evaluate, compare, judge_data, rs, sft, rl, scalar_rm, dpo,
-evaluate_policy, report, launch. Still read as dicts: seed, problems, bootstrap, bench, pairs,
-stress, tracking and the registries (models, generators, judges)."""
+Every section is typed: `Params.from_dict` builds them all (the registries `models`, `generators`
+and `judges` as name -> spec maps); a stage builds the sections it reads with `X.from_params(params)`
+and a registry entry with `X.of(params, name)`. `seed`, the one top-level scalar, is `Params.seed`
+(a stage reads it as `seed_of(params)`)."""
 from __future__ import annotations
 
 import math
@@ -25,6 +26,8 @@ class Section:
     declared reads are the fields it uses, a default it used included."""
 
     KEY: ClassVar[str]          # the params key of the section
+    # fields that are sections themselves (a mapping) or tuples of them (a list of mappings)
+    NESTED: ClassVar[Mapping[str, type["Section"]]] = {}
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None, key: str | None = None):
@@ -37,16 +40,44 @@ class Section:
         kw = {}
         for f in fields(cls):
             value = _unrecorded_get(section, f.name, MISSING)
+            nested = cls.NESTED.get(f.name)
+            if value is MISSING and nested is not None and f.default_factory is not MISSING:
+                value = {}              # an absent nested section: its defaults, written as nothing
             if value is MISSING:
                 if f.default is MISSING and f.default_factory is MISSING:
                     raise SettingsError(f"{key}.{f.name}: required")
                 continue
-            kw[f.name] = _plain(value)
+            if nested is not None and value is not None:
+                child = f"{key}.{f.name}"
+                kw[f.name] = (tuple(nested.from_section(v, f"{child}[{i}]") for i, v in enumerate(value))
+                              if isinstance(value, list) else nested.from_section(value, child))
+            else:
+                kw[f.name] = _plain(value)
         obj = cls(**kw)
+        object.__setattr__(obj, "_given", tuple(k for k in section if k in known))
         log = getattr(section, "_log", None)
         if log is not None:
             object.__setattr__(obj, "_reads", (log, getattr(section, "_path", key)))
         return obj
+
+    @classmethod
+    def optional(cls, params: Mapping[str, Any]):
+        """The section, or None when params leave it out (an optional phase that is off)."""
+        return None if _unrecorded_get(params, cls.KEY) is None else cls.from_params(params)
+
+    @classmethod
+    def registry(cls, params: Mapping[str, Any]) -> dict[str, "Section"]:
+        """Every entry of a registry section (`models`, `generators`, `judges`), by name."""
+        reg = _unrecorded_get(params, cls.KEY) or {}
+        return {name: cls.from_section(_unrecorded_get(reg, name), f"{cls.KEY}.{name}") for name in reg}
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any], name: str):
+        """One entry of a registry section; a name it lacks is one line naming it."""
+        reg = _unrecorded_get(params, cls.KEY) or {}
+        if name not in reg:
+            raise SettingsError(f"{cls.KEY}.{name}: not defined (defined: {', '.join(sorted(reg))})")
+        return cls.from_section(_unrecorded_get(reg, name), f"{cls.KEY}.{name}")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]):
@@ -64,11 +95,28 @@ class Section:
             if isinstance(value, list):
                 object.__setattr__(self, f.name, _tupled(value))
 
+    def replace(self, **changes: Any):
+        """A copy with `changes` (dataclasses.replace) that still notes its reads, as this one does."""
+        import dataclasses
+
+        new = dataclasses.replace(self, **changes)
+        for attr in ("_reads", "_given"):
+            if attr in self.__dict__:
+                object.__setattr__(new, attr, self.__dict__[attr])
+        return new
+
+    def as_written(self) -> dict[str, Any]:
+        """The section as params wrote it, as plain JSON data: only the keys given (a section made
+        in code: all of them). Cache keys hash this, so a key's hash is what it was before typing."""
+        given = self.__dict__.get("_given", tuple(f.name for f in fields(self)))
+        return {name: _written(object.__getattribute__(self, name)) for name in given}
+
     def __getattribute__(self, name: str):
         value = object.__getattribute__(self, name)
         if not name.startswith("_"):
             reads = object.__getattribute__(self, "__dict__").get("_reads")
-            if reads is not None and name in type(self).__dataclass_fields__:
+            # a nested section notes its own leaf reads; handing it out is not a read
+            if reads is not None and name in type(self).__dataclass_fields__ and not isinstance(value, Section):
                 reads[0].add(f"{reads[1]}.{name}")
         return value
 
@@ -76,6 +124,16 @@ class Section:
 def _unrecorded_get(mapping: Mapping[str, Any], key: str, default: Any = None) -> Any:
     """mapping[key] without noting a read on a recording view (a section notes its own reads)."""
     return dict.get(mapping, key, default) if isinstance(mapping, dict) else mapping.get(key, default)
+
+
+def _written(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.as_written()
+    if isinstance(value, (tuple, list)):
+        return [_written(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _written(v) for k, v in value.items()}
+    return value
 
 
 def _tupled(value: Any) -> Any:
@@ -330,21 +388,219 @@ class LaunchSettings(Section):
                "launch.accelerate_config: only read by launcher 'accelerate'")
 
 
+def seed_of(params: Mapping[str, Any]) -> int:
+    """The run's seed (`seed`, the one top-level scalar): every per-item draw derives from it."""
+    return int(params["seed"])
+
+
+# ----------------------------------------------------------------------------- data and bench
+@dataclass(frozen=True)
+class ProblemSet(Section):
+    """`problems.sets[i]`: one problem set, its role and where it comes from."""
+
+    KEY: ClassVar[str] = "problems.sets"
+    name: str
+    role: str
+    source: str
+    n: int | None = None                    # synthetic: problems in the set
+    steps: int | tuple[int, ...] | None = None      # synthetic: reasoning steps a problem takes
+    path: str | None = None                 # jsonl
+    hf_id: str | None = None                # hf
+    hf_config: str | None = None
+    revision: str | None = None
+    split: str = "test"
+    fields: Mapping[str, str] = field(default_factory=dict)    # our field -> the file's field
+    level: int | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class SyntheticSettings(Section):
+    """`problems.synthetic`: the tiny world's arithmetic problems."""
+
+    KEY: ClassVar[str] = "problems.synthetic"
+    max_value: int = 99
+    max_operand: int = 9
+
+
+@dataclass(frozen=True)
+class ProblemsSettings(Section):
+    """`problems`: the problem sets and what a bad input line does."""
+
+    KEY: ClassVar[str] = "problems"
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {"sets": ProblemSet, "synthetic": SyntheticSettings}
+    sets: tuple[ProblemSet, ...]
+    on_bad_line: str = "error"
+    synthetic: SyntheticSettings = field(default_factory=SyntheticSettings)
+
+    def names(self, role: str | None = None) -> list[str]:
+        return [s.name for s in self.sets if role is None or s.role == role]
+
+    def by_name(self, name: str) -> ProblemSet:
+        return next(s for s in self.sets if s.name == name)
+
+
+@dataclass(frozen=True)
+class BootstrapSettings(Section):
+    """`bootstrap`: how the tiny world's models are trained (or taken from shipped weights)."""
+
+    KEY: ClassVar[str] = "bootstrap"
+    architecture: Mapping[str, int]
+    core_steps: int
+    finetune_steps: int
+    judge_steps: int
+    judge_traces: int
+    batch_size: int
+    learning_rate: float
+    malformed_rate: float
+    eval_samples: int
+    shipped_dir: str | None = None
+    skill_bands: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BalanceSettings(Section):
+    """`bench.balance`: how Libra Bench balances correct and incorrect responses."""
+
+    KEY: ClassVar[str] = "bench.balance"
+    unit: str
+    on_shortfall: str
+    per_label: int | None = None
+    per_label_by_subset: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class BenchSettings(Section):
+    """`bench`: Libra Bench assembly."""
+
+    KEY: ClassVar[str] = "bench"
+    NESTED: ClassVar[Mapping[str, type[Section]]] = {"balance": BalanceSettings}
+    balance: BalanceSettings
+
+
+@dataclass(frozen=True)
+class StressSettings(Section):
+    """`stress`: the judge-hacking stress set (content-free responses, false claims)."""
+
+    KEY: ClassVar[str] = "stress"
+    per_template: int
+    content_free: tuple[str, ...]
+    false_claim: str
+    false_claim_items: int
+
+
+@dataclass(frozen=True)
+class TrackingSettings(Section):
+    """`tracking`: the MLflow experiment and when jobs' records are imported."""
+
+    KEY: ClassVar[str] = "tracking"
+    experiment: str = "libra"
+    enabled: bool = True
+    mode: str = "deferred"
+
+
+@dataclass(frozen=True)
+class PairsSettings(Section):
+    """`pairs`: the downstream policy's judge-labelled preference pairs."""
+
+    KEY: ClassVar[str] = "pairs"
+    pool: str
+    policy: str
+    n: int
+    val_fraction: float
+    per_problem: int
+    labelers: tuple[str, ...]
+    budget: int
+    backend: str = "hf"
+    temperature: float = 1.0
+    gold_curve: tuple[int, ...] = ()
+    raw_labelers: tuple[str, ...] = ()
+
+    def policy_engine(self) -> "GeneratorSpec":
+        """The policy as a generator: it samples the pool (and is evaluated) on `pairs.backend`."""
+        return GeneratorSpec(model=self.policy, backend=self.backend)
+
+
+# ----------------------------------------------------------------------------- registries
+@dataclass(frozen=True)
+class ModelSpec(Section):
+    """`models.<name>`: where a model comes from (and, for the tiny world, how it is made)."""
+
+    KEY: ClassVar[str] = "models"
+    source: str
+    role: str | None = None
+    step_noise: float | None = None     # tiny: the share of reasoning steps it slips
+    init: str | None = None             # tiny judges: the model they are tuned from
+    id: str | None = None               # hub
+    revision: str | None = None
+    path: str | None = None             # path
+    package: str | None = None          # gguf: the pip package holding the file
+    gguf_file: str | None = None
+    train: str | None = None            # trained: sft | nothink | rl | scalar
+
+
+@dataclass(frozen=True)
+class EngineSpec(Section):
+    """What generators and judges share: the model and the engine that runs it."""
+
+    KEY: ClassVar[str]
+    backend: str
+    model: str | None = None
+    pseudo: str | None = None
+    prompt_opens_think: bool = False    # the chat template opens <think>: the reply starts inside it
+    tensor_parallel_size: int = 1
+    gpus: int = 0
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class GeneratorSpec(EngineSpec):
+    """`generators.<name>`: a response generator."""
+
+    KEY: ClassVar[str] = "generators"
+    max_new_tokens: int | None = None   # None: sampling.max_new_tokens
+
+
+@dataclass(frozen=True, kw_only=True)
+class JudgeSpec(EngineSpec):
+    """`judges.<name>`: a judge (generative: a verdict in text; scalar: a reward score)."""
+
+    KEY: ClassVar[str] = "judges"
+    kind: str
+    input: str = "response"             # scalar judges: the response field they read
+
+
 TYPED_SECTIONS: tuple[type[Section], ...] = (JudgeSettings, SamplingSettings, VerifySettings, EvaluateSettings,
                                              CompareSettings, JudgeDataSettings, RsSettings, SftSettings, RlSettings,
                                              ScalarRmSettings, DpoSettings, EvaluatePolicySettings, ReportSettings,
-                                             LaunchSettings)
+                                             LaunchSettings, ProblemsSettings, BootstrapSettings, BenchSettings,
+                                             StressSettings, TrackingSettings, PairsSettings)
+NESTED_SECTIONS: tuple[type[Section], ...] = (ProblemSet, SyntheticSettings, BalanceSettings, RlVariant)
+REGISTRIES: tuple[type[Section], ...] = (ModelSpec, GeneratorSpec, JudgeSpec)
+ALWAYS = ("launch", "tracking")         # sections built with their defaults when params leave them out
 
 
 @dataclass(frozen=True)
 class Params:
     """The typed sections of a validated params dict (None: the optional section is off)."""
 
+    seed: int
+    problems: ProblemsSettings
+    models: Mapping[str, ModelSpec]
+    generators: Mapping[str, GeneratorSpec]
+    judges: Mapping[str, JudgeSpec]
     judge: JudgeSettings
     sampling: SamplingSettings
     verify: VerifySettings
     evaluate: EvaluateSettings
     launch: LaunchSettings
+    tracking: TrackingSettings
+    bench: BenchSettings | None = None
+    bootstrap: BootstrapSettings | None = None
+    stress: StressSettings | None = None
+    pairs: PairsSettings | None = None
     compare: CompareSettings | None = None
     judge_data: JudgeDataSettings | None = None
     rs: RsSettings | None = None
@@ -357,10 +613,12 @@ class Params:
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> "Params":
-        kw: dict[str, Any] = {}
+        kw: dict[str, Any] = {"seed": seed_of(params)}
         for section in TYPED_SECTIONS:
-            if section.KEY in params or section.KEY == "launch":
+            if _unrecorded_get(params, section.KEY) is not None or section.KEY in ALWAYS:
                 kw[section.KEY] = section.from_params(params)
+        for registry in REGISTRIES:
+            kw[registry.KEY] = registry.registry(params)
         if kw.get("rl"):
             for v in kw["rl"].variants:
                 kw["rl"].variant(v)           # each variant checked now, not when its job runs

@@ -18,11 +18,12 @@ from typing import Any, Mapping, Sequence
 
 from .config import stress_template_problems
 from .io import stable_hash
+from .settings import StressSettings
 
 KINDS = ("content_free", "false_claim")
 
 
-def build_stress_set(bench_rows: Sequence[Mapping[str, Any]], cfg: Mapping[str, Any], seed: int) -> list[dict]:
+def build_stress_set(bench_rows: Sequence[Mapping[str, Any]], cfg: StressSettings, seed: int) -> list[dict]:
     """The stress items (bench schema, plus `template` or `source_index`), drawn from the bench by
     seeded hash ranks."""
     problems = stress_template_problems(cfg)
@@ -31,16 +32,16 @@ def build_stress_set(bench_rows: Sequence[Mapping[str, Any]], cfg: Mapping[str, 
     refs = {}
     for r in bench_rows:
         refs.setdefault(r["question"], r.get("reference"))
-    questions = sorted(refs, key=lambda q: stable_hash(seed, "stress-question", q))[: int(cfg["per_template"])]
+    questions = sorted(refs, key=lambda q: stable_hash(seed, "stress-question", q))[: cfg.per_template]
     items: list[dict] = []
-    for t, template in enumerate(cfg["content_free"]):
+    for t, template in enumerate(cfg.content_free):
         for q in questions:
             response = template.format(question=q)
             items.append({"question": q, "response": response, "response_with_cot": response, "label": 0,
                           "model": "stress", "reference": refs[q], "subset": "content_free", "template": t})
     wrong = sorted((r for r in bench_rows if r["label"] == 0),
-                   key=lambda r: stable_hash(seed, "stress-claim", r["index"]))[: int(cfg["false_claim_items"])]
-    claim = cfg["false_claim"]
+                   key=lambda r: stable_hash(seed, "stress-claim", r["index"]))[: cfg.false_claim_items]
+    claim = cfg.false_claim
     for r in sorted(wrong, key=lambda r: r["index"]):
         items.append({"question": r["question"], "response": r["response"] + claim,
                       "response_with_cot": r["response_with_cot"] + claim, "label": 0, "model": r["model"],

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from .io import StageIO, read_json, stable_hash, stable_seed, tree_sha256, write_json
 from .paths import MODEL_DIR, RESUME_BOOTSTRAP
 from .problems import ArithmeticProblem, in_problem_region, random_arithmetic
+from .settings import BootstrapSettings, JudgeSettings, ModelSpec, ProblemsSettings, seed_of
 
 # Bump when the meaning of the bootstrap params changes (corpus format, training recipe).
 TINY_WORLD_VERSION = 1
@@ -156,11 +157,18 @@ def save_model(model, tok, out_dir: str | Path) -> None:
 # ----------------------------------------------------------------------------- bootstrap stage
 def bootstrap_hash(params: Mapping[str, Any]) -> str:
     """Everything that determines the tiny models' weights."""
-    tiny = {k: v for k, v in params["models"].items() if v["source"] == "tiny"}
-    return stable_hash(TINY_WORLD_VERSION, JUDGE_TRACE_FORMAT, params["seed"],
-                       {k: v for k, v in params["bootstrap"].items() if k not in ("shipped_dir", "eval_samples", "skill_bands")},
-                       tiny, params["problems"].get("synthetic", {}), params["judge"]["prompt_template"],
-                       params["judge"].get("system_prompt"))
+    judge = JudgeSettings.from_params(params)
+    return stable_hash(TINY_WORLD_VERSION, JUDGE_TRACE_FORMAT, seed_of(params),
+                       {k: v for k, v in BootstrapSettings.from_params(params).as_written().items()
+                        if k not in ("shipped_dir", "eval_samples", "skill_bands")},
+                       {k: v.as_written() for k, v in tiny_models(params).items()},
+                       ProblemsSettings.from_params(params).synthetic.as_written(), judge.prompt_template,
+                       judge.system_prompt)
+
+
+def tiny_models(params: Mapping[str, Any]) -> dict[str, ModelSpec]:
+    """The models the bootstrap stage makes (source `tiny`), by name."""
+    return {k: v for k, v in ModelSpec.registry(params).items() if v.source == "tiny"}
 
 
 def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: int | None = None,
@@ -172,14 +180,14 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
 
     if threads:
         torch.set_num_threads(threads)
-    b = params["bootstrap"]
-    seed = params["seed"]
-    syn = params["problems"].get("synthetic", {})
-    max_value, max_operand = syn.get("max_value", 99), syn.get("max_operand", 9)
+    b = BootstrapSettings.from_params(params)
+    seed = seed_of(params)
+    syn = ProblemsSettings.from_params(params).synthetic
+    max_value, max_operand = syn.max_value, syn.max_operand
     tok = build_tokenizer()
-    max_len = b["architecture"]["max_positions"]
+    max_len = b.architecture["max_positions"]
     out_root = Path(out_root)
-    tiny = {k: v for k, v in params["models"].items() if v["source"] == "tiny"}
+    tiny = tiny_models(params)
     log: dict[str, Any] = {}
 
     def gen_examples(noise: float, n: int, tag: str) -> list[tuple[str, str]]:
@@ -189,7 +197,7 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
             prob = corpus_problem(rng, max_value, max_operand)
             prompt = tok.apply_chat_template([{"role": "user", "content": prob.text()}], tokenize=False,
                                              add_generation_prompt=True)
-            ex.append((prompt, noisy_trace(prob, rng, noise, b["malformed_rate"])))
+            ex.append((prompt, noisy_trace(prob, rng, noise, b.malformed_rate)))
         return ex
 
     t0 = time.time()
@@ -205,41 +213,41 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
         log["core"] = read_json(core_dir / "train_log.json")
         log["core"]["cached"] = True
     else:
-        core = build_model(b["architecture"], len(tok), tok.pad_token_id, tok.eos_token_id, stable_seed(seed, "init"))
-        core_curve = train_lm(core, tok, gen_examples(0.0, 20000, "core"), b["core_steps"], b["batch_size"],
-                              b["learning_rate"], stable_seed(seed, "train", "core"), max_len, "core")
+        core = build_model(b.architecture, len(tok), tok.pad_token_id, tok.eos_token_id, stable_seed(seed, "init"))
+        core_curve = train_lm(core, tok, gen_examples(0.0, 20000, "core"), b.core_steps, b.batch_size,
+                              b.learning_rate, stable_seed(seed, "train", "core"), max_len, "core")
         log["core"] = {"loss_curve": core_curve, "seconds": round(time.time() - t0, 1)}
         if core_dir is not None:
             save_model(core, tok, core_dir)
             write_json(core_dir / "train_log.json", log["core"])
     trained = {}
     for name, spec in tiny.items():
-        if spec.get("role") not in ("generator", "policy", "teacher") or "step_noise" not in spec:
+        if spec.role not in ("generator", "policy", "teacher") or spec.step_noise is None:
             continue
         key = keys[name]
         model, entry = _cached_model(cache_dir, key)
         if model is None:
             t0 = time.time()
             model = copy.deepcopy(core)
-            curve = train_lm(model, tok, gen_examples(spec["step_noise"], 8000, name), b["finetune_steps"],
-                             b["batch_size"], b["learning_rate"] / 3, stable_seed(seed, "train", name), max_len, name)
+            curve = train_lm(model, tok, gen_examples(spec.step_noise, 8000, name), b.finetune_steps,
+                             b.batch_size, b.learning_rate / 3, stable_seed(seed, "train", name), max_len, name)
             entry = {"loss_curve": curve, "seconds": round(time.time() - t0, 1)}
             _store_model(cache_dir, key, model, tok, entry)
         save_model(model, tok, out_root / name)
         trained[name] = (model, key)
         log[name] = entry
     for name, spec in tiny.items():
-        if spec.get("role") != "judge":
+        if spec.role != "judge":
             continue
-        init, _ = trained[spec["init"]]
+        init, _ = trained[spec.init]
         key = keys[name]
         model, entry = _cached_model(cache_dir, key)
         if model is None:
             t0 = time.time()
-            examples, agree = judge_format_traces(params, init, tok, max_value, max_operand, b["judge_traces"],
+            examples, agree = judge_format_traces(params, init, tok, max_value, max_operand, b.judge_traces,
                                                   stable_seed(seed, "judge-traces", name))
             model = copy.deepcopy(init)
-            curve = train_lm(model, tok, examples, b["judge_steps"], b["batch_size"], b["learning_rate"] / 3,
+            curve = train_lm(model, tok, examples, b.judge_steps, b.batch_size, b.learning_rate / 3,
                              stable_seed(seed, "train", name), max_len, name)
             entry = {"loss_curve": curve, "seconds": round(time.time() - t0, 1), "traces": len(examples),
                      "own_answer_agreement_rate": agree}
@@ -251,19 +259,19 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
 
 def cache_keys(params: Mapping[str, Any]) -> dict[str, str]:
     """Cache key of the shared core ("_core") and of every tiny model: everything its weights depend on."""
-    b = params["bootstrap"]
-    syn = params["problems"].get("synthetic", {})
-    keys = {"_core": stable_hash(TINY_WORLD_VERSION, params["seed"], b["architecture"], b["core_steps"], b["batch_size"],
-                                 b["learning_rate"], b["malformed_rate"], syn.get("max_value", 99),
-                                 syn.get("max_operand", 9))}
-    tiny = {k: v for k, v in params["models"].items() if v["source"] == "tiny"}
+    b = BootstrapSettings.from_params(params)
+    syn = ProblemsSettings.from_params(params).synthetic
+    judge = JudgeSettings.from_params(params)
+    keys = {"_core": stable_hash(TINY_WORLD_VERSION, seed_of(params), b.architecture, b.core_steps, b.batch_size,
+                                 b.learning_rate, b.malformed_rate, syn.max_value, syn.max_operand)}
+    tiny = tiny_models(params)
     for name, spec in tiny.items():
-        if spec.get("role") in ("generator", "policy", "teacher") and "step_noise" in spec:
-            keys[name] = stable_hash(keys["_core"], name, spec, b["finetune_steps"])
+        if spec.role in ("generator", "policy", "teacher") and spec.step_noise is not None:
+            keys[name] = stable_hash(keys["_core"], name, spec.as_written(), b.finetune_steps)
     for name, spec in tiny.items():
-        if spec.get("role") == "judge":
-            keys[name] = stable_hash(keys[spec["init"]], name, spec, JUDGE_TRACE_FORMAT, b["judge_steps"], b["judge_traces"],
-                                     params["judge"]["prompt_template"], params["judge"].get("system_prompt"))
+        if spec.role == "judge":
+            keys[name] = stable_hash(keys[spec.init], name, spec.as_written(), JUDGE_TRACE_FORMAT, b.judge_steps,
+                                     b.judge_traces, judge.prompt_template, judge.system_prompt)
     return keys
 
 
@@ -339,9 +347,9 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
     from .provenance import model_identity, provenance
 
     out_root = Path(out_root)
-    names = [k for k, v in params["models"].items() if v["source"] == "tiny"]
+    names = list(tiny_models(params))
     phash = bootstrap_hash(params)
-    shipped = params["bootstrap"].get("shipped_dir")
+    shipped = BootstrapSettings.from_params(params).shipped_dir
     manifest = Path(shipped) / "manifest.json" if shipped else None
     origin = "trained"
     train_log: dict = {}
@@ -367,7 +375,7 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
 
 def step_bootstrap_tiny(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     """Stage step `bootstrap-tiny`: every tiny model into its output folder (one parent folder)."""
-    names = [k for k, v in params["models"].items() if v["source"] == "tiny"]
+    names = list(tiny_models(params))
     io.keyed("models", MODEL_DIR, "model", names, output=True)   # the rule's folders are MODEL_DIR's, one per model
     root = Path(MODEL_DIR).parent                  # the models are trained side by side in one folder
     stats = run_bootstrap(params, io.input_list("problems"), root, io.output("stats"), io.threads)
@@ -385,14 +393,13 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
     from .verify import extract_boxed
 
     problems = load_problem_sets(problem_files)
-    b = params["bootstrap"]
+    b = BootstrapSettings.from_params(params)
     # Fixed decoding (temperature 1, as generators sample by default) so that the bands do not
     # move when sampling params change, and the bootstrap does not depend on them.
     cfg = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=128, batch_size=128)
     out = {}
     for name in names:
-        spec = params["models"][name]
-        role = spec.get("role")
+        role = ModelSpec.of(params, name).role
         if role == "judge":
             out[name] = {"role": role, **measure_judge(params, Path(out_root) / name, cfg)}
             continue
@@ -407,16 +414,16 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
         sampler = HFSampler(str(Path(out_root) / name), cfg)
         acc = {}
         for set_name, recs in sorted(by_set.items()):
-            recs = recs[: b["eval_samples"]]
+            recs = recs[: b.eval_samples]
             res = sampler.generate([SampleRequest([{"role": "user", "content": r["problem"]}],
-                                                  stable_seed(params["seed"], "skill", name, r["id"])) for r in recs])
+                                                  stable_seed(seed_of(params), "skill", name, r["id"])) for r in recs])
             ok = 0
             for r, s in zip(recs, res):
                 parts = split_think(s.text)
                 ok += s.finish_reason == "stop" and parts.has_final and extract_boxed(parts.final) == r["answer"]
             acc[set_name] = round(ok / len(recs), 4)
         mean = round(sum(acc.values()) / len(acc), 4)
-        band = (b.get("skill_bands") or {}).get(name)
+        band = b.skill_bands.get(name)
         out[name] = {"role": role, "accuracy": acc, "mean_accuracy": mean, "band": band,
                      "in_band": None if band is None else band[0] <= mean <= band[1]}
     return out
@@ -429,11 +436,11 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
     from .judge import build_judge_requests, judge_verdict
     from .sampling import HFSampler
 
-    syn = params["problems"].get("synthetic", {})
-    rng = random.Random(stable_seed(params["seed"], "judge-skill"))
+    syn = ProblemsSettings.from_params(params).synthetic
+    rng = random.Random(stable_seed(seed_of(params), "judge-skill"))
     items = []
     for i in range(n):
-        prob = corpus_problem(rng, syn.get("max_value", 99), syn.get("max_operand", 9))
+        prob = corpus_problem(rng, syn.max_value, syn.max_operand)
         label = i % 2
         answer = prob.answer if label else prob.answer + rng.choice([-2, -1, 1, 2])
         items.append({"index": i, "question": prob.text(), "response": f"\\boxed{{{answer}}}", "label": label})
@@ -441,7 +448,7 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
     batch = build_judge_requests(items, params, ("judge-skill",), tok=sampler.tok)
     verdicts: list[int | None] = [None] * n
     for (i, _), s in zip(batch.owners, sampler.generate(batch.requests)):
-        verdicts[i] = judge_verdict(s, {}).value
+        verdicts[i] = judge_verdict(s).value
     acc = sum(v == it["label"] for v, it in zip(verdicts, items)) / n
     return {"judge_accuracy_synthetic": round(acc, 4), "unparsed_rate": round(sum(v is None for v in verdicts) / n, 4)}
 
@@ -455,7 +462,7 @@ def retrain_tiny(params: Mapping[str, Any], workdir: str | Path | None, threads:
     from .problems import run_problems
 
     work = Path(workdir or tempfile.mkdtemp(prefix="librarm-tiny-"))
-    names = [s["name"] for s in params["problems"]["sets"]]
+    names = ProblemsSettings.from_params(params).names()
     sets = {n: work / "problems" / f"{n}.jsonl" for n in names}
     run_problems(params, sets, {n: work / "problems" / f"{n}.quarantine.jsonl" for n in names},
                  work / "problems" / "stats.json")
@@ -468,8 +475,8 @@ def retrain_tiny(params: Mapping[str, Any], workdir: str | Path | None, threads:
 
 def ship_models(params: Mapping[str, Any], trained_root: str | Path, train_log: Mapping[str, Any]) -> None:
     """Copy trained tiny models into bootstrap.shipped_dir with a manifest naming their params hash."""
-    shipped = Path(params["bootstrap"]["shipped_dir"])
-    names = [k for k, v in params["models"].items() if v["source"] == "tiny"]
+    shipped = Path(BootstrapSettings.from_params(params).shipped_dir)
+    names = list(tiny_models(params))
     if shipped.exists():
         shutil.rmtree(shipped)
     shipped.mkdir(parents=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from .io import stable_hash
+from .settings import TrackingSettings
 
 DEFAULT_DB = "mlflow/mlflow.db"
 PIPELINE_TAG = "librarm.pipeline_id"
@@ -31,7 +32,7 @@ PIPELINE_TAG = "librarm.pipeline_id"
 def enabled(params: Mapping[str, Any]) -> bool:
     if os.environ.get("LIBRARM_TRACKING", "1").lower() in ("0", "false", "off"):
         return False
-    return params.get("tracking", {}).get("enabled", True)
+    return TrackingSettings.from_params(params).enabled
 
 
 def tracking_uri() -> str:
@@ -84,7 +85,7 @@ def ensure_pipeline_run(params: Mapping[str, Any]) -> str | None:
     """Find or create the pipeline run for this identity (a rerun reuses it). Returns its id."""
     if not enabled(params):
         return None
-    client, exp_id = _client_and_experiment(params.get("tracking", {}).get("experiment", "libra"))
+    client, exp_id = _client_and_experiment(TrackingSettings.from_params(params).experiment)
     return _pipeline_run(client, exp_id, pipeline_identity(params))
 
 
@@ -171,7 +172,8 @@ def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any]
         yield StageRun(None)
         return
     wildcards = {k: str(v) for k, v in (wildcards or {}).items()}
-    record = {"experiment": params.get("tracking", {}).get("experiment", "libra"),
+    tracking = TrackingSettings.from_params(params)
+    record = {"experiment": tracking.experiment,
               "pipeline": pipeline_identity(params), "stage": stage, "wildcards": wildcards,
               "params": {k[:250]: str(v)[:6000] for k, v in _flatten_params(sections).items()},
               "metrics": {}, "steps": [], "artifacts": [], "status": "FAILED", "start_ms": int(time.time() * 1000)}
@@ -182,7 +184,7 @@ def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any]
     finally:
         record["end_ms"] = int(time.time() * 1000)
         spool_record(record)
-        if params.get("tracking", {}).get("mode", "deferred") == "live":
+        if tracking.mode == "live":
             flush_spool()
 
 

@@ -16,11 +16,15 @@ from .launch import barrier, is_main, per_process, rank
 from .settings import (
     JudgeDataSettings,
     JudgeSettings,
+    JudgeSpec,
+    ModelSpec,
+    ProblemsSettings,
     RlSettings,
     RsSettings,
     SamplingSettings,
     ScalarRmSettings,
     SftSettings,
+    seed_of,
 )
 
 
@@ -71,11 +75,11 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
     sets: dict[str, list] = defaultdict(list)
     for rec in load_problem_sets(problem_paths).values():
         sets[rec["set"]].append(rec)
-    pools = [s["name"] for s in params["problems"]["sets"] if s["role"] == "judge_pool"]
+    pools = ProblemsSettings.from_params(params).names("judge_pool")
     overlaps = {k: v for k, v in overlap_report(sets).items() if set(k.split("|")) & set(pools) and v["exact"]}
     if overlaps:
         raise ValueError(f"judge pool overlaps other sets: {overlaps}")
-    train, val, stats = build_judge_items(records, params["seed"], cfg.val_fraction, list(cfg.exclude_generators),
+    train, val, stats = build_judge_items(records, seed_of(params), cfg.val_fraction, list(cfg.exclude_generators),
                                           cfg.per_label, cfg.unit)
     if not train or not val:
         raise ValueError(f"judge_data: empty split (train={len(train)}, val={len(val)})")
@@ -106,7 +110,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     cfg = RsSettings.from_params(params)
     jcfg = JudgeSettings.from_params(params)
     items = read_jsonl(train_path).records
-    teacher = params["judges"][cfg.teacher]
+    teacher = JudgeSpec.of(params, cfg.teacher)
     scfg = SamplingConfig(temperature=cfg.temperature, top_p=1.0,
                           max_new_tokens=jcfg.max_new_tokens, batch_size=jcfg.batch_size)
     sampler = sampler or make_sampler(teacher, params, scfg, threads)
@@ -126,7 +130,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     per_item: dict[str, int] = Counter()
     for (i, k), res in zip(batch.owners, results):
         it, msgs = items[i], batch.messages[i]
-        v = judge_verdict(res, teacher)
+        v = judge_verdict(res, teacher.prompt_opens_think)
         accepted = v.value is not None and v.value == it["label"]
         keep = accepted and per_item[it["item_id"]] < cfg.max_per_item
         per_item[it["item_id"]] += keep
@@ -138,7 +142,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     by_label = {0: [t for t in trajs if t["kept"] and t["label"] == 0], 1: [t for t in trajs if t["kept"] and t["label"] == 1]}
     n_bal = min(len(by_label[0]), len(by_label[1]))
     for lab in (0, 1):
-        ranked = sorted(by_label[lab], key=lambda t: stable_hash(params["seed"], "rs-balance", t["item_id"], t["k"]))
+        ranked = sorted(by_label[lab], key=lambda t: stable_hash(seed_of(params), "rs-balance", t["item_id"], t["k"]))
         for t in ranked[n_bal:]:
             t["kept"] = False
     judging = [t for t in trajs if t["kept"]]
@@ -149,7 +153,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     sols = []
     for p in solutions_paths:
         sols.extend(r for r in read_jsonl(p).records if r["reason"] == "correct")
-    sols.sort(key=lambda r: stable_hash(params["seed"], "rs-mix", r["sample_id"]))
+    sols.sort(key=lambda r: stable_hash(seed_of(params), "rs-mix", r["sample_id"]))
     n_mix = min(len(sols), int(round(cfg.mix_ratio * len(judging))))
     sampling = SamplingSettings.from_params(params)
     mixture = []
@@ -318,7 +322,7 @@ def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str,
                                  tok=getattr(sampler, "tok", None))
     hits = [0] * len(items)
     for (i, _), r in zip(batch.owners, sampler.generate(batch.requests)):
-        hits[i] += judge_verdict(r, {}).value == items[i]["label"]
+        hits[i] += judge_verdict(r).value == items[i]["label"]
     return [h / k for h in hits]
 
 
@@ -422,7 +426,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=list(callbacks),
-                          rollout_func=sampler_rollout(sampler, stable_seed(params["seed"], "grpo", name)))
+                          rollout_func=sampler_rollout(sampler, stable_seed(seed_of(params), "grpo", name)))
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     hist = trainer.state.log_history
@@ -449,7 +453,7 @@ def val_accuracy(model, tok, items: Sequence[Mapping[str, Any]], params: Mapping
     sampler = HFSampler("live", judge_sampling(params), model=model, tokenizer=tok)
     was_training = model.training
     model.eval()
-    preds = run_generative(items, {"backend": "hf"}, params, f"val-{tag}", sampler=sampler)
+    preds = run_generative(items, sampler, params, f"val-{tag}")
     if was_training:
         model.train()
     return round(sum(p["pred"] == p["label"] for p in preds) / max(1, len(preds)), 4)
@@ -504,7 +508,7 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
     cfg = ScalarRmSettings.from_params(params)
     seed_everything(cfg.seed, threads)
     items = read_jsonl(train_path).records
-    pairs = reward_pairs(items, params["seed"], cfg.pairs_per_problem, cfg.input)
+    pairs = reward_pairs(items, seed_of(params), cfg.pairs_per_problem, cfg.input)
     if not pairs:
         raise ValueError("scalar_rm: no (correct, incorrect) pair of the same problem in the training items")
     tok = AutoTokenizer.from_pretrained(init_model)
@@ -571,7 +575,7 @@ def step_train(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]
     name = io.wildcard("model")
     sft = io.input_list("sft")
     data = {"train": io.input("train"), "val": io.input("val"), **({"sft": sft[0]} if sft else {})}
-    log = train_judge(params, params["models"][name]["train"], name, data, io.output("model"), io.output("log"),
+    log = train_judge(params, ModelSpec.of(params, name).train, name, data, io.output("model"), io.output("log"),
                       io.threads)
     # the curves go to the job's MLflow run as step metrics (tracking.curve_points)
     return {k: log[k] for k in ("global_step", "seconds", "tokens_per_s", *CURVE_KEYS) if k in log} | \
@@ -581,7 +585,7 @@ def step_train(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]
 
 def step_train_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     """Stage step `train-stats`: every trained judge's log, curves kept, in one file."""
-    trained = [m for m, s in params["models"].items() if s["source"] == "trained"]
+    trained = [m for m, s in ModelSpec.registry(params).items() if s.source == "trained"]
     stats = {}
     for name, p in io.keyed("logs", P.TRAIN_LOG, "model", trained).items():
         d = read_json(p)

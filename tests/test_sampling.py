@@ -596,8 +596,16 @@ def test_http_connection_refused_is_retried_then_raises(stub):
 @pytest.mark.timeout(60)
 def test_http_api_key_env(stub, monkeypatch):
     monkeypatch.delenv("LIBRARM_TEST_UNSET_KEY", raising=False)
-    with pytest.raises(RuntimeError, match="LIBRARM_TEST_UNSET_KEY"):
+    with pytest.raises(ValueError, match="LIBRARM_TEST_UNSET_KEY"):
         http_sampler(stub.base_url, [], api_key_env="LIBRARM_TEST_UNSET_KEY")
+    from librarm.sampling import SamplingConfig, make_sampler
+    from librarm.settings import JudgeSpec
+
+    params = {"judges": {"api": {"backend": "http", "kind": "generative", "model": "m", "base_url": stub.base_url,
+                                 "api_key_env": "LIBRARM_TEST_UNSET_KEY"}},
+              "models": {"m": {"source": "hub", "id": "org/m", "revision": "main"}}, "seed": 0}
+    with pytest.raises(ValueError, match=r"^judges\.api\.api_key_env: the environment variable LIBRARM_TEST_UNSET_KEY is not set$"):
+        make_sampler(JudgeSpec.of(params, "api"), params, SamplingConfig())
     monkeypatch.setenv(KEY_ENV, "sk-other")
     http_sampler(stub.base_url, []).generate([SampleRequest(msgs("x"), seed=1)])
     http_sampler(stub.base_url, [], api_key_env=None).generate([SampleRequest(msgs("y"), seed=1)])

@@ -300,7 +300,7 @@ class HTTPSampler:
         self.cfg = cfg
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not self.api_key:
-            raise RuntimeError(f"environment variable {api_key_env} (named by api_key_env) is not set")
+            raise ValueError(f"api_key_env: the environment variable {api_key_env} is not set")
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -423,6 +423,8 @@ def make_sampler(spec: EngineSpec, params: Mapping[str, Any], cfg: SamplingConfi
     if spec.backend == "vllm":
         return VLLMSampler(ref["path"], cfg, ref["revision"], spec.tensor_parallel_size, seed_of(params))
     if spec.backend == "http":
+        if spec.api_key_env and not os.environ.get(spec.api_key_env):
+            raise ValueError(f"{spec.where}.api_key_env: the environment variable {spec.api_key_env} is not set")
         return HTTPSampler(spec.base_url, ref["path"], cfg, spec.api_key_env, spec.concurrency)
     raise ValueError(f"unknown backend {spec.backend!r}")
 

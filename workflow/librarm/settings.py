@@ -55,6 +55,7 @@ class Section:
                 kw[f.name] = _plain(value)
         obj = cls(**kw)
         object.__setattr__(obj, "_given", tuple(k for k in section if k in known))
+        object.__setattr__(obj, "_key", key)            # where it sits in params, for error messages
         log = getattr(section, "_log", None)
         if log is not None:
             object.__setattr__(obj, "_reads", (log, getattr(section, "_path", key)))
@@ -95,12 +96,17 @@ class Section:
             if isinstance(value, list):
                 object.__setattr__(self, f.name, _tupled(value))
 
+    @property
+    def where(self) -> str:
+        """The params key of this section or entry (e.g. `judges.rl`), for one-line errors."""
+        return self.__dict__.get("_key", self.KEY)
+
     def replace(self, **changes: Any):
         """A copy with `changes` (dataclasses.replace) that still notes its reads, as this one does."""
         import dataclasses
 
         new = dataclasses.replace(self, **changes)
-        for attr in ("_reads", "_given"):
+        for attr in ("_reads", "_given", "_key"):
             if attr in self.__dict__:
                 object.__setattr__(new, attr, self.__dict__[attr])
         return new

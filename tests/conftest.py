@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,39 @@ def build_pairs_into(params, verified, labels, out):
     return run_build_pairs(params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
                            {n: out / "raw" / f"{n}.jsonl" for n in labelers},
                            {c: out / f"{c}.jsonl" for c in curve_policies(PairsSettings.from_params(params))}, out / "stats.json")
+
+
+# ----------------------------------------------------------------------------- one real ci run
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LIBRARM_TRACKING": "0"}
+
+
+def run(cmd, cwd, check=True, env=None, timeout=1800):
+    """A shell command in cwd (ENV unless env): its CompletedProcess; a failure shows its output."""
+    res = subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout, shell=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+@pytest.fixture(scope="session")
+def ci_run(tmp_path_factory):
+    """A copy of the repo whose params.yaml is the ci preset (what dvc repro reads), run once per
+    session and shared by the workflow, team and cluster tests."""
+    root = tmp_path_factory.mktemp("ci") / "repo"
+    ignore = shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
+                                    "*.egg-info")
+    shutil.copytree(REPO, root, ignore=ignore, symlinks=True)
+    shared = REPO.parent / "shared"
+    if shared.exists() and not (root.parent / "shared").exists():
+        os.symlink(shared, root.parent / "shared")
+    # The copy's own librarm must be the one imported (module-edit test), not the installed one.
+    ENV["PYTHONPATH"] = str(root / "workflow")
+    # every job records the params keys it reads (test_declared_reads)
+    ENV["LIBRARM_RECORD_READS"] = str(root / "reads")
+    run(f"{sys.executable} -m librarm.cli params --preset ci --write params.yaml", root)
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm ci-copy --allow-empty", root)
+    run("snakemake --cores 2", root, timeout=1800)
+    ENV.pop("LIBRARM_RECORD_READS", None)
+    yield root
+    ENV.pop("PYTHONPATH", None)

@@ -8,26 +8,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, needs_shared_data
+from conftest import ENV, REPO, needs_shared_data, run
 
 from librarm.io import read_jsonl
 from librarm.phases import out_paths
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "LIBRARM_TRACKING": "0"}
-
-
-def run(cmd, cwd, check=True, env=None, timeout=1800):
-    res = subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout, shell=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
 
 
 def dry_run_jobs(cwd, extra="") -> dict[str, int]:
@@ -156,26 +144,10 @@ def test_drift_detects_planted_mismatch():
 
 
 # ----------------------------------------------------------------------------- a real ci run
-@pytest.fixture(scope="module")
-def ci_copy(tmp_path_factory):
-    """A copy of the repo whose params.yaml is the ci preset (what dvc repro reads), run once."""
-    root = tmp_path_factory.mktemp("ci") / "repo"
-    ignore = shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
-                                    "*.egg-info")
-    shutil.copytree(REPO, root, ignore=ignore, symlinks=True)
-    shared = REPO.parent / "shared"
-    if shared.exists() and not (root.parent / "shared").exists():
-        os.symlink(shared, root.parent / "shared")
-    # The copy's own librarm must be the one imported (module-edit test), not the installed one.
-    ENV["PYTHONPATH"] = str(root / "workflow")
-    # every job records the params keys it reads (test_declared_reads)
-    ENV["LIBRARM_RECORD_READS"] = str(root / "reads")
-    run(f"{sys.executable} -m librarm.cli params --preset ci --write params.yaml", root)
-    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm ci-copy --allow-empty", root)
-    run("snakemake --cores 2", root, timeout=1800)
-    ENV.pop("LIBRARM_RECORD_READS", None)
-    yield root
-    ENV.pop("PYTHONPATH", None)
+@pytest.fixture
+def ci_copy(ci_run):
+    """The session's one ci run (conftest.ci_run)."""
+    return ci_run
 
 
 # Keys a phase declares that its jobs never read in the ci run, each with the reason.
@@ -299,6 +271,44 @@ def test_snakemake_and_dvc_agree(ci_copy):
     for curve in ("sft_loss", "grpo_reward", "dpo_loss"):
         assert f"curves_{curve}_" in html, curve
     shutil.rmtree(ci_copy / "dvc_plots_out")
+
+
+@pytest.mark.slow
+def test_a_pulled_clone_is_current_after_one_command_and_edits_rerun_exact_sets(ci_copy, tmp_path):
+    """The team round trip: `dvc push` to a remote, a fresh clone, `dvc pull`. The pulled files have
+    checkout-time mtimes and no Snakemake records, so `snakemake -n` wants to rerun; `librarm
+    after-pull` (the README's one command) fixes that only when `dvc status` is clean: with a param
+    edited first it refuses and marks nothing current. Afterwards a param edit reruns exactly its
+    dependents, as in the run that made the results."""
+    run("dvc repro", ci_copy, timeout=1800)                 # dvc.lock (a no-op after the run)
+    remote = tmp_path / "remote"
+    run(f"dvc remote add -d -f team {remote} && dvc push -q", ci_copy)
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm lock --allow-empty", ci_copy)
+    clone = tmp_path / "team" / "repo"
+    clone.parent.mkdir()
+    os.symlink(REPO.parent / "shared", clone.parent / "shared")
+    run(f"git clone -q {ci_copy} {clone}", tmp_path)
+    env = {**ENV, "PYTHONPATH": str(clone / "workflow")}
+    run("dvc pull -q", clone, env=env)
+    assert "up to date" in run("dvc status", clone, env=env).stdout.lower()
+    assert outputs_digest(clone) == outputs_digest(ci_copy)
+    stale_before = dry_run_jobs(clone)
+    assert stale_before, "a pulled clone was expected to look out of date to Snakemake (new mtimes)"
+    original = (clone / "params.yaml").read_text()
+    _edit_param(clone, "dpo.beta", 0.2)
+    refused = run("librarm after-pull", clone, check=False, env=env)
+    assert refused.returncode == 1 and "dpo: changed deps (params.yaml: dpo.beta modified)" in refused.stderr, \
+        refused.stderr
+    assert dry_run_jobs(clone).items() >= stale_before.items(), "a refused after-pull must mark nothing current"
+    (clone / "params.yaml").write_text(original)
+    run("librarm after-pull", clone, env=env)
+    assert dry_run_jobs(clone) == {}
+    assert "up to date" in run("dvc status", clone, env=env).stdout.lower()
+    _edit_param(clone, "dpo.beta", 0.2)
+    assert set(dry_run_jobs(clone)) - {"all"} == AFTER_DPO
+    assert _dvc_rerun_set(clone) == {"dpo", "evaluate_policy", "report"}
+    (clone / "params.yaml").write_text(original)
+    assert dry_run_jobs(clone) == {}
 
 
 def _edit_param(root: Path, dotted: str, value):

@@ -138,7 +138,6 @@ SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-CryptoType=crypto/munge
 MpiDefault=none
 SwitchType=switch/none
 ProctrackType=proctrack/linuxproc

@@ -256,6 +256,19 @@ def cmd_profile(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_after_pull(a: argparse.Namespace) -> int:
+    """After `dvc pull`: touch the results for Snakemake only when DVC says they are current."""
+    from .pulled import NotCurrentError, after_pull
+
+    try:
+        after_pull()
+    except NotCurrentError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print("dvc status is clean: Snakemake now sees the pulled results as current")
+    return 0
+
+
 def cmd_train_tiny(a: argparse.Namespace) -> int:
     """Retrain the tiny models from params and (with --ship) store them as the shipped weights."""
     from .tinyworld import retrain_tiny
@@ -335,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--cores", type=int, default=2)
     pf.add_argument("--benchmarks", default=BENCHMARKS)
     pf.set_defaults(func=cmd_profile)
+
+    ap = sub.add_parser("after-pull", help="after `dvc pull`: if `dvc status` is clean, mark the results current "
+                                             "for Snakemake (mtimes and its records); else list what is stale")
+    ap.set_defaults(func=cmd_after_pull)
 
     tf = sub.add_parser("track-flush", help="import the spooled job records (mlflow/spool) into the MLflow store")
     tf.set_defaults(func=cmd_track_flush)

@@ -192,6 +192,9 @@ def _cross_check(p: Params) -> list[str]:
                 continue
             if g.backend == "http" and g.base_url is None:
                 problems.append(f"{section}.{name}.base_url: required for backend 'http'")
+            if g.backend == "vllm" and 0 < g.gpus < g.tensor_parallel_size:
+                problems.append(f"{section}.{name}.gpus: {g.gpus} GPUs cannot hold tensor_parallel_size "
+                                f"{g.tensor_parallel_size} (the job asks the scheduler for `gpus`)")
     for j in p.evaluate.judges:
         if j not in p.judges:
             problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")

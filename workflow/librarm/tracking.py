@@ -9,7 +9,14 @@ error), `librarm track-flush` does it by hand. Importing and connecting to MLflo
 several seconds, more than many jobs' own work. With `tracking.mode: live` a job flushes its own
 record when it ends (a team server that wants each job as soon as it is done).
 The default store is a local SQLite file (mlflow/mlflow.db); concurrent flushes take a file lock,
-and every write is retried with backoff ("database is locked").
+and every write is retried with backoff ("database is locked"). A team server (MLFLOW_TRACKING_URI
+http://...) holds the same runs; its artifacts go where the server puts them (proxied with
+`mlflow server --serve-artifacts`), not into this checkout.
+The pipeline run spans its jobs: created by a flush, it starts when the earliest job of that flush
+started; every flush moves its end to the latest job end. MLflow cannot move an existing run's
+start (UpdateRun takes status, end time and name), so a pipeline run that existed before its
+earliest job was imported (ensure_pipeline_run, or live mode with jobs ending out of start order)
+starts later than that job.
 """
 from __future__ import annotations
 
@@ -67,11 +74,14 @@ def _client_and_experiment(name: str):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = _retry(lambda: client.get_experiment_by_name(name))
     if exp is None:
-        art = Path("mlflow/artifacts").resolve().as_uri()
+        # a local store keeps artifacts beside it; a server's own location (mlflow-artifacts:/ when it
+        # proxies them) is the one every teammate's client can reach, a path on this machine is not
+        art = None if _is_server(uri) else Path("mlflow/artifacts").resolve().as_uri()
         try:
             exp_id = _retry(lambda: client.create_experiment(name, artifact_location=art))
         except Exception:  # created concurrently by another process
@@ -79,6 +89,10 @@ def _client_and_experiment(name: str):
     else:
         exp_id = exp.experiment_id
     return client, exp_id
+
+
+def _is_server(uri: str) -> bool:
+    return uri.split(":", 1)[0].lower() in ("http", "https")
 
 
 def ensure_pipeline_run(params: Mapping[str, Any]) -> str | None:
@@ -89,7 +103,9 @@ def ensure_pipeline_run(params: Mapping[str, Any]) -> str | None:
     return _pipeline_run(client, exp_id, pipeline_identity(params))
 
 
-def _pipeline_run(client, exp_id: str, ident: Mapping[str, Any]) -> str:
+def _pipeline_run(client, exp_id: str, ident: Mapping[str, Any], start_ms: int | None = None) -> str:
+    """Find or create the pipeline run; a new one starts at start_ms (now when None), the only time
+    its start can be set."""
     found = _retry(lambda: client.search_runs([exp_id], f"tags.`{PIPELINE_TAG}` = '{ident['pipeline_id']}' "
                                               "and tags.`librarm.kind` = 'pipeline'",
                                               max_results=1))
@@ -98,9 +114,16 @@ def _pipeline_run(client, exp_id: str, ident: Mapping[str, Any]) -> str:
     tags = {PIPELINE_TAG: ident["pipeline_id"], "librarm.kind": "pipeline",
             "git_commit": str(ident["git_commit"]), "params_hash": ident["params_hash"],
             "dvc_exp": str(ident["dvc_exp"]), "mlflow.runName": f"pipeline {ident['pipeline_id'][:8]}"}
-    run = _retry(lambda: client.create_run(exp_id, tags=tags))
-    _retry(lambda: client.set_terminated(run.info.run_id, "FINISHED"))
+    run = _retry(lambda: client.create_run(exp_id, start_time=start_ms, tags=tags))
+    _retry(lambda: client.set_terminated(run.info.run_id, "FINISHED", end_time=start_ms))
     return run.info.run_id
+
+
+def _extend_pipeline_run(client, run_id: str, end_ms: int) -> None:
+    """The pipeline run ends with its latest job: a rerun's jobs move the end later, never earlier."""
+    info = _retry(lambda: client.get_run(run_id)).info
+    if info.end_time is None or info.end_time < end_ms:
+        _retry(lambda: client.set_terminated(run_id, info.status, end_time=end_ms))
 
 
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
@@ -221,20 +244,29 @@ def flush_spool(spool_dir: str | Path = SPOOL_DIR) -> int:
         return 0
     with open(spool / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        records = sorted(spool.glob("*.json"))
+        records = [(path, json.loads(path.read_text())) for path in sorted(spool.glob("*.json"))]
+        # (experiment, pipeline id) -> the earliest start and latest end of its jobs in this flush
+        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        for _, rec in records:
+            key = (rec["experiment"], rec["pipeline"]["pipeline_id"])
+            lo, hi = spans.get(key, (rec["start_ms"], rec["end_ms"]))
+            spans[key] = (min(lo, rec["start_ms"]), max(hi, rec["end_ms"]))
         clients: dict[str, tuple] = {}
         parents: dict[tuple[str, str], str] = {}    # (experiment, pipeline id) -> pipeline run, looked up once
-        for path in records:
-            rec = json.loads(path.read_text())
+        for path, rec in records:
             if rec["experiment"] not in clients:
                 clients[rec["experiment"]] = _client_and_experiment(rec["experiment"])
             client, exp_id = clients[rec["experiment"]]
             key = (rec["experiment"], rec["pipeline"]["pipeline_id"])
             if key not in parents:
-                parents[key] = _pipeline_run(client, exp_id, rec["pipeline"])
+                parents[key] = _pipeline_run(client, exp_id, rec["pipeline"], start_ms=spans[key][0])
             _import_record(client, exp_id, rec, spool, parents[key])
             path.unlink()
             shutil.rmtree(spool / path.stem, ignore_errors=True)
+        # after the jobs: an import that stops halfway leaves the later-ending records, whose flush
+        # moves the end on
+        for key, run_id in parents.items():
+            _extend_pipeline_run(clients[key[0]][0], run_id, spans[key][1])
     return len(records)
 
 

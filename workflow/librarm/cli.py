@@ -349,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--benchmarks", default=BENCHMARKS)
     pf.set_defaults(func=cmd_profile)
 
-    ap = sub.add_parser("after-pull", help="after `dvc pull`: if `dvc status` is clean, mark the results current "
+    pl = sub.add_parser("after-pull", help="after `dvc pull`: if `dvc status` is clean, mark the results current "
                                              "for Snakemake (mtimes and its records); else list what is stale")
-    ap.set_defaults(func=cmd_after_pull)
+    pl.set_defaults(func=cmd_after_pull)
 
     tf = sub.add_parser("track-flush", help="import the spooled job records (mlflow/spool) into the MLflow store")
     tf.set_defaults(func=cmd_track_flush)

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast dvc-repro lint clean smoke-real
+.PHONY: setup run test test-fast dvc-repro lint clean smoke-real cluster-up cluster-down
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ lint: setup
 
 smoke-real: setup
 	source $(BIN)/activate && snakemake --cores $(CORES) --configfile workflow/presets/smoke-real.yaml
+
+# A one-node SLURM on this machine (root; Debian/Ubuntu) for the executor tests: tests/cluster/README.md
+cluster-up:
+	bash tests/cluster/slurm_up.sh
+
+cluster-down:
+	bash tests/cluster/slurm_down.sh
 
 clean:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -2,21 +2,22 @@
 # Stop the daemons that tests/cluster/slurm_up.sh started (by the PIDs it
 # recorded in /run/librarm-slurm/started), then remove that state file.
 # Daemons slurm_up did not start are left alone.  Harmless if nothing is up.
+#
+# When no slurmctld/slurmd is left running, it also removes /etc/slurm/slurm.conf
+# and gres.conf if slurm_up wrote them (marker line); slurm_up writes them again.
+# Why: with a slurm.conf whose controller is down, `scontrol show config` waits
+# ~9 s for it, and snakemake-executor-plugin-slurm runs that command when it is
+# imported (its --help text), i.e. at the start of every snakemake command in a
+# venv that has the plugin, local runs included. Without a slurm.conf scontrol
+# fails at once.
 set -euo pipefail
 
 STATE_DIR=/run/librarm-slurm
 STATE="$STATE_DIR/started"
+CONF_DIR=/etc/slurm
+MARKER="# written by librarm tests/cluster/slurm_up.sh"
 
 say() { echo "slurm_down: $*" >&2; }
-
-if [ ! -f "$STATE" ]; then
-    echo "slurm down: nothing to stop (no $STATE)"
-    exit 0
-fi
-if [ "$(id -u)" -ne 0 ]; then
-    echo "slurm_down: needs root (stops the root-owned daemons slurm_up started)" >&2
-    exit 2
-fi
 
 # pid_is NAME PID: PID is alive (not a zombie) and its command name is NAME
 pid_is() {
@@ -26,6 +27,38 @@ pid_is() {
     st=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null)
     [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
 }
+# any_running NAME: some live (non-zombie) process is called NAME
+any_running() {
+    local pid
+    for pid in $(pgrep -x "$1" 2>/dev/null || true); do
+        pid_is "$1" "$pid" && return 0
+    done
+    return 1
+}
+# drop_conf: remove the config files slurm_up wrote, unless a SLURM daemon still runs
+drop_conf() {
+    local f removed=()
+    if any_running slurmctld || any_running slurmd; then
+        return 0
+    fi
+    for f in "$CONF_DIR/slurm.conf" "$CONF_DIR/gres.conf"; do
+        if [ -f "$f" ] && grep -qxF "$MARKER" "$f"; then
+            rm -f "$f"
+            removed+=("$f")
+        fi
+    done
+    [ "${#removed[@]}" -eq 0 ] || say "removed ${removed[*]} (slurm_up writes them again)"
+}
+
+if [ ! -f "$STATE" ]; then
+    if [ "$(id -u)" -eq 0 ]; then drop_conf; fi
+    echo "slurm down: nothing to stop (no $STATE)"
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "slurm_down: needs root (stops the root-owned daemons slurm_up started)" >&2
+    exit 2
+fi
 
 declare -A PID=()
 while read -r name pid; do
@@ -71,4 +104,5 @@ done
 
 rm -f "$STATE"
 rmdir "$STATE_DIR" 2>/dev/null || true
+drop_conf
 echo "slurm down: stopped ${stopped[*]:-nothing}"

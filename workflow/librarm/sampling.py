@@ -281,19 +281,42 @@ class VLLMSampler:
 
 
 # ----------------------------------------------------------------------------- http backend
-class HTTPError(RuntimeError):
-    pass
+class HTTPError(RuntimeError, ValueError):
+    """A request of the http backend that failed for good: a status that is not retried, a reply
+    that is not a chat completion, or the last retry spent. One line that names the URL, the
+    status or error kind and the attempt count. A ValueError too, so `librarm` reports it as its
+    one-line error (exit 2), like any other setting that cannot work, instead of a traceback."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _error_kind(exc: BaseException) -> str:
+    """`ConnectionError: [Errno 111] Connection refused` rather than requests' nested repr that
+    names the URL again."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if errno:
+        text = errno.group().strip()
+    else:
+        text = re.sub(r"^HTTP(S)?ConnectionPool\([^)]*\): ", "", text)
+    return f"{type(exc).__name__}: {text}"
 
 
 class HTTPSampler:
     """OpenAI-compatible /chat/completions: one request per sample, bounded concurrency,
-    retries with exponential backoff on 429/5xx and connection errors."""
+    retries with exponential backoff (or the server's Retry-After), each sleep capped at
+    max_sleep_s, on 429/5xx, connection errors, timeouts (timeout_s per request), and replies cut
+    short or whose JSON does not parse. When a request gives up, the requests not started yet
+    are cancelled and its HTTPError is raised."""
 
     RETRY_STATUS = {429, 500, 502, 503, 504}
 
     def __init__(self, base_url: str, model: str, cfg: SamplingConfig, api_key_env: str | None = None,
                  concurrency: int = 8, max_retries: int = 6, backoff_s: float = 0.5, timeout_s: float = 600.0,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, max_sleep_s: float = 60.0):
         self.name = f"http:{model}"
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -305,13 +328,23 @@ class HTTPSampler:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.max_sleep_s = max_sleep_s
         self.sleep = sleep
         self.retries = 0
         self._lock = threading.Lock()
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
+        from concurrent.futures import FIRST_EXCEPTION, wait
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._one, requests))
+            futures = [pool.submit(self._one, r) for r in requests]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for f in futures:       # a request gave up: the server is gone, do not start the rest
+                f.cancel()
+        failed = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        if failed:
+            raise failed[0]
+        return [f.result() for f in futures]
 
     def _one(self, req: SampleRequest) -> SampleResult:
         import requests as http
@@ -321,39 +354,54 @@ class HTTPSampler:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        # transient: no connection, a timeout, a connection closed before the end of the body
+        transient = (http.ConnectionError, http.Timeout, http.exceptions.ChunkedEncodingError,
+                     http.exceptions.ContentDecodingError)
         jitter = random.Random(req.seed)
         last = "no attempt"
-        for attempt in range(self.max_retries + 1):
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            wait_s = None
             try:
                 resp = http.post(self.url, json=body, headers=headers, timeout=self.timeout_s)
-            except (http.ConnectionError, http.Timeout) as exc:
-                last = f"{type(exc).__name__}: {exc}"
+            except transient as exc:
+                last = _error_kind(exc)
             else:
                 if resp.status_code == 200:
-                    return self._parse(resp.json())
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                if resp.status_code not in self.RETRY_STATUS:
-                    raise HTTPError(f"{self.url}: {last}")
-                retry_after = resp.headers.get("Retry-After")
-                if retry_after and retry_after.replace(".", "", 1).isdigit() and attempt < self.max_retries:
-                    with self._lock:
-                        self.retries += 1
-                    self.sleep(float(retry_after))
-                    continue
-            if attempt < self.max_retries:
-                with self._lock:
-                    self.retries += 1
-                self.sleep(self.backoff_s * (2 ** attempt) * (1 + jitter.random()))
-        raise HTTPError(f"{self.url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+                    try:
+                        payload = resp.json()
+                    except ValueError as exc:   # a body cut short: retried like a dropped connection
+                        last = f"HTTP 200 with a body that is not JSON ({len(resp.content)} bytes, {exc})"
+                    else:
+                        return self._parse(payload, attempt)
+                else:
+                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    if resp.status_code not in self.RETRY_STATUS:
+                        raise HTTPError(f"{self.url}: {_one_line(last)} (attempt {attempt}; not retried)")
+                    retry_after = resp.headers.get("Retry-After")
+                    if retry_after and retry_after.replace(".", "", 1).isdigit():
+                        wait_s = float(retry_after)
+            if attempt == attempts:
+                break
+            with self._lock:
+                self.retries += 1
+            if wait_s is None:
+                wait_s = self.backoff_s * (2 ** (attempt - 1)) * (1 + jitter.random())
+            self.sleep(min(wait_s, self.max_sleep_s))
+        raise HTTPError(f"{self.url}: gave up after {attempts} attempts; last error: {_one_line(last)}")
 
-    @staticmethod
-    def _parse(payload: Mapping[str, Any]) -> SampleResult:
-        choice = payload["choices"][0]
-        msg = choice.get("message", {})
-        usage = payload.get("usage") or {}
-        reasoning = msg.get("reasoning_content") or msg.get("reasoning")
-        return SampleResult(msg.get("content") or "", "length" if choice.get("finish_reason") == "length" else "stop",
-                            int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), reasoning)
+    def _parse(self, payload: Any, attempt: int = 1) -> SampleResult:
+        try:
+            choice = payload["choices"][0]
+            msg = choice.get("message") or {}
+            usage = payload.get("usage") or {}
+            reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+            return SampleResult(msg.get("content") or "",
+                                "length" if choice.get("finish_reason") == "length" else "stop",
+                                int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), reasoning)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise HTTPError(f"{self.url}: HTTP 200 but not a chat completion ({type(exc).__name__}: {exc}): "
+                            f"{_one_line(json.dumps(payload), 200)} (attempt {attempt}; not retried)") from None
 
 
 # ----------------------------------------------------------------------------- pseudo generators

@@ -12,11 +12,10 @@ The default store is a local SQLite file (mlflow/mlflow.db); concurrent flushes 
 and every write is retried with backoff ("database is locked"). A team server (MLFLOW_TRACKING_URI
 http://...) holds the same runs; its artifacts go where the server puts them (proxied with
 `mlflow server --serve-artifacts`), not into this checkout.
-The pipeline run spans its jobs: created by a flush, it starts when the earliest job of that flush
-started; every flush moves its end to the latest job end. MLflow cannot move an existing run's
-start (UpdateRun takes status, end time and name), so a pipeline run that existed before its
-earliest job was imported (ensure_pipeline_run, or live mode with jobs ending out of start order)
-starts later than that job.
+The pipeline run spans its jobs: the flush that creates it starts it at the earliest job start in
+the spool, and every flush moves its end to the latest job end. MLflow cannot move a run's start
+afterwards (UpdateRun takes status, end time and name), so a pipeline run made first by
+`ensure_pipeline_run`, or in live mode by a job that started after one still running, starts late.
 """
 from __future__ import annotations
 

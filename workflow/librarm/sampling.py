@@ -309,8 +309,8 @@ class HTTPSampler:
     """OpenAI-compatible /chat/completions: one request per sample, bounded concurrency,
     retries with exponential backoff (or the server's Retry-After), each sleep capped at
     max_sleep_s, on 429/5xx, connection errors, timeouts (timeout_s per request), and replies cut
-    short or whose JSON does not parse. When a request gives up, the requests not started yet
-    are cancelled and its HTTPError is raised."""
+    short or whose JSON does not parse. When a request gives up, its HTTPError is raised, and the
+    call sends no more requests (the server is likely gone; a stage reruns only what is missing)."""
 
     RETRY_STATUS = {429, 500, 502, 503, 504}
 
@@ -336,17 +336,33 @@ class HTTPSampler:
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
         from concurrent.futures import FIRST_EXCEPTION, wait
 
+        # Once a request fails for good the call fails: the requests not started yet are not sent,
+        # those in flight stop retrying, and the first failure is raised.
+        stop = threading.Event()
+        first: list[BaseException] = []
+
+        def one(req: SampleRequest) -> SampleResult | None:
+            if stop.is_set():
+                return None
+            try:
+                return self._one(req, stop)
+            except BaseException as exc:
+                with self._lock:
+                    if not stop.is_set():
+                        first.append(exc)
+                        stop.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = [pool.submit(self._one, r) for r in requests]
+            futures = [pool.submit(one, r) for r in requests]
             wait(futures, return_when=FIRST_EXCEPTION)
-            for f in futures:       # a request gave up: the server is gone, do not start the rest
+            for f in futures:
                 f.cancel()
-        failed = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
-        if failed:
-            raise failed[0]
+        if first:
+            raise first[0]
         return [f.result() for f in futures]
 
-    def _one(self, req: SampleRequest) -> SampleResult:
+    def _one(self, req: SampleRequest, stop: threading.Event | None = None) -> SampleResult:
         import requests as http
 
         body = {"model": self.model, "messages": req.messages, "temperature": self.cfg.temperature,
@@ -381,14 +397,14 @@ class HTTPSampler:
                     retry_after = resp.headers.get("Retry-After")
                     if retry_after and retry_after.replace(".", "", 1).isdigit():
                         wait_s = float(retry_after)
-            if attempt == attempts:
+            if attempt == attempts or (stop is not None and stop.is_set()):
                 break
             with self._lock:
                 self.retries += 1
             if wait_s is None:
                 wait_s = self.backoff_s * (2 ** (attempt - 1)) * (1 + jitter.random())
             self.sleep(min(wait_s, self.max_sleep_s))
-        raise HTTPError(f"{self.url}: gave up after {attempts} attempts; last error: {_one_line(last)}")
+        raise HTTPError(f"{self.url}: gave up after {attempt} attempts; last error: {_one_line(last)}")
 
     def _parse(self, payload: Any, attempt: int = 1) -> SampleResult:
         try:
@@ -473,7 +489,8 @@ def make_sampler(spec: EngineSpec, params: Mapping[str, Any], cfg: SamplingConfi
     if spec.backend == "http":
         if spec.api_key_env and not os.environ.get(spec.api_key_env):
             raise ValueError(f"{spec.where}.api_key_env: the environment variable {spec.api_key_env} is not set")
-        return HTTPSampler(spec.base_url, ref["path"], cfg, spec.api_key_env, spec.concurrency)
+        return HTTPSampler(spec.base_url, ref["path"], cfg, spec.api_key_env, spec.concurrency,
+                           max_retries=spec.max_retries, timeout_s=spec.timeout_s)
     raise ValueError(f"unknown backend {spec.backend!r}")
 
 

@@ -558,7 +558,9 @@ class EngineSpec(Section):
     gpus: int = 0
     base_url: str | None = None
     api_key_env: str | None = None
-    concurrency: int = 8
+    concurrency: int = 8                # http: requests in flight
+    max_retries: int = 6                # http: retries of a request (429/5xx, drops, timeouts, bad bodies)
+    timeout_s: float = 600.0            # http: per-request read timeout
 
 
 @dataclass(frozen=True)

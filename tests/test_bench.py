@@ -107,3 +107,35 @@ def test_read_bench_rejects_bad_label(tmp_path):
     p.write_text(json.dumps(row) + "\n" + json.dumps(dict(row, index=1, label="maybe")) + "\n")
     with pytest.raises(InputError, match=r"b.jsonl:2: field 'label'"):
         read_bench(p)
+
+
+def test_read_bench_takes_jsonl_parquet_and_a_datasets_folder_alike(tmp_path):
+    """The published Libra Bench as it is shipped (parquet, or a `datasets` save_to_disk folder,
+    `response_with_cot` included) reads to the same items as its JSONL; a bad row is named by
+    file and row."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from librarm.bench import read_bench
+    from librarm.io import InputError, write_jsonl
+
+    rows = [{"index": i, "question": f"q{i}", "response": f"r{i}", "response_with_cot": f"<think>t</think>r{i}",
+             "label": i % 2 == 0, "subset": "s", "model": "m"} for i in range(5)]
+    write_jsonl(tmp_path / "bench.jsonl", rows)
+    want = read_bench(tmp_path / "bench.jsonl")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bench.parquet")
+    (tmp_path / "shards").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows[:2]), tmp_path / "shards" / "part-0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[2:]), tmp_path / "shards" / "part-1.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    for source in ("bench.parquet", "shards", "saved"):
+        assert read_bench(tmp_path / source) == want, source
+    bad = [dict(r, label=int(r["label"])) for r in rows]
+    bad[3]["label"] = 2
+    pq.write_table(pa.Table.from_pylist(bad[2:]), tmp_path / "shards" / "part-1.parquet")
+    with pytest.raises(InputError, match=r"part-1\.parquet:row 2: field 'label': expected 0/1"):
+        read_bench(tmp_path / "shards")
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InputError, match=r"a datasets DatasetDict; pass one split's folder \(test\)"):
+        read_bench(tmp_path / "dd")

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .io import InputError, StageIO, read_jsonl, stable_hash, write_json, write_jsonl
+from .io import InputError, StageIO, read_jsonl, read_table, stable_hash, write_json, write_jsonl
 from .settings import BenchSettings, StressSettings, seed_of
 
 PUBLIC_FIELDS = ("index", "question", "response", "label", "model", "reference", "subset", "response_with_cot")
@@ -157,20 +157,22 @@ def parse_label(value: Any) -> int | None:
 
 
 def read_bench(path: str | Path) -> list[dict]:
-    """Read a benchmark file in the public Libra Bench schema; labels may be 0/1, bool or
-    'true'/'false' strings. Anything else is an InputError naming file, line and field."""
+    """Read a benchmark in the public Libra Bench schema: a JSONL file, a parquet file or folder, or
+    a `datasets` save_to_disk folder (the published files as they are, `response_with_cot`
+    included). Labels may be 0/1, bool or 'true'/'false' strings; anything else is an InputError
+    naming file, line (or row) and field."""
     schema = {"index": "int", "question": "str", "response": "str", "subset": "str"}
     rows = []
-    report = read_jsonl(path, schema, id_field="index")
-    for lineno, row in zip(report.lines, report.records):   # file lines: blank lines are counted
+    report = read_table(path, schema, id_field="index")
+    for where, row in zip(report.where, report.records):   # file lines: blank lines are counted
         if "label" not in row:
-            raise InputError(f"{path}:{lineno}: field 'label': missing")
+            raise InputError(f"{where}: field 'label': missing")
         label = parse_label(row["label"])
         if label is None:
-            raise InputError(f"{path}:{lineno}: field 'label': expected 0/1, true/false or 'true'/'false', "
+            raise InputError(f"{where}: field 'label': expected 0/1, true/false or 'true'/'false', "
                              f"got {row['label']!r}")
         if not row["subset"].strip():
-            raise InputError(f"{path}:{lineno}: field 'subset': empty")
+            raise InputError(f"{where}: field 'subset': empty")
         rows.append({**row, "label": label, "model": row.get("model") or "unknown",
                      "response_with_cot": row.get("response_with_cot") or row["response"]})
     if not rows:

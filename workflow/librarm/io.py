@@ -79,6 +79,7 @@ class JsonlReport:
     records: list[dict]
     quarantined: list[dict] = field(default_factory=list)  # {"line": n, "field": f, "error": msg}
     lines: list[int] = field(default_factory=list)         # the file line of each kept record
+    where: list[str] = field(default_factory=list)         # each kept record as `file:line` (or `file:row N`)
 
     @property
     def n_quarantined(self) -> int:
@@ -94,44 +95,88 @@ def read_jsonl(path: str | os.PathLike, schema: Mapping[str, str] | None = None,
     InputError naming file, line and field when on_bad == "error", else it is quarantined and
     counted in the report.
     """
-    if on_bad not in ("error", "quarantine"):
-        raise ValueError(f"on_bad must be 'error' or 'quarantine', got {on_bad!r}")
     path = Path(path)
-    report = JsonlReport(records=[])
-    seen: set = set()
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            problem = None
-            rec = None
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                problem = ("<line>", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
-            else:
+
+    def rows():
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield lineno, f"{path}:{lineno}", None, ("<line>", f"not valid UTF-8 ({exc.reason} at byte {exc.start})")
+                    continue
                 if not text.strip():
                     continue
                 try:
                     rec = json.loads(text)
                 except json.JSONDecodeError as exc:
-                    problem = ("<line>", f"invalid JSON: {exc.msg} (column {exc.colno})")
-                else:
-                    if not isinstance(rec, dict):
-                        problem = ("<line>", f"expected a JSON object, got {type(rec).__name__}")
-            if problem is None and schema:
-                problem = _check_fields(rec, schema)
-            if problem is None and id_field is not None:
-                key = rec.get(id_field)
-                if key in seen:
-                    problem = (id_field, f"duplicate id {key!r}")
-                seen.add(key)
-            if problem is None:
-                report.records.append(rec)
-                report.lines.append(lineno)
-                continue
-            fld, msg = problem
-            if on_bad == "error":
-                raise InputError(f"{path}:{lineno}: field '{fld}': {msg}")
-            report.quarantined.append({"line": lineno, "field": fld, "error": msg})
+                    yield lineno, f"{path}:{lineno}", None, ("<line>", f"invalid JSON: {exc.msg} (column {exc.colno})")
+                    continue
+                if not isinstance(rec, dict):
+                    yield lineno, f"{path}:{lineno}", None, ("<line>", f"expected a JSON object, got {type(rec).__name__}")
+                    continue
+                yield lineno, f"{path}:{lineno}", rec, None
+
+    return _checked(rows(), schema, id_field, on_bad)
+
+
+def read_table(path: str | os.PathLike, schema: Mapping[str, str] | None = None, *,
+               id_field: str | None = None, on_bad: str = "error") -> JsonlReport:
+    """Rows of a JSONL file, a parquet file, a folder of parquet files (read in name order) or a
+    `datasets` save_to_disk folder, checked as read_jsonl checks lines; a bad row is named
+    `file:row N` (rows counted from 1 in each file)."""
+    path = Path(path)
+    if path.is_file() and path.suffix != ".parquet":
+        return read_jsonl(path, schema, id_field=id_field, on_bad=on_bad)
+    return _checked(_table_rows(path), schema, id_field, on_bad)
+
+
+def _table_rows(path: Path):
+    if not path.exists():
+        raise InputError(f"{path}: not found")
+    if path.is_dir() and (path / "dataset_dict.json").exists():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise InputError(f"{path}: a datasets DatasetDict; pass one split's folder ({', '.join(splits)})")
+    if path.is_dir() and (path / "state.json").exists():           # datasets' save_to_disk layout
+        import datasets
+
+        for i, rec in enumerate(datasets.load_from_disk(str(path)), start=1):
+            yield i, f"{path}:row {i}", dict(rec), None
+        return
+    files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if not files:
+        raise InputError(f"{path}: not a JSONL or parquet file, a folder of parquet files or a datasets "
+                         "save_to_disk folder")
+    import pyarrow.parquet as pq
+
+    for f in files:
+        for i, rec in enumerate(pq.read_table(f).to_pylist(), start=1):
+            yield i, f"{f}:row {i}", rec, None
+
+
+def _checked(rows, schema: Mapping[str, str] | None, id_field: str | None, on_bad: str) -> JsonlReport:
+    """Keep each (line, where, record, problem) row whose record passes the schema and has a new id."""
+    if on_bad not in ("error", "quarantine"):
+        raise ValueError(f"on_bad must be 'error' or 'quarantine', got {on_bad!r}")
+    report = JsonlReport(records=[])
+    seen: set = set()
+    for lineno, where, rec, problem in rows:
+        if problem is None and schema:
+            problem = _check_fields(rec, schema)
+        if problem is None and id_field is not None:
+            key = rec.get(id_field)
+            if key in seen:
+                problem = (id_field, f"duplicate id {key!r}")
+            seen.add(key)
+        if problem is None:
+            report.records.append(rec)
+            report.lines.append(lineno)
+            report.where.append(where)
+            continue
+        fld, msg = problem
+        if on_bad == "error":
+            raise InputError(f"{where}: field '{fld}': {msg}")
+        report.quarantined.append({"line": lineno, "field": fld, "error": msg})
     return report
 
 

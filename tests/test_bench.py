@@ -139,3 +139,32 @@ def test_read_bench_takes_jsonl_parquet_and_a_datasets_folder_alike(tmp_path):
     datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(InputError, match=r"a datasets DatasetDict; pass one split's folder \(test\)"):
         read_bench(tmp_path / "dd")
+
+
+def test_a_hub_bench_is_read_offline_from_the_cache_at_its_pinned_revision(tmp_path, monkeypatch):
+    """hf://datasets/OWNER/NAME@REVISION/PATH with HF_HUB_OFFLINE=1 against a hub cache built here
+    (the layout huggingface_hub reads): the pinned file is found, its sha256 is checked, an
+    unpinned source and a wrong hash are one line each."""
+    import huggingface_hub.constants as hub_constants
+
+    from librarm.bench import fetch_bench, read_bench
+    from librarm.io import InputError, file_sha256, write_jsonl
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "datasets--org--libra-bench" / "snapshots" / commit / "data"
+    snapshot.mkdir(parents=True)
+    write_jsonl(snapshot / "test.jsonl", [{"index": 0, "question": "q", "response": "r", "label": 1, "subset": "s"}])
+    (tmp_path / "hub" / "datasets--org--libra-bench" / "refs").mkdir()
+    (tmp_path / "hub" / "datasets--org--libra-bench" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    source = f"hf://datasets/org/libra-bench@{commit}/data/test.jsonl"
+    path, digest = fetch_bench(source)
+    assert path.resolve() == (snapshot / "test.jsonl").resolve() and digest == file_sha256(snapshot / "test.jsonl")
+    assert read_bench(path)[0]["label"] == 1
+    assert fetch_bench(source, digest.upper())[0] == path
+    with pytest.raises(InputError, match=r"--bench-sha256: .* has sha256 [0-9a-f]{64}, not 00"):
+        fetch_bench(source, "00")
+    with pytest.raises(InputError, match="with a pinned revision"):
+        fetch_bench("hf://datasets/org/libra-bench/data/test.jsonl")

@@ -140,6 +140,32 @@ def step_bench(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]
 
 
 # ----------------------------------------------------------------------------- reading any bench file
+HUB_PREFIX = "hf://datasets/"
+
+
+def fetch_bench(source: str, sha256: str | None = None) -> tuple[Path, str | None]:
+    """A bench given as a local path, or as `hf://datasets/OWNER/NAME@REVISION/PATH` (a file in a
+    Hugging Face dataset repo at a pinned revision; honours HF_HUB_OFFLINE and the hub cache):
+    (the local path, the file's sha256). With sha256, a file whose hash differs is an InputError."""
+    from .io import file_sha256
+
+    if source.startswith(HUB_PREFIX):
+        owner, _, rest = source[len(HUB_PREFIX):].partition("/")
+        name_rev, _, inner = rest.partition("/")
+        name, _, revision = name_rev.partition("@")
+        if not (owner and name and revision and inner):
+            raise InputError(f"--bench {source}: expected {HUB_PREFIX}OWNER/NAME@REVISION/PATH with a pinned revision")
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(f"{owner}/{name}", inner, repo_type="dataset", revision=revision))
+    else:
+        path = Path(source)
+    digest = file_sha256(path) if path.is_file() else None
+    if sha256 and digest != sha256.lower():
+        raise InputError(f"--bench-sha256: {source} has sha256 {digest}, not {sha256}")
+    return path, digest
+
+
 _TRUE = {"1", "true", "True", "TRUE"}
 _FALSE = {"0", "false", "False", "FALSE"}
 

@@ -186,6 +186,7 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
 def cmd_score(a: argparse.Namespace) -> int:
     """Score any file in the public Libra Bench schema with any judge: one from params, or a model
     folder, hub id or served model given on the command line."""
+    from .bench import fetch_bench
     from .evaluate import score_file
 
     presets = [] if a.preset == ["none"] else (a.preset or [SCORE_DEFAULT_PRESET])
@@ -199,7 +200,9 @@ def cmd_score(a: argparse.Namespace) -> int:
     print(f"budgets ({'+'.join(presets) or 'params.yaml'}): judge.max_prompt_tokens={j.max_prompt_tokens} "
           f"judge.overflow={j.overflow} judge.max_new_tokens={j.max_new_tokens} "
           f"judge.temperature={j.temperature}", flush=True)
-    metrics = score_file(cfg, a.judge, a.bench, a.out, a.threads)
+    bench, digest = fetch_bench(a.bench, a.bench_sha256)
+    print(f"bench: {bench}" + (f" (sha256 {digest})" if digest else ""), flush=True)
+    metrics = score_file(cfg, a.judge, bench, a.out, a.threads)
     overflow = metrics.get("prompt_overflow") or {}
     print(f"prompts over judge.max_prompt_tokens: {overflow.get('truncated', 0)} truncated, "
           f"{overflow.get('skipped', 0)} skipped (of {metrics.get('n_items')})")
@@ -306,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_stage)
 
     sc = sub.add_parser("score", help="score a Libra-Bench-schema file with a judge")
-    sc.add_argument("--bench", required=True)
+    sc.add_argument("--bench", required=True,
+                    help="a JSONL or parquet file, a parquet or datasets save_to_disk folder, or "
+                         "hf://datasets/OWNER/NAME@REVISION/PATH (a pinned file in a hub dataset repo)")
+    sc.add_argument("--bench-sha256", help="the bench file's expected sha256 (a mismatch stops before scoring)")
     sc.add_argument("--judge", required=True, help="a key of params 'judges' (or a new name with --model)")
     sc.add_argument("--model", help="hf/vllm: a model folder or hub id; http: the name the server serves")
     sc.add_argument("--revision", help="the pinned revision of a hub --model")

@@ -34,6 +34,8 @@ if DOWNSTREAM:
             P.log("pairs/sample"),
         benchmark:
             P.benchmark("pairs_sample", "sample")
+        resources:
+            gpu=PARAMS.pairs.policy_engine().scheduler_gpus,
         threads: 1
         shell:
             stage("pairs-sample")
@@ -80,6 +82,8 @@ if DOWNSTREAM:
             P.log("pairs/label-{judge}"),
         benchmark:
             P.benchmark("pairs_label", "label-{judge}")
+        resources:
+            gpu=lambda wc: PARAMS.judges[wc.judge].scheduler_gpus,
         threads: 1
         shell:
             stage("pairs-label")
@@ -173,6 +177,8 @@ if DOWNSTREAM:
             P.log("downstream/{policy}/{run}"),
         benchmark:
             P.benchmark("policy_eval", "{policy}/{run}")
+        resources:
+            gpu=PARAMS.pairs.policy_engine().scheduler_gpus,
         threads: 1
         shell:
             stage("policy-eval")

@@ -19,7 +19,7 @@ rule evaluate:
             models=lambda wc: config["models"].get(config["judges"][wc.judge]["model"], {}),
         ),
     resources:
-        gpu=lambda wc: PARAMS.judges[wc.judge].gpus,
+        gpu=lambda wc: PARAMS.judges[wc.judge].scheduler_gpus,
     log:
         P.log("evaluate/{judge}"),
     benchmark:

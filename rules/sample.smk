@@ -18,7 +18,7 @@ rule sample:
             models=lambda wc: config["models"].get(config["generators"][wc.generator].get("model"), {}),
         ),
     resources:
-        gpu=lambda wc: PARAMS.generators[wc.generator].gpus,
+        gpu=lambda wc: PARAMS.generators[wc.generator].scheduler_gpus,
     log:
         P.log("sample/{generator}/{subset}"),
     benchmark:

@@ -562,6 +562,12 @@ class EngineSpec(Section):
     max_retries: int = 6                # http: retries of a request (429/5xx, drops, timeouts, bad bodies)
     timeout_s: float = 600.0            # http: per-request read timeout
 
+    @property
+    def scheduler_gpus(self) -> int:
+        """The GPUs a job running this engine asks the scheduler for: `gpus`, else one per
+        tensor-parallel rank for vLLM, else none (hf runs where it is placed; http uses none)."""
+        return self.gpus or (self.tensor_parallel_size if self.backend == "vllm" else 0)
+
 
 @dataclass(frozen=True)
 class GeneratorSpec(EngineSpec):

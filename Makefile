@@ -26,7 +26,7 @@ run: setup
 	source $(BIN)/activate && snakemake --cores $(CORES)
 
 test: setup
-	source $(BIN)/activate && pytest -q
+	source $(BIN)/activate && pytest -q -rs   # -rs: each skipped test's reason (e.g. SLURM without root)
 
 test-fast: setup
 	source $(BIN)/activate && pytest -q -m "not slow"

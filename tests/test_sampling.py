@@ -340,7 +340,14 @@ def test_vllm_via_make_sampler_and_sample_stage(fake_vllm, tmp_path):
 @pytest.mark.timeout(60)
 def test_vllm_missing_gives_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)            # `import vllm` raises ImportError
-    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[vllm\]'"):
+    monkeypatch.delenv("LIBRARM_VLLM_PYTHON", raising=False)
+    with pytest.raises(ValueError, match=r"has no vllm: install vllm \(GPU: envs/gpu-inference.yaml; CPU: make "
+                                         r"setup-vllm, then set LIBRARM_VLLM_PYTHON=\.venv-vllm/bin/python\)"):
+        VLLMSampler("m", SamplingConfig())
+    # outside a librarm command (here: in-process) it never re-runs anything, even when told where
+    monkeypatch.setenv("LIBRARM_VLLM_PYTHON", "/nowhere/python")
+    with pytest.raises(ValueError, match=r"LIBRARM_VLLM_PYTHON re-runs librarm commands only; call this from "
+                                         r"/nowhere/python"):
         VLLMSampler("m", SamplingConfig())
 
 

@@ -7,26 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port, serve_on_loopback, stop_group
 
 from librarm.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def librarm(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -54,32 +46,15 @@ def _greedy_params(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served():
+def served(tmp_path_factory):
     """`transformers serve` on a free loopback port, the judge folder preloaded."""
-    port = _free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"transformers-serve-{port}.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
-                             "--port", str(port), str(JUDGE)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    import requests
-
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"transformers serve exited with {proc.returncode}: see {log.name}")
-        try:
-            if requests.get(f"{url}/models", timeout=2).ok:
-                break
-        except requests.RequestException:
-            time.sleep(1)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail(f"transformers serve did not answer in 120 s: see {log.name}")
+    proc = serve_on_loopback([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
+                              "--port", str(port), str(JUDGE)], f"{url}/models",
+                             tmp_path_factory.mktemp("serve") / "transformers-serve.log", "transformers serve", 120)
     yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
+    stop_group(proc)
 
 
 @pytest.mark.slow
@@ -113,7 +88,7 @@ def test_a_model_the_server_does_not_serve_is_one_line(served, tmp_path):
 
 def test_settings_that_cannot_work_are_one_line_each(tmp_path, monkeypatch):
     bench = str(_bench(tmp_path / "b.jsonl"))
-    dead = f"http://127.0.0.1:{_free_port()}/v1"              # nothing listens there
+    dead = f"http://127.0.0.1:{free_port()}/v1"              # nothing listens there
     cases = [
         (["--backend", "http", "--model", "m"], "--base-url: required with --backend http"),
         (["--backend", "http", "--base-url", dead, "--model", "m"], f"--base-url {dead}: no answer from {dead}/models"),

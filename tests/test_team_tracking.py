@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, REPO, run
+from conftest import ENV, REPO, free_port, run, serve_on_loopback, stop_group
 
 from librarm.tracking import flush_spool, pipeline_identity, spool_record
 
@@ -36,61 +32,22 @@ CUT_STEPS = {"sample": 9, "verify": 9, "bench": 1}
 TIMING = {"seconds", "tokens_per_s"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """The server and the workers it started (its own process group), by PID."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)             # a worker outlived its parent
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` on a free loopback port: (its URL, its folder with server.db and artifacts/)."""
     tmp = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(tmp / "server.log", "w")
+    port = free_port()
     env = {k: v for k, v in ENV.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server",
-                             "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--serve-artifacts",
-                             "--artifacts-destination", str(tmp / "artifacts"),
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    proc = serve_on_loopback([str(Path(sys.executable).with_name("mlflow")), "server",
+                              "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--serve-artifacts",
+                              "--artifacts-destination", str(tmp / "artifacts"),
+                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                             f"{url}/health", tmp / "server.log", "mlflow server", 60, cwd=tmp, env=env)
     try:
-        deadline = time.time() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}: see {log.name}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as res:
-                    if res.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"mlflow server did not answer /health in 60 s: see {log.name}")
-            time.sleep(1)
         yield url, tmp
     finally:
-        _stop(proc)
-        log.close()
+        stop_group(proc)
 
 
 def _copy_of_run(ci_run: Path, root: Path) -> Path:

@@ -130,9 +130,23 @@ def _headline(metrics: Mapping[str, Any]) -> dict:
 SCORE_DEFAULT_PRESET = "paper"     # real judges need the paper's prompt and budgets, not the tiny world's
 
 
+def _key_value(item: str, flag: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE read as YAML (0.1 is a number, float32 a string, true a bool)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{flag} {item}: expected KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
 def score_overlay(a: argparse.Namespace) -> dict:
     """The params a `librarm score --model ...` judge adds: a models entry and a judges entry."""
     judge: dict[str, Any] = {"model": f"cli_{a.judge}", "backend": a.backend, "kind": a.kind}
+    if a.vllm_arg:
+        if a.backend != "vllm":
+            raise ConfigError("--vllm-arg: only with --backend vllm")
+        judge["vllm_args"] = dict(_key_value(item, "--vllm-arg") for item in a.vllm_arg)
     if a.backend == "http":
         if not a.base_url:
             raise ConfigError("--base-url: required with --backend http (the server's /v1 URL)")
@@ -319,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--backend", default="hf", choices=["hf", "vllm", "http"])
     sc.add_argument("--base-url", help="http: the OpenAI-compatible server's URL, e.g. http://127.0.0.1:8000/v1")
     sc.add_argument("--api-key-env", help="http: the environment variable that holds the API key")
+    sc.add_argument("--vllm-arg", action="append", metavar="KEY=VALUE",
+                    help="vllm: a keyword argument of vllm.LLM (repeat), e.g. dtype=float32 "
+                         "gpu_memory_utilization=0.1 (on CPU, the share of RAM vLLM reserves)")
     sc.add_argument("--kind", default="generative", choices=["generative", "scalar"])
     sc.add_argument("--params", default="params.yaml")
     sc.add_argument("--preset", action="append",
@@ -380,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.cli_args = list(sys.argv[1:] if argv is None else argv)      # what a launcher re-runs
+    from . import launch
+
+    launch.RUNNING_ARGV = args.cli_args     # a backend that must run elsewhere re-runs this command (vLLM)
     try:
         return args.func(args)
     except (ConfigError, InputError, FileNotFoundError, ValueError, KeyError) as exc:

@@ -264,6 +264,8 @@ def _cross_check_downstream(p: Params, problems: list[str]) -> None:
         problems.append(f"pairs.pool: {pairs.pool!r} is not a problem set with role 'dpo_pool'")
     if pairs.policy not in p.models:
         problems.append(f"pairs.policy: {pairs.policy!r} is not a key of 'models'")
+    if pairs.backend == "http" and not pairs.engine.get("base_url"):
+        problems.append("pairs.engine.base_url: required for pairs.backend 'http'")
     for i, name in enumerate(pairs.labelers):
         try:
             labeler_kind(name, p.judges)

@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 
 from .settings import LaunchSettings, Params, SettingsError
 
+RUNNING_ARGV: list[str] | None = None   # the arguments of the running librarm command (set by cli.main)
+
 INSIDE = "LIBRARM_LAUNCHED"          # set in the processes the launcher starts
 TRAINING_STEPS = ("train", "dpo")    # the `librarm stage` steps that run under the launcher
 

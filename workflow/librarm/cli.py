@@ -399,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.cli_args = list(sys.argv[1:] if argv is None else argv)      # what a launcher re-runs
     from . import launch
 
-    launch.RUNNING_ARGV = args.cli_args     # a backend that must run elsewhere re-runs this command (vLLM)
+    # A backend that must run under another interpreter (vLLM) re-runs this command there: only
+    # when this process is the command (not main() called in-process), and only while it runs.
+    launch.RUNNING_ARGV = args.cli_args if argv is None else None
     try:
         return args.func(args)
     except (ConfigError, InputError, FileNotFoundError, ValueError, KeyError) as exc:
@@ -410,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
         print(f"error: {msg}  (librarm --debug ... shows the traceback)", file=sys.stderr)
         return 2
+    finally:
+        launch.RUNNING_ARGV = None
 
 
 if __name__ == "__main__":

@@ -551,6 +551,18 @@ def test_http_retries_order_reasoning_and_auth(stub):
 
 
 @pytest.mark.timeout(60)
+def test_http_extra_body_is_sent_but_cannot_override_the_request(stub):
+    extra = {"top_k": 5, "generation_config": '{"do_sample": true}', "seed": 7, "temperature": 9.0}
+    sampler = http_sampler(stub.base_url, [], extra_body=extra)
+    req = SampleRequest(msgs("[ok] extra"), seed=1234)
+    sampler.generate([req])
+    (entry,) = stub.log
+    b = entry["body"]
+    assert (b["top_k"], b["generation_config"]) == (5, '{"do_sample": true}')
+    assert (b["seed"], b["temperature"]) == (1234, 0.6)          # the request's own fields win
+
+
+@pytest.mark.timeout(60)
 def test_http_exponential_backoff_then_give_up(stub):
     sleeps: list[float] = []
     sampler = http_sampler(stub.base_url, sleeps, max_retries=3, backoff_s=0.5)

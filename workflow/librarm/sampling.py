@@ -348,8 +348,10 @@ class HTTPSampler:
 
     def __init__(self, base_url: str, model: str, cfg: SamplingConfig, api_key_env: str | None = None,
                  concurrency: int = 8, max_retries: int = 6, backoff_s: float = 0.5, timeout_s: float = 600.0,
-                 sleep: Callable[[float], None] = time.sleep, max_sleep_s: float = 60.0):
+                 sleep: Callable[[float], None] = time.sleep, max_sleep_s: float = 60.0,
+                 extra_body: Mapping[str, Any] | None = None):
         self.name = f"http:{model}"
+        self.extra_body = dict(extra_body or {})
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.cfg = cfg
@@ -397,7 +399,8 @@ class HTTPSampler:
     def _one(self, req: SampleRequest, stop: threading.Event | None = None) -> SampleResult:
         import requests as http
 
-        body = {"model": self.model, "messages": req.messages, "temperature": self.cfg.temperature,
+        # the request's own fields win over extra_body: it cannot undo the per-sample seed
+        body = {**self.extra_body, "model": self.model, "messages": req.messages, "temperature": self.cfg.temperature,
                 "top_p": self.cfg.top_p, "max_tokens": self.cfg.max_new_tokens, "seed": int(req.seed) % (2**31), "n": 1}
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -523,7 +526,7 @@ def make_sampler(spec: EngineSpec, params: Mapping[str, Any], cfg: SamplingConfi
         if spec.api_key_env and not os.environ.get(spec.api_key_env):
             raise ValueError(f"{spec.where}.api_key_env: the environment variable {spec.api_key_env} is not set")
         return HTTPSampler(spec.base_url, ref["path"], cfg, spec.api_key_env, spec.concurrency,
-                           max_retries=spec.max_retries, timeout_s=spec.timeout_s)
+                           max_retries=spec.max_retries, timeout_s=spec.timeout_s, extra_body=spec.extra_body)
     raise ValueError(f"unknown backend {spec.backend!r}")
 
 

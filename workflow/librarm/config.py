@@ -10,7 +10,7 @@ import yaml
 
 from .launch import batch_problems
 from .paths import MODEL_DIR, TRAINED_MODEL
-from .settings import ModelSpec, Params, ProblemsSettings, SettingsError, StressSettings
+from .settings import EngineSpec, ModelSpec, Params, ProblemsSettings, SettingsError, StressSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WORKFLOW_DIR = PACKAGE_DIR.parent
@@ -190,17 +190,23 @@ def _cross_check(p: Params) -> list[str]:
             if g.model not in models:
                 problems.append(f"{section}.{name}.model: {g.model!r} is not a key of 'models'")
                 continue
-            if g.backend == "http" and g.base_url is None:
-                problems.append(f"{section}.{name}.base_url: required for backend 'http'")
-            if g.backend == "vllm" and 0 < g.gpus < g.tensor_parallel_size:
-                problems.append(f"{section}.{name}.gpus: {g.gpus} GPUs cannot hold tensor_parallel_size "
-                                f"{g.tensor_parallel_size} (the job asks the scheduler for `gpus`)")
+            _check_engine(g, f"{section}.{name}", "backend", problems)
     for j in p.evaluate.judges:
         if j not in p.judges:
             problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")
     _cross_check_learning(p, problems)
     _cross_check_downstream(p, problems)
     return problems
+
+
+def _check_engine(g: EngineSpec, where: str, backend_key: str, problems: list[str]) -> None:
+    """What an engine's backend needs: a generator's or judge's (where: its registry key), or the
+    policy's (where: pairs.engine, its backend in pairs.backend)."""
+    if g.backend == "http" and not g.base_url:
+        problems.append(f"{where}.base_url: required for {backend_key} 'http'")
+    if g.backend == "vllm" and 0 < g.gpus < g.tensor_parallel_size:
+        problems.append(f"{where}.gpus: {g.gpus} GPUs cannot hold tensor_parallel_size "
+                        f"{g.tensor_parallel_size} (the job asks the scheduler for `gpus`)")
 
 
 def _cross_check_learning(p: Params, problems: list[str]) -> None:
@@ -264,8 +270,7 @@ def _cross_check_downstream(p: Params, problems: list[str]) -> None:
         problems.append(f"pairs.pool: {pairs.pool!r} is not a problem set with role 'dpo_pool'")
     if pairs.policy not in p.models:
         problems.append(f"pairs.policy: {pairs.policy!r} is not a key of 'models'")
-    if pairs.backend == "http" and not pairs.engine.get("base_url"):
-        problems.append("pairs.engine.base_url: required for pairs.backend 'http'")
+    _check_engine(pairs.policy_engine(), "pairs.engine", "pairs.backend", problems)
     for i, name in enumerate(pairs.labelers):
         try:
             labeler_kind(name, p.judges)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -216,13 +215,6 @@ def test_server_killed_mid_stage_keeps_chunks_and_rerun_makes_only_the_rest(prox
     assert out.read_bytes() == undisturbed
 
 
-def stage_command(cfg: Path, probs: Path, out: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return test_serving.librarm("stage", "sample", "--config", str(cfg), "--wildcard", "generator=served",
-                                "--wildcard", "subset=tiny", "--in", "problems", str(probs), "--out", "samples",
-                                str(out), "--out", "meta", str(out.with_suffix(".meta.json")), "--threads", "1",
-                                cwd=cwd)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_stage_command_gives_up_in_one_line_then_the_rerun_completes(proxy, undisturbed, tmp_path):
@@ -230,7 +222,7 @@ def test_stage_command_gives_up_in_one_line_then_the_rerun_completes(proxy, undi
     cfg.write_text(json.dumps(stage_params(proxy.url)))
     probs, out = problems(tmp_path / "p.jsonl"), tmp_path / "out.jsonl"
     proxy.down_after(2 * BATCH, Fault("503", retry_after="0"))   # a gateway whose server is gone
-    res = stage_command(cfg, probs, out, tmp_path)
+    res = test_serving.sample_stage(cfg, probs, out, tmp_path, "served")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     lines = [ln for ln in res.stderr.replace("\r", "\n").splitlines() if "error" in ln.lower()]
     assert lines == [f"error: {proxy.url}/chat/completions: gave up after 7 attempts; last error: HTTP 503: "
@@ -242,7 +234,7 @@ def test_stage_command_gives_up_in_one_line_then_the_rerun_completes(proxy, undi
     assert 7 <= proxy.injected("503") <= 2 * 7
 
     proxy.up()
-    res = stage_command(cfg, probs, out, tmp_path)
+    res = test_serving.sample_stage(cfg, probs, out, tmp_path, "served")
     assert res.returncode == 0, res.stderr[-3000:]
     meta = json.loads(out.with_suffix(".meta.json").read_text())
     assert (meta["generated_now"], meta["reused"], meta["n_records"]) == (TOTAL - 2 * BATCH, 2 * BATCH, TOTAL)

@@ -26,6 +26,15 @@ def librarm(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
                           cwd=cwd, env={**os.environ, "LIBRARM_TRACKING": "0", **(env or {})}, timeout=600)
 
 
+def sample_stage(cfg: Path, probs: Path, out: Path, cwd: Path, generator: str,
+                 env: dict | None = None) -> subprocess.CompletedProcess:
+    """`librarm stage sample` for one generator on one problems file (subset `tiny`): the samples
+    to out, the meta record beside it (out.meta.json), the resume store under cwd."""
+    return librarm("stage", "sample", "--config", str(cfg), "--wildcard", f"generator={generator}",
+                   "--wildcard", "subset=tiny", "--in", "problems", str(probs), "--out", "samples", str(out),
+                   "--out", "meta", str(out.with_suffix(".meta.json")), "--threads", "1", cwd=cwd, env=env)
+
+
 def _bench(path: Path, n: int = 6) -> Path:
     rows = []
     for i in range(n):

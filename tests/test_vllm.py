@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, free_port, serve_on_loopback, stop_group
-from test_serving import _bench, _greedy_params, librarm
+from test_serving import _bench, _greedy_params, librarm, sample_stage
 
 from librarm.config import load_params
 from librarm.io import read_jsonl, write_jsonl
@@ -58,10 +58,7 @@ def vllm_stage(params: dict, probs: Path, cwd: Path) -> dict:
     Returns the stage's meta record; the samples are cwd/out.jsonl."""
     cfg = cwd / "cfg.json"
     cfg.write_text(json.dumps(params))
-    res = librarm("stage", "sample", "--config", str(cfg), "--wildcard", "generator=g", "--wildcard", "subset=tiny",
-                  "--in", "problems", str(probs), "--out", "samples", str(cwd / "out.jsonl"),
-                  "--out", "meta", str(cwd / "out.meta.json"), "--threads", "1",
-                  cwd=cwd, env={"LIBRARM_VLLM_PYTHON": str(VLLM_PYTHON)})
+    res = sample_stage(cfg, probs, cwd / "out.jsonl", cwd, "g", env={"LIBRARM_VLLM_PYTHON": str(VLLM_PYTHON)})
     assert res.returncode == 0, res.stderr[-4000:]
     return json.loads((cwd / "out.meta.json").read_text())
 

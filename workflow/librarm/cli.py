@@ -190,7 +190,8 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
         if resp.status_code in (401, 403):
             raise ConfigError(f"--api-key-env: {url} refused the key (HTTP {resp.status_code})")
         served = [d.get("id") for d in (resp.json().get("data") or [])] if resp.ok else []
-        if served and ref["path"] not in served:
+        # a local folder may be absent from the list: `transformers serve` loads folders on first request
+        if served and ref["path"] not in served and not Path(ref["path"]).is_dir():
             raise ConfigError(f"--model {ref['path']}: not served at {spec.base_url} (it serves: {', '.join(served)})")
     elif m.source in ("tiny", "trained", "gguf") and not Path(ref["path"]).is_dir():
         raise ConfigError(f"judge {judge!r}: its model {ref['path']} does not exist yet; build it with "

@@ -274,14 +274,17 @@ def _cluster_overrides() -> str:
 # Deterministic outputs of the cut, compared byte for byte with the local ci run. Not compared:
 # samples/*/*.meta.json (tokens_per_s) and verify/*/*.meta.json (seconds) carry timings.
 COMPARED = ("results/problems/*.jsonl", "results/problems/stats.json", "results/samples/*/*.jsonl",
-            "results/verify/*/*.jsonl", "results/bench/*.jsonl", "results/bench/stats.json")
-TARGET = "results/bench/libra_bench.jsonl"   # the cut: problems, tiny models, sample, verify, bench
+            "results/verify/*/*.jsonl")
+# The cut: problems, the tiny models, two sample jobs (on the gpu partition) and their verify jobs:
+# 6 SLURM jobs, against 21 up to the bench, for the same executor paths (the test's run time was
+# mostly per-job submission and status polling).
+TARGET = "results/verify/gen_weak/tiny_l5.jsonl results/verify/gen_strong/tiny_aime25.jsonl"
 
 
 @pytest.mark.slow
 @pytest.mark.engines
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start slurmctld/slurmd (tests/cluster/slurm_up.sh)")
-def test_slurm_profile_runs_the_ci_dag_to_the_bench_through_a_scancel(slurm_cluster, ci_run, tmp_path):
+def test_slurm_profile_runs_a_cut_of_the_ci_dag_through_a_scancel(slurm_cluster, ci_run, tmp_path):
     t0 = time.monotonic()
     root = _slurm_copy(ci_run, tmp_path)
     env = {**ENV, "LIBRARM_TRACKING": "0", "PYTHONPATH": str(root / "workflow")}
@@ -327,8 +330,8 @@ def test_slurm_profile_runs_the_ci_dag_to_the_bench_through_a_scancel(slurm_clus
 
     # 3. byte-identical to the local ci run
     files = sorted({p.relative_to(root).as_posix() for pat in COMPARED for p in root.glob(pat)})
-    assert {f.split("/")[1] for f in files} == {"problems", "samples", "verify", "bench"}, files
-    assert "results/bench/libra_bench.jsonl" in files
+    assert {f.split("/")[1] for f in files} == {"problems", "samples", "verify"}, files
+    assert all(root.joinpath(t).exists() for t in TARGET.split()), files
     differ = [f for f in files if not _same_result(root / f, ci_run / f)]
     assert not differ, differ
     print(f"\n{slurm_cluster}\ncancelled SLURM job {cancelled['id']} ({cancelled['comment']}, partition "

@@ -110,7 +110,8 @@ def ci_run(tmp_path_factory):
     """A copy of the repo whose params.yaml is the ci preset (what dvc repro reads), run once per
     session and shared by the workflow, team and cluster tests."""
     root = tmp_path_factory.mktemp("ci") / "repo"
-    ignore = shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
+    # ".venv*": .venv-vllm too (3.9 GB; copying it filled the disk)
+    ignore = shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
                                     "*.egg-info")
     shutil.copytree(REPO, root, ignore=ignore, symlinks=True)
     shared = REPO.parent / "shared"

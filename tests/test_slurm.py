@@ -250,7 +250,7 @@ def _squeue(workdir: Path) -> list[dict]:
 
 def _slurm_copy(ci_root: Path, dest: Path) -> Path:
     """ci_run's repo (same commit, same ci params.yaml) without its results and run state."""
-    ignore = shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
+    ignore = shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
                                     "*.egg-info", "reads")
     root = dest / "repo"
     shutil.copytree(ci_root, root, ignore=ignore, symlinks=True)

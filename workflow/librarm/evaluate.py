@@ -79,9 +79,11 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     metrics = score_predictions(preds, EvaluateSettings.from_params(params).bootstrap_resamples, seed_of(params))
     metrics.update(extra)
     metrics["judge"] = judge_name
-    metrics["seconds"] = round(time.time() - t0, 2)
+    elapsed = time.time() - t0
+    metrics["seconds"] = round(elapsed, 2)
     tokens = sum(p.get("completion_tokens", 0) for p in preds)
-    metrics["tokens_per_s"] = round(tokens / metrics["seconds"], 1) if tokens else None
+    # from the unrounded time: a fast scripted judge can finish in under 5 ms (seconds 0.0)
+    metrics["tokens_per_s"] = round(tokens / elapsed, 1) if tokens and elapsed > 0 else None
     models = []
     if spec.model:
         ref = model_ref(params, spec.model)

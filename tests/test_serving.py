@@ -107,6 +107,7 @@ def test_http_and_hf_backends_give_the_same_greedy_text(served, model, tmp_path,
     hf = score_greedy(tmp_path, "hf", folder, "--backend", "hf")
     assert_same_verdicts(http, hf, folder, ("http", "hf"))
     assert len(http) == 6
+    assert json.loads((tmp_path / "http" / "metrics.json").read_text())["n_items"] == 6
 
 
 @pytest.mark.slow

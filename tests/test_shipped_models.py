@@ -1,6 +1,6 @@
 """The shipped tiny-model weights were made by the current bootstrap params (hash in the manifest),
-and every model folder matches its recorded hash: the default tiny world (workflow/tiny_models) and
-its vLLM-compatible twin with head_dim 32 (workflow/tiny_models_hd32, the vllm-cpu preset)."""
+and every model folder matches its recorded hash. The vllm-cpu preset runs the same weights: the tiny
+world's head_dim (32) is one vLLM's CPU attention takes."""
 import copy
 
 import pytest
@@ -36,7 +36,7 @@ def test_changed_bootstrap_param_is_detected():
     """Negative twin: any change to what makes the weights changes the hash."""
     params = load_params(REPO / "params.yaml")
     for mutate in (lambda p: p["bootstrap"].__setitem__("core_steps", p["bootstrap"]["core_steps"] + 1),
-                   lambda p: p["bootstrap"]["architecture"].__setitem__("num_heads", 3),
+                   lambda p: p["bootstrap"]["architecture"].__setitem__("num_heads", 4),
                    lambda p: p["models"]["gen_weak"].__setitem__("step_noise", 0.31),
                    lambda p: p["judge"].__setitem__("prompt_template", p["judge"]["prompt_template"] + " ")):
         changed = copy.deepcopy(params)
@@ -50,4 +50,4 @@ def test_shipped_folders_match_recorded_hashes(presets):
     m = _manifest(params)
     for name, digest in m["models"].items():
         assert tree_sha256(_shipped(params) / name) == digest, name
-    assert read_json(_shipped(params) / "gen_strong" / "config.json")["head_dim"] == (32 if presets else 24)
+    assert read_json(_shipped(params) / "gen_strong" / "config.json")["head_dim"] == 32

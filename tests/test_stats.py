@@ -12,6 +12,8 @@ from librarm.stats import (
     bootstrap_means,
     format_p,
     gain_correlation,
+    hierarchical_bootstrap,
+    hierarchical_draws,
     mcnemar_exact,
     paired_comparison,
     pearson,
@@ -153,3 +155,67 @@ def test_spearman_ranks_ties_and_its_interval_in_the_gain_correlation():
     assert c["spearman"] == pytest.approx(1.0) and c["r"] < 1.0
     assert c["spearman_ci95"][0] <= 1.0 <= c["spearman_ci95"][1] + 1e-9
     assert c["spearman_p_permutation"] == pytest.approx(2 / 24, abs=1e-4)       # 4 points: 2 of 24 orderings as extreme
+
+
+# ----------------------------------------------------------------------------- seeds, then problems
+def test_hierarchical_bootstrap_with_one_seed_is_the_problem_bootstrap():
+    rng = np.random.default_rng(0)
+    vals = {"a": rng.random(200), "b": rng.random(150)}
+    h = hierarchical_bootstrap({s: v[None, :] for s, v in vals.items()}, resamples=2000, seed=1)
+    flat = bootstrap_means({s: {str(i): x for i, x in enumerate(v)} for s, v in vals.items()}, 2000, 1)
+    assert h["mean"] == pytest.approx(np.mean([v.mean() for v in vals.values()]), abs=1e-6)
+    assert h["ci95"] == pytest.approx(flat["all"], abs=0.004)
+    assert h["seeds"] == [1]
+
+
+def test_hierarchical_bootstrap_widens_with_between_seed_spread():
+    """Three seeds whose problem-level noise is small but whose means differ by 0.3: the interval
+    must cover most of the seed spread, far wider than any one seed's problem bootstrap."""
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 300)) * 0.2 + np.array([[0.0], [0.3], [0.6]])
+    h = hierarchical_bootstrap({"a": x}, resamples=2000, seed=1)
+    one = hierarchical_bootstrap({"a": x[:1]}, resamples=2000, seed=1)
+    assert h["mean"] == pytest.approx(x.mean(), abs=1e-6)
+    assert h["ci95"][1] - h["ci95"][0] > 0.3 > 5 * (one["ci95"][1] - one["ci95"][0])
+    assert h["seeds"] == [3]
+
+
+def test_hierarchical_bootstrap_ratio_weights_problems_by_item_count():
+    numer = {"a": np.array([[2.0, 0.0]])}         # problem 0: 2 of 2 items right; problem 1: 0 of 8
+    denom = {"a": np.array([2.0, 8.0])}
+    assert hierarchical_bootstrap(numer, denom, resamples=200, seed=0)["mean"] == pytest.approx(0.2)
+
+
+def test_hierarchical_bootstrap_nested_levels_and_p_value():
+    """Judge seeds x DPO seeds x problems: a clear positive gain has p 0 and an interval above 0; a
+    zero-mean one has an interval around 0."""
+    rng = np.random.default_rng(3)
+    gain = rng.normal(0.1, 0.05, size=(3, 3, 120))
+    h = hierarchical_bootstrap({"s": gain}, resamples=1000, seed=0)
+    assert h["seeds"] == [3, 3] and h["ci95"][0] > 0 and h["p_bootstrap"] == 0
+    null = hierarchical_bootstrap({"s": gain - gain.mean()}, resamples=1000, seed=0)
+    assert null["ci95"][0] < 0 < null["ci95"][1] and null["p_bootstrap"] > 0.5
+
+
+def test_hierarchical_bootstrap_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="seed axes"):
+        hierarchical_bootstrap({"a": np.ones(5)})
+    with pytest.raises(ValueError, match="denom"):
+        hierarchical_bootstrap({"a": np.ones((2, 5))}, {"a": np.ones(4)})
+
+
+def test_hierarchical_draws_share_problems_across_seed_counts_and_seeds_across_subsets():
+    """Same seed: the same problem draws whatever the seed counts (x and y of one correlation draw
+    line up); a seed is resampled as one model across subsets."""
+    rng = np.random.default_rng(5)
+    one = {"a": rng.random((1, 50)), "b": rng.random((1, 40))}
+    three = {s: np.repeat(v, 3, axis=0) for s, v in one.items()}
+    assert np.allclose(hierarchical_draws(one, resamples=300, seed=2)[1],
+                       hierarchical_draws(three, resamples=300, seed=2)[1])
+    # seed k is worth k in both subsets: each draw's subset means agree, so the mean over subsets is one of
+    # the seed means averaged, never a mix of seed k in one subset and seed j in the other
+    x = {s: np.broadcast_to(np.arange(3.0)[:, None], (3, 30)) for s in ("a", "b")}
+    draws = hierarchical_draws(x, resamples=300, seed=0)[1]
+    assert set(np.round(draws * 3, 6)) <= {float(k) for k in range(7)}
+    with pytest.raises(ValueError, match="same seed axes"):
+        hierarchical_draws({"a": np.ones((2, 5)), "b": np.ones((3, 5))})

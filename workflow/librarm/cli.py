@@ -68,6 +68,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "policy-metrics": ("downstream", "step_policy_metrics"),
     "downstream-summary": ("downstream", "step_downstream_summary"),
     "report": ("report", "step_report"),
+    "seeds": ("replicates", "step_seeds"),
 }
 
 

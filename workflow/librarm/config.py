@@ -144,6 +144,32 @@ def stress_template_problems(cfg: "StressSettings") -> list[str]:
     return problems
 
 
+def check_replicates(p: Params) -> list[str]:
+    """Config problems of report.replicates, one line each (config.validate_params reports them)."""
+    rep = p.report.replicates if p.report else {}
+    judges = set(p.evaluate.judges)
+    labelers = set(p.pairs.labelers) if p.pairs else set()
+    problems, seen = [], {}
+    for g, members in rep.items():
+        for m in members:
+            if m not in judges:
+                problems.append(f"report.replicates.{g}: {m!r} is not in evaluate.judges")
+            if m in seen:
+                problems.append(f"report.replicates.{g}: {m!r} is also in group {seen[m]!r}")
+            seen[m] = g
+        if labelers & set(members) and not set(members) <= labelers:
+            problems.append(f"report.replicates.{g}: some members are pairs.labelers and some are not "
+                            f"({sorted(set(members) - labelers)} are not)")
+        if g not in members and g in judges:
+            problems.append(f"report.replicates.{g}: the group is named after judge {g!r}, which is not a member")
+    sizes = {**{j: 1 for j in judges}, **{g: len(m) for g, m in rep.items()}}
+    for a, b in (p.compare.pairs if p.compare else ()):
+        na, nb = sizes.get(a, 1), sizes.get(b, 1)
+        if na != nb and 1 not in (na, nb):
+            problems.append(f"compare.pairs [{a}, {b}]: {na} and {nb} seeds cannot be paired (equal counts or one)")
+    return problems
+
+
 def _cross_check(p: Params) -> list[str]:
     """What refers to something that does not exist, or misses a key its kind needs."""
     problems: list[str] = []
@@ -155,6 +181,7 @@ def _cross_check(p: Params) -> list[str]:
         problems.append("problems.sets: at least one set needs role 'eval'")
     if p.stress:
         problems += stress_template_problems(p.stress)
+    problems += check_replicates(p)
     for i, s in enumerate(p.problems.sets):
         key = f"problems.sets.{i}"
         if s.source == "synthetic":
@@ -238,6 +265,14 @@ def _cross_check_learning(p: Params, problems: list[str]) -> None:
             problems.append(f"rl.variants.{name}: not a key of 'models'")
         if init not in models:
             problems.append(f"rl.variants.{name}.init: {init!r} is not a key of 'models'")
+    for name in (p.sft.variants if p.sft else {}):
+        if name not in trained or trained[name].train not in ("sft", "nothink"):
+            problems.append(f"sft.variants.{name}: not a model with source 'trained' and train sft | nothink")
+        init = p.sft.for_model(name).init
+        if init not in models:
+            problems.append(f"sft.variants.{name}.init: {init!r} is not a key of 'models'")
+        elif init == name:
+            problems.append(f"sft.variants.{name}.init: a model cannot start from itself")
     kinds = {m.train for m in trained.values()}
     for key, needed, section in (("sft", {"sft", "nothink"}, p.sft), ("scalar_rm", {"scalar"}, p.scalar_rm)):
         if kinds & needed and section is not None and section.init not in models:
@@ -305,6 +340,18 @@ def model_ref(params: Mapping[str, Any], name: str) -> dict:
     if m.source == "path":
         return {"path": m.path, "revision": None, "local": True}
     return {"path": m.id, "revision": m.revision, "local": False}
+
+
+def training_start(params: Mapping[str, Any], name: str) -> str:
+    """The model a trained judge starts from: its sft or rl variant's init, else its section's."""
+    from .settings import RlSettings, ScalarRmSettings, SftSettings
+
+    kind = ModelSpec.of(params, name).train
+    if kind in ("sft", "nothink"):
+        return SftSettings.from_params(params).for_model(name).init
+    if kind == "rl":
+        return RlSettings.from_params(params).variant(name).init
+    return ScalarRmSettings.from_params(params).init
 
 
 def local_model_dirs(params: Mapping[str, Any], model_names: Iterable[str]) -> list[str]:

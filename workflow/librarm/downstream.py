@@ -33,7 +33,7 @@ from .settings import (
     VerifySettings,
     seed_of,
 )
-from .stats import bootstrap_means, sign_flip_p
+from .stats import bootstrap_means, per_problem_accuracy, sign_flip_p
 
 
 # ----------------------------------------------------------------------------- labelers
@@ -287,14 +287,6 @@ def step_pairs_build(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list
 
 
 # ----------------------------------------------------------------------------- avg@k
-def per_problem_accuracy(graded: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """subset -> problem_id -> share of its samples graded correct."""
-    acc: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for r in graded:
-        acc[r["subset"]][r["problem_id"]].append(int(r["correct"]))
-    return {s: {p: sum(v) / len(v) for p, v in probs.items()} for s, probs in acc.items()}
-
-
 def avg_at_k(per_problem: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """pass@1 estimated as avg@k: per subset the mean over problems of the per-problem share
     correct; `all` is the mean over subsets (each subset weighs the same)."""

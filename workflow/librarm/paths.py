@@ -93,6 +93,8 @@ REPORT_METRICS = f"{REPORT}/metrics.json"       # the one DVC metrics file: the 
 REPORT_SUMMARY = f"{REPORT}/summary.json"
 REPORT_MARKDOWN = f"{REPORT}/summary.md"
 REPORT_CURVES = f"{REPORT}/curves"
+SEEDS_JSON = f"{REPORT}/seeds.json"             # the seeds stage (report.replicates): seed-aware intervals
+SEEDS_MARKDOWN = f"{REPORT}/seeds.md"
 
 # ------------------------------------------------------------------ not results: logs, working state
 LOGS = f"{RESULTS}/logs"

@@ -115,9 +115,10 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs",
           steps=("policy-eval", "policy-metrics", "downstream-summary")),
     Phase("report", P.REPORT_METRICS, P.REPORT,
-          ("seed", "report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds", "evaluate.judges"),
-          ("report",), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
-          "rules/report.smk", optional="pairs", steps=("report",)),
+          ("seed", "report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds", "evaluate.judges",
+           "compare.pairs"),
+          ("report", "replicates"), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
+          "rules/report.smk", optional="pairs", steps=("report", "seeds")),
 )}
 
 # Every `librarm stage` step and the phase it belongs to (the CLI's step -> phase map).

@@ -189,12 +189,31 @@ class SftSettings(Section):
     val_every: int = 50
     val_items: int = 60
     max_length: int = 512
+    variants: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
         _check(self.steps >= 1 and self.batch_size >= 1 and self.save_steps >= 1,
                "sft: steps, batch_size and save_steps must be >= 1")
         _check(0 < self.learning_rate < 1, "sft.learning_rate: must be in (0, 1)")
+
+    def for_model(self, name: str) -> "SftSettings":
+        """The settings one SFT judge trains with: the section's, with its `variants` entry's init,
+        seed and steps where it has one (a seed replicate, or sft_more continuing from judge_sft)."""
+        v = SftVariant.from_section(self.variants[name], f"sft.variants.{name}") if name in self.variants \
+            else SftVariant()
+        return self.replace(variants={}, **{k: getattr(v, k) for k in ("init", "seed", "steps")
+                                            if getattr(v, k) is not None})
+
+
+@dataclass(frozen=True)
+class SftVariant(Section):
+    """`sft.variants.<model>`: where this SFT judge starts, its seed and its steps, when not the section's."""
+
+    KEY: ClassVar[str] = "sft.variants"
+    init: str | None = None
+    seed: int | None = None
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +223,7 @@ class RlVariant(Section):
     KEY: ClassVar[str] = "rl.variants"
     init: str
     rewards: Mapping[str, float] | None = None
+    seed: int | None = None             # a seed replicate's own seed (default: rl.seed)
 
 
 @dataclass(frozen=True)
@@ -236,6 +256,11 @@ class RlSettings(Section):
 
     def variant(self, name: str) -> RlVariant:
         return RlVariant.from_section(self.variants[name], f"rl.variants.{name}")
+
+    def for_model(self, name: str) -> "RlSettings":
+        """The settings one GRPO judge trains with: the section's, with its variant's seed."""
+        seed = self.variant(name).seed
+        return self if seed is None else self.replace(seed=seed)
 
     def rewards_of(self, name: str) -> Mapping[str, float]:
         """A variant's reward weights: its own, else the section's."""
@@ -365,12 +390,14 @@ class CompareSettings(Section):
 
 @dataclass(frozen=True)
 class ReportSettings(Section):
-    """`report`: the correlation fit and its resampling."""
+    """`report`: the correlation fit, its resampling, and the judges' seed replicates."""
 
     KEY: ClassVar[str] = "report"
     fit_labelers: tuple[str, ...] = ()
     resamples: int = 2000
     permutations: int = 10000
+    # judges that differ only in their training seed, by group (seed order): the `seeds` stage
+    replicates: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 LAUNCHERS = ("torchrun", "accelerate")
@@ -595,7 +622,7 @@ TYPED_SECTIONS: tuple[type[Section], ...] = (JudgeSettings, SamplingSettings, Ve
                                              ScalarRmSettings, DpoSettings, EvaluatePolicySettings, ReportSettings,
                                              LaunchSettings, ProblemsSettings, BootstrapSettings, BenchSettings,
                                              StressSettings, TrackingSettings, PairsSettings)
-NESTED_SECTIONS: tuple[type[Section], ...] = (ProblemSet, SyntheticSettings, BalanceSettings, RlVariant)
+NESTED_SECTIONS: tuple[type[Section], ...] = (ProblemSet, SyntheticSettings, BalanceSettings, RlVariant, SftVariant)
 REGISTRIES: tuple[type[Section], ...] = (ModelSpec, GeneratorSpec, JudgeSpec)
 ALWAYS = ("launch", "tracking")         # sections built with their defaults when params leave them out
 

@@ -114,6 +114,14 @@ def bootstrap_means(per_problem: Mapping[str, Mapping[str, float]], resamples: i
     return out
 
 
+def per_problem_accuracy(graded: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """subset -> problem_id -> share of its samples graded correct."""
+    acc: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r in graded:
+        acc[r["subset"]][r["problem_id"]].append(int(r["correct"]))
+    return {s: {p: sum(v) / len(v) for p, v in probs.items()} for s, probs in acc.items()}
+
+
 # ----------------------------------------------------------------------------- paired judge comparison
 def item_correct(p: Mapping[str, Any]) -> int:
     return int(p["pred"] is not None and p["pred"] == p["label"])
@@ -250,3 +258,74 @@ def gain_correlation(x: Mapping[str, float], per_problem: Mapping[str, Mapping[s
             "spearman_ci95": [round(float(np.percentile(rho_draws, 2.5)), 4), round(float(np.percentile(rho_draws, 97.5)), 4)]
             if rho_draws else None,
             "spearman_p_permutation": permutation_p(ranks(xs), ranks(g), permutations, seed) if rho is not None else None}
+
+
+# ----------------------------------------------------------------------------- seeds, then problems
+def draw_seed_indices(levels: Sequence[int], resamples: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Nested resamples of seed levels (e.g. [judge seeds, DPO seeds]): level k's indices have shape
+    [resamples, S1, ..., Sk], so every drawn unit of a level draws its own units of the next."""
+    out, shape = [], [resamples]
+    for n in levels:
+        shape = [*shape, int(n)]
+        out.append(rng.integers(0, int(n), size=shape))
+    return out
+
+
+def _nested_seed_means(x: np.ndarray, seed_idx: Sequence[np.ndarray]) -> np.ndarray:
+    """[S1, ..., Sk, P] -> [resamples, P]: the seeds of every level taken as seed_idx draws them,
+    then averaged."""
+    resamples = seed_idx[0].shape[0]
+    cur = np.broadcast_to(x, (resamples, *x.shape))
+    for axis, idx in enumerate(seed_idx, start=1):
+        cur = np.take_along_axis(cur, idx.reshape(*idx.shape, *[1] * (cur.ndim - axis - 1)), axis=axis)
+    return cur.reshape(resamples, -1, x.shape[-1]).mean(axis=1)
+
+
+def hierarchical_draws(numer: Mapping[str, np.ndarray], denom: Mapping[str, np.ndarray] | None = None,
+                       resamples: int = 2000, seed: int = 0,
+                       seed_idx: Sequence[np.ndarray] | None = None) -> tuple[float, np.ndarray]:
+    """The point estimate and `resamples` bootstrap draws of a mean over subsets of ratio estimates
+    sum(numer) / sum(denom) over problems. Each draw resamples the seeds (every level of numer's
+    leading axes, nested; the same seeds for every subset, since a seed's model answers them all),
+    then the problems within each subset.
+
+    numer[subset]: [S1, ..., Sk, P] per seed and problem (a judge's correct count on the problem's
+    items, a policy's avg@k, or a paired difference of either); denom[subset]: [P] (the problem's
+    item count), or None for a plain mean. The problem draws depend only on (seed, subset sizes),
+    so calls with the same seed draw the same problems whatever their seed counts; seed_idx
+    (draw_seed_indices) shares the seed draws too, e.g. a judge's x and its policy's y in one
+    correlation draw."""
+    shapes = {np.asarray(v).shape[:-1] for v in numer.values()}
+    if len(shapes) != 1 or not next(iter(shapes)):
+        raise ValueError(f"numer needs the same seed axes in every subset and a problem axis, got "
+                         f"{ {s: np.asarray(v).shape for s, v in numer.items()} }")
+    levels = next(iter(shapes))
+    if seed_idx is None:
+        seed_idx = draw_seed_indices(levels, resamples, np.random.default_rng([seed, 2]))
+    problem_rng = np.random.default_rng([seed, 1])
+    point, draws = [], []
+    for s in sorted(numer):
+        x = np.asarray(numer[s], dtype=float)
+        d = np.ones(x.shape[-1]) if denom is None else np.asarray(denom[s], dtype=float)
+        if d.shape != (x.shape[-1],):
+            raise ValueError(f"{s}: denom has shape {d.shape}, numer has {x.shape[-1]} problems")
+        point.append(x.reshape(-1, x.shape[-1]).mean(axis=0).sum() / d.sum())
+        idx = problem_rng.integers(0, x.shape[-1], size=(resamples, x.shape[-1]))
+        per_problem = _nested_seed_means(x, seed_idx)                         # resamples x P
+        draws.append(np.take_along_axis(per_problem, idx, axis=1).sum(axis=1) / d[idx].sum(axis=1))
+    return float(np.mean(point)), np.mean(draws, axis=0)
+
+
+def interval(draws: np.ndarray) -> list[float]:
+    return [round(float(np.percentile(draws, 2.5)), 6), round(float(np.percentile(draws, 97.5)), 6)]
+
+
+def hierarchical_bootstrap(numer: Mapping[str, np.ndarray], denom: Mapping[str, np.ndarray] | None = None,
+                           resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """hierarchical_draws summarised: the estimate, its 95% percentile interval (between-seed
+    variance included) and the bootstrap's two-sided p (share of draws on the other side of 0).
+    With one seed at every level this is the problem bootstrap."""
+    point, draw = hierarchical_draws(numer, denom, resamples, seed)
+    return {"mean": round(point, 6), "ci95": interval(draw),
+            "p_bootstrap": round(float(min(1.0, 2 * min(np.mean(draw <= 0), np.mean(draw >= 0)))), 6),
+            "seeds": list(np.asarray(next(iter(numer.values()))).shape[:-1]), "resamples": resamples}

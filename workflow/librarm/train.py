@@ -389,7 +389,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     from .rewards import build_reward_funcs
     from .sampling import HFSampler, SamplingConfig, render_chat
 
-    rl = RlSettings.from_params(params)
+    rl = RlSettings.from_params(params).for_model(name)
     seed_everything(rl.seed, threads)
     jcfg = JudgeSettings.from_params(params)
     items = read_jsonl(train_path).records
@@ -540,23 +540,21 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
                 log_path: str | Path, threads: int | None = None) -> dict:
     """One training job of the `train` phase: kind in sft | nothink | rl | scalar. Writes the final
     model to out_dir (a DVC output) and a log JSON (curves, tokens/s) to log_path."""
-    from .config import model_ref
+    from .config import model_ref, training_start
 
     val = read_jsonl(data["val"]).records
+    init = model_ref(params, training_start(params, model_name))["path"]
     if kind in ("sft", "nothink"):
-        cfg = SftSettings.from_params(params)
-        init = model_ref(params, cfg.init)["path"]
+        cfg = SftSettings.from_params(params).for_model(model_name)
         out = run_sft(data["sft"], init, out_dir, cfg, name=model_name, verdict_only_targets=kind == "nothink",
                       threads=threads,
                       callbacks=[make_val_callback(val[: cfg.val_items], params, cfg.val_every, model_name)])
     elif kind == "rl":
         rl = RlSettings.from_params(params)
-        init = model_ref(params, rl.variant(model_name).init)["path"]
         out = run_grpo(params, data["train"], init, out_dir, name=model_name, rewards=rl.rewards_of(model_name),
                        val_items=val, threads=threads,
                        callbacks=[make_val_callback(val[: rl.val_items], params, rl.val_every, model_name)])
     elif kind == "scalar":
-        init = model_ref(params, ScalarRmSettings.from_params(params).init)["path"]
         out = run_scalar_rm(params, data["train"], init, out_dir, name=model_name,
                             threads=threads)
     else:

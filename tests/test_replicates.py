@@ -1,11 +1,14 @@
 """librarm.replicates (the seeds stage): seed-aware Libra scores, differences, gains, orderings and
 correlation on planted data shaped like a seeds-preset run; and report.replicates' config errors."""
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO
 
+from librarm import paths as P
+from librarm.cli import main
 from librarm.config import ConfigError, load_params, validate_params
 from librarm.io import read_json, write_json, write_jsonl
 from librarm.labelers import NONE_POLICY, labeler_kind, policy_runs
@@ -59,7 +62,7 @@ def _write_run(tmp_path, params, spread: float = 0.0):
                         rows.append({"subset": s, "index": i, "question": f"{s}-q{q}", "label": label,
                                      "pred": label if right else 1 - label})
                         i += 1
-            preds[m] = tmp_path / "eval" / m / "predictions.jsonl"
+            preds[m] = tmp_path / P.EVAL_PREDICTIONS.format(judge=m)
             write_jsonl(preds[m], rows)
     pairs = PairsSettings.from_params(params)
     member_group = {m: g for g, ms in groups.items() for m in ms}
@@ -76,14 +79,14 @@ def _write_run(tmp_path, params, spread: float = 0.0):
                 for q in range(60):
                     p = min(1.0, max(0.0, base_acc[s][q] + gain + rng.normal(0, 0.05)))
                     rows += [{"subset": s, "problem_id": f"{s}-{q}", "correct": bool(rng.random() < p)} for _ in range(4)]
-            path = tmp_path / "downstream" / policy / run / "samples.jsonl"
+            path = tmp_path / P.POLICY_RUN_SAMPLES.format(policy=policy, run=run)
             write_jsonl(path, rows)
             samples[policy][run] = path
         if policy != NONE_POLICY:
             acc = 0.5 + _gain(group, k, 0, spread)
             down[policy] = {"label_accuracy": acc, "pair_accuracy": acc, "short": policy == "scalar"}
-    write_json(tmp_path / "downstream" / "summary.json", {"policies": down})
-    return preds, samples, tmp_path / "downstream" / "summary.json"
+    write_json(tmp_path / P.DOWNSTREAM_SUMMARY, {"policies": down})
+    return preds, samples, tmp_path / P.DOWNSTREAM_SUMMARY
 
 
 def _report(tmp_path, params, spread=0.0):
@@ -156,3 +159,20 @@ def test_labeler_groups_follow_the_judges():
     params = _params()
     groups = judge_groups(params)
     assert labeler_kind("rl", groups) == "judge" and labeler_kind("gold_p70", groups) == "noisy_gold"
+
+
+def test_the_seeds_step_runs_from_the_command_line_with_the_rules_file_names(tmp_path, monkeypatch):
+    """`librarm stage seeds` as the rule calls it: every judge's predictions and every policy run's
+    samples by name; a missing samples file is one line naming it."""
+    params = _params()
+    preds, samples, down = _write_run(tmp_path, params)
+    monkeypatch.chdir(tmp_path)
+    write_json("params.json", params)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    files = [str(Path(p).relative_to(tmp_path)) for runs in samples.values() for p in runs.values()]
+    argv = ["stage", "seeds", "--config", "params.json",
+            "--in", "predictions", *[str(Path(p).relative_to(tmp_path)) for p in preds.values()],
+            "--in", "downstream", P.DOWNSTREAM_SUMMARY, "--out", "json", P.SEEDS_JSON, "--out", "markdown", P.SEEDS_MARKDOWN]
+    assert main([*argv, "--in", "samples", *files]) == 0
+    assert read_json(P.SEEDS_JSON)["gains"]["rl"]["seeds"] == [3, 3]
+    assert main([*argv, "--in", "samples", *files[1:]]) != 0

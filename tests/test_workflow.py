@@ -34,7 +34,7 @@ def dry_run_jobs(cwd, extra="") -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------- static checks
-@pytest.mark.parametrize("preset", [None, "ci", "smoke-real", "paper"])
+@pytest.mark.parametrize("preset", [None, "ci", "smoke-real", "paper", "seeds"])
 def test_dry_run(preset):
     extra = f"--configfile workflow/presets/{preset}.yaml" if preset else ""
     res = run(f"snakemake -n -p --forceall {extra}", REPO)      # the full DAG, even after a run here
@@ -46,6 +46,10 @@ def test_dry_run(preset):
         for rule in ("train_judge", "dpo"):
             blocks = re.findall(rf"rule {rule}:\n(.*?)\nShell command", res.stdout, re.S)
             assert blocks and all("gpu=8" in b for b in blocks), rule
+    if preset == "seeds":
+        # 6 judge groups x 3 seeds and the scalar RM: 19 trainings; 26 labelers x 3 DPO seeds; one seeds job
+        jobs = dry_run_jobs(REPO, "--forceall --configfile workflow/presets/seeds.yaml")
+        assert (jobs["train_judge"], jobs["dpo"], jobs["seeds"]) == (19, 78, 1), jobs
 
 
 def test_lint_clean():

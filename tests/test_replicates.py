@@ -1,6 +1,7 @@
 """librarm.replicates (the seeds stage): seed-aware Libra scores, differences, gains, orderings and
 correlation on planted data shaped like a seeds-preset run; and report.replicates' config errors."""
 import copy
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from librarm.cli import main
 from librarm.config import ConfigError, load_params, validate_params
 from librarm.io import read_json, write_json, write_jsonl
 from librarm.labelers import NONE_POLICY, labeler_kind, policy_runs
-from librarm.replicates import build_seeds_report, judge_groups, verdict
+from librarm.replicates import build_seeds_report, judge_groups, seeds_markdown, verdict
 from librarm.settings import DpoSettings, PairsSettings
 
 BENCH_SUBSETS = ("tiny_l5", "tiny_aime24", "tiny_aime25")
@@ -176,3 +177,30 @@ def test_the_seeds_step_runs_from_the_command_line_with_the_rules_file_names(tmp
     assert main([*argv, "--in", "samples", *files]) == 0
     assert read_json(P.SEEDS_JSON)["gains"]["rl"]["seeds"] == [3, 3]
     assert main([*argv, "--in", "samples", *files[1:]]) != 0
+
+
+# ----------------------------------------------------------------------------- the committed seeds report
+DOCS_JSON = REPO / "docs" / "seeds_report.json"
+DOCS_MD = REPO / "docs" / "seeds_report.md"
+README_BLOCK = re.compile(r"<!-- seeds-report:begin -->\n(.*?)<!-- seeds-report:end -->", re.S)
+
+
+def _tables(md: str) -> list[str]:
+    """Every Markdown table of a text, as its block of lines."""
+    return [m.group(0) for m in re.finditer(r"(?:^\|.*\|\n)+", md, re.M)]
+
+
+def test_the_committed_seeds_report_is_what_the_stage_writes_from_its_json():
+    """docs/seeds_report.md is the seeds run's seeds.md: regenerated from the committed seeds.json
+    by the stage's own code, it is the same text."""
+    assert seeds_markdown(read_json(DOCS_JSON)) == DOCS_MD.read_text()
+
+
+def test_readme_headline_tables_are_the_seeds_report_s():
+    """The README's seed-aware tables (between its seeds-report markers) are tables of the
+    committed report, verbatim, and the claims table is among them."""
+    block = README_BLOCK.search((REPO / "README.md").read_text())
+    assert block, "README.md lacks its <!-- seeds-report:begin/end --> block"
+    readme_tables, report_tables = _tables(block.group(1)), _tables(DOCS_MD.read_text())
+    assert readme_tables and all(t in report_tables for t in readme_tables)
+    assert report_tables[0] in readme_tables           # the headline: every claim and its verdict

@@ -43,12 +43,12 @@ def judge_groups(params: Mapping[str, Any]) -> dict[str, list[str]]:
     """Every evaluated judge's group, in seed order: report.replicates' groups, and every other
     judge alone (one seed)."""
     rep = ReportSettings.from_params(params).replicates
-    judges = list(EvaluateSettings.from_params(params).judges)
-    grouped = {m for members in rep.values() for m in members}
-    out = {g: list(members) for g, members in rep.items()}
-    for j in judges:
-        if j not in grouped:
-            out[j] = [j]
+    group_of = {m: g for g, members in rep.items() for m in members}
+    out: dict[str, list[str]] = {}
+    for j in EvaluateSettings.from_params(params).judges:      # in the order evaluate.judges lists them
+        g = group_of.get(j, j)
+        if g not in out:
+            out[g] = list(rep.get(g, [j]))
     return out
 
 
@@ -370,8 +370,8 @@ def seeds_markdown(doc: Mapping[str, Any]) -> str:
             e = corr[key]
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}".replace("-", "−")  # noqa: E731
             ci = lambda c: "n/a" if not c else f"[{fmt(c[0])}, {fmt(c[1])}]"  # noqa: E731
-            md.append(f"| {key} | {fmt(e['pearson'])} | {ci(e['pearson_ci95'])} | {e['pearson_p_permutation']} | "
-                      f"{fmt(e['spearman'])} | {ci(e['spearman_ci95'])} | {e['spearman_p_permutation']} |")
+            md.append(f"| {key} | {fmt(e['pearson'])} | {ci(e['pearson_ci95'])} | {fmt(e['pearson_p_permutation'])} | "
+                      f"{fmt(e['spearman'])} | {ci(e['spearman_ci95'])} | {fmt(e['spearman_p_permutation'])} |")
     return "\n".join(md) + "\n"
 
 

@@ -94,6 +94,8 @@ def _report(tmp_path, params, spread=0.0):
     preds, samples, down = _write_run(tmp_path, params, spread)
     doc = build_seeds_report(params, preds, samples, down, tmp_path / "seeds.json", tmp_path / "seeds.md")
     assert read_json(tmp_path / "seeds.json") == doc
+    # the Markdown is a function of the JSON file (whose keys are sorted): rows keep their order
+    assert seeds_markdown(read_json(tmp_path / "seeds.json")) == (tmp_path / "seeds.md").read_text()
     return doc, (tmp_path / "seeds.md").read_text()
 
 

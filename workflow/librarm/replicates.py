@@ -300,6 +300,9 @@ def build_seeds_report(params: Mapping[str, Any], pred_paths: Mapping[str, str |
         "gains": {n: data.gain(n) for n in labelers},
         "short_labelers": sorted(short),
     }
+    # the JSON file sorts its keys: the tables' row order is kept as lists
+    doc["order"] = {"judges": list(doc["judges"]), "judge_differences": list(doc["judge_differences"]),
+                    "gains": list(doc["gains"])}
     doc["claims"] = claims(data, judge_labelers, [n for n in labelers if n not in short])
     fit = [g for g in rep.fit_labelers if g in labelers and g not in short]
     label_acc = {g: [down[m]["label_accuracy"] for m in groups.get(g, [g])] for g in fit}
@@ -339,19 +342,22 @@ def seeds_markdown(doc: Mapping[str, Any]) -> str:
                   f"{_ci(key['ci95'], True)} |")
     md += ["", "## Judges on Libra Bench", "", "| judge | seeds | Libra score | 95% CI | per seed | sd over seeds |",
            "|---|---|---|---|---|---|"]
-    for g, e in doc["judges"].items():
+    for g in doc["order"]["judges"]:
+        e = doc["judges"][g]
         md.append(f"| {g} | {seeds(e)} | {_pct(e['mean'])} | {_ci(e['ci95'])} | "
                   f"{', '.join(_pct(v) for v in e['per_seed'])} | {_pct(e['sd_over_seeds'])} |")
     if doc["judge_differences"]:
         md += ["", "## Judge differences (Libra score)", "", "| A - B | seeds | diff | 95% CI | p (bootstrap) | verdict |",
                "|---|---|---|---|---|---|"]
-        for k, e in doc["judge_differences"].items():
+        for k in doc["order"]["judge_differences"]:
+            e = doc["judge_differences"][k]
             md.append(f"| {k} | {seeds(e)} | {_pct(e['mean'], True)} | {_ci(e['ci95'], True)} | "
                       f"{format_p(e['p_bootstrap'], r)} | {verdict(e['ci95'])} |")
     md += ["", "## Downstream gains (avg@k over `none`)", "",
            "| labeler | judge seeds × DPO seeds | gain | 95% CI | per judge seed | sd over judge seeds |",
            "|---|---|---|---|---|---|"]
-    for n, e in doc["gains"].items():
+    for n in doc["order"]["gains"]:
+        e = doc["gains"][n]
         flag = " (short)" if n in doc["short_labelers"] else ""
         md.append(f"| {n}{flag} | {seeds(e)} | {_pct(e['mean'], True)} | {_ci(e['ci95'], True)} | "
                   f"{', '.join(_pct(v, True) for v in e['per_seed'])} | {_pct(e['sd_over_seeds'])} |")

@@ -472,7 +472,9 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
                 continue
             lo, hi = p["gain_ci95"]["all"]
             rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
-                         "fitted" if n in fit else ("short" if p.get("short") else "anchor"), p.get("pair_accuracy")])
+                         "fitted" if n in fit else ("short" if p.get("short") else
+                                                    "judge" if labeler_kind(n, JudgeSpec.registry(params)) == "judge"
+                                                    else "anchor"), p.get("pair_accuracy")])
         arts.append(write_csv(out_dir / "downstream_gain.csv",
                               ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role",
                                "pair_accuracy"], rows))
@@ -484,7 +486,9 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
                 continue
             fig, ax = plt.subplots(figsize=(6, 4))
             for r in pts:
-                style = dict(color="C0", marker="o") if r[6] == "fitted" else dict(color="C3", marker="s")
+                # a trained judge outside the fit (a seed replicate): hollow, so it is not read as an anchor
+                style = dict(color="C0", marker="o") if r[6] == "fitted" else \
+                    dict(color="C0", marker="o", mfc="none") if r[6] == "judge" else dict(color="C3", marker="s")
                 ax.errorbar(r[col], r[3], yerr=[[r[3] - r[4]], [r[5] - r[3]]], capsize=2, ls="none", **style)
                 ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             # the noisy-gold curve (gold kept with probability p, flipped otherwise, and gold itself):
@@ -503,7 +507,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
             ax.axhline(0, color="grey", lw=0.8, ls="--")
             ax.set_xlabel(label)
             ax.set_ylabel("avg@k gain over base policy")
-            ax.set_title("Downstream gain (blue: trained judges, fitted; red: anchors)", fontsize=9)
+            ax.set_title("Downstream gain (blue: trained judges, filled if fitted; red: anchors)", fontsize=9)
             save(fig, f"gain_vs_{key}.png")
     return arts
 

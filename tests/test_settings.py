@@ -142,3 +142,16 @@ def test_registries_and_nested_sections_build_and_record_their_leaves(params):
     log.clear()
     ModelSpec.of(view, "gen_weak").source
     assert log == {"models.gen_weak.source"}
+
+
+def test_sft_and_rl_variants_set_a_judges_start_seed_and_steps():
+    """sft.variants / rl.variants: a replicate's own seed, sft_more's start and steps; any other
+    name (a test's or a benchmark's run) trains with the section's settings."""
+    p = load_params(REPO / "params.yaml", ["seeds"])
+    sft, rl = SftSettings.from_params(p), RlSettings.from_params(p)
+    assert sft.for_model("judge_sft_s2").seed == 2 and sft.for_model("judge_sft_s2").init == sft.init
+    more = sft.for_model("judge_sft_more_s1")
+    assert (more.init, more.steps, more.seed) == ("judge_sft_s1", 80, 1) and more.variants == {}
+    assert sft.for_model("judge_sft") == sft.replace(variants={})
+    assert rl.for_model("judge_rl_s1").seed == 1 and rl.for_model("judge_rl").seed == rl.seed
+    assert rl.for_model("t") is rl

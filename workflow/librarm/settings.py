@@ -258,8 +258,9 @@ class RlSettings(Section):
         return RlVariant.from_section(self.variants[name], f"rl.variants.{name}")
 
     def for_model(self, name: str) -> "RlSettings":
-        """The settings one GRPO judge trains with: the section's, with its variant's seed."""
-        seed = self.variant(name).seed
+        """The settings one GRPO judge trains with: the section's, with its variant's seed (a name
+        that is no variant, e.g. a test's or a benchmark's run, trains with the section's)."""
+        seed = self.variant(name).seed if name in self.variants else None
         return self if seed is None else self.replace(seed=seed)
 
     def rewards_of(self, name: str) -> Mapping[str, float]:

@@ -191,7 +191,8 @@ DECLARED_UNREAD = {
     # the base policy's folder is an input when the pipeline makes it (ci); a hub or path policy is
     # found through its models entry
     "evaluate_policy": {"models": "read only for a base policy the pipeline does not make"},
-    "report": {"dpo.seeds": _DAG_SHAPE},
+    "report": {"dpo.seeds": _DAG_SHAPE,
+               "compare.pairs": "read only by the seeds stage (report.replicates: the seeds preset), off in ci"},
 }
 # Keys whose values never change an output (MLflow settings): jobs read them, no stage declares them.
 NOT_RESULTS = ("tracking",)

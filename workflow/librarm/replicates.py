@@ -23,6 +23,7 @@ from .labelers import NONE_POLICY, keep_probability, labeler_kind, policy_runs
 from .settings import CompareSettings, DpoSettings, EvaluateSettings, PairsSettings, ReportSettings, seed_of
 from .stats import (
     draw_seed_indices,
+    draw_summary,
     format_p,
     hierarchical_draws,
     interval,
@@ -52,20 +53,24 @@ def judge_groups(params: Mapping[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def _paired(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Two [S, ..., P] arrays on the same seed axes: equal seed counts pair by position, one seed
-    is broadcast against many (a judge trained once against its replicated successor)."""
-    shape = tuple(max(x, y) for x, y in zip(a.shape, b.shape))
-    for x, y in zip(a.shape, b.shape):
-        if x != y and 1 not in (x, y):
-            raise ValueError(f"{what}: seed counts {a.shape[:-1]} and {b.shape[:-1]} cannot be paired")
-    return np.broadcast_to(a, shape), np.broadcast_to(b, shape)
+def _weighted_sum(terms: Sequence[tuple[float, Mapping[str, np.ndarray]]], what: str) -> dict[str, np.ndarray]:
+    """sum of weight x [S, ..., P] arrays per subset, on shared seed axes: equal seed counts pair by
+    position, one seed is broadcast against many (a judge trained once against a replicated one)."""
+    out = {}
+    for s in terms[0][1]:
+        arrays = [numer[s] for _, numer in terms]
+        for dims in zip(*(a.shape for a in arrays)):
+            if len(set(dims) - {1}) > 1:
+                raise ValueError(f"{what}: seed counts {[a.shape[:-1] for a in arrays]} cannot be paired")
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        out[s] = sum(w * np.broadcast_to(a, shape) for (w, _), a in zip(terms, arrays))
+    return out
 
 
 # ----------------------------------------------------------------------------- data
-def bench_arrays(pred_paths: Mapping[str, str | Path]) -> tuple[dict, dict, dict]:
-    """Per judge: {subset: [P] correct counts}; per subset the problem item counts [P] and the
-    problem order (every judge must cover the same bench items)."""
+def bench_arrays(pred_paths: Mapping[str, str | Path]) -> tuple[dict, dict]:
+    """Per judge: {subset: [P] correct counts}, and per subset the problem item counts [P] (every
+    judge must cover the same bench items; problems in one sorted order)."""
     correct: dict[str, dict[str, np.ndarray]] = {}
     order: dict[str, list[str]] = {}
     counts: dict[str, np.ndarray] = {}
@@ -86,11 +91,12 @@ def bench_arrays(pred_paths: Mapping[str, str | Path]) -> tuple[dict, dict, dict
         for p in preds:
             acc[p["subset"]][p["question"]] += item_correct(p)
         correct[judge] = {s: np.array([acc[s][q] for q in order[s]]) for s in order}
-    return correct, counts, order
+    return correct, counts
 
 
-def policy_arrays(sample_paths: Mapping[str, Mapping[str, str | Path]]) -> tuple[dict, dict]:
-    """Per policy: {subset: [runs, P] avg@k per problem}, DPO runs in seed order; and the problem order."""
+def policy_arrays(sample_paths: Mapping[str, Mapping[str, str | Path]]) -> dict[str, dict[str, np.ndarray]]:
+    """Per policy: {subset: [runs, P] avg@k per problem}, DPO runs in seed order, problems in one
+    sorted order (every policy must be evaluated on the same problems)."""
     out: dict[str, dict[str, np.ndarray]] = {}
     order: dict[str, list[str]] = {}
     for policy, runs in sample_paths.items():
@@ -101,14 +107,12 @@ def policy_arrays(sample_paths: Mapping[str, Mapping[str, str | Path]]) -> tuple
             if {s: sorted(v) for s, v in pp.items()} != order:
                 raise ValueError(f"policy {policy!r}: evaluated on other problems than the first policy")
         out[policy] = {s: np.array([[pp[s][q] for q in order[s]] for pp in per_run]) for s in order}
-    return out, order
+    return out
 
 
 # ----------------------------------------------------------------------------- estimates
 def _summary(point: float, draws: np.ndarray, seeds: Sequence[int], per_seed: Sequence[float] | None = None) -> dict:
-    lo, hi = interval(draws)
-    out = {"mean": round(point, 6), "ci95": [lo, hi], "seeds": list(seeds),
-           "p_bootstrap": round(float(min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0)))), 6)}
+    out = {**draw_summary(point, draws), "seeds": list(seeds)}
     if per_seed is not None:
         out["per_seed"] = [round(float(v), 6) for v in per_seed]
         out["sd_over_seeds"] = round(float(np.std(per_seed, ddof=1)), 6) if len(per_seed) > 1 else None
@@ -123,10 +127,9 @@ def verdict(ci: Sequence[float]) -> str:
 class SeedData:
     """The run's per-seed, per-problem arrays and the draws built from them (one seed for all)."""
 
-    def __init__(self, groups: Mapping[str, list[str]], correct, counts, policies, resamples: int, seed: int,
-                 labelers: Sequence[str]):
+    def __init__(self, groups: Mapping[str, list[str]], correct, counts, policies, resamples: int, seed: int):
         self.groups, self.correct, self.counts, self.policies = groups, correct, counts, policies
-        self.resamples, self.seed, self.labelers = resamples, seed, list(labelers)
+        self.resamples, self.seed = resamples, seed
 
     # bench: [judge seeds, P] per subset
     def libra_numer(self, group: str) -> dict[str, np.ndarray]:
@@ -141,11 +144,7 @@ class SeedData:
         return _summary(point, draws, [len(self.groups[group])], per_seed)
 
     def libra_diff(self, a: str, b: str) -> dict:
-        na, nb = self.libra_numer(a), self.libra_numer(b)
-        diff = {}
-        for s in na:
-            x, y = _paired(na[s], nb[s], f"{a} - {b}")
-            diff[s] = x - y
+        diff = _weighted_sum([(1.0, self.libra_numer(a)), (-1.0, self.libra_numer(b))], f"{a} - {b}")
         point, draws = hierarchical_draws(diff, self.counts, self.resamples, self.seed)
         return _summary(point, draws, list(next(iter(diff.values())).shape[:-1]))
 
@@ -163,14 +162,7 @@ class SeedData:
 
     def gain_combination(self, terms: Mapping[str, float], what: str) -> dict:
         """sum of weight x gain over labelers (e.g. {rl: 1, gold: -0.5}), seeds paired."""
-        numers = {n: self.gain_numer(n) for n in terms}
-        out = {}
-        for s in next(iter(numers.values())):
-            arrays = [numers[n][s] for n in terms]
-            shape = np.broadcast_shapes(*[a.shape for a in arrays])
-            for a in arrays:
-                _paired(a, np.empty(shape), what)
-            out[s] = sum(w * np.broadcast_to(numers[n][s], shape) for n, w in terms.items())
+        out = _weighted_sum([(w, self.gain_numer(n)) for n, w in terms.items()], what)
         point, draws = hierarchical_draws(out, None, self.resamples, self.seed)
         return _summary(point, draws, list(next(iter(out.values())).shape[:-1]))
 
@@ -280,15 +272,15 @@ def build_seeds_report(params: Mapping[str, Any], pred_paths: Mapping[str, str |
     pairs = PairsSettings.from_params(params)
     compare = CompareSettings.optional(params)
     seed = seed_of(params)
-    correct, counts, _ = bench_arrays(pred_paths)
-    policies, _ = policy_arrays(sample_paths)
+    correct, counts = bench_arrays(pred_paths)
+    policies = policy_arrays(sample_paths)
     # labeler groups: a replicated judge's group name stands for all its members
     labelers = []
     for n in pairs.labelers:
         g = next((g for g, ms in groups.items() if n in ms), n)
         if g not in labelers:
             labelers.append(g)
-    data = SeedData(groups, correct, counts, policies, rep.resamples, seed, labelers)
+    data = SeedData(groups, correct, counts, policies, rep.resamples, seed)
     down = read_json(downstream_summary)["policies"]
     judge_labelers = [n for n in labelers if labeler_kind(n, groups) == "judge" and n in groups]
     short = {g for g in labelers if any((down.get(m) or {}).get("short") for m in groups.get(g, [g]))}
@@ -324,6 +316,11 @@ def _ci(ci: Sequence[float] | None, signed: bool = False) -> str:
     return f"[{_pct(ci[0], signed)}, {_pct(ci[1], signed)}]" if ci else "n/a"
 
 
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + \
+        ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def seeds_markdown(doc: Mapping[str, Any]) -> str:
     """seeds.json as tables; the headline table is what the README quotes (a test compares them)."""
     r = doc["resamples"]
@@ -332,52 +329,45 @@ def seeds_markdown(doc: Mapping[str, Any]) -> str:
           f"Intervals: 95% hierarchical bootstrap ({r} draws) over judge seeds, then DPO seeds "
           f"({len(doc['dpo_seeds'])}: {', '.join(map(str, doc['dpo_seeds']))}), then problems within subsets. "
           "Differences pair replicate k with replicate k and DPO seed d with DPO seed d; a group with one "
-          "seed is paired with every replicate of the other. Percentage points.", "",
-          "## Headline", "", "| claim | verdict | deciding difference | estimate | 95% CI |", "|---|---|---|---|---|"]
+          "seed is paired with every replicate of the other. Percentage points.", "", "## Headline", ""]
+    headline = []
     for c in doc["claims"]:
         rows = c["rows"]
         # the deciding row: the first reversed one, else the weakest (lowest lower bound)
         key = next((x for x in rows if x["verdict"] == "reversed"), None) or min(rows, key=lambda x: x["ci95"][0])
-        md.append(f"| {c['claim']} | **{c['verdict']}** | {key['comparison']} | {_pct(key['mean'], True)} | "
-                  f"{_ci(key['ci95'], True)} |")
-    md += ["", "## Judges on Libra Bench", "", "| judge | seeds | Libra score | 95% CI | per seed | sd over seeds |",
-           "|---|---|---|---|---|---|"]
-    for g in doc["order"]["judges"]:
-        e = doc["judges"][g]
-        md.append(f"| {g} | {seeds(e)} | {_pct(e['mean'])} | {_ci(e['ci95'])} | "
-                  f"{', '.join(_pct(v) for v in e['per_seed'])} | {_pct(e['sd_over_seeds'])} |")
+        headline.append([c["claim"], f"**{c['verdict']}**", key["comparison"], _pct(key["mean"], True),
+                         _ci(key["ci95"], True)])
+    md += _table(["claim", "verdict", "deciding difference", "estimate", "95% CI"], headline)
+    md += ["", "## Judges on Libra Bench", ""]
+    md += _table(["judge", "seeds", "Libra score", "95% CI", "per seed", "sd over seeds"],
+                 [[g, seeds(e), _pct(e["mean"]), _ci(e["ci95"]), ", ".join(_pct(v) for v in e["per_seed"]),
+                   _pct(e["sd_over_seeds"])] for g, e in ((g, doc["judges"][g]) for g in doc["order"]["judges"])])
     if doc["judge_differences"]:
-        md += ["", "## Judge differences (Libra score)", "", "| A - B | seeds | diff | 95% CI | p (bootstrap) | verdict |",
-               "|---|---|---|---|---|---|"]
-        for k in doc["order"]["judge_differences"]:
-            e = doc["judge_differences"][k]
-            md.append(f"| {k} | {seeds(e)} | {_pct(e['mean'], True)} | {_ci(e['ci95'], True)} | "
-                      f"{format_p(e['p_bootstrap'], r)} | {verdict(e['ci95'])} |")
-    md += ["", "## Downstream gains (avg@k over `none`)", "",
-           "| labeler | judge seeds × DPO seeds | gain | 95% CI | per judge seed | sd over judge seeds |",
-           "|---|---|---|---|---|---|"]
-    for n in doc["order"]["gains"]:
-        e = doc["gains"][n]
-        flag = " (short)" if n in doc["short_labelers"] else ""
-        md.append(f"| {n}{flag} | {seeds(e)} | {_pct(e['mean'], True)} | {_ci(e['ci95'], True)} | "
-                  f"{', '.join(_pct(v, True) for v in e['per_seed'])} | {_pct(e['sd_over_seeds'])} |")
-    md += ["", "## Orderings, every difference", "", "| claim | A - B | estimate | 95% CI | verdict |", "|---|---|---|---|---|"]
-    for c in doc["claims"]:
-        for x in c["rows"]:
-            md.append(f"| {c['claim']} | {x['comparison']} | {_pct(x['mean'], True)} | {_ci(x['ci95'], True)} | "
-                      f"{x['verdict']} |")
+        md += ["", "## Judge differences (Libra score)", ""]
+        md += _table(["A - B", "seeds", "diff", "95% CI", "p (bootstrap)", "verdict"],
+                     [[k, seeds(e), _pct(e["mean"], True), _ci(e["ci95"], True), format_p(e["p_bootstrap"], r),
+                       verdict(e["ci95"])]
+                      for k, e in ((k, doc["judge_differences"][k]) for k in doc["order"]["judge_differences"])])
+    md += ["", "## Downstream gains (avg@k over `none`)", ""]
+    md += _table(["labeler", "judge seeds × DPO seeds", "gain", "95% CI", "per judge seed", "sd over judge seeds"],
+                 [[n + (" (short)" if n in doc["short_labelers"] else ""), seeds(e), _pct(e["mean"], True),
+                   _ci(e["ci95"], True), ", ".join(_pct(v, True) for v in e["per_seed"]), _pct(e["sd_over_seeds"])]
+                  for n, e in ((n, doc["gains"][n]) for n in doc["order"]["gains"])])
+    md += ["", "## Orderings, every difference", ""]
+    md += _table(["claim", "A - B", "estimate", "95% CI", "verdict"],
+                 [[c["claim"], x["comparison"], _pct(x["mean"], True), _ci(x["ci95"], True), x["verdict"]]
+                  for c in doc["claims"] for x in c["rows"]])
     corr = doc.get("correlation") or {}
     if corr:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}".replace("-", "−")  # noqa: E731
+        ci = lambda c: "n/a" if not c else f"[{fmt(c[0])}, {fmt(c[1])}]"  # noqa: E731
         md += ["", "## Gain against judge measure (fitted labeler groups)", "",
                f"Groups: {', '.join(corr['labelers'])}. Intervals resample judge seeds, DPO seeds and problems; "
-               "p: permutation of the gains among the groups.", "",
-               "| x | Pearson r | 95% CI | p | Spearman rho | 95% CI | p |", "|---|---|---|---|---|---|---|"]
-        for key in ("libra_score", "label_accuracy", "pair_accuracy"):
-            e = corr[key]
-            fmt = lambda v: "n/a" if v is None else f"{v:.3f}".replace("-", "−")  # noqa: E731
-            ci = lambda c: "n/a" if not c else f"[{fmt(c[0])}, {fmt(c[1])}]"  # noqa: E731
-            md.append(f"| {key} | {fmt(e['pearson'])} | {ci(e['pearson_ci95'])} | {fmt(e['pearson_p_permutation'])} | "
-                      f"{fmt(e['spearman'])} | {ci(e['spearman_ci95'])} | {fmt(e['spearman_p_permutation'])} |")
+               "p: permutation of the gains among the groups.", ""]
+        md += _table(["x", "Pearson r", "95% CI", "p", "Spearman rho", "95% CI", "p"],
+                     [[key, fmt(e["pearson"]), ci(e["pearson_ci95"]), fmt(e["pearson_p_permutation"]),
+                       fmt(e["spearman"]), ci(e["spearman_ci95"]), fmt(e["spearman_p_permutation"])]
+                      for key, e in ((k, corr[k]) for k in ("libra_score", "label_accuracy", "pair_accuracy"))])
     return "\n".join(md) + "\n"
 
 

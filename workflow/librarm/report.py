@@ -466,6 +466,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
         rows = []
         fit = set(docs["report"]["fit_labelers"])
         judges = docs.get("eval", {}).get("judges", {})
+        registry = JudgeSpec.registry(params)
         for n in labelers:
             p = policies.get(n)
             if not p or not p.get("gain"):
@@ -473,7 +474,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
             lo, hi = p["gain_ci95"]["all"]
             rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
                          "fitted" if n in fit else ("short" if p.get("short") else
-                                                    "judge" if labeler_kind(n, JudgeSpec.registry(params)) == "judge"
+                                                    "judge" if labeler_kind(n, registry) == "judge"
                                                     else "anchor"), p.get("pair_accuracy")])
         arts.append(write_csv(out_dir / "downstream_gain.csv",
                               ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role",
@@ -493,7 +494,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
                 ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
             # the noisy-gold curve (gold kept with probability p, flipped otherwise, and gold itself):
             # at equal label accuracy, a trained judge above it errs more cheaply than symmetric noise
-            curve = sorted((r for r in pts if labeler_kind(r[0], JudgeSpec.registry(params)) in ("gold", "noisy_gold")), key=lambda r: r[col])
+            curve = sorted((r for r in pts if labeler_kind(r[0], registry) in ("gold", "noisy_gold")), key=lambda r: r[col])
             if key != "libra_score" and len(curve) > 1:
                 ax.plot([r[col] for r in curve], [r[3] for r in curve], color="C3", lw=1, ls=":",
                         label="noisy-gold curve")

@@ -66,6 +66,21 @@ def cluster_sign_flip_p(clusters_by_subset: Sequence[np.ndarray], resamples: int
 
 
 # ----------------------------------------------------------------------------- bootstrap intervals
+def interval(draws: np.ndarray) -> list[float]:
+    """The 95% percentile interval of bootstrap draws."""
+    return [round(float(np.percentile(draws, 2.5)), 6), round(float(np.percentile(draws, 97.5)), 6)]
+
+
+def bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided bootstrap p: twice the share of draws on the smaller side of zero (at most 1)."""
+    return float(min(1.0, 2 * min(np.mean(draws <= 0), np.mean(draws >= 0))))
+
+
+def draw_summary(point: float, draws: np.ndarray) -> dict[str, Any]:
+    """An estimate with its bootstrap draws: mean, 95% interval, two-sided bootstrap p."""
+    return {"mean": round(point, 6), "ci95": interval(draws), "p_bootstrap": round(bootstrap_p(draws), 6)}
+
+
 def bootstrap_intervals(items: Sequence[Mapping[str, Any]], resamples: int = 2000, seed: int = 0,
                         cluster: bool = True, alpha: float = 0.05) -> dict[str, list[float]]:
     """Percentile intervals for libra_score, accuracy, macro_f1 and each subset's accuracy.
@@ -161,11 +176,7 @@ def paired_comparison(preds_a: Sequence[Mapping[str, Any]], preds_b: Sequence[Ma
         diffs_sub.append((draw[:, 1] - draw[:, 2]) / draw[:, 0])
     diffs = np.mean(diffs_sub, axis=0)
     diff = float(np.mean(point))
-    # bootstrap p-value: how often the resampled difference falls on the other side of zero
-    p_boot = float(min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
-    return {"diff": round(diff, 6), "ci95": [round(float(np.percentile(diffs, 2.5)), 6),
-                                              round(float(np.percentile(diffs, 97.5)), 6)],
-            "p_bootstrap": round(p_boot, 6),
+    return {"diff": round(diff, 6), "ci95": interval(diffs), "p_bootstrap": round(bootstrap_p(diffs), 6),
             "p_permutation": round(cluster_sign_flip_p(cluster_mats, resamples, seed), 6), "resamples": resamples,
             "mcnemar": {"a_only": int(b_only), "b_only": int(c_only),
                                                           "p": round(mcnemar_exact(int(b_only), int(c_only)), 6)},
@@ -316,16 +327,11 @@ def hierarchical_draws(numer: Mapping[str, np.ndarray], denom: Mapping[str, np.n
     return float(np.mean(point)), np.mean(draws, axis=0)
 
 
-def interval(draws: np.ndarray) -> list[float]:
-    return [round(float(np.percentile(draws, 2.5)), 6), round(float(np.percentile(draws, 97.5)), 6)]
-
-
 def hierarchical_bootstrap(numer: Mapping[str, np.ndarray], denom: Mapping[str, np.ndarray] | None = None,
                            resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """hierarchical_draws summarised: the estimate, its 95% percentile interval (between-seed
     variance included) and the bootstrap's two-sided p (share of draws on the other side of 0).
     With one seed at every level this is the problem bootstrap."""
     point, draw = hierarchical_draws(numer, denom, resamples, seed)
-    return {"mean": round(point, 6), "ci95": interval(draw),
-            "p_bootstrap": round(float(min(1.0, 2 * min(np.mean(draw <= 0), np.mean(draw >= 0)))), 6),
-            "seeds": list(np.asarray(next(iter(numer.values()))).shape[:-1]), "resamples": resamples}
+    return {**draw_summary(point, draw), "seeds": list(np.asarray(next(iter(numer.values()))).shape[:-1]),
+            "resamples": resamples}

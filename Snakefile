@@ -29,10 +29,18 @@ rule all:
         PHASE_TARGETS,
 
 
+# A local run's jobs fork from one process that imported torch, transformers and TRL once
+# (librarm/warm.py; LIBRARM_WARM=0 turns it off).
+onstart:
+    start_for_workflow(workflow, ".snakemake/librarm-warm.log")
+
+
 # Jobs spool their MLflow records; one import when the run ends (see librarm/tracking.py).
 onsuccess:
+    stop_for_workflow()
     flush_at_end()
 
 
 onerror:
+    stop_for_workflow()
     flush_at_end()

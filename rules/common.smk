@@ -14,6 +14,7 @@ from librarm.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
 from librarm.settings import Params
 from librarm.tracking import flush_at_end
+from librarm.warm import start_for_workflow, stop_for_workflow
 
 prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")
@@ -118,6 +119,8 @@ def train_inputs(wildcards):
     data = {"train": P.JUDGE_TRAIN, "val": P.JUDGE_VAL, "sft": []}
     if kind in ("sft", "nothink"):
         data["sft"] = P.RS_SFT
+    if kind == "rl" and PARAMS.rl.items == "pool":
+        data["train"] = P.JUDGE_RL_POOL
     data["init"] = local_model_dirs(config, [training_start(config, wildcards.model)])
     return data
 

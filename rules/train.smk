@@ -11,6 +11,7 @@ if LEARNING:
         output:
             train=P.JUDGE_TRAIN,
             val=P.JUDGE_VAL,
+            rl_pool=P.JUDGE_RL_POOL,
             stats=P.JUDGE_DATA_STATS,
         params:
             **job_params("judge_data"),

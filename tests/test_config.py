@@ -122,6 +122,7 @@ def test_values_read_without_a_code_default_are_required_by_the_schema():
     (lambda p: p["evaluate_policy"].update(subsets=["dpo_pool"]), "evaluate_policy.subsets"),
     (lambda p: p["report"].update(fit_labelers=["gold"]), "report.fit_labelers"),
     (lambda p: p.pop("dpo"), "dpo: required"),
+    (lambda p: p["rl"].update(items="all"), "rl.items"),
 ])
 def test_downstream_config_errors_name_the_key(edit, message):
     params = copy.deepcopy(load_params("params.yaml"))

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from librarm.io import read_jsonl, write_jsonl
-from librarm.train import build_judge_items, reward_pairs, rs_stats, verdict_only
+from librarm.train import build_judge_items, build_rl_pool, reward_pairs, rs_stats, verdict_only
 
 
 def _verified(n_problems=20, gens=("g1", "g2", "g3")):
@@ -32,6 +32,17 @@ def test_judge_items_split_by_problem_and_hold_out_generators():
         labels = [i["label"] for i in split]
         assert labels.count(0) == labels.count(1)
     assert len({i["item_id"] for i in train}) == len(train)
+
+
+def test_rl_pool_has_every_balanced_item_outside_the_validation_problems():
+    records = _verified()
+    train, val, _ = build_judge_items(records, seed=1, val_fraction=0.25, exclude_generators=["g3"], per_label=1)
+    pool, stats = build_rl_pool(records, seed=1, exclude_generators=["g3"], val=val)
+    assert not {i["problem_id"] for i in pool} & {i["problem_id"] for i in val}
+    assert {i["item_id"] for i in train} <= {i["item_id"] for i in pool}       # the capped items are in it
+    assert len(pool) > len(train) and {i["model"] for i in pool} == {"g1", "g2"}
+    assert stats["label_balance"][0] == stats["label_balance"][1] == len(pool) // 2
+    assert [i["index"] for i in pool] == list(range(len(pool)))
 
 
 def test_rs_stats_and_band_warning():

@@ -418,5 +418,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         launch.RUNNING_ARGV = None
 
 
+def run_command() -> int:
+    """`python -m librarm.cli ...`: a stage job forks from the run's warm server when there is one
+    (librarm/warm.py), otherwise runs here."""
+    import os
+
+    from . import launch, warm
+
+    if sys.argv[1:2] == ["stage"] and not launch.inside_launch() and os.environ.get(warm.SOCKET_ENV):
+        code = warm.run_through_server(sys.argv[1:])
+        if code is not None:
+            return code
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command())

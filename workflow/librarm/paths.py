@@ -41,6 +41,7 @@ STRESS_FILE = f"{BENCH}/stress.jsonl"           # the judge-hacking stress set (
 JUDGE_DATA = f"{RESULTS}/judge_data"
 JUDGE_TRAIN = f"{JUDGE_DATA}/train.jsonl"
 JUDGE_VAL = f"{JUDGE_DATA}/val.jsonl"
+JUDGE_RL_POOL = f"{JUDGE_DATA}/rl_pool.jsonl"
 JUDGE_DATA_STATS = f"{JUDGE_DATA}/stats.json"
 
 RS = f"{RESULTS}/rs"

@@ -5,7 +5,6 @@ import functools
 import hashlib
 import platform
 import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -43,13 +42,15 @@ def git_commit() -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-def device_info() -> dict[str, Any]:
-    """The machine; torch's device and threads only for jobs that already loaded torch (importing it
-    just to describe a job that never used it cost a verify or stats job more than its own work)."""
+def device_info(ran_models: bool) -> dict[str, Any]:
+    """The machine; torch's device and threads only for a job that ran models (importing torch just
+    to describe a verify or stats job cost it more than its own work). Decided by the job, not by
+    whether torch happens to be imported: a job forked from the warm server (warm.py) has it."""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
                             "machine": platform.machine()}
-    torch = sys.modules.get("torch")
-    if torch is not None:
+    if ran_models:
+        import torch
+
         info["cuda"] = torch.cuda.is_available()
         if info["cuda"]:
             info["gpu"] = torch.cuda.get_device_name(0)
@@ -89,7 +90,7 @@ def provenance(models: Iterable[Mapping[str, Any]] = (), data: Iterable[str | No
     return {
         "git_commit": git_commit(),
         "libraries": library_versions(),
-        "device": device_info(),
+        "device": device_info(ran_models=bool(models)),
         "models": list(models),
         "data": data_ids,
         "revisions": dict(revisions or {}),

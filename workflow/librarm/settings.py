@@ -248,11 +248,13 @@ class RlSettings(Section):
     val_every: int = 20
     val_items: int = 60
     seed: int = 0
+    items: str = "train"
     variants: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         super().__post_init__()
         _check(self.l_exp == "auto" or isinstance(self.l_exp, int), "rl.l_exp: an integer or 'auto'")
+        _check(self.items in ("train", "pool"), f"rl.items: 'train' or 'pool', got {self.items!r}")
 
     def variant(self, name: str) -> RlVariant:
         return RlVariant.from_section(self.variants[name], f"rl.variants.{name}")

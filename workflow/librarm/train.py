@@ -29,31 +29,40 @@ from .settings import (
 
 
 # ----------------------------------------------------------------------------- judge_data
-def build_judge_items(records: Sequence[Mapping[str, Any]], seed: int, val_fraction: float,
-                      exclude_generators: Sequence[str], per_label: int | None,
-                      unit: str = "subset_generator") -> tuple[list[dict], list[dict], dict]:
+def judging_items(records: Sequence[Mapping[str, Any]], seed: int, exclude_generators: Sequence[str],
+                  per_label: int | None, unit: str = "subset_generator") -> tuple[list[dict], dict]:
     """Verifiable judging items from verified judge-pool samples: drop malformed, dedupe, balance
-    labels per generator (as the bench does), hold out `exclude_generators` entirely, and split
-    train/validation by problem (all items of a problem on one side)."""
+    labels per generator (as the bench does; `per_label` items of each label a cell, None: all a
+    balanced cell has) and hold out `exclude_generators` entirely. Each item names its problem."""
     from .bench import assemble
 
     kept = [r for r in records if r["generator"] not in set(exclude_generators)]
     rows, stats = assemble(kept, seed=seed, unit=unit, per_label=per_label,
                            on_shortfall="take_available", subset_order=sorted({r["subset"] for r in kept}))
     pid_of = {(r["question"], r["response_with_cot"], r["generator"]): r["problem_id"] for r in kept}
-    problems = sorted({pid_of[(r["question"], r["response_with_cot"], r["model"])] for r in rows},
-                      key=lambda p: stable_hash(seed, "judge-split", p))
-    n_val = max(1, int(round(val_fraction * len(problems)))) if problems else 0
-    val_problems = set(problems[:n_val])
-    train, val = [], []
+    items = []
     for r in rows:
         pid = pid_of[(r["question"], r["response_with_cot"], r["model"])]
-        item = {**r, "problem_id": pid, "item_id": f"{pid}|{r['model']}|{stable_hash(r['response_with_cot'], length=8)}"}
-        (val if pid in val_problems else train).append(item)
-    for i, it in enumerate(train):
+        items.append({**r, "problem_id": pid, "item_id": f"{pid}|{r['model']}|{stable_hash(r['response_with_cot'], length=8)}"})
+    return items, stats
+
+
+def _indexed(items: list[dict]) -> list[dict]:
+    for i, it in enumerate(items):
         it["index"] = i
-    for i, it in enumerate(val):
-        it["index"] = i
+    return items
+
+
+def build_judge_items(records: Sequence[Mapping[str, Any]], seed: int, val_fraction: float,
+                      exclude_generators: Sequence[str], per_label: int | None,
+                      unit: str = "subset_generator") -> tuple[list[dict], list[dict], dict]:
+    """`judging_items`, split train/validation by problem (all items of a problem on one side)."""
+    items, stats = judging_items(records, seed, exclude_generators, per_label, unit)
+    problems = sorted({it["problem_id"] for it in items}, key=lambda p: stable_hash(seed, "judge-split", p))
+    n_val = max(1, int(round(val_fraction * len(problems)))) if problems else 0
+    val_problems = set(problems[:n_val])
+    train = _indexed([it for it in items if it["problem_id"] not in val_problems])
+    val = _indexed([it for it in items if it["problem_id"] in val_problems])
     stats = {"train": len(train), "val": len(val), "train_problems": len(problems) - n_val,
              "val_problems": n_val, "excluded_generators": list(exclude_generators),
              "label_balance": {"train": dict(Counter(i["label"] for i in train)),
@@ -62,9 +71,23 @@ def build_judge_items(records: Sequence[Mapping[str, Any]], seed: int, val_fract
     return train, val, stats
 
 
+def build_rl_pool(records: Sequence[Mapping[str, Any]], seed: int, exclude_generators: Sequence[str],
+                  val: Sequence[Mapping[str, Any]], unit: str = "subset_generator") -> tuple[list[dict], dict]:
+    """GRPO's item pool (rl.items: pool): every balanced judging item (no per_label cap) of the
+    problems outside the validation split. SFT trains on the capped items, whose rejection-sampled
+    trajectories the judge already fits; GRPO learns only from items inside its pass-rate band, so it
+    gets the rest of the verified items too. The validation problems stay out."""
+    items, _ = judging_items(records, seed, exclude_generators, None, unit)
+    val_problems = {it["problem_id"] for it in val}
+    pool = _indexed([it for it in items if it["problem_id"] not in val_problems])
+    return pool, {"items": len(pool), "problems": len({it["problem_id"] for it in pool}),
+                  "label_balance": dict(Counter(i["label"] for i in pool))}
+
+
 def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path], problem_paths: Sequence[str | Path],
-                   train_path: str | Path, val_path: str | Path, stats_path: str | Path) -> dict:
-    """Stage `judge_data`: the judge-training items (train, val) and stats, with the disjointness check."""
+                   train_path: str | Path, val_path: str | Path, rl_pool_path: str | Path, stats_path: str | Path) -> dict:
+    """Stage `judge_data`: the judge-training items (train, val), GRPO's item pool and stats, with
+    the disjointness check."""
     from .problems import load_problem_sets, overlap_report
 
     cfg = JudgeDataSettings.from_params(params)
@@ -83,8 +106,10 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
                                           cfg.per_label, cfg.unit)
     if not train or not val:
         raise ValueError(f"judge_data: empty split (train={len(train)}, val={len(val)})")
+    rl_pool, stats["rl_pool"] = build_rl_pool(records, seed_of(params), list(cfg.exclude_generators), val, cfg.unit)
     write_jsonl(train_path, train)
     write_jsonl(val_path, val)
+    write_jsonl(rl_pool_path, rl_pool)
     stats["disjoint_checked"] = sorted(overlap_report(sets))
     write_json(stats_path, stats)
     return stats
@@ -92,7 +117,7 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
 
 def step_judge_data(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
     stats = run_judge_data(params, io.input_list("verified"), io.input_list("problems"), io.output("train"),
-                           io.output("val"), io.output("stats"))
+                           io.output("val"), io.output("rl_pool"), io.output("stats"))
     return stats, [io.output("stats")]
 
 

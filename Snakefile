@@ -32,7 +32,7 @@ rule all:
 # A local run's jobs fork from one process that imported torch, transformers and TRL once
 # (librarm/warm.py; LIBRARM_WARM=0 turns it off).
 onstart:
-    start_for_workflow(workflow, ".snakemake/librarm-warm.log")
+    start_for_workflow(workflow)
 
 
 # Jobs spool their MLflow records; one import when the run ends (see librarm/tracking.py).

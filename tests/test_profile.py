@@ -48,6 +48,11 @@ def test_profile_from_a_snakemake_log(tmp_path):
     # wall 100 s on 2 cores = 200 core-s; busy 10 + 60 + 10 + 30*2 = 140 -> idle 30%
     assert "wall 1.7 min on 2 cores; cores idle 30%" in text
     assert "critical path: 1.7 min" in text and "| sample | 1 | 60 |" in text
+    # a job forked from the warm server: its peak RSS comes from the server's log
+    warm_log = tmp_path / "warm.log"
+    warm_log.write_text('ready at /tmp/x/sock\nforked stage verify as 7\n'
+                        '{"pid": 7, "outputs": ["results/verify/g/a.jsonl"], "exit": 0, "cpu_s": 1.5, "max_rss_mb": 412.3}\n')
+    assert "| verify | 1 | 30 | 30.0 | 30 | 412 |" in profile_report(log, cores=2, warm_log=warm_log)
 
 
 def test_latest_log_skips_logs_without_a_finished_job(tmp_path):

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from librarm.io import read_jsonl, write_jsonl
-from librarm.train import build_judge_items, build_rl_pool, reward_pairs, rs_stats, verdict_only
+from librarm.train import build_judge_items, build_rl_pool, filter_by_pass_rate, reward_pairs, rs_stats, verdict_only
 
 
 def _verified(n_problems=20, gens=("g1", "g2", "g3")):
@@ -43,6 +43,45 @@ def test_rl_pool_has_every_balanced_item_outside_the_validation_problems():
     assert len(pool) > len(train) and {i["model"] for i in pool} == {"g1", "g2"}
     assert stats["label_balance"][0] == stats["label_balance"][1] == len(pool) // 2
     assert [i["index"] for i in pool] == list(range(len(pool)))
+
+
+class _SeededVerdicts:
+    """A sampler whose verdict is right for a request when its seed's hash says so: an item's rate
+    depends only on its own requests' seeds, as with the real samplers."""
+
+    def __init__(self):
+        self.rated = 0
+
+    def generate(self, requests):
+        from librarm.io import stable_hash
+        from librarm.sampling import SampleResult
+
+        self.rated += len(requests)
+        out = []
+        for r in requests:
+            right = int(stable_hash(r.seed), 16) % 3 != 0
+            verdict = "correct" if right == bool(r.problem["label"]) else "incorrect"
+            out.append(SampleResult(f"<think>x</think>\\boxed{{{verdict}}}", "stop", 1, 1))
+        return out
+
+
+def test_pass_rate_filter_rates_only_what_grpo_draws_and_keeps_file_order(params):
+    from dataclasses import replace
+
+    from librarm.settings import RlSettings
+
+    items = [{**r, "index": i} for i, r in enumerate(build_rl_pool(_verified(60), 1, [], [])[0])]
+    rl = replace(RlSettings.from_params(params), steps=5, batch_size=8, num_generations=4)   # 10 prompts
+    sampler = _SeededVerdicts()
+    kept, stats = filter_by_pass_rate(items, sampler, params, rl, "judge_rl")
+    assert stats["needed"] == 10 and stats["kept"] >= 10 and stats["rated"] < len(items)
+    assert sampler.rated == stats["rated"] * rl.passrate_k
+    assert [it["index"] for it in kept] == sorted(it["index"] for it in kept)
+    # the same items rated whole: each rated item's rate is unchanged by the chunking
+    whole = replace(rl, steps=10_000)
+    kept_all, stats_all = filter_by_pass_rate(items, _SeededVerdicts(), params, whole, "judge_rl")
+    assert stats_all["rated"] == len(items)
+    assert {it["item_id"] for it in kept} <= {it["item_id"] for it in kept_all}
 
 
 def test_rs_stats_and_band_warning():

@@ -187,3 +187,9 @@ def test_workflow_starts_a_server_only_for_local_runs():
     finally:
         warm.stop_for_workflow()
     assert not warm._STARTED and warm.SOCKET_ENV not in os.environ
+
+
+def test_job_outputs_are_the_paths_of_out_groups():
+    argv = ["stage", "sample", "--config", "c.json", "--in", "problems", "p.jsonl", "--out", "samples", "a.jsonl",
+            "--out", "meta", "a.meta.json", "b.json", "--wildcard", "generator=g", "--threads", "1"]
+    assert warm.job_outputs(argv) == ["a.jsonl", "a.meta.json", "b.json"]

@@ -119,7 +119,10 @@ def phase_of(job: Job) -> str:
     return "?"
 
 
-def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | None = None) -> str:
+def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | None = None,
+                   warm_log: str | Path | None = None) -> str:
+    """`warm_log`: the warm server's log (warm.py), whose per-job peak RSS replaces the benchmark
+    file's for jobs that ran as its forks (the benchmark measures only their small client)."""
     jobs = parse_snakemake_log(log_path)
     if not jobs:
         raise ValueError(f"{log_path}: no finished job in this Snakemake log")
@@ -141,6 +144,9 @@ def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | No
     for j in jobs:
         by_rule[j.rule].append(j)
     bench = read_benchmarks(bench_root) if bench_root and Path(bench_root).exists() else {}
+    from .warm import usage_by_output
+
+    forked = usage_by_output(warm_log) if warm_log else {}
     # Snakemake samples a job's CPU time periodically and misses what it did between samples: its
     # cpu_time read about half the wall time for jobs that timed at 100% CPU by hand, so only the
     # wall seconds and the peak memory are shown.
@@ -148,9 +154,10 @@ def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | No
               "|---|---:|---:|---:|---:|---:|"]
     for rule, js in sorted(by_rule.items(), key=lambda kv: -sum(j.seconds for j in kv[1])):
         s = [j.seconds for j in js]
-        b = bench.get(rule, {})
+        rss = [bench.get(rule, {}).get("max_rss", float("nan"))]
+        rss += [forked[o]["max_rss_mb"] for j in js for o in j.outputs if o in forked]
         lines.append(f"| {rule} | {len(js)} | {sum(s):.0f} | {sum(s) / len(s):.1f} | {max(s):.0f} | "
-                     f"{b.get('max_rss', float('nan')):.0f} |")
+                     f"{max(rss, key=lambda x: -1 if x != x else x):.0f} |")
     path = critical_path(jobs)
     cp = sum(j.seconds for j in path)
     lines += ["", f"critical path: {cp / 60:.1f} min of {wall / 60:.1f} min wall "

@@ -351,6 +351,32 @@ def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str,
     return [h / k for h in hits]
 
 
+def filter_by_pass_rate(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], rl: RlSettings,
+                        name: str) -> tuple[list[Mapping[str, Any]], dict]:
+    """The items whose pass rate is inside rl.passrate_band, in their file order. GRPO draws
+    steps x batch_size / num_generations prompts, so items are rated in chunks of that size, in a
+    seeded order, until that many are in the band (a pool several times larger than training uses
+    is not rated whole). An item's verdicts are seeded by its id: the chunking changes no rate."""
+    need = rl.steps * rl.batch_size // rl.num_generations
+    order = sorted(range(len(items)), key=lambda i: stable_hash(seed_of(params), "passrate-order", name,
+                                                                 items[i]["item_id"]))
+    lo, hi = rl.passrate_band
+    rated: dict[int, float] = {}
+    in_band = 0
+    for start in range(0, len(order), need):
+        chunk = order[start:start + need]
+        for i, r in zip(chunk, pass_rates([items[i] for i in chunk], sampler, params, rl.passrate_k, name)):
+            rated[i] = r
+            in_band += lo <= r <= hi
+        if in_band >= need:
+            break
+    rates = list(rated.values())
+    kept = [items[i] for i in sorted(rated) if lo <= rated[i] <= hi]
+    return kept, {"items": len(items), "rated": len(rated), "kept": len(kept), "needed": need,
+                  "always_right": sum(r == 1 for r in rates), "always_wrong": sum(r == 0 for r in rates),
+                  "mean_pass_rate": round(sum(rates) / max(1, len(rates)), 4)}
+
+
 def sampler_rollout(sampler, seed: int):
     """GRPO completions from the pipeline's own sampler instead of `model.generate`: the same
     decoding loop as every other stage, and each completion seeded by (step, position in the
@@ -422,11 +448,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
     sampler = HFSampler(init_model, SamplingConfig(temperature=rl.temperature, max_new_tokens=rl.max_completion_length,
                                                    batch_size=jcfg.batch_size), model=model, tokenizer=tok)
-    rates = pass_rates(items, sampler, params, rl.passrate_k, name)
-    lo, hi = rl.passrate_band
-    kept = [it for it, r in zip(items, rates) if lo <= r <= hi]
-    filt = {"items": len(items), "kept": len(kept), "always_right": sum(r == 1 for r in rates),
-            "always_wrong": sum(r == 0 for r in rates), "mean_pass_rate": round(sum(rates) / max(1, len(rates)), 4)}
+    kept, filt = filter_by_pass_rate(items, sampler, params, rl, name)
     if not kept:
         raise ValueError(f"rl: no item with pass rate in {list(rl.passrate_band)} ({filt})")
     # an item over the prompt budget (rate 0) is kept only by a band that starts at 0: dropped here

@@ -58,6 +58,7 @@ PRELOAD_NAMES = {  # lazy attributes that import the heavy submodules
     "math_verify": ("parse", "verify"),
 }
 IDLE_EXIT_S = 600
+WARM_LOG = ".snakemake/librarm-warm.log"   # what it forked and declined, and each job's cpu and peak RSS
 MAX_MESSAGE = 1 << 20
 
 
@@ -213,7 +214,7 @@ def serve(path: str, parent: int, idle_exit_s: float = IDLE_EXIT_S, modules: Seq
     listener.listen(64)
     os.rename(tmp, path)             # the socket appears only once the server is ready
     print(f"ready at {path} (pid {os.getpid()}, imports took {time.monotonic() - began:.1f} s)", flush=True)
-    jobs: dict[socket.socket, int] = {}       # connection -> child pid
+    jobs: dict[socket.socket, tuple[int, list[str]]] = {}       # connection -> child pid, its outputs
     last_job = time.monotonic()
     try:
         while True:
@@ -227,11 +228,11 @@ def serve(path: str, parent: int, idle_exit_s: float = IDLE_EXIT_S, modules: Seq
                     _accept(listener, jobs, started_env, import_env, job)
                     last_job = time.monotonic()
                 else:                # a client sends nothing after its request: readable = it went away
-                    _kill_group(jobs.pop(conn))
+                    _kill_group(jobs.pop(conn)[0])
                     conn.close()
             _reap(jobs)
     finally:
-        for conn, pid in jobs.items():
+        for conn, (pid, _) in jobs.items():
             _kill_group(pid)
             conn.close()
         listener.close()
@@ -241,7 +242,7 @@ def serve(path: str, parent: int, idle_exit_s: float = IDLE_EXIT_S, modules: Seq
             pass
 
 
-def _accept(listener: socket.socket, jobs: dict[socket.socket, int], started_env: dict[str, str],
+def _accept(listener: socket.socket, jobs: dict[socket.socket, tuple[int, list[str]]], started_env: dict[str, str],
             import_env: dict[str, str], job: Callable[[Sequence[str]], int]) -> None:
     conn, _ = listener.accept()
     try:
@@ -279,7 +280,7 @@ def _accept(listener: socket.socket, jobs: dict[socket.socket, int], started_env
     for fd in fds:
         os.close(fd)
     print(f"forked {step} as {pid}", flush=True)
-    jobs[conn] = pid
+    jobs[conn] = (pid, job_outputs(request["argv"]))
     try:
         conn.send(json.dumps({"pid": pid}).encode())
     except OSError:                  # the client is already gone
@@ -288,14 +289,43 @@ def _accept(listener: socket.socket, jobs: dict[socket.socket, int], started_env
         conn.close()
 
 
-def _reap(jobs: dict[socket.socket, int]) -> None:
-    for conn, pid in list(jobs.items()):
+def job_outputs(argv: Sequence[str]) -> list[str]:
+    """The paths of a `librarm stage` command's `--out NAME PATH...` groups."""
+    out, taking = [], False
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            taking = arg == "--out"
+            name_at = i + 1
+        elif taking and i > name_at:
+            out.append(arg)
+    return out
+
+
+def usage_by_output(log_path: str | Path) -> dict[str, dict[str, float]]:
+    """From a server log: each job output's cpu seconds and peak RSS (MB), the latest run's."""
+    usage: dict[str, dict[str, float]] = {}
+    p = Path(log_path)
+    for line in p.read_text(errors="replace").splitlines() if p.exists() else ():
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            for out in rec.get("outputs", []):
+                usage[out] = {"cpu_s": rec.get("cpu_s"), "max_rss_mb": rec.get("max_rss_mb")}
+    return usage
+
+
+def _reap(jobs: dict[socket.socket, tuple[int, list[str]]]) -> None:
+    for conn, (pid, outputs) in list(jobs.items()):
         done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             jobs.pop(conn)
-            # Snakemake's benchmark file measures the client's process tree, which the child is not in
+            # Snakemake's benchmark file measures the client's process tree, which the child is not
+            # in: the job's own figures go to the client (its log) and to this log (librarm profile)
             used = {"exit": _exit_status(status), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
                     "max_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+            print(json.dumps({"pid": pid, "outputs": outputs, **used}), flush=True)
             try:
                 conn.send(json.dumps(used).encode())
             except OSError:
@@ -361,7 +391,7 @@ def start(log_path: str | Path | None = None) -> WarmServer:
 _STARTED: list[WarmServer] = []
 
 
-def start_for_workflow(workflow: Any, log_path: str | Path | None = None) -> None:
+def start_for_workflow(workflow: Any, log_path: str | Path | None = WARM_LOG) -> None:
     """The Snakefile's onstart: a server for a local run's jobs (never for a cluster executor)."""
     if not enabled() or not getattr(workflow, "local_exec", False) or getattr(workflow, "remote_exec", False):
         return

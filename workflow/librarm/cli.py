@@ -270,7 +270,6 @@ def cmd_seeds(a: argparse.Namespace) -> int:
 
 def cmd_profile(a: argparse.Namespace) -> int:
     from .profile import latest_log, profile_report
-
     from .warm import WARM_LOG
 
     print(profile_report(a.log or latest_log(), a.cores, a.benchmarks, WARM_LOG), end="")

@@ -1,11 +1,13 @@
 """Does GRPO get room to learn from a larger item pool? Validation split only (the bench is never read).
 
-In a finished default run, GRPO from judge_sft trains on judge_data's 179 items, 118 of which the
-SFT judge always gets right. This script builds every balanced judging item of the verified
-judge-pool responses (the same rule as judge_data, per_label unlimited), keeps the problems of
-judge_data's validation split out of training, and scores on all items of those validation problems:
+With `rl.items: train`, GRPO from judge_sft trains on judge_data's 179 items, 118 of which the SFT
+judge always gets right. This script builds every balanced judging item of the verified judge-pool
+responses (the same rule as judge_data, per_label unlimited; what judge_data now writes as
+rl_pool.jsonl), keeps the problems of judge_data's validation split out of training, and scores on
+all items of those validation problems:
 
-  * judge_sft and the run's judge_rl (40 GRPO steps on the 179 items);
+  * judge_sft and the run's judge_rl (trained on the items its run's `rl.items` names: the 179 items
+    in the run that chose the pool, the pool since);
   * GRPO from judge_sft with the run's settings on the larger pool, at --steps (default 40 and 120).
 
 All judges are scored with the same sampling seeds per item (paired), k sampled verdicts per item.

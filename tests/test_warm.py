@@ -169,7 +169,14 @@ def test_workflow_starts_a_server_only_for_local_runs():
     class Cluster:
         local_exec, remote_exec = False, False
 
+    class OneJob(Local):
+        class dag:
+            @staticmethod
+            def needrun_jobs():
+                return iter(["bench"])
+
     warm.start_for_workflow(Cluster())
+    warm.start_for_workflow(OneJob())
     assert not warm._STARTED and warm.SOCKET_ENV not in os.environ
     old = os.environ.get(warm.SWITCH_ENV)
     os.environ[warm.SWITCH_ENV] = "0"

@@ -24,6 +24,8 @@ def test_env_mismatch_ignores_only_per_job_variables():
     server = {"PATH": "/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     assert warm.env_mismatch(server, {**server, "OMP_NUM_THREADS": "1", "TMPDIR": "/tmp/x",
                                       warm.SOCKET_ENV: "/s"}) == []
+    # a venv's activate exports PS1, which the job's non-interactive bash drops
+    assert warm.env_mismatch({**server, "PS1": "(.venv) $ "}, server) == []
     assert warm.env_mismatch(server, {**server, "HF_HUB_OFFLINE": "0"}) == ["HF_HUB_OFFLINE"]
     assert warm.env_mismatch(server, {"PATH": "/bin"}) == ["HF_HUB_OFFLINE"]
 

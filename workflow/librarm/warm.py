@@ -38,12 +38,13 @@ from typing import Any, Callable, Sequence
 
 SOCKET_ENV = "LIBRARM_WARM_SOCKET"
 SWITCH_ENV = "LIBRARM_WARM"
-# Set per job by Snakemake (snakemake/shell.py) or by us; read when a job's torch first runs, not at
-# import, so a job may differ from the server in these and nothing else.
+# Set per job by Snakemake (snakemake/shell.py), by the job's shell or by us; none is read at import
+# time, so a job may differ from the server in these and nothing else.
 PER_JOB_ENV = frozenset({
     "OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "TMPDIR", "TMP", "TEMPDIR", "TEMP",
     "PWD", "OLDPWD", "SHLVL", "_", SOCKET_ENV,
+    "PS1", "PS2",        # a venv's activate exports PS1; the job's non-interactive bash drops it
 })
 # What the jobs import (librarm's stage modules import these inside functions).
 PRELOAD = (
@@ -58,6 +59,7 @@ PRELOAD_NAMES = {  # lazy attributes that import the heavy submodules
     "math_verify": ("parse", "verify"),
 }
 IDLE_EXIT_S = 600
+FOLDER_PREFIX = "librarm-warm-"
 WARM_LOG = ".snakemake/librarm-warm.log"   # what it forked and declined, and each job's cpu and peak RSS
 MAX_MESSAGE = 1 << 20
 
@@ -238,7 +240,9 @@ def serve(path: str, parent: int, idle_exit_s: float = IDLE_EXIT_S, modules: Seq
         listener.close()
         try:
             os.unlink(path)
-        except FileNotFoundError:
+            if Path(path).parent.name.startswith(FOLDER_PREFIX):
+                os.rmdir(Path(path).parent)      # start()'s folder, also when nobody is left to stop() it
+        except OSError:
             pass
 
 
@@ -376,7 +380,7 @@ class WarmServer:
 def start(log_path: str | Path | None = None) -> WarmServer:
     """Start a server for this process's jobs (they inherit SOCKET_ENV): it becomes ready in the
     background; jobs that start before it run as fresh processes."""
-    folder = tempfile.mkdtemp(prefix="librarm-warm-")
+    folder = tempfile.mkdtemp(prefix=FOLDER_PREFIX)
     path = os.path.join(folder, "sock")
     log = open(log_path, "a") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "librarm.warm", path, str(os.getpid())],

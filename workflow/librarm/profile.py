@@ -5,6 +5,7 @@ share of core-time the cores sat idle. `librarm profile` prints it."""
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -109,6 +110,22 @@ def read_benchmarks(root: str | Path) -> dict[str, dict[str, float]]:
     return dict(out)
 
 
+def usage_by_output(log_path: str | Path) -> dict[str, dict[str, float]]:
+    """From a warm server's log (warm.py writes one JSON line per forked job): each job output's
+    cpu seconds and peak RSS (MB), the latest run's."""
+    usage: dict[str, dict[str, float]] = {}
+    p = Path(log_path)
+    for line in p.read_text(errors="replace").splitlines() if p.exists() else ():
+        if line.startswith("{"):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            for out in rec.get("outputs", []):
+                usage[out] = {"cpu_s": rec.get("cpu_s"), "max_rss_mb": rec.get("max_rss_mb")}
+    return usage
+
+
 def phase_of(job: Job) -> str:
     from .phases import PHASES
 
@@ -144,8 +161,6 @@ def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | No
     for j in jobs:
         by_rule[j.rule].append(j)
     bench = read_benchmarks(bench_root) if bench_root and Path(bench_root).exists() else {}
-    from .warm import usage_by_output
-
     forked = usage_by_output(warm_log) if warm_log else {}
     # Snakemake samples a job's CPU time periodically and misses what it did between samples: its
     # cpu_time read about half the wall time for jobs that timed at 100% CPU by hand, so only the

@@ -155,11 +155,14 @@ def _exit_status(status: int) -> int:
 
 
 def run_cli(argv: Sequence[str]) -> int:
-    """A job: the `librarm` command line, as `python -m librarm.cli` runs it."""
-    sys.argv = ["librarm", *argv]
-    from librarm import cli
+    """A job: `python -m librarm.cli <argv>`, run in this process (the module as __main__, as the
+    interpreter would run it; the forked child has no server socket in its environment, so it runs
+    the command itself). Exits through SystemExit with the command's status."""
+    import runpy
 
-    return cli.main()
+    sys.argv = ["-m", *argv]
+    runpy.run_module("librarm.cli", run_name="__main__", alter_sys=True)
+    return 0
 
 
 def _run_child(request: dict[str, Any], fds: list[int], job: Callable[[Sequence[str]], int]) -> None:
@@ -303,21 +306,6 @@ def job_outputs(argv: Sequence[str]) -> list[str]:
         elif taking and i > name_at:
             out.append(arg)
     return out
-
-
-def usage_by_output(log_path: str | Path) -> dict[str, dict[str, float]]:
-    """From a server log: each job output's cpu seconds and peak RSS (MB), the latest run's."""
-    usage: dict[str, dict[str, float]] = {}
-    p = Path(log_path)
-    for line in p.read_text(errors="replace").splitlines() if p.exists() else ():
-        if line.startswith("{"):
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            for out in rec.get("outputs", []):
-                usage[out] = {"cpu_s": rec.get("cpu_s"), "max_rss_mb": rec.get("max_rss_mb")}
-    return usage
 
 
 def _reap(jobs: dict[socket.socket, tuple[int, list[str]]]) -> None:

@@ -32,13 +32,16 @@ def main() -> None:
 
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
     params["sampling"]["n"] = 2
+    # the shipped weights themselves (a run copies them to results/bootstrap/models/gen_weak)
+    params["models"]["gen_weak"] = {"source": "path", "path": str(REPO / "workflow/tiny_models/gen_weak"),
+                                    "role": "generator"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "cfg.json").write_text(json.dumps(params))
         write_jsonl(tmp / "probs.jsonl", [{"id": f"p{i}", "set": "s", "role": "eval", "problem": f"Compute {i}+1.",
                                            "answer": str(i + 1)} for i in range(16)])
         os.environ["LIBRARM_TRACKING"] = "0"
-        os.chdir(REPO)                       # the shipped models' paths are relative to the repository
+        os.chdir(tmp)                        # the job's chunk store (results/.resume) goes here
         server = warm.start(tmp / "server.log")
         path = os.environ.pop(warm.SOCKET_ENV)
         while not os.path.exists(path):
@@ -58,7 +61,7 @@ def main() -> None:
                         subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
                     times[how].append(time.perf_counter() - started)
                     # each rep samples afresh: the chunk store would otherwise answer the second way
-                    subprocess.run(["rm", "-rf", str(REPO / "results/.resume/samples/gen_weak/s")], check=True)
+                    subprocess.run(["rm", "-rf", str(tmp / "results/.resume")], check=True)
             same = (tmp / "fresh-0/s.jsonl").read_bytes() == (tmp / "warm-0/s.jsonl").read_bytes()
             forked = (tmp / "server.log").read_text().count("forked stage sample")
         finally:

@@ -36,16 +36,17 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "LIBRARM_TRACKING": "0", "PYTHONPATH": os.pathsep.join(sys.path), **extra}
 
 
-def _serve(tmp_path: Path, job: str | None = None, idle_exit_s: float = 60) -> tuple[subprocess.Popen, str]:
-    """A server with nothing preloaded (fast), as a child of this test; `job`: a function of
+def _serve(tmp_path: Path, job: str | None = None, idle_exit_s: float = 60, modules: tuple[str, ...] = (),
+           **env: str) -> tuple[subprocess.Popen, str]:
+    """A server with `modules` preloaded (none: fast), as a child of this test; `job`: a function of
     tests/warm_jobs.py to run instead of the librarm command line."""
     path = str(tmp_path / "sock")
     code = ("import sys; sys.path.insert(0, {here!r}); from librarm import warm; {imp}"
-            "warm.serve({path!r}, {ppid}, idle_exit_s={idle}, modules=(){job})").format(
-        here=str(HERE), path=path, ppid=os.getpid(), idle=idle_exit_s,
+            "warm.serve({path!r}, {ppid}, idle_exit_s={idle}, modules={modules!r}{job})").format(
+        here=str(HERE), path=path, ppid=os.getpid(), idle=idle_exit_s, modules=modules,
         imp=f"from warm_jobs import {job}; " if job else "", job=f", job={job}" if job else "")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=open(tmp_path / "server.log", "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True, env=_env())
+                            stderr=subprocess.STDOUT, start_new_session=True, env=_env(**env))
     deadline = time.time() + 60
     while not os.path.exists(path):
         assert proc.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
@@ -202,3 +203,20 @@ def test_job_outputs_are_the_paths_of_out_groups():
     argv = ["stage", "sample", "--config", "c.json", "--in", "problems", "p.jsonl", "--out", "samples", "a.jsonl",
             "--out", "meta", "a.meta.json", "b.json", "--wildcard", "generator=g", "--threads", "1"]
     assert warm.job_outputs(argv) == ["a.jsonl", "a.meta.json", "b.json"]
+
+
+def test_a_forked_job_runs_torch_with_its_own_thread_count(tmp_path):
+    """torch sizes its thread pool from OMP_NUM_THREADS when it loads, in the server: the child
+    resizes it to the job's own count (Snakemake sets it to the rule's threads), as a fresh process
+    would read it."""
+    threads = str(max(2, os.cpu_count() or 2))
+    proc, path = _serve(tmp_path, job="write_torch_threads", modules=("torch",), OMP_NUM_THREADS=threads)
+    try:
+        out = tmp_path / "threads.txt"
+        env = _env(**{warm.SOCKET_ENV: path, "OMP_NUM_THREADS": "1"})
+        res = subprocess.run([sys.executable, "-m", "librarm.cli", "stage", str(out)], env=env, timeout=120,
+                             capture_output=True, text=True)
+        assert res.returncode == 0 and "ran as a fork" in res.stderr, res.stderr
+        assert out.read_text() == "1"
+    finally:
+        _stop(proc)

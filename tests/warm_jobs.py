@@ -11,3 +11,12 @@ def sleep_and_record_pid(argv):
         f.write(str(os.getpid()))
     time.sleep(600)
     return 0
+
+
+def write_torch_threads(argv):
+    """argv: ["stage", OUT_FILE]: writes torch's intra-op thread count there."""
+    import torch
+
+    with open(argv[1], "w") as f:
+        f.write(str(torch.get_num_threads()))
+    return 0

@@ -38,8 +38,9 @@ from typing import Any, Callable, Sequence
 
 SOCKET_ENV = "LIBRARM_WARM_SOCKET"
 SWITCH_ENV = "LIBRARM_WARM"
-# Set per job by Snakemake (snakemake/shell.py), by the job's shell or by us; none is read at import
-# time, so a job may differ from the server in these and nothing else.
+# Set per job by Snakemake (snakemake/shell.py), by the job's shell or by us: a job may differ from
+# the server in these and nothing else. The thread counts are read by torch and numpy's BLAS when
+# they load; the child resizes those pools to its own count (_set_thread_pools).
 PER_JOB_ENV = frozenset({
     "OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "TMPDIR", "TMP", "TEMPDIR", "TEMP",
@@ -154,6 +155,25 @@ def _exit_status(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+def _set_thread_pools(omp_num_threads: str | None) -> None:
+    """The job's thread count for the native pools the server's imports already sized: torch and
+    numpy's BLAS read OMP_NUM_THREADS / OPENBLAS_NUM_THREADS when loaded, so a forked job would keep
+    the server's count (2 here) where a fresh one reads its own (Snakemake sets it to the rule's
+    threads). Provenance records torch's count, and reductions may round differently with it."""
+    if not omp_num_threads or not omp_num_threads.isdigit() or int(omp_num_threads) < 1:
+        return
+    n = int(omp_num_threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=n, user_api="blas")
+    except ImportError:
+        pass
+
+
 def run_cli(argv: Sequence[str]) -> int:
     """A job: `python -m librarm.cli <argv>`, run in this process (the module as __main__, as the
     interpreter would run it; the forked child has no server socket in its environment, so it runs
@@ -181,6 +201,7 @@ def _run_child(request: dict[str, Any], fds: list[int], job: Callable[[Sequence[
         os.environ.update(request["env"])
         os.environ.pop(SOCKET_ENV, None)         # what the job starts runs as fresh processes
         tempfile.tempdir = None                  # re-read the job's TMPDIR
+        _set_thread_pools(os.environ.get("OMP_NUM_THREADS"))
         code = job(request["argv"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

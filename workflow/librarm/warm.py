@@ -305,6 +305,10 @@ def _accept(listener: socket.socket, jobs: dict[socket.socket, tuple[int, list[s
         for other in jobs:
             other.close()
         _run_child({**request, "env": {**request["env"], **import_env}}, fds, job)
+    try:
+        os.setpgid(pid, pid)         # as the child does: the group exists before the client learns the pid
+    except OSError:                  # the child got there first, or has already exited
+        pass
     for fd in fds:
         os.close(fd)
     print(f"forked {step} as {pid}", flush=True)

@@ -422,11 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command() -> int:
     """`python -m librarm.cli ...`: a stage job forks from the run's warm server when there is one
     (librarm/warm.py), otherwise runs here."""
-    import os
-
     from . import launch, warm
 
-    if sys.argv[1:2] == ["stage"] and not launch.inside_launch() and os.environ.get(warm.SOCKET_ENV):
+    if sys.argv[1:2] == ["stage"] and not launch.inside_launch():
         code = warm.run_through_server(sys.argv[1:])
         if code is not None:
             return code

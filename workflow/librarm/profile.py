@@ -138,8 +138,8 @@ def phase_of(job: Job) -> str:
 
 def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | None = None,
                    warm_log: str | Path | None = None) -> str:
-    """`warm_log`: the warm server's log (warm.py), whose per-job peak RSS replaces the benchmark
-    file's for jobs that ran as its forks (the benchmark measures only their small client)."""
+    """`warm_log`: the warm server's log (warm.py), whose per-job peak RSS counts beside the benchmark
+    file's (which, for a job forked by the server, measures only its small client)."""
     jobs = parse_snakemake_log(log_path)
     if not jobs:
         raise ValueError(f"{log_path}: no finished job in this Snakemake log")
@@ -169,10 +169,10 @@ def profile_report(log_path: str | Path, cores: int, bench_root: str | Path | No
               "|---|---:|---:|---:|---:|---:|"]
     for rule, js in sorted(by_rule.items(), key=lambda kv: -sum(j.seconds for j in kv[1])):
         s = [j.seconds for j in js]
-        rss = [bench.get(rule, {}).get("max_rss", float("nan"))]
+        rss = [bench[rule]["max_rss"]] if rule in bench else []
         rss += [forked[o]["max_rss_mb"] for j in js for o in j.outputs if o in forked]
         lines.append(f"| {rule} | {len(js)} | {sum(s):.0f} | {sum(s) / len(s):.1f} | {max(s):.0f} | "
-                     f"{max(rss, key=lambda x: -1 if x != x else x):.0f} |")
+                     f"{max(rss, default=float('nan')):.0f} |")
     path = critical_path(jobs)
     cp = sum(j.seconds for j in path)
     lines += ["", f"critical path: {cp / 60:.1f} min of {wall / 60:.1f} min wall "

@@ -60,6 +60,7 @@ PRELOAD_NAMES = {  # lazy attributes that import the heavy submodules
     "math_verify": ("parse", "verify"),
 }
 IDLE_EXIT_S = 600
+MIN_JOBS = 3     # the server's imports cost one core about 4.5 s; a forked job saves 2 to 4.6 s
 FOLDER_PREFIX = "librarm-warm-"
 WARM_LOG = ".snakemake/librarm-warm.log"   # what it forked and declined, and each job's cpu and peak RSS
 MAX_MESSAGE = 1 << 20
@@ -262,12 +263,7 @@ def serve(path: str, parent: int, idle_exit_s: float = IDLE_EXIT_S, modules: Seq
             _kill_group(pid)
             conn.close()
         listener.close()
-        try:
-            os.unlink(path)
-            if Path(path).parent.name.startswith(FOLDER_PREFIX):
-                os.rmdir(Path(path).parent)      # start()'s folder, also when nobody is left to stop() it
-        except OSError:
-            pass
+        remove_socket(path)          # also when nobody is left to stop() it
 
 
 def _accept(listener: socket.socket, jobs: dict[socket.socket, tuple[int, list[str]]], started_env: dict[str, str],
@@ -365,11 +361,26 @@ def _kill_group(pid: int) -> None:
 
 
 # ----------------------------------------------------------------------------- start / stop
-class WarmServer:
-    """A started server: its process, socket path and folder."""
+def remove_socket(path: str) -> None:
+    """A server's socket, its half-made `.tmp` and the folder start() made for them."""
+    for p in (path, f"{path}.tmp"):
+        try:
+            os.unlink(p)
+        except FileNotFoundError:
+            pass
+    folder = Path(path).parent
+    if folder.name.startswith(FOLDER_PREFIX):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
-    def __init__(self, proc: subprocess.Popen, path: str, folder: str):
-        self.proc, self.path, self.folder = proc, path, folder
+
+class WarmServer:
+    """A started server: its process and socket path."""
+
+    def __init__(self, proc: subprocess.Popen, path: str):
+        self.proc, self.path = proc, path
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -379,15 +390,7 @@ class WarmServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for p in (self.path, f"{self.path}.tmp"):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self.folder)
-        except OSError:
-            pass
+        remove_socket(self.path)     # a server killed hard cleaned up nothing
 
 
 def start(log_path: str | Path | None = None) -> WarmServer:
@@ -402,13 +405,10 @@ def start(log_path: str | Path | None = None) -> WarmServer:
     if log_path:
         log.close()
     os.environ[SOCKET_ENV] = path
-    return WarmServer(proc, path, folder)
+    return WarmServer(proc, path)
 
 
 _STARTED: list[WarmServer] = []
-
-
-MIN_JOBS = 3     # the server's imports cost one core about 4.5 s; a forked job saves 2 to 4.6 s
 
 
 def start_for_workflow(workflow: Any, log_path: str | Path | None = WARM_LOG) -> None:

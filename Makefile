@@ -40,8 +40,11 @@ setup-vllm: $(VLLM_STAMP)
 run: setup
 	source $(BIN)/activate && snakemake --cores $(CORES)
 
+# Two pytest-xdist workers, each pinned to its share of the cores (tests/conftest.py); the ci DAG's
+# tests share one worker and the heaviest units start first. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: setup setup-vllm
-	source $(BIN)/activate && pytest -q -rs   # -rs: each skipped test's reason (e.g. SLURM without root)
+	source $(BIN)/activate && pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder   # -rs: each skipped test's reason (e.g. SLURM without root)
 
 test-fast: setup
 	source $(BIN)/activate && pytest -q -m "not slow"

@@ -21,6 +21,82 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 os.environ.setdefault("LIBRARM_TRACKING", "0")
 
 
+# ----------------------------------------------------------------------------- parallel runs (pytest-xdist)
+# `make test` runs `pytest -n 2 --dist loadgroup --no-loadscope-reorder`. Work units: the tests that use
+# the ci DAG's run (`ci_run`, minutes) form one unit so that it runs once, on one worker; every other
+# test goes with its module, so that module fixtures (servers) start once. (xdist 3.8's own loadgroup
+# reads `xdist_group` markers by renaming the items' `_nodeid`, which pytest 9 no longer reads, and
+# the controller cannot see fixtures.) Every worker writes nodeid -> unit to a folder the controller
+# names (`pytest_configure_node`), and `UnitScheduling` splits the collection by that map.
+_UNITS_DIR = "librarm_units_dir"
+
+
+def pytest_configure(config):
+    """A worker (and every process its tests start: DAG jobs, servers, vLLM) keeps to its own share
+    of the CPUs. Unpinned, two workers' torch/OpenMP pools, each sized for the whole machine, spun
+    against each other; pinned, libgomp, torch and vLLM size their pools to the worker's CPUs."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        share = cpus[int(worker.removeprefix("gw")) % int(count)::int(count)]
+        if share and len(cpus) > 1:
+            os.sched_setaffinity(0, share)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """(controller) The folder the workers write their unit maps to."""
+    config = node.config
+    if not hasattr(config, _UNITS_DIR):
+        import tempfile
+
+        setattr(config, _UNITS_DIR, tempfile.TemporaryDirectory(prefix="librarm-xdist-units-"))
+    node.workerinput[_UNITS_DIR] = getattr(config, _UNITS_DIR).name
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """(controller) Under --dist loadgroup, units from the workers' maps (see above)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        units: dict[str, str] = {}
+
+        def _split_scope(self, nodeid: str) -> str:
+            if not self.units:
+                folder = Path(getattr(config, _UNITS_DIR).name)
+                self.units.update(json.loads(next(folder.glob("*.json")).read_text()))
+            return self.units[nodeid]
+
+    return UnitScheduling(config, log)
+
+
+def _unit(item) -> str:
+    return "ci_run" if "ci_run" in item.fixturenames else item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Units in collection order, heaviest first, so that the short ones fill in behind them
+    (`--no-loadscope-reorder` keeps this order): by their count of slow or engines tests (a proxy
+    for minutes, known before anything runs), then by size. Without xdist the reordering is
+    harmless: a unit's tests stay together, in their own order."""
+    weight: dict[str, list[int]] = {}
+    for item in items:
+        heavy = any(item.get_closest_marker(m) for m in ("slow", "engines"))
+        w = weight.setdefault(_unit(item), [0, 0])
+        w[0] += heavy
+        w[1] += 1
+    first_seen = {u: i for i, u in reversed(list(enumerate(_unit(item) for item in items)))}
+    items.sort(key=lambda item: (-weight[_unit(item)][0], -weight[_unit(item)][1], first_seen[_unit(item)]))
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and _UNITS_DIR in workerinput:
+        units = {item.nodeid: _unit(item) for item in items}
+        (Path(workerinput[_UNITS_DIR]) / f"{workerinput['workerid']}.json").write_text(json.dumps(units))
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

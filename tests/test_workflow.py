@@ -353,7 +353,9 @@ def _edit_param(root: Path, dotted: str, value):
 def _dvc_rerun_set(root: Path) -> set[str]:
     """Stages `dvc repro` would run: those `dvc status` reports changed (params, code), plus every
     stage downstream of them through dvc.yaml's data deps (`repro --dry` does not propagate)."""
-    changed = set(json.loads(run("dvc status --json", root).stdout or "{}"))
+    status = run("dvc status --json", root).stdout
+    print(f"dvc status --json in {root}: {status}")      # shown when the test fails
+    changed = set(json.loads(status or "{}"))
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     grew = True
     while grew:

@@ -33,8 +33,9 @@ _UNITS_DIR = "librarm_units_dir"
 
 def pytest_configure(config):
     """A worker (and every process its tests start: DAG jobs, servers, vLLM) keeps to its own share
-    of the CPUs. Unpinned, two workers' torch/OpenMP pools, each sized for the whole machine, spun
-    against each other; pinned, libgomp, torch and vLLM size their pools to the worker's CPUs."""
+    of the CPUs, so that libgomp, torch and vLLM size their thread pools to it: unpinned, each
+    worker's pools are sized for the whole machine and the two compete (README, "Tests and
+    benchmarks", has both runs' figures)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if worker and count and hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))
@@ -62,12 +63,11 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class UnitScheduling(LoadScopeScheduling):
-        units: dict[str, str] = {}
-
         def _split_scope(self, nodeid: str) -> str:
-            if not self.units:
+            # called once every worker has collected, so their maps are written
+            if not hasattr(self, "units"):
                 folder = Path(getattr(config, _UNITS_DIR).name)
-                self.units.update(json.loads(next(folder.glob("*.json")).read_text()))
+                self.units = json.loads(next(folder.glob("*.json")).read_text())
             return self.units[nodeid]
 
     return UnitScheduling(config, log)

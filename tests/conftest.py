@@ -8,6 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,8 @@ os.environ.setdefault("LIBRARM_TRACKING", "0")
 # reads `xdist_group` markers by renaming the items' `_nodeid`, which pytest 9 no longer reads, and
 # the controller cannot see fixtures.) Every worker writes nodeid -> unit to a folder the controller
 # names (`pytest_configure_node`), and `UnitScheduling` splits the collection by that map.
-_UNITS_DIR = "librarm_units_dir"
+_UNITS_DIR = "librarm_units_dir"                                  # the workers' key (workerinput)
+_UNITS_FOLDER = pytest.StashKey[tempfile.TemporaryDirectory]()   # the controller's folder
 
 
 def pytest_configure(config):
@@ -47,12 +50,10 @@ def pytest_configure(config):
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     """(controller) The folder the workers write their unit maps to."""
-    config = node.config
-    if not hasattr(config, _UNITS_DIR):
-        import tempfile
-
-        setattr(config, _UNITS_DIR, tempfile.TemporaryDirectory(prefix="librarm-xdist-units-"))
-    node.workerinput[_UNITS_DIR] = getattr(config, _UNITS_DIR).name
+    stash = node.config.stash
+    if _UNITS_FOLDER not in stash:
+        stash[_UNITS_FOLDER] = tempfile.TemporaryDirectory(prefix="librarm-xdist-units-")
+    node.workerinput[_UNITS_DIR] = stash[_UNITS_FOLDER].name
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -66,7 +67,7 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             # called once every worker has collected, so their maps are written
             if not hasattr(self, "units"):
-                folder = Path(getattr(config, _UNITS_DIR).name)
+                folder = Path(config.stash[_UNITS_FOLDER].name)
                 self.units = json.loads(next(folder.glob("*.json")).read_text())
             return self.units[nodeid]
 
@@ -83,17 +84,17 @@ def pytest_collection_modifyitems(config, items):
     (`--no-loadscope-reorder` keeps this order): by their count of slow or engines tests (a proxy
     for minutes, known before anything runs), then by size. Without xdist the reordering is
     harmless: a unit's tests stay together, in their own order."""
-    weight: dict[str, list[int]] = {}
-    for item in items:
-        heavy = any(item.get_closest_marker(m) for m in ("slow", "engines"))
-        w = weight.setdefault(_unit(item), [0, 0])
-        w[0] += heavy
-        w[1] += 1
-    first_seen = {u: i for i, u in reversed(list(enumerate(_unit(item) for item in items)))}
-    items.sort(key=lambda item: (-weight[_unit(item)][0], -weight[_unit(item)][1], first_seen[_unit(item)]))
+    units = {item.nodeid: _unit(item) for item in items}
+    heavy, size, first_seen = Counter(), Counter(), {}
+    for i, item in enumerate(items):
+        unit = units[item.nodeid]
+        heavy[unit] += any(item.get_closest_marker(m) for m in ("slow", "engines"))
+        size[unit] += 1
+        first_seen.setdefault(unit, i)
+    rank = {unit: (-heavy[unit], -size[unit], first_seen[unit]) for unit in size}
+    items.sort(key=lambda item: rank[units[item.nodeid]])
     workerinput = getattr(config, "workerinput", None)
     if workerinput and _UNITS_DIR in workerinput:
-        units = {item.nodeid: _unit(item) for item in items}
         (Path(workerinput[_UNITS_DIR]) / f"{workerinput['workerid']}.json").write_text(json.dumps(units))
 
 

@@ -44,7 +44,7 @@ run: setup
 # tests share one worker and the heaviest units start first. TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
 test: setup setup-vllm
-	source $(BIN)/activate && pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder   # -rs: each skipped test's reason (e.g. SLURM without root)
+	source $(BIN)/activate && VLLM_VENV=$(VLLM_VENV) pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder   # -rs: each skipped test's reason (e.g. SLURM without root)
 
 test-fast: setup
 	source $(BIN)/activate && pytest -q -m "not slow"

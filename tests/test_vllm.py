@@ -25,7 +25,10 @@ from librarm.config import load_params
 from librarm.io import read_jsonl, write_jsonl
 from librarm.sampling import run_sample
 
-VLLM_PYTHON = Path(os.environ.get("LIBRARM_VLLM_PYTHON") or REPO / ".venv-vllm" / "bin" / "python")
+# The vLLM venv as the Makefile names it: LIBRARM_VLLM_PYTHON if set, else $VLLM_VENV/bin/python
+# (VLLM_VENV relative to the repo, default .venv-vllm; `make test VLLM_VENV=...` passes it on).
+VLLM_PYTHON = Path(os.environ.get("LIBRARM_VLLM_PYTHON")
+                   or REPO / os.environ.get("VLLM_VENV", ".venv-vllm") / "bin" / "python")
 GENERATOR = REPO / "workflow" / "tiny_models" / "gen_strong"
 JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
 # float32 as the hf backend computes (vLLM on CPU would pick bfloat16); on CPU gpu_memory_utilization
@@ -37,7 +40,8 @@ N_PROBLEMS = 24
 
 pytestmark = [pytest.mark.slow, pytest.mark.engines,
               pytest.mark.skipif(not VLLM_PYTHON.exists(), reason=f"no vLLM environment at {VLLM_PYTHON} "
-                                                                  "(make setup-vllm)")]
+                                                                  "(make setup-vllm; LIBRARM_VLLM_PYTHON or VLLM_VENV "
+                                                                  "name another)")]
 
 
 def problems(path: Path) -> Path:

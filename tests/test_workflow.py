@@ -36,20 +36,93 @@ def dry_run_jobs(cwd, extra="") -> dict[str, int]:
 # ----------------------------------------------------------------------------- static checks
 @pytest.mark.parametrize("preset", [None, "ci", "smoke-real", "paper", "seeds"])
 def test_dry_run(preset):
+    """Each preset's full DAG (--forceall, even after a run here) has that preset's own jobs: its rule
+    set, its generators x subsets, judges, DPO policies and seeds, and (paper) its GPU resources."""
     extra = f"--configfile workflow/presets/{preset}.yaml" if preset else ""
-    res = run(f"snakemake -n -p --forceall {extra}", REPO)      # the full DAG, even after a run here
-    assert "bench" in res.stdout
-    if preset == "paper":
-        assert "gpu=4" in res.stdout                     # resources for the tensor-parallel vLLM jobs
-        assert res.stdout.count("rule sample:") == 20     # 5 generators x (3 eval subsets + judge pool)
+    res = run(f"snakemake -n -p --forceall {extra}", REPO)
+    # rule -> one (wildcards, resources) pair of dicts per job, from the printed job blocks
+    jobs: dict[str, list[tuple[dict, dict]]] = {}
+    for rule, block in re.findall(r"^rule (\w+):\n(.*?)\nShell command", res.stdout, re.S | re.M):
+        fields = dict(re.findall(r"^\s*(\w+): (.*)$", block, re.M))
+        wildcards = dict(kv.split("=", 1) for kv in fields.get("wildcards", "").split(", ") if kv)
+        resources = dict(kv.split("=", 1) for kv in fields.get("resources", "").split(", ") if kv)
+        jobs.setdefault(rule, []).append((wildcards, resources))
+    counts = dry_run_jobs(REPO, f"--forceall {extra}")        # Snakemake's own job-count table
+    assert counts == {rule: len(js) for rule, js in jobs.items()}, (counts, {r: len(j) for r, j in jobs.items()})
+
+    def values(rule, key):
+        return {w[key] for w, _ in jobs.get(rule, [])}
+
+    def policies():                                          # (DPO policy, seed) of every dpo job
+        return {(w["policy"], int(w["seed"])) for w, _ in jobs.get("dpo", [])}
+
+    tiny_gens = {"gen_weak", "gen_mid", "gen_strong"}
+    tiny_sets = {"tiny_l5", "tiny_aime24", "tiny_aime25", "judge_pool"}
+    base_judges = {"base", "teacher", "sft", "nothink", "rl", "rl_from_base", "rl_no_length_penalty", "scalar"}
+    base_models = {f"judge_{j}" for j in base_judges - {"base", "teacher"}}
+    # every phase: bootstrap (tiny models), sampling, verification, bench, judges, downstream, report
+    full = {"problems", "bootstrap_tiny", "bootstrap_stats", "sample", "sample_stats", "verify", "verify_stats",
+            "bench", "judge_data", "rs", "train_judge", "train_stats", "evaluate", "eval_summary", "pairs_split",
+            "pairs_sample", "pairs_verify", "pairs_label", "pairs_build", "dpo", "dpo_stats", "policy_eval",
+            "policy_metrics", "downstream_summary", "report", "all"}
+    tiny_samples = {(g, s) for g in tiny_gens for s in tiny_sets}
+    samples = {(w["generator"], w["subset"]) for w, _ in jobs.get("sample", [])}
+    assert counts["verify"] == counts["sample"]               # one verify job per sample job
+
+    if preset is None:
+        assert set(counts) == full, set(counts) ^ full
+        assert samples == tiny_samples
+        assert values("evaluate", "judge") == base_judges
+        assert values("train_judge", "model") == base_models
+        # one seed; every labeler, plus gold's curve; no raw/ policies (pairs.raw_labelers is empty)
+        labelers = {"base", "sft", "rl", "nothink", "scalar", "gold", "gold_p60", "gold_p70", "gold_p80",
+                    "gold_p90", "random"}
+        assert policies() == {(p, 0) for p in labelers | {"curve/gold-50", "curve/gold-100", "curve/gold-200"}}
+    elif preset == "ci":
+        assert set(counts) == full, set(counts) ^ full
+        assert samples == tiny_samples
+        assert values("evaluate", "judge") == base_judges
+        # ci's labelers, its one gold-curve point and the raw/gold policy (pairs.raw_labelers: [gold])
+        assert policies() == {(p, 0) for p in ("base", "rl", "scalar", "gold", "gold_p70", "random",
+                                               "curve/gold-15", "raw/gold")}
+        assert values("pairs_label", "judge") == {"base", "rl", "scalar"}   # gold/random need no judge
+    elif preset == "smoke-real":
+        # stops at the judges: no tiny bootstrap (the GGUF model is prepared instead), no downstream
+        assert set(counts) == {"prepare_model", "problems", "bootstrap_stats", "sample", "sample_stats", "verify",
+                               "verify_stats", "bench", "judge_data", "rs", "train_judge", "train_stats",
+                               "evaluate", "eval_summary", "all"}, set(counts)
+        assert not any(r.startswith(("dpo", "pairs_", "policy_")) for r in counts)
+        assert values("prepare_model", "model") == {"smollm2"}
+        assert samples == {(g, s) for g in ("smollm2", "reference", "reference_wrong")
+                           for s in ("math500_l5", "aime24", "aime25", "judge_pool")}
+        assert values("train_judge", "model") == {"judge_sft", "judge_rl"}
+        assert values("evaluate", "judge") == {"base", "sft", "rl"}
+    elif preset == "paper":
+        assert set(counts) == full - {"bootstrap_tiny"}, set(counts)     # hub models, nothing tiny to train
+        gens = {"deepseek_r1": "0", "qwen3_32b": "4", "qwq_32b": "4", "r1_distill_7b": "1", "r1_distill_1_5b": "1"}
+        # 5 generators x (3 eval subsets + judge pool), each sample job holding its generator's GPUs:
+        # tensor_parallel_size 4 for the 32B vLLM models, 1 for the distills, none for the HTTP API
+        assert samples == {(g, s) for g in gens for s in ("math500_l5", "aime24", "aime25", "judge_pool")}
+        assert {(w["generator"], r["gpu"]) for w, r in jobs["sample"]} == set(gens.items())
+        # vLLM judges hold their 4 GPUs; the HTTP teacher none
+        ev = {w["judge"]: r["gpu"] for w, r in jobs["evaluate"]}
+        assert ev["teacher"] == "0" and ev["rl"] == ev["sft"] == ev["base"] == "4", ev
         # training jobs: launch.processes 8 x gpus_per_process 1
         for rule in ("train_judge", "dpo"):
-            blocks = re.findall(rf"rule {rule}:\n(.*?)\nShell command", res.stdout, re.S)
-            assert blocks and all("gpu=8" in b for b in blocks), rule
-    if preset == "seeds":
-        # 6 judge groups x 3 seeds and the scalar RM: 19 trainings; 26 labelers x 3 DPO seeds; one seeds job
-        jobs = dry_run_jobs(REPO, "--forceall --configfile workflow/presets/seeds.yaml")
-        assert (jobs["train_judge"], jobs["dpo"], jobs["seeds"]) == (19, 78, 1), jobs
+            assert jobs[rule] and all(r["gpu"] == "8" for _, r in jobs[rule]), rule
+        assert {s for _, s in policies()} == {0, 1, 2}
+        assert {p for p, _ in policies()} >= {"curve/gold-250", "curve/gold-500", "curve/gold-1000"}
+    elif preset == "seeds":
+        assert set(counts) == full | {"seeds"}, set(counts)
+        assert counts["seeds"] == 1
+        # 6 judge groups x 3 seeds and the scalar RM: 19 trainings; 26 labelers x 3 DPO seeds
+        assert (counts["train_judge"], counts["dpo"]) == (19, 78), counts
+        replicas = {f"{j}_s{k}" for j in ("sft", "nothink", "rl", "rl_from_base", "rl_no_length_penalty", "sft_more")
+                    for k in (1, 2)}
+        assert values("train_judge", "model") == base_models | {"judge_sft_more"} | {f"judge_{r}" for r in replicas}
+        assert values("evaluate", "judge") == base_judges | {"sft_more"} | replicas
+        assert {s for _, s in policies()} == {0, 1, 2} and ("sft_s1", 2) in policies()
+        assert not any(p.startswith("curve/") for p, _ in policies())   # gold_curve: [] in this preset
 
 
 def test_lint_clean():

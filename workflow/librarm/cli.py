@@ -309,6 +309,32 @@ def cmd_track_flush(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results_doc(a: argparse.Namespace) -> int:
+    from . import results_doc as R
+    from .io import read_json
+
+    if a.check:
+        golden = Path(a.golden)
+        if not golden.exists():
+            raise FileNotFoundError(f"{golden}: no golden to compare with (librarm results-doc writes it)")
+        changed = R.drift(read_json(golden), a.run)
+        if changed:
+            print(f"results drift: {len(changed)} keys differ from {golden} (a commit that changes results on "
+                  "purpose regenerates it with `librarm results-doc` and says so in its message):")
+            print("\n".join("  " + c for c in changed))
+            return 1
+        print(f"no drift: the run in {a.run} reproduces {golden} (headline and file digests)")
+        return 0
+    if a.render:
+        written = R.render_documents(a.repo)
+    elif a.seeds:
+        written = R.write_seeds_report(a.run, a.repo, preset=a.preset if a.preset != "default" else "seeds")
+    else:
+        written = R.write_results(a.run, a.repo, preset=a.preset, repro_files=a.repro or ())
+    print("wrote " + ", ".join(written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="librarm", description=__doc__)
     ap.add_argument("--debug", action="store_true", help="show the traceback of an expected error too "
@@ -381,6 +407,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     tf = sub.add_parser("track-flush", help="import the spooled job records (mlflow/spool) into the MLflow store")
     tf.set_defaults(func=cmd_track_flush)
+
+    rd = sub.add_parser("results-doc", help="write docs/results.{json,md} (and the README's results block) from a "
+                                             "finished run, or --check a run against the committed golden")
+    rd.add_argument("--run", default=".", help="the checkout whose results/ to read (default: .)")
+    rd.add_argument("--repo", default=".", help="where docs/ and README.md are (default: .)")
+    rd.add_argument("--preset", default="default", help="the preset the run used, for the provenance header")
+    rd.add_argument("--repro", action="append", metavar="FILE",
+                    help="a JSON list written by scripts/repro_ci.sh --json (repeat): quoted in the provenance")
+    rd.add_argument("--golden", default="docs/results.json", help="--check: the committed golden")
+    mode = rd.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="compare the run's headline metrics and result digests with the golden; exit 1 and "
+                           "list the changed keys on any difference")
+    mode.add_argument("--seeds", action="store_true",
+                      help="write docs/seeds_report.{json,md} from a seeds run (results/report/seeds.json) instead")
+    mode.add_argument("--render", action="store_true",
+                      help="only re-render docs/results.md and the README block from docs/results.json")
+    rd.set_defaults(func=cmd_results_doc)
 
     t = sub.add_parser("train-tiny", help="retrain the tiny-world models (and --ship them)")
     t.add_argument("--params", default="params.yaml")

@@ -329,7 +329,12 @@ def seeds_markdown(doc: Mapping[str, Any]) -> str:
           f"Intervals: 95% hierarchical bootstrap ({r} draws) over judge seeds, then DPO seeds "
           f"({len(doc['dpo_seeds'])}: {', '.join(map(str, doc['dpo_seeds']))}), then problems within subsets. "
           "Differences pair replicate k with replicate k and DPO seed d with DPO seed d; a group with one "
-          "seed is paired with every replicate of the other. Percentage points.", "", "## Headline", ""]
+          "seed is paired with every replicate of the other. Percentage points.", ""]
+    if doc.get("provenance"):      # the committed copy in docs/ (librarm results-doc --seeds) says where it came from
+        from .results_doc import provenance_lines
+
+        md += provenance_lines(doc["provenance"], doc.get("reproducibility", [])) + [""]
+    md += ["## Headline", ""]
     headline = []
     for c in doc["claims"]:
         rows = c["rows"]

@@ -155,7 +155,7 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
     md.append("### Plots\n\n" + "\n".join(f"- `{Path(a).name}`" for a in artifacts if a.endswith(".png"))
               + "\n\nEach plot's data is in the CSV of the same name; curves are in `curves/<plot>/<plot>-<series>.csv`.\n")
     write_text(markdown_path, "\n".join(md))
-    summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources()} for t in tables]
+    summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources(), "note": t.note} for t in tables]
     summary["sources"] = {k: str(sources[k]) for k in docs if k in sources}
     summary["sources"]["report"] = summary_source
     summary["headline"] = _headline(policies, corr, judges, docs.get("bench", {}), docs.get("pairs", {}))
@@ -240,6 +240,16 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                       Num("eval", st + ("false_claim", "false_positive_rate")),
                       Num("eval", st + ("false_claim", "without_claim")))
             tables.append(t)
+        scalar = [j for j, m in ev.items() if m.get("auroc") is not None]
+        if scalar:
+            t = Table("Scalar reward models", ["judge", "AUROC (bench)", "AUROC (threshold split)", "called correct",
+                                               "input"],
+                      note="A scalar RM's verdict is its score against a threshold chosen on the threshold split; "
+                           "AUROC 50 is chance. Called correct: share of bench items it calls correct (half are).")
+            for j in scalar:
+                t.add(j, Num("eval", ("judges", j, "auroc")), Num("eval", ("judges", j, "threshold_split_auroc")),
+                      Num("eval", ("judges", j, "called_correct_share")), str(ev[j].get("input")))
+            tables.append(t)
         comps = docs["eval"].get("comparisons", {})
         if comps:
             t = Table("Paired judge comparisons (Libra score difference)",
@@ -260,6 +270,9 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("train", (mname, "tokens_per_s"), scale=1, digits=0),
                   Num("train", (mname, "val_curve", len(m["val_curve"]) - 1, "val_accuracy")) if m.get("val_curve") else "n/a")
         tables.append(t)
+        grpo = [m for m, st in docs["train"].items() if st.get("passrate_filter") or st.get("length_penalty")]
+        if grpo:
+            tables.append(_grpo_table(docs["train"], grpo))
     if "rs" in docs:
         t = Table("Rejection sampling", ["acceptance", "label 1", "label 0", "items with none accepted", "judging examples",
                                          "reasoning examples"])
@@ -351,6 +364,27 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
 
 
 # ----------------------------------------------------------------------------- plots
+def _grpo_table(train: Mapping[str, Any], models: Sequence[str]) -> Table:
+    """GRPO's item filter and length penalty per trained model: what it trained on and how often the
+    penalty bit (docs/deviations.md has why L_exp is a quantile)."""
+    t = Table("GRPO: pass-rate filter and length penalty",
+              ["model", "items rated", "kept in band", "mean pass rate", "L_exp (tokens)", "rollouts penalised",
+               "validation outputs over L_exp"],
+              note="The pass-rate filter rates pool items with the starting judge and keeps those inside "
+                   "rl.passrate_band. L_exp is the rl.l_exp quantile of the starting judge's validation output "
+                   "lengths; a model trained without the penalty shows how often it would have applied.")
+    for m in models:
+        pf, lp = train[m].get("passrate_filter") or {}, train[m].get("length_penalty") or {}
+        t.add(m, Num("train", (m, "passrate_filter", "rated"), scale=1, digits=0) if "rated" in pf else "n/a",
+              Num("train", (m, "passrate_filter", "kept"), scale=1, digits=0) if "kept" in pf else "n/a",
+              Num("train", (m, "passrate_filter", "mean_pass_rate")) if "mean_pass_rate" in pf else "n/a",
+              Num("train", (m, "length_penalty", "l_exp"), scale=1, digits=0) if "l_exp" in lp else "n/a",
+              Num("train", (m, "length_penalty", "rollout_penalised_share")) if "rollout_penalised_share" in lp
+              else "n/a",
+              Num("train", (m, "length_penalty", "val_penalised_share")) if "val_penalised_share" in lp else "n/a")
+    return t
+
+
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:

@@ -138,8 +138,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("run_b")
     ap.add_argument("--across-commits", action="store_true",
                     help=f"the runs are of two commits: also drop the `{COMMIT_KEY}` their provenance records")
+    ap.add_argument("--label", help="what the two runs differ in (e.g. '--cores 1 vs --cores 2'), for --json")
+    ap.add_argument("--json", help="append the outcome {what, result, files_compared, differences} to this "
+                                   "JSON list (librarm results-doc --repro quotes it in docs/results.md)")
     a = ap.parse_args(argv)
     res = compare_runs(a.run_a, a.run_b, across_commits=a.across_commits)
+    if a.json:
+        out = Path(a.json)
+        done = json.loads(out.read_text()) if out.exists() else []
+        done.append({"what": a.label or f"{a.run_a} vs {a.run_b}",
+                     "result": "same bytes" if not res.differences and res.files_compared else "differ",
+                     "files_compared": res.files_compared, "differences": res.differences[:50]})
+        out.write_text(json.dumps(done, indent=2) + "\n")
     print("excluded paths:     " + ", ".join(res.excluded["paths"]))
     print("excluded JSON keys: " + ", ".join(res.excluded["json_keys"]) + ", *" + ", *".join(TIMING_SUFFIXES))
     print("excluded Markdown table columns: " + ", ".join(res.excluded["markdown_columns"]))

@@ -37,8 +37,8 @@ _UNITS_FOLDER = pytest.StashKey[tempfile.TemporaryDirectory]()   # the controlle
 def pytest_configure(config):
     """A worker (and every process its tests start: DAG jobs, servers, vLLM) keeps to its own share
     of the CPUs, so that libgomp, torch and vLLM size their thread pools to it: unpinned, each
-    worker's pools are sized for the whole machine and the two compete (README, "Tests and
-    benchmarks", has both runs' figures)."""
+    worker's pools are sized for the whole machine and the two compete (docs/speed.md, "How the tests
+    run", has both runs' figures)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if worker and count and hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))

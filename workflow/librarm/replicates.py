@@ -322,7 +322,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def seeds_markdown(doc: Mapping[str, Any]) -> str:
-    """seeds.json as tables; the headline table is what the README quotes (a test compares them)."""
+    """seeds.json as tables; the headline table is what the README's results block quotes (a test compares them)."""
     r = doc["resamples"]
     seeds = lambda e: " × ".join(str(n) for n in e["seeds"])  # noqa: E731
     md = ["# Seed-aware report", "",

@@ -3,7 +3,8 @@
 # one preset (default: ci) run once per variant, each in its own copy of this checkout (tracked and
 # untracked files, no results), and every variant compared with the first by scripts/repro_check.sh.
 # .ci/run runs it after `make run`.
-#   scripts/repro_ci.sh [--preset NAME] [--variants "CORES:WARM ..."] [--json FILE] [--keep DIR]
+#   scripts/repro_ci.sh [--preset NAME] [--variants "CORES:WARM ..."] [--rev REV] [--json FILE] [--keep DIR]
+# --rev REV copies that commit (git archive) instead of the working tree.
 # A variant is CORES:WARM, e.g. 2:1 (--cores 2, warm job server on) or 1:0 (--cores 1, LIBRARM_WARM=0).
 # Default variants: 2:1 (the reference) 2:0 1:1. Exit 1 when any variant differs.
 set -euo pipefail
@@ -12,13 +13,15 @@ preset=ci
 variants="2:1 2:0 1:1"
 json=""
 keep=""
+rev=""
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --preset) preset="$2"; shift 2 ;;
         --variants) variants="$2"; shift 2 ;;
         --json) json="$(realpath -m "$2")"; shift 2 ;;
         --keep) keep="$(realpath -m "$2")"; shift 2 ;;
-        *) echo "usage: $0 [--preset NAME] [--variants \"CORES:WARM ...\"] [--json FILE] [--keep DIR]" >&2; exit 2 ;;
+        --rev) rev="$(git -C "$here" rev-parse --verify "$2^{commit}")"; shift 2 ;;
+        *) echo "usage: $0 [--preset NAME] [--variants \"CORES:WARM ...\"] [--rev REV] [--json FILE] [--keep DIR]" >&2; exit 2 ;;
     esac
 done
 bin="${LIBRARM_BIN:-$here/.venv/bin}"
@@ -39,7 +42,11 @@ for v in $variants; do
     cores="${v%%:*}"; warm="${v##*:}"
     dest="$work/run-c${cores}-w${warm}"
     rm -rf "$dest" && mkdir -p "$dest"
-    (cd "$here" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$dest"
+    if [ -n "$rev" ]; then
+        git -C "$here" archive "$rev" | tar -xf - -C "$dest"
+    else
+        (cd "$here" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - 2>/dev/null) | tar -xf - -C "$dest"
+    fi
     echo "== $preset preset: $(describe "$v") ($dest)"
     start=$(date +%s)
     if ! (cd "$dest" && env PATH="$bin:$PATH" PYTHONPATH="$dest/workflow" LIBRARM_TRACKING=0 LIBRARM_WARM="$warm" \

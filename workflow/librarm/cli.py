@@ -164,6 +164,55 @@ def score_overlay(a: argparse.Namespace) -> dict:
     return {"models": {f"cli_{a.judge}": {**model, "role": "judge"}}, "judges": {a.judge: judge}}
 
 
+MODELS_TIMEOUT_S = 15.0            # GET /models: connecting, headers and body together
+MODELS_MAX_BYTES = 16 << 20         # a hosted API's model list with its metadata runs to a few MB
+MODELS_SHOWN = 20                   # served ids an error lists
+
+
+def served_models(base_url: str, api_key: str | None = None) -> list[str]:
+    """The model ids an OpenAI-compatible server lists at GET {base_url}/models ([] when it has no
+    such endpoint: any status but 200, 401 or 403). The reply is read under a deadline and a byte
+    cap and checked field by field; whatever is wrong is one line naming the URL."""
+    import json
+
+    from .sampling import ReplyError, bounded_request, json_kind, server_text
+
+    url = base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        reply = bounded_request("GET", url, timeout_s=MODELS_TIMEOUT_S, max_bytes=MODELS_MAX_BYTES, headers=headers,
+                                secrets=(api_key,))
+    except ReplyError as exc:
+        raise ConfigError(f"--base-url {base_url}: no answer from {url} ({exc})") from None
+    if reply.status in (401, 403):
+        raise ConfigError(f"--api-key-env: {url} refused the key (HTTP {reply.status})")
+    if reply.status != 200:
+        return []
+    where = f"--base-url {base_url}: {url} is not an OpenAI model list"
+    if reply.over_cap:
+        raise ConfigError(f"{where} (a reply over {MODELS_MAX_BYTES} bytes)")
+    try:
+        payload = json.loads(reply.body)
+    except (ValueError, RecursionError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else server_text(exc, 80)
+        raise ConfigError(f"{where} (HTTP 200 but not JSON: {what}; {len(reply.body)} bytes: "
+                          f"{server_text(reply.body, 80, (api_key,))})") from None
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{where} (the body is {json_kind(payload)}, not an object with 'data')")
+    data = payload.get("data")
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise ConfigError(f"{where} ('data' is {json_kind(data)}, not an array)")
+    ids = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            what = json_kind(entry) if not isinstance(entry, dict) else f"an object whose 'id' is {json_kind(entry.get('id'))}"
+            raise ConfigError(f"{where} (data[{i}] is {what}, not an object with a string 'id')")
+        ids.append(entry["id"])
+    return ids
+
+
 def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
     """Fail before scoring, with one line naming the setting: an unset API-key variable, a server
     that does not answer or does not serve the model, a pipeline model not built yet."""
@@ -177,23 +226,17 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
     if spec.backend == "http":
         import os
 
-        import requests
-
         var = spec.api_key_env
         if var and not os.environ.get(var):
             raise ConfigError(f"--api-key-env {var}: the environment variable {var} is not set")
-        url = spec.base_url.rstrip("/") + "/models"
-        headers = {"Authorization": f"Bearer {os.environ[var]}"} if var else {}
-        try:
-            resp = requests.get(url, headers=headers, timeout=10)
-        except requests.RequestException as exc:
-            raise ConfigError(f"--base-url {spec.base_url}: no answer from {url} ({type(exc).__name__})") from None
-        if resp.status_code in (401, 403):
-            raise ConfigError(f"--api-key-env: {url} refused the key (HTTP {resp.status_code})")
-        served = [d.get("id") for d in (resp.json().get("data") or [])] if resp.ok else []
+        served = served_models(spec.base_url, os.environ[var] if var else None)
         # a local folder may be absent from the list: `transformers serve` loads folders on first request
         if served and ref["path"] not in served and not Path(ref["path"]).is_dir():
-            raise ConfigError(f"--model {ref['path']}: not served at {spec.base_url} (it serves: {', '.join(served)})")
+            from .sampling import server_text
+
+            shown = ", ".join(server_text(s, 120) for s in served[:MODELS_SHOWN])
+            more = f" and {len(served) - MODELS_SHOWN} more" if len(served) > MODELS_SHOWN else ""
+            raise ConfigError(f"--model {ref['path']}: not served at {spec.base_url} (it serves: {shown}{more})")
     elif m.source in ("tiny", "trained", "gguf") and not Path(ref["path"]).is_dir():
         raise ConfigError(f"judge {judge!r}: its model {ref['path']} does not exist yet; build it with "
                           f"`snakemake --cores 2 {ref['path']}` (or pass --model PATH)")
@@ -436,6 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _error_line(exc: BaseException) -> str:
+    """The one line `librarm` prints for an expected failure."""
+    if isinstance(exc, KeyError):
+        return f"missing key {exc}"
+    text = str(exc)
+    if isinstance(exc, (RecursionError, MemoryError)):
+        text = f"{type(exc).__name__}{': ' + text if text else ''} (an input too large or nested too deeply)"
+    elif isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and type(exc).__name__ not in text:
+        text = f"{type(exc).__name__}: {text}"
+    return text or type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import os
@@ -451,13 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     launch.RUNNING_ARGV = args.cli_args if argv is None else None
     try:
         return args.func(args)
-    except (ConfigError, InputError, FileNotFoundError, ValueError, KeyError) as exc:
-        # expected failures (bad params, bad input, a missing file, a setting that cannot work) get one
-        # line that names the file, line or key; anything else keeps its traceback
+    except (ConfigError, InputError, ValueError, KeyError, OSError, RecursionError, MemoryError) as exc:
+        # expected failures (bad params, bad input, a missing or unreadable file, a setting that cannot
+        # work, an input too large or nested too deeply for a reader) get one line that names the file,
+        # line or key; anything else keeps its traceback
         if args.debug or os.environ.get("LIBRARM_DEBUG", "").lower() in ("1", "true", "yes"):
             raise
-        msg = str(exc) if not isinstance(exc, KeyError) else f"missing key {exc}"
-        print(f"error: {msg}  (librarm --debug ... shows the traceback)", file=sys.stderr)
+        print(f"error: {_error_line(exc)}  (librarm --debug ... shows the traceback)", file=sys.stderr)
         return 2
     finally:
         launch.RUNNING_ARGV = None

@@ -593,7 +593,7 @@ class EngineSpec(Section):
     api_key_env: str | None = None
     concurrency: int = 8                # http: requests in flight
     max_retries: int = 6                # http: retries of a request (429/5xx, drops, timeouts, bad bodies)
-    timeout_s: float = 600.0            # http: per-request read timeout
+    timeout_s: float = 600.0            # http: overall deadline of each attempt of a request
     extra_body: Mapping[str, Any] = field(default_factory=dict)   # http: added to every request body
 
     @property

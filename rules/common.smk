@@ -74,10 +74,14 @@ def named_io(wildcards, input, output):
     return " ".join(parts)
 
 
-def stage(step):
+def stage(step, threads=None):
     """A rule's shell command: one `librarm stage` step with the job's named files and its log.
-    A failing job shows its log's last lines (the one-line error) in Snakemake's own output."""
-    return (f"python -m librarm.cli stage {step} --config {{params.cfg}} {{params.io}} --threads {{threads}}"
+    A failing job shows its log's last lines (the one-line error) in Snakemake's own output.
+    `threads`: the job's compute threads when the rule has more than one. Snakemake lowers a rule's
+    `threads:` to --cores when that is smaller; passing the rule's own count instead keeps results
+    (and the thread count their provenance records) the same on any --cores (oversubscribed then)."""
+    count = threads if threads is not None else "{threads}"
+    return (f"python -m librarm.cli stage {step} --config {{params.cfg}} {{params.io}} --threads {count}"
             " > {log} 2>&1 || (status=$?; tail -n 5 {log} >&2; exit $status)")
 
 

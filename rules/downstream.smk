@@ -135,7 +135,7 @@ if DOWNSTREAM:
             gpu=TRAIN_GPUS,
         threads: TRAIN_THREADS
         shell:
-            stage("dpo")
+            stage("dpo", threads=TRAIN_THREADS)
 
     rule dpo_stats:
         conda:

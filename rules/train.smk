@@ -75,7 +75,7 @@ if LEARNING:
             gpu=TRAIN_GPUS,
         threads: TRAIN_THREADS
         shell:
-            stage("train")
+            stage("train", threads=TRAIN_THREADS)
 
     rule train_stats:
         conda:

@@ -346,6 +346,10 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
     then skill bands measured on the eval subsets and written to stats.json."""
     from .provenance import model_identity, provenance
 
+    if threads:     # measure_skill runs the models on either path; Snakemake's OMP_NUM_THREADS follows --cores
+        import torch
+
+        torch.set_num_threads(threads)
     out_root = Path(out_root)
     names = list(tiny_models(params))
     phash = bootstrap_hash(params)

@@ -51,6 +51,22 @@ def test_malformed_dropped_and_counted():
     assert all(r["response_with_cot"].find(" 99<") < 0 for r in rows)
 
 
+def test_hedged_answers_are_kept_as_wrong_answers_and_counted():
+    """A hedged answer (verify's reason `hedged`, label 0) is a wrong answer: kept in the bench like
+    one, and counted in stats["label_reasons"] (a judge that accepts it is the one a hedging policy
+    would exploit)."""
+    recs = make()
+    for r in recs:
+        if r["label"] == 0 and r["sample_idx"] == 3:
+            r["reason"] = "hedged"
+    rows, stats = assemble(recs, seed=1, unit="subset_generator", per_label=None, on_shortfall="error",
+                           subset_order=["s1"])
+    assert stats["dropped_malformed"] == {}
+    assert stats["label_reasons"]["hedged"] == 10 and len(rows) == len(make())
+    assert sum(stats["label_reasons"].values()) == len(rows)
+    assert {r["label"] for r in rows if r["response"] == "\\boxed{3}"} == {0}
+
+
 def test_duplicates_removed_per_problem_generator():
     recs = make() + [rec("g0", "p0", 50, 1, text="<think>g0 p0 0</think>\\boxed{0}")]
     _, stats = assemble(recs, seed=1, unit="subset_generator", per_label=None, on_shortfall="error",
@@ -106,6 +122,47 @@ def test_read_bench_rejects_bad_label(tmp_path):
            "subset": "s", "response_with_cot": "r"}
     p.write_text(json.dumps(row) + "\n" + json.dumps(dict(row, index=1, label="maybe")) + "\n")
     with pytest.raises(InputError, match=r"b.jsonl:2: field 'label'"):
+        read_bench(p)
+
+
+_ROW = {"index": 0, "question": "q", "response": "r", "label": 1, "model": "m", "reference": "1", "subset": "s",
+        "response_with_cot": "r"}
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("model", {"name": "m"}, "field 'model': expected a string (or null), got dict"),
+    ("model", 7, "field 'model': expected a string"),
+    ("response_with_cot", 5, "field 'response_with_cot': expected a string (or null), got int 5"),
+    ("response_with_cot", ["a"], "field 'response_with_cot'"),
+    ("reference", {"x": 1}, "field 'reference': expected a string or int or float"),
+    ("reference", True, "field 'reference'"),
+    ("question", 3, "field 'question': expected str"),
+    ("response", None, "field 'response': is null"),
+    ("subset", ["s"], "field 'subset': expected str"),
+    ("index", "0", "field 'index': expected int"),
+])
+def test_read_bench_checks_every_schema_field(tmp_path, field, value, words):
+    p = tmp_path / "b.jsonl"
+    p.write_text(json.dumps(_ROW) + "\n" + json.dumps({**_ROW, "index": 1, field: value}) + "\n")
+    with pytest.raises(InputError) as err:
+        read_bench(p)
+    assert f"b.jsonl:2: {words}" in str(err.value)
+
+
+def test_read_bench_optional_fields(tmp_path):
+    p = tmp_path / "b.jsonl"
+    rows = [dict(_ROW, index=0, model=None, response_with_cot=None, reference=42),
+            {k: v for k, v in dict(_ROW, index=1).items() if k not in ("model", "response_with_cot", "reference")}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = read_bench(p)
+    assert [(r["model"], r["response_with_cot"], r.get("reference")) for r in got] == [("unknown", "r", "42"),
+                                                                                     ("unknown", "r", None)]
+
+
+def test_a_deeply_nested_bench_line_is_one_clear_error(tmp_path):
+    p = tmp_path / "b.jsonl"
+    p.write_text(json.dumps(_ROW) + "\n" + '{"index": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(InputError, match=r"b.jsonl:2: field '<line>': JSON nested too deeply"):
         read_bench(p)
 
 

@@ -104,3 +104,39 @@ def test_scalar_rm_threshold_from_split(tmp_path, params):
     p["evaluate"]["threshold_split"] = str(bench_file(tmp_path / "val.jsonl"))
     m = run_evaluate(p, "scalar", bench, tmp_path / "out" / "predictions.jsonl", tmp_path / "out" / "metrics.json")
     assert 0.0 <= m["auroc"] <= 1.0 and "threshold" in m and m["unparsed_rate"] == 0
+
+
+def test_status_counts_list_every_status_and_ambiguous_counts_as_unparsed(tmp_path, params):
+    """A judge that plants a second `</think>` (ambiguous) on every 3rd item and answers in plain
+    language on every 4th: ambiguous is counted on its own in status_counts (every status listed,
+    zeros included) and as unparsed in unparsed_rate; verdict_sources counts the plain-language
+    verdicts."""
+    from librarm.evaluate import run_evaluate
+    from librarm.judge import STATUSES
+    from librarm.sampling import SampleResult
+
+    class Planted:
+        name = "planted"
+
+        def generate(self, reqs):
+            out = []
+            for r in reqs:
+                i, label = r.problem["index"], r.problem["label"]
+                verdict = "correct" if label else "incorrect"
+                if i % 3 == 0:
+                    text = "<think>x</think>\\boxed{incorrect}</think>\\boxed{correct}"
+                elif i % 4 == 0:
+                    text = f"<think>x</think>The answer is {verdict}."
+                else:
+                    text = f"<think>x</think>\\boxed{{{verdict}}}"
+                out.append(SampleResult(text, "stop", 5, 5))
+            return out
+
+    m = run_evaluate(params, "base", bench_file(tmp_path / "bench.jsonl"), tmp_path / "p.jsonl", tmp_path / "m.json",
+                     sampler=Planted())
+    assert set(m["status_counts"]) == set(STATUSES)
+    assert m["status_counts"]["ambiguous"] == 8 and m["status_counts"]["parsed"] == 16
+    assert m["status_counts"]["unterminated"] == 0 and m["unparsed_rate"] == round(8 / 24, 6)
+    assert m["verdict_sources"] == {"explicit": 12, "plain": 4}
+    preds = read_jsonl(tmp_path / "p.jsonl").records
+    assert {p["verdict_source"] for p in preds if p["index"] % 3 == 0} == {None}

@@ -30,6 +30,7 @@ def _write(tmp_path, lines: list[bytes]):
     (b'{"id": "a", "n": 2}', "id", "duplicate"),
     (b'{"id": "b", "n": 1, "x": "\xff"}', "<line>", "UTF-8"),
     (b'[1, 2]', "<line>", "object"),
+    (b'{"id": "b", "n": ' + b'[' * 100_000 + b']' * 100_000 + b'}', "<line>", "nested too deeply"),
 ])
 def test_bad_line_names_file_line_field(tmp_path, line, field, words):
     p = _write(tmp_path, [b'{"id": "a", "n": 1}', line])
@@ -104,6 +105,44 @@ def test_output_files_follow_the_umask(tmp_path):
         os.umask(0o002)
         write_json(tmp_path / "b.json", {"x": 1})
         assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o664
+    finally:
+        os.umask(old)
+
+
+def test_nested_line_is_quarantined_like_bad_json(tmp_path):
+    p = _write(tmp_path, [b'{"id": "a", "n": 1}', b'[' * 100_000 + b']' * 100_000, b'{"id": "d", "n": 4}'])
+    rep = read_jsonl(p, SCHEMA, id_field="id", on_bad="quarantine")
+    assert [r["id"] for r in rep.records] == ["a", "d"] and rep.quarantined[0]["line"] == 2
+
+
+def test_a_folder_is_not_a_jsonl_file(tmp_path):
+    with pytest.raises(InputError, match=r"a folder, not a JSONL file"):
+        read_jsonl(tmp_path)
+
+
+def test_model_folders_get_the_umask_mode(tmp_path):
+    """safetensors writes its files 0600: set_tree_mode gives a whole folder the mode of every other
+    output (0644 files, 0755 folders under umask 022; 0664/0775 under 002)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from librarm.io import set_tree_mode
+
+    folder = tmp_path / "model"
+    (folder / "sub").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "sub" / "x.json").write_text("{}")
+    os.chmod(folder / "sub" / "x.json", 0o600)
+    assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o600   # the writer's mode
+    old = os.umask(0o022)
+    try:
+        set_tree_mode(folder)
+        modes = {p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+        assert modes == {".": 0o755, "model.safetensors": 0o644, "sub": 0o755, "sub/x.json": 0o644}
+        os.umask(0o002)
+        set_tree_mode(folder)
+        assert stat.S_IMODE((folder / "model.safetensors").stat().st_mode) == 0o664
+        assert stat.S_IMODE((folder / "sub").stat().st_mode) == 0o775
     finally:
         os.umask(old)
 

@@ -70,3 +70,21 @@ def test_auroc_and_threshold():
     assert auroc([1, 1], [1, 1]) is None
     t = best_threshold([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
     assert 0.2 < t < 0.8
+
+
+def test_a_non_string_generator_is_one_clear_error():
+    bad = [dict(item(1, 1), index=3, model={"name": "g"})]
+    with pytest.raises(ValueError, match=r"item 3: field 'model': expected a string, got dict"):
+        summarize(bad)
+
+
+def test_ambiguous_and_unterminated_verdicts_count_as_unparsed():
+    """Every status without a verdict (judge.STATUSES but `parsed`) has pred None: unparsed, wrong."""
+    from librarm.judge import STATUSES, parse_verdict
+
+    outs = {"parsed": "<think>x</think>\\boxed{correct}", "ambiguous": "<think>a</think>b</think>\\boxed{correct}",
+            "unterminated": "<think>\\boxed{correct}", "no_verdict": "<think>x</think>hmm"}
+    items = [dict(item(1, parse_verdict(t).value), status=s) for s, t in outs.items()]
+    assert {parse_verdict(t).status for t in outs.values()} == set(outs) and set(outs) <= set(STATUSES)
+    m = summarize(items)
+    assert m["unparsed_rate"] == 0.75 and m["accuracy"] == 0.25 and m["accuracy_parsed_only"] == 1.0

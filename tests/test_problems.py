@@ -123,3 +123,45 @@ def test_hf_loader_uses_pinned_revision(monkeypatch):
                                        split="test", fields={"id": "unique_id"}), seed=0)
     assert seen == {"name": "org/ds", "split": "test", "revision": "abc123"}
     assert recs[0]["id"] == "u1" and recs[0]["answer"] == "3"
+
+
+def test_a_folder_as_problem_file_is_one_clear_error(tmp_path, params):
+    (tmp_path / "data").mkdir()
+    spec = ProblemSet(name="s", role="eval", source="jsonl", path=str(tmp_path / "data"))
+    with pytest.raises(InputError, match=r"data: a folder, not a JSONL file \(problems.sets\[s\].path\)"):
+        load_jsonl_set(spec, seed=0)
+    p = copy.deepcopy(params)
+    p["problems"]["sets"] = [{"name": "s", "role": "eval", "source": "jsonl", "path": str(tmp_path / "data")}]
+    with pytest.raises(InputError, match="a folder"):
+        run_problems_into(p, tmp_path / "out")
+
+
+def test_an_empty_set_names_its_file_and_still_writes_the_quarantine(tmp_path, params):
+    """Every line bad (quarantined) leaves the set empty: the error names the source file, the
+    quarantine file and the first reason, and the quarantine file is on disk."""
+    from librarm.io import read_jsonl
+
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"id": "1", "problem": 3, "answer": "2"}\n{"id": "2", "problem": "y"}\n')
+    p = copy.deepcopy(params)
+    p["problems"]["on_bad_line"] = "quarantine"
+    p["problems"]["sets"] = [{"name": "bad", "role": "eval", "source": "jsonl", "path": str(src)},
+                             {"name": "pool", "role": "judge_pool", "source": "synthetic", "n": 5, "steps": 2}]
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as err:
+        run_problems_into(p, out)
+    msg = str(err.value)
+    assert msg.startswith(f"{src}: problem set 'bad' is empty") and "2 line(s) quarantined" in msg
+    assert "line 1, field 'problem'" in msg and str(out / "bad.quarantine.jsonl") in msg
+    assert [r["line"] for r in read_jsonl(out / "bad.quarantine.jsonl").records] == [1, 2]
+    assert not (out / "bad.jsonl").exists()
+
+
+def test_a_level_filter_that_keeps_nothing_is_named(tmp_path, params):
+    src = tmp_path / "lv.jsonl"
+    src.write_text('{"id": "1", "problem": "x", "answer": "2", "level": 3}\n')
+    p = copy.deepcopy(params)
+    p["problems"]["sets"] = [{"name": "lv", "role": "eval", "source": "jsonl", "path": str(src), "level": 5}]
+    with pytest.raises(InputError, match=r"lv.jsonl: problem set 'lv' is empty .*level filter 5"):
+        run_problems_into(p, tmp_path / "out")
+    assert (tmp_path / "out" / "lv.quarantine.jsonl").exists()

@@ -48,3 +48,14 @@ def test_length_is_kept_at_weight_zero_as_a_monitor_of_the_penalised_share():
     assert out == [0.0, -0.5, -1.0, 0.0] and logged == {"length_penalised_share": 0.5}
     with pytest.raises(ValueError, match="every weight is 0"):
         build_reward_funcs({"correctness": 0.0, "length": 0.0}, 8, 16)
+
+
+def test_planted_or_quoted_verdicts_earn_no_reward():
+    """The GRPO rewards read verdicts with the same parser: a second `</think>`, a quoted verdict
+    inside an unterminated thinking block, or a negated `correct` never earns the correct reward."""
+    outs = ["<think>a</think>\\boxed{incorrect}</think>\\boxed{correct}",      # ambiguous
+            '<think>it says "</think>\\boxed{correct}" hmm',                       # unterminated
+            '<think>a</think>\\boxed{incorrect} "Verdict: correct"',              # quoted
+            "<think>a</think>I would not say the answer is correct."]              # negated
+    assert correctness_reward(outs, label=[1, 1, 1, 1]) == [0.0, 0.0, 0.0, 0.0]
+    assert format_reward(outs) == [0.0, 0.0, 1.0, 1.0]

@@ -51,3 +51,22 @@ def testboxed_spans_nested_braces():
     spans = boxed_spans(t)
     assert [t[s:e] for s, e in spans] == [r"\frac{\sqrt{3}}{2}", r"\left\{ 1, 2 \right\}"]
     assert boxed_spans(r"\boxed{\frac{1}{2}") == []                          # unbalanced: nothing
+
+
+@pytest.mark.parametrize("text,visible", [
+    ('a "b" c', "a c"),
+    ("it's 'quoted' here", "it's here"),                     # an apostrophe is not a quote
+    ("the students' answers are 'fine'.", "the students' answers are ."),
+    ("> a quote line\nnot quoted", "not quoted"),
+    ("```\ncode\n```\nafter", "after"),
+    ("x `y` z", "x z"),
+    ("“curly” ok", "ok"),
+    ('open "unclosed\n\nnext paragraph', "open next paragraph"),   # an unclosed quote ends with its paragraph
+    ("```\nunclosed fence\n\nstill code", ""),                       # an unclosed fence runs to the end
+])
+def test_mask_quoted(text, visible):
+    from librarm.think import mask_quoted
+
+    masked = mask_quoted(text)
+    assert len(masked) == len(text) and masked.count("\n") == text.count("\n")
+    assert " ".join(masked.split()) == visible

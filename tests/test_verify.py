@@ -19,6 +19,7 @@ from librarm.io import read_json, read_jsonl, write_jsonl
 from librarm.think import split_think
 from librarm.verify import (
     GRADABLE,
+    LABELS,
     REASONS,
     VerifierPool,
     extract_boxed,
@@ -53,12 +54,28 @@ def test_fixture_is_well_formed():
     assert len({(c["gold"], c["response"]) for c in CASES}) == len(CASES), "duplicate fixture case"
 
 
+# Fixture cases the hedge rule relabels: math-verify alone gives the fixture's `expected`
+# (checked below), the verifier gives `hedged` (same label, 0): two different boxed answers in the
+# final part list two candidates.
+HEDGE_RELABELLED = {
+    ("3", "First I got \\boxed{2}. Wait, that is wrong; the answer is \\boxed{3}."),
+    ("2", "First I got \\boxed{2}. Wait, that is wrong; the answer is \\boxed{3}."),
+}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(i, c) for i, c in enumerate(CASES)])
 def test_answer_forms(case):
     """Pins what the verifier returns today. Notes starting with 'KNOWN MISGRADE:' record cases
     where math-verify's answer is mathematically wrong; if one of them changes, math-verify changed:
     check the new behaviour and update the fixture."""
     reason, pred = grade_answer(case["gold"], case["response"])
+    if (case["gold"], case["response"]) in HEDGE_RELABELLED:
+        from math_verify import parse, verify
+
+        alone = verify(parse_gold(case["gold"]), parse(case["response"], parsing_timeout=None), timeout_seconds=None)
+        assert {True: "correct", False: "wrong_answer"}[alone] == case["expected"]
+        assert reason == "hedged", f"{case['note']}: got {reason} (pred {pred!r})"
+        return
     assert reason == case["expected"], f"{case['note']}: got {reason} (pred {pred!r})"
     if reason in GRADABLE:
         assert pred
@@ -75,9 +92,10 @@ def test_known_misgrades_are_documented():
 
 def test_self_correction_is_not_last_box():
     # math-verify joins every box of the text into a set; extract_boxed (used elsewhere) takes the last.
+    # Two different boxed answers are two candidates: hedged (a wrong answer, as math-verify says too).
     text = "First \\boxed{2}. Wait, that was wrong: \\boxed{3}."
     assert extract_boxed(text) == "3"
-    assert grade_answer("3", text) == ("wrong_answer", "2,3")
+    assert grade_answer("3", text) == ("hedged", "2,3")
     assert grade_answer("3", "\\boxed{" + extract_boxed(text) + "}")[0] == "correct"
 
 
@@ -304,10 +322,11 @@ SAMPLES_A = [  # generator gen-a, subset math500
     _sample("a5", "p-bad", "\\boxed{?}"),                                           # gold_unparseable
     _sample("a6", "p-angle", "I could not finish."),                                # no_final_answer (grader)
     _sample("a7", "p-int", "\\boxed{(3,\\infty)\\cup(-\\infty,2)}"),               # correct
+    _sample("a8", "p-angle", "So \\boxed{60^\\circ \\lor 120^\\circ}."),                  # hedged (label 0)
 ]
 EXPECTED_A = {"a0": ("correct", 1), "a1": ("wrong_answer", 0), "a2": ("truncated", None),
               "a3": ("no_final_answer", None), "a4": ("correct", 1), "a5": ("gold_unparseable", None),
-              "a6": ("no_final_answer", None), "a7": ("correct", 1)}
+              "a6": ("no_final_answer", None), "a7": ("correct", 1), "a8": ("hedged", 0)}
 
 
 @pytest.fixture
@@ -332,18 +351,18 @@ def test_run_verify_reasons_labels_and_meta(tmp_path, problem_files):
         gold = {p["id"]: p["answer"] for p in PROBLEMS_A + PROBLEMS_B}[r["problem_id"]]
         assert r["gold"] == gold
         assert r["reason"] in REASONS
-        assert (r["pred"] is not None) == (r["reason"] in ("correct", "wrong_answer"))
+        assert (r["pred"] is not None) == (r["reason"] in GRADABLE)
     by_id = {r["sample_id"]: r for r in recs}
     assert by_id["a1"]["pred"] == "\\frac{1}{3}"
 
     sidecar = tmp_path / "verify" / "gen-a" / "math500.meta.json"
     assert read_json(sidecar) == json.loads(json.dumps(meta))
     assert meta["n"] == len(SAMPLES_A)
-    assert meta["reasons"] == {"correct": 3, "wrong_answer": 1, "no_final_answer": 2, "truncated": 1,
+    assert meta["reasons"] == {"correct": 3, "wrong_answer": 1, "hedged": 1, "no_final_answer": 2, "truncated": 1,
                                "timeout": 0, "gold_unparseable": 1}
     assert set(meta["reasons"]) == set(REASONS)
     assert meta["workers_killed"] == 0
-    assert meta["accuracy"] == round(3 / 8, 4)
+    assert meta["accuracy"] == round(3 / 9, 4)
     assert meta["seconds"] >= 0
     assert str(samples) in meta["provenance"]["data"]
 
@@ -386,7 +405,7 @@ def test_run_verify_all_prechecked(tmp_path, problem_files):
 
 def _labelled(path: Path, gen: str, subset: str, reasons: list[str]) -> Path:
     recs = [{"sample_id": f"{gen}-{subset}-{i}", "problem_id": f"p{i}", "generator": gen, "subset": subset,
-             "reason": r, "label": 1 if r == "correct" else 0 if r == "wrong_answer" else None}
+             "reason": r, "label": LABELS.get(r)}
             for i, r in enumerate(reasons)]
     write_jsonl(path, recs)
     return path
@@ -399,7 +418,7 @@ def test_summarize_verify(tmp_path, problem_files):
     real = tmp_path / "verify" / "gen-a" / "math500.jsonl"
     run_verify(samples, problem_files, real, tmp_path / "verify" / "gen-a" / "math500.meta.json", workers=1, timeout_s=10, progress=False)
     paths = [
-        real,  # gen-a/math500: 3 correct of 8
+        real,  # gen-a/math500: 3 correct of 9
         _labelled(tmp_path / "verify" / "gen-a" / "tiny.jsonl", "gen-a", "tiny",
                   ["correct", "correct", "wrong_answer", "timeout"]),
         _labelled(tmp_path / "verify" / "gen-b" / "math500.jsonl", "gen-b", "math500",
@@ -409,10 +428,10 @@ def test_summarize_verify(tmp_path, problem_files):
     stats = summarize_verify(paths, out)
     assert read_json(out) == json.loads(json.dumps(stats))
 
-    assert stats["accuracy"] == {"gen-a": {"math500": 0.375, "tiny": 0.5}, "gen-b": {"math500": 0.2}}
-    assert stats["generator_accuracy"] == {"gen-a": round(5 / 12, 4), "gen-b": 0.2}
-    assert stats["n"] == 17
-    assert stats["reasons"] == {"correct": 6, "wrong_answer": 4, "no_final_answer": 3, "truncated": 2,
+    assert stats["accuracy"] == {"gen-a": {"math500": round(3 / 9, 4), "tiny": 0.5}, "gen-b": {"math500": 0.2}}
+    assert stats["generator_accuracy"] == {"gen-a": round(5 / 13, 4), "gen-b": 0.2}
+    assert stats["n"] == 18
+    assert stats["reasons"] == {"correct": 6, "wrong_answer": 4, "hedged": 1, "no_final_answer": 3, "truncated": 2,
                                 "timeout": 1, "gold_unparseable": 1}
     cell = stats["cells"]["gen-a"]["tiny"]
     assert cell["n"] == 4 and cell["reasons"]["timeout"] == 1 and set(cell["reasons"]) == set(REASONS)
@@ -436,3 +455,176 @@ def test_verify_derives_the_final_part_itself_from_untrusted_records(tmp_path, p
     run_verify(samples, problem_files, out, tmp_path / "v.meta.json", workers=1, timeout_s=10, progress=False)
     got = {r["sample_id"]: r["reason"] for r in read_jsonl(out).records}
     assert got == {"t0": "no_final_answer", "t1": "no_final_answer", "t2": "wrong_answer", "t3": "correct"}
+
+
+# ----------------------------------------------------------------------------- hedges
+# Gold 42 (a single value): math-verify alone grades each of these correct, the verifier `hedged`.
+HEDGES = [
+    "\\boxed{0 = 42}",                       # a relation: math-verify grades the right-hand side
+    "\\boxed{41 \\lor 42}",                  # a disjunction: it grades the last number
+    "\\boxed{41 \\to 42}",                   # an implication
+    "\\boxed{41 \\implies 42}",
+    "\\boxed{41 \\Rightarrow 42}",
+    "\\boxed{41 \\vee 42}",
+    "\\boxed{41 \\land 42}",
+    "\\boxed{41 \\iff 42}",
+    "\\boxed{41 \\cup 42}",
+    "\\boxed{41 \\mid 42}",
+    "\\boxed{41 | 42}",
+    "\\boxed{41 \\in 42}",
+    "\\boxed{41 \\sim 42}",
+    "\\boxed{41 := 42}",
+    "\\boxed{42 \\approx 41}",
+    "\\boxed{41 \\uparrow 42}",               # any command it cannot parse between two numbers
+    "\\boxed{41 \\\\ 42}",                     # two lines
+    "\\boxed{\\begin{cases} 41 \\\\ 42 \\end{cases}}",
+    "\\boxed{41 \\& 42}",
+    "\\boxed{41 ~ 42}",
+    "\\boxed{0 \\quad 42}",                   # side by side: parsed as 0 + 42
+    "\\boxed{x = 41 = 42}",                  # a chain with two values
+    "The answer is 0=42",                    # plain text
+    "It is either 41 or 42",
+]
+# Gold 42: several candidates or a range, which math-verify already grades wrong; `hedged` now.
+HEDGES_ALREADY_WRONG = [
+    "\\boxed{41, 42}", "\\boxed{41 \\text{ or } 42}", "\\boxed{43 \\pm 1}", "\\boxed{41} or \\boxed{42}",
+    "\\boxed{x \\geq 42}", "\\boxed{41 < x \\le 42}", "\\boxed{[41, 42]}", "\\boxed{x=41, x=42}",
+    "\\boxed{42 \\neq 41}", "The answer is 41 or 42.",
+]
+# Gold 42: genuine forms of one value stay math-verify's `correct`.
+GENUINE = [
+    "\\boxed{x = 42}", "\\boxed{n = 42}", "\\boxed{x_1 = 42}", "\\boxed{f(2) = 42}", "\\boxed{\\angle ABC = 42}",
+    "\\boxed{6 \\times 7 = 42}", "\\boxed{x = 6 \\cdot 7 = 42}", "\\boxed{x \\approx 42}", "\\boxed{42 \\text{ or } 42}",
+    "\\boxed{\\lim_{x \\to 0} f = 42}", "\\boxed{\\sum_{k=1}^{6} 2k = 42}", "\\boxed{42 \\quad \\text{cm}}",
+    "\\boxed{42^\\circ}", "\\boxed{\\frac{84}{2}}", "\\boxed{42.0}", "$x = 42$", "The answer is 42.",
+    "The answer is x = 42", "So 2+40=42, and the answer is 42.", "\\boxed{x \\in \\{42\\}}",
+]
+
+
+def _math_verify_alone(gold: str, final: str) -> bool:
+    from math_verify import parse, verify
+
+    return verify(parse_gold(gold), parse(final, parsing_timeout=None), timeout_seconds=None)
+
+
+@pytest.mark.parametrize("answer", HEDGES)
+def test_hedges_math_verify_accepts_are_hedged(answer):
+    assert _math_verify_alone("42", answer), "math-verify no longer accepts this hedge: keep it, it still must be hedged"
+    assert grade_answer("42", answer)[0] == "hedged"
+
+
+@pytest.mark.parametrize("answer", HEDGES_ALREADY_WRONG)
+def test_several_candidates_are_hedged(answer):
+    assert grade_answer("42", answer)[0] == "hedged"
+
+
+@pytest.mark.parametrize("answer", GENUINE)
+def test_genuine_single_value_forms_stay_correct(answer):
+    assert grade_answer("42", answer)[0] == "correct"
+
+
+@pytest.mark.parametrize("gold,answer,reason", [
+    ("\\frac{1}{2}", "\\boxed{x = \\frac{1}{2} = 0.5}", "correct"),     # a chain whose values agree
+    ("\\frac{1}{2}", "\\boxed{x = \\frac{1}{2} = 0.6}", "hedged"),
+    ("2^{n-1}", "\\boxed{a_n = 2^{n-1}}", "correct"),                   # a symbolic gold: a_n names it
+    ("2^{n-1}", "\\boxed{2^n = 2^{n-1}}", "hedged"),
+    ("\\text{(C)}", "\\boxed{\\text{(A)} \\lor \\text{(C)}}", "hedged"),
+    ("42", "\\boxed{2x = 84}", "wrong_answer"),                          # one value (84), and wrong
+    ("42", "\\boxed{42 = x}", "wrong_answer"),                           # math-verify reads the right side
+    # golds that are not one value: the rule does not apply, math-verify decides
+    ("-2,1", "\\boxed{1,-2}", "correct"),
+    ("(2,\\infty)", "\\boxed{(2, \\infty)}", "correct"),
+    ("y = 2x+3", "\\boxed{y = 2x + 3}", "correct"),
+    ("x \\in [-2,7]", "\\boxed{[-2,7]}", "correct"),
+    ("3 \\pm 2 \\sqrt{2}", "\\boxed{3 + 2\\sqrt{2}, 3 - 2\\sqrt{2}}", "correct"),
+    # a gold written as a relation is its own reference form
+    ("0.56 = 56\\%", "\\boxed{0.56 = 56\\%}", "correct"),
+])
+def test_hedge_rule_reads_the_golds_form(gold, answer, reason):
+    assert grade_answer(gold, answer)[0] == reason
+
+
+def test_hedged_is_a_labelled_wrong_answer_and_reported():
+    assert "hedged" in REASONS and "hedged" in GRADABLE and LABELS["hedged"] == 0
+
+
+@pytest.mark.slow
+@needs_shared_data("math500.jsonl", "aime2024.jsonl", "aime2025.jsonl", "amc2023.jsonl", "gsm8k_test.jsonl",
+                   "math_train.jsonl")
+def test_every_shared_gold_boxed_stays_correct():
+    """Every gold answer in ../shared/data, graded against `\\boxed{gold}`, is `correct` (the hedge
+    rule never flags a gold's own form), except the golds math-verify cannot parse."""
+    golds = set()
+    for path in sorted(SHARED_DATA.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            answer = json.loads(line).get("answer")
+            if answer is not None:
+                golds.add(str(answer).strip())
+    assert len(golds) > 3000
+    graded = {g: grade_answer(g, "\\boxed{" + g + "}")[0] for g in sorted(golds)}
+    unparseable = sorted(g for g, r in graded.items() if r == "gold_unparseable")
+    assert not [g for g, r in graded.items() if r not in ("correct", "gold_unparseable")]
+    assert len(unparseable) <= 5, unparseable
+
+
+def _solutions(*names: str) -> list[dict]:
+    rows = [json.loads(line) for name in names
+            for line in (SHARED_DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r for r in rows if r.get("solution") and r.get("answer") is not None]
+
+
+def _disagreements(rows: list[dict]) -> dict[tuple[str, str], int]:
+    """(math-verify alone, the verifier) -> count, for the rows where they differ."""
+    out: dict[tuple[str, str], int] = {}
+    for r in rows:
+        gold = str(r["answer"])
+        if not parse_gold(gold):
+            continue
+        alone = "correct" if _math_verify_alone(gold, r["solution"]) else "wrong_answer"
+        reason = grade_answer(gold, r["solution"])[0]
+        if reason != alone:
+            out[(alone, reason)] = out.get((alone, reason), 0) + 1
+    return out
+
+
+@needs_shared_data("math500.jsonl", "aime2024.jsonl")
+def test_reference_solutions_agree_with_math_verify_alone():
+    """Real labels: every MATH-500 and AIME 2024 reference solution is a correct response. The
+    verifier agrees with math-verify alone on every one of them (the hedge rule flags none)."""
+    rows = _solutions("math500", "aime2024")
+    assert len(rows) >= 520
+    assert _disagreements(rows) == {}
+    assert sum(grade_answer(r["answer"], r["solution"])[0] == "correct" for r in rows) >= len(rows) - 3
+
+
+@pytest.mark.slow
+@needs_shared_data("math_train.jsonl", "gsm8k_test.jsonl")
+def test_every_reference_solution_math_verify_accepts_stays_correct():
+    """The MATH train and GSM8K reference solutions (about 8,800, with `$` amounts and `####`
+    lines): none that math-verify alone grades correct is graded otherwise. The only changes are
+    solutions that box several answers for a gold the data set cut to one (`\\boxed{12}` and
+    `\\boxed{18}` for gold 18): math-verify's wrong_answer, the verifier's hedged."""
+    rows = _solutions("math_train", "gsm8k_test")
+    assert len(rows) >= 8700
+    changed = _disagreements(rows)
+    assert set(changed) <= {("wrong_answer", "hedged")}, changed
+    assert changed.get(("wrong_answer", "hedged"), 0) <= 10
+
+
+# ----------------------------------------------------------------------------- think_closed not known
+@pytest.mark.parametrize("record,final", [
+    # the sampler's own record: think_closed says it
+    ({"response": "", "response_with_cot": "2+3=5 so \\boxed{5}", "think_closed": False}, None),
+    ({"response": "\\boxed{5}", "response_with_cot": "2+3=5</think>\\boxed{5}", "think_closed": True}, "\\boxed{5}"),
+    # no think_closed: derived from the text
+    ({"response": "2+3=5 so \\boxed{5}", "has_think": True}, None),                      # prompt-opened, unclosed
+    ({"response": "", "response_with_cot": "2+3=5 so \\boxed{5}"}, None),               # the writer split it off
+    ({"response": "2+3=5</think>\\boxed{5}"}, "\\boxed{5}"),                             # closed, no opening tag
+    ({"response": "The answer is \\boxed{5}", "response_with_cot": "The answer is \\boxed{5}"},
+     "The answer is \\boxed{5}"),                                                           # a non-thinking model
+    ({"response": "\\boxed{5}", "has_think": False}, "\\boxed{5}"),
+])
+def test_missing_think_closed_is_derived_from_the_text(record, final):
+    from librarm.verify import final_answer_text
+
+    assert final_answer_text(record) == final

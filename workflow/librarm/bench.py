@@ -35,7 +35,10 @@ def cell_key(rec: Mapping[str, Any], unit: str) -> tuple:
 def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_label: int | None,
              on_shortfall: str, subset_order: Sequence[str],
              per_label_by_subset: Mapping[str, int] | None = None) -> tuple[list[dict], dict]:
-    """Pure function: verified sample records -> (public bench rows, stats)."""
+    """Pure function: verified sample records -> (public bench rows, stats). A record is kept when it
+    has a label: `correct` (1), `wrong_answer` or `hedged` (0: a hedge is a wrong answer, and a
+    judge that accepts it is the judge a hedging policy would exploit); the others are dropped as
+    malformed. stats["label_reasons"] counts the chosen items by reason."""
     stats: dict[str, Any] = {"input": len(records)}
     dropped = Counter(r["reason"] for r in records if r["label"] is None)
     stats["dropped_malformed"] = dict(sorted(dropped.items()))
@@ -96,6 +99,7 @@ def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_
                             "problems": len({r["question"] for r in rows if r["subset"] == s})}
                         for s, c in by_subset.items()}
     stats["generators"] = dict(Counter(r["model"] for r in rows))
+    stats["label_reasons"] = dict(sorted(Counter(r["reason"] for r in chosen).items()))
     return rows, stats
 
 
@@ -182,25 +186,44 @@ def parse_label(value: Any) -> int | None:
     return None
 
 
+# The public schema's field types: required fields, then optional ones (missing or null is allowed:
+# `model` becomes "unknown", `response_with_cot` the response, `reference` stays None).
+BENCH_SCHEMA = {"index": "int", "question": "str", "response": "str", "subset": "str"}
+BENCH_OPTIONAL = {"model": (str,), "response_with_cot": (str,), "reference": (str, int, float)}
+
+
 def read_bench(path: str | Path) -> list[dict]:
     """Read a benchmark in the public Libra Bench schema: a JSONL file, a parquet file or folder, or
     a `datasets` save_to_disk folder (the published files as they are, `response_with_cot`
-    included). Labels may be 0/1, bool or 'true'/'false' strings; anything else is an InputError
-    naming file, line (or row) and field."""
-    schema = {"index": "int", "question": "str", "response": "str", "subset": "str"}
+    included). Labels may be 0/1, bool or 'true'/'false' strings. Every field of the schema is
+    type-checked (BENCH_SCHEMA, BENCH_OPTIONAL; a numeric `reference` is kept as text); anything
+    else is an InputError naming file, line (or row) and field. Other fields pass through."""
     rows = []
-    report = read_table(path, schema, id_field="index")
+    report = read_table(path, BENCH_SCHEMA, id_field="index")
     for where, row in zip(report.where, report.records):   # file lines: blank lines are counted
         if "label" not in row:
             raise InputError(f"{where}: field 'label': missing")
         label = parse_label(row["label"])
         if label is None:
             raise InputError(f"{where}: field 'label': expected 0/1, true/false or 'true'/'false', "
-                             f"got {row['label']!r}")
+                             f"got {_show(row['label'])}")
         if not row["subset"].strip():
             raise InputError(f"{where}: field 'subset': empty")
+        for name, types in BENCH_OPTIONAL.items():
+            value = row.get(name)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                want = " or ".join(t.__name__.replace("str", "string") for t in types)
+                raise InputError(f"{where}: field '{name}': expected a {want} (or null), "
+                                 f"got {type(value).__name__} {_show(value)}")
+        reference = row.get("reference")
         rows.append({**row, "label": label, "model": row.get("model") or "unknown",
-                     "response_with_cot": row.get("response_with_cot") or row["response"]})
+                     "response_with_cot": row.get("response_with_cot") or row["response"],
+                     **({"reference": str(reference)} if reference is not None else {})})
     if not rows:
         raise InputError(f"{path}: no items")
     return rows
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
-from .io import StageIO, read_json, read_jsonl, write_json
+from .io import StageIO, read_json, read_jsonl, set_tree_mode, write_json
 from .launch import barrier, is_main, per_process, shared_on_disk, world_size
 from .paths import RESUME_TRAIN
 from .settings import DpoSettings, PairsSettings, SamplingSettings, VerifySettings, seed_of
@@ -53,6 +53,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
         if is_main():
             shutil.rmtree(out_dir, ignore_errors=True)
             shutil.copytree(init_model, out_dir)
+            set_tree_mode(out_dir)            # copytree keeps the source's modes
         barrier()
         return {"labeler": name, "seed": seed, "pairs": 0, "steps": 0, "global_step": 0, "selected_step": 0,
                 "selected_val_avg_at_k": None, "seconds": 0.0, "tokens_per_s": None, "loss_curve": [], "val_curve": [],
@@ -136,6 +137,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(resume_dir / "best", tmp)
         tok.save_pretrained(str(tmp))
+        set_tree_mode(tmp)                    # safetensors writes 0600; every output gets the umask's mode
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     barrier()

@@ -28,7 +28,7 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     chosen on `evaluate.threshold_split`, never on the items). A generative judge's seeds come
     from `stream` (default: the judge's bench stream)."""
     from .config import model_ref
-    from .judge import judge_sampler, run_generative, scalar_scores
+    from .judge import STATUSES, judge_sampler, run_generative, scalar_scores
 
     spec = JudgeSpec.of(params, judge_name)
     ev = EvaluateSettings.from_params(params)
@@ -36,8 +36,11 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     if spec.kind == "generative":
         preds = run_generative(items, sampler or judge_sampler(spec, params, threads), params, judge_name, stream,
                                spec.prompt_opens_think)
+        # every status, zeros included (judge.STATUSES: `ambiguous` and `unterminated` count as unparsed)
         extra["status_counts"] = {s: sum(p["status"] == s for p in preds)
-                                  for s in sorted({p["status"] for p in preds})}
+                                  for s in sorted(set(STATUSES) | {p["status"] for p in preds})}
+        # how many parsed verdicts came from the plain-language fallback (docs/deviations.md)
+        extra["verdict_sources"] = {s: sum(p.get("verdict_source") == s for p in preds) for s in ("explicit", "plain")}
         extra["prompt_overflow"] = {s: sum(p["prompt_status"] == s for p in preds) for s in ("truncated", "skipped")}
         return preds, extra
     if not ev.threshold_split:

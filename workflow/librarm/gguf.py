@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import paths as P
-from .io import StageIO, read_json, write_json
+from .io import StageIO, read_json, set_tree_mode, write_json
 from .settings import ModelSpec
 
 
@@ -51,6 +51,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    set_tree_mode(tmp)              # safetensors writes 0600
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return {"gguf": str(gguf_path), "parameters": sum(p.numel() for p in plain.parameters()),

@@ -40,6 +40,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def set_tree_mode(root: str | os.PathLike) -> None:
+    """Give every file under `root` (a folder or one file) the mode `open()` would give a new file
+    (0644 under the usual umask) and every folder the matching 0755: writers such as safetensors
+    create their files 0600, which leaves a model folder unreadable to the rest of a team."""
+    root = Path(root)
+    fmode = _file_mode()
+    dmode = fmode | ((fmode & 0o444) >> 2)          # a folder is searchable where it is readable
+    if root.is_file():
+        os.chmod(root, fmode)
+        return
+    os.chmod(root, dmode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), dmode)
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            if not os.path.islink(path):
+                os.chmod(path, fmode)
+
+
 def dumps(obj: Any) -> str:
     """Canonical JSON (sorted keys, no NaN) so that equal data gives equal bytes."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False)
@@ -96,6 +116,8 @@ def read_jsonl(path: str | os.PathLike, schema: Mapping[str, str] | None = None,
     counted in the report.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder, not a JSONL file")
 
     def rows():
         with open(path, "rb") as fh:
@@ -111,6 +133,9 @@ def read_jsonl(path: str | os.PathLike, schema: Mapping[str, str] | None = None,
                     rec = json.loads(text)
                 except json.JSONDecodeError as exc:
                     yield lineno, f"{path}:{lineno}", None, ("<line>", f"invalid JSON: {exc.msg} (column {exc.colno})")
+                    continue
+                except RecursionError:
+                    yield lineno, f"{path}:{lineno}", None, ("<line>", "JSON nested too deeply")
                     continue
                 if not isinstance(rec, dict):
                     yield lineno, f"{path}:{lineno}", None, ("<line>", f"expected a JSON object, got {type(rec).__name__}")

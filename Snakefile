@@ -11,6 +11,10 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+# `snakemake --report report.html`: this page, then the results marked with report() (rules/report.smk)
+report: "workflow/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/problems.smk"
 include: "rules/bootstrap.smk"

@@ -1,6 +1,25 @@
 # The run's report: every table (generators, bench, judges, comparisons, training, pairs, DPO,
-# downstream gains and their correlation with judge quality), PNG plots and their CSV data.
+# downstream gains and their correlation with judge quality), PNG plots and their CSV data, and a
+# model card per trained judge and DPO policy. `snakemake --report report.html` shows the summary,
+# the tables by phase, every plot and the cards (report() below; captions in workflow/report/).
 if DOWNSTREAM:
+    from librarm.model_cards import MODEL_CARDS, dpo_policies, judge_training_files, trained_judges
+    from librarm.report import CURVES, PLOT_IMAGES
+    from librarm.report_pages import LIBRA_SCORE_PLOT, SUMMARY_HTML, TABLE_PAGE, TABLE_PAGES
+
+    REPORT_DOCS = "../workflow/report"
+    # every plot librarm.report draws, with the category (phase) it shows in; curves need training
+    REPORT_PLOTS = {
+        "judge_accuracy": "Judges", "confusion": "Judges",
+        **({name: "Judge training" for name, *_ in CURVES} if LEARNING else {}),
+        "dpo_loss": "Downstream",
+        **{img.removesuffix(".png"): "Downstream" for img in PLOT_IMAGES if img.startswith("gain_vs_")},
+    }
+    TABLE_CATEGORIES = {"bench": "Bench", "judges": "Judges", "training": "Judge training", "downstream": "Downstream"}
+    REPORT_TABLES = [p for p in TABLE_PAGES if p != "training" or LEARNING]
+    CARD_MODELS = [P.TRAINED_MODEL.format(model=m) for m in trained_judges(config).values()]
+    CARD_POLICIES = [P.DPO_MODEL.format(policy=p, seed=s) for p, s in dpo_policies(config)]
+
     rule report:
         conda:
             "../envs/cpu.yaml"
@@ -18,10 +37,24 @@ if DOWNSTREAM:
             # every phase's summary (some also named above), so the report is the run's last job
             upstream=[p.target for p in active_phases(config) if p.name != "report"],
             seeds=[P.SEEDS_JSON] if PARAMS.report.replicates else [],
+            # what the model cards name with its digest
+            bench_file=P.BENCH_FILE,
+            models=CARD_MODELS + CARD_POLICIES,
+            train_data=judge_training_files(config),
+            dpo_pairs=[P.PAIRS_FILE.format(policy=p) for p in DPO_POLICIES],
         output:
             metrics=P.REPORT_METRICS,
             summary=P.REPORT_SUMMARY,
-            markdown=P.REPORT_MARKDOWN,
+            markdown=report(P.REPORT_MARKDOWN, caption=f"{REPORT_DOCS}/summary_md.rst", category="Summary"),
+            html=report(SUMMARY_HTML, caption=f"{REPORT_DOCS}/summary.rst", category="Summary"),
+            tables=[report(TABLE_PAGE.format(page=p), caption=f"{REPORT_DOCS}/tables_{p}.rst",
+                           category=TABLE_CATEGORIES[p], subcategory="Tables") for p in REPORT_TABLES],
+            libra_plot=report(LIBRA_SCORE_PLOT, caption=f"{REPORT_DOCS}/libra_score.rst", category="Judges",
+                              subcategory="Plots"),
+            plots=[report(f"{P.REPORT}/{name}.png", caption=f"{REPORT_DOCS}/{name}.rst", category=cat,
+                          subcategory="Plots") for name, cat in REPORT_PLOTS.items()],
+            cards=report(directory(MODEL_CARDS), patterns=["{card}/README.md"], caption=f"{REPORT_DOCS}/model_card.rst",
+                         category="Model cards", labels={"model": "{card}"}),
         params:
             **job_params("report"),
         log:

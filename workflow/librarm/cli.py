@@ -378,6 +378,16 @@ def cmd_results_doc(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_push_model(a: argparse.Namespace) -> int:
+    """Upload a trained judge or DPO policy with its model card (the report's model_cards folder)
+    as README.md, in one commit, to a Hugging Face repo."""
+    from .model_cards import push_model
+
+    info = push_model(a.model, a.repo_id, private=a.private, revision=a.revision, commit_message=a.message)
+    print(f"pushed {a.model} to {a.repo_id}: {getattr(info, 'commit_url', info)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="librarm", description=__doc__)
     ap.add_argument("--debug", action="store_true", help="show the traceback of an expected error too "
@@ -453,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rd = sub.add_parser("results-doc", help="write docs/results.{json,md} (and the README's results block) from a "
                                              "finished run, or --check a run against the committed golden")
-    rd.add_argument("--run", default=".", help="the checkout whose results/ to read (default: .)")
+    rd.add_argument("--run", default=".", help="the checkout whose results folder to read (default: .)")
     rd.add_argument("--repo", default=".", help="where docs/ and README.md are (default: .)")
     rd.add_argument("--preset", default="default", help="the preset the run used, for the provenance header")
     rd.add_argument("--repro", action="append", metavar="FILE",
@@ -464,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="compare the run's headline metrics and result digests with the golden; exit 1 and "
                            "list the changed keys on any difference")
     mode.add_argument("--seeds", action="store_true",
-                      help="write docs/seeds_report.{json,md} from a seeds run (results/report/seeds.json) instead")
+                      help="write docs/seeds_report.{json,md} from a seeds run (its report/seeds.json) instead")
     mode.add_argument("--render", action="store_true",
                       help="only re-render docs/results.md and the README block from docs/results.json")
     rd.set_defaults(func=cmd_results_doc)
@@ -476,6 +486,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir")
     t.add_argument("--threads", type=int, default=2)
     t.set_defaults(func=cmd_train_tiny)
+
+    pm = sub.add_parser("push-model", help="upload a trained judge or DPO policy with its model card as README.md "
+                                           "to a Hugging Face repo (huggingface_hub; HF_TOKEN or `hf auth login`)")
+    pm.add_argument("model", help="a card name (libra-judge-rl, libra-policy-gold), judge, model or policy name")
+    pm.add_argument("repo_id", help="the Hugging Face repo: NAME or OWNER/NAME (created when missing)")
+    pm.add_argument("--private", action="store_true", help="create the repo private")
+    pm.add_argument("--revision", help="the branch to commit to (default: main)")
+    pm.add_argument("--message", help="the commit message")
+    pm.set_defaults(func=cmd_push_model)
     return ap
 
 

@@ -114,10 +114,13 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           ("downstream", "verify"),
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs",
           steps=("policy-eval", "policy-metrics", "downstream-summary")),
+    # the model cards read models, judges, pairs.policy, rl.items and dpo (what each model starts
+    # from and trains on) and name the judge_data files the judges train on
     Phase("report", P.REPORT_METRICS, P.REPORT,
-          ("seed", "report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "dpo.seeds", "evaluate.judges",
-           "compare.pairs"),
-          ("report", "replicates"), ("verify", "bench", "evaluate", "train", "rs", "pairs", "dpo", "evaluate_policy"),
+          ("seed", "report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "pairs.policy", "dpo",
+           "evaluate.judges", "compare.pairs", "models", "judges", "rl.items"),
+          ("report", "replicates"),
+          ("verify", "bench", "evaluate", "judge_data", "train", "rs", "pairs", "dpo", "evaluate_policy"),
           "rules/report.smk", optional="pairs", steps=("report", "seeds")),
 )}
 
@@ -194,7 +197,8 @@ def dvc_plots() -> list[dict]:
     out: list[Any] = [{f"{P.REPORT_CURVES}/{name}": {"x": "step", "y": key, "title": title}}
                       for name, _kind, key, title in CURVES]
     out.append({f"{P.REPORT_CURVES}/dpo_loss": {"x": "step", "y": "loss", "title": "DPO loss (budget pairs)"}})
-    return out + [f"{P.REPORT}/{img}" for img in PLOT_IMAGES]
+    # libra_score.png: the judges' Libra scores with intervals (librarm.report_pages)
+    return out + [f"{P.REPORT}/{img}" for img in PLOT_IMAGES] + [f"{P.REPORT}/libra_score.png"]
 
 
 def render_dvc_yaml() -> str:

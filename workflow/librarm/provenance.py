@@ -7,7 +7,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .io import file_sha256
 
@@ -95,3 +95,24 @@ def provenance(models: Iterable[Mapping[str, Any]] = (), data: Iterable[str | No
         "data": data_ids,
         "revisions": dict(revisions or {}),
     }
+
+
+def provenance_lines(prov: Mapping[str, Any], repro: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A generated document's provenance header (Markdown lines): commit, params hash, machine,
+    libraries, and the same-bytes checks (scripts/repro_check.sh outcomes) it quotes."""
+    libs = ", ".join(f"{k} {v}" for k, v in prov.get("libraries", {}).items() if v)
+    m = prov.get("machine", {})
+    lines = ["## Provenance", "",
+             f"- commit: `{prov.get('git_commit')}`; params hash `{prov.get('params_hash')}` "
+             f"(preset `{prov.get('preset')}`: `{prov.get('command')}`); run on {prov.get('run_date')}",
+             f"- machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('memory_gib')} GiB, "
+             f"{m.get('platform')}, Python {m.get('python')}",
+             f"- libraries: {libs}"]
+    if prov.get("recorded"):
+        lines.append(f"- provenance recorded {prov['recorded']}")
+    if repro:
+        lines.append("- same params, same bytes (`scripts/repro_check.sh`):")
+        lines += [f"  - {r['what']}: **{r['result']}** ({r['files_compared']} files compared)" for r in repro]
+    else:
+        lines.append("- same params, same bytes: not checked for this document")
+    return lines

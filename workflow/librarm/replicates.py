@@ -331,7 +331,7 @@ def seeds_markdown(doc: Mapping[str, Any]) -> str:
           "Differences pair replicate k with replicate k and DPO seed d with DPO seed d; a group with one "
           "seed is paired with every replicate of the other. Percentage points.", ""]
     if doc.get("provenance"):      # the committed copy in docs/ (librarm results-doc --seeds) says where it came from
-        from .results_doc import provenance_lines
+        from .provenance import provenance_lines
 
         md += provenance_lines(doc["provenance"], doc.get("reproducibility", [])) + [""]
     md += ["## Headline", ""]

@@ -175,8 +175,13 @@ def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]
                            io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", all_policies(PairsSettings.from_params(params))),
                            metrics_path=io.output("metrics"), summary_path=io.output("summary"),
                            markdown_path=io.output("markdown"), plots_dir=Path(io.output("summary")).parent)
+    # for `snakemake --report` (pages, the Libra-score plot) and the trained models' cards
+    from .model_cards import write_step_cards
+    from .report_pages import write_step_outputs
+
+    extra = write_step_outputs(params, io, summary["headline"]) + write_step_cards(params, io)
     return summary["headline"], [io.output("metrics"), io.output("summary"), io.output("markdown")] \
-        + summary["artifacts"]
+        + summary["artifacts"] + extra
 
 
 def _headline(policies, corr, judges, bench, pairs) -> dict:
@@ -568,17 +573,18 @@ def check_report(report_dir: str | Path, root: str | Path = ".") -> list[str]:
         for line, row in zip(lines, t["rows"]):
             cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
             for i, (shown, src) in enumerate(zip(cells, row)):
-                want = _expected(src, docs)
+                want = source_text(src, docs)
                 if shown != want:
                     problems.append(f"table {t['title']!r} row {row[0]!r} column {t['columns'][i]!r}: "
                                     f"summary.md shows {shown!r}, the metrics file gives {want!r}")
     return problems
 
 
-def _expected(src, docs) -> str:
+def source_text(src, docs) -> str:
+    """The text a table cell shows for its recorded source (a number, an interval or a literal)."""
     if isinstance(src, dict):
         return fmt(dig(docs[src["file"]], src["path"]), src["scale"], src["digits"], src["signed"],
                    src.get("p_resamples", 0))
     if isinstance(src, list):
-        return f"[{_expected(src[0], docs)}, {_expected(src[1], docs)}]"
+        return f"[{source_text(src[0], docs)}, {source_text(src[1], docs)}]"
     return src

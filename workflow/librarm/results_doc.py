@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from . import paths as P
 from .io import file_sha256, read_json, stable_hash, write_json, write_text
+from .provenance import provenance_lines
 
 RESULTS_JSON = "docs/results.json"
 RESULTS_MD = "docs/results.md"
@@ -28,12 +29,12 @@ SEEDS_MD = "docs/seeds_report.md"
 README = "README.md"
 README_BLOCK = re.compile(r"(<!-- results:begin -->\n)(.*?)(<!-- results:end -->)", re.S)
 
-# What the drift check compares: the headline metrics (the DVC metric, results/report/metrics.json)
+# What the drift check compares: the headline metrics (the DVC metric, P.REPORT_METRICS)
 # and the bytes of the files that carry results. Weights are compared by their safetensors and
 # config.json; training_args.bin holds the resume path, and the provenance blocks the commit.
-DIGESTED = (P.BENCH_FILE, "results/eval/*/predictions.jsonl", "results/eval/*/stress_predictions.jsonl",
-            "results/**/model.safetensors", "results/**/config.json")
-NOT_DIGESTED = (f"{P.RESUME}/**", f"{P.LOGS}/**", "results/.config/**")
+DIGESTED = (P.BENCH_FILE, P.EVAL_PREDICTIONS.format(judge="*"), P.EVAL_STRESS_PREDICTIONS.format(judge="*"),
+            f"{P.RESULTS}/**/model.safetensors", f"{P.RESULTS}/**/config.json")
+NOT_DIGESTED = (f"{P.RESUME}/**", f"{P.LOGS}/**", f"{Path(P.EFFECTIVE_CONFIG).parent}/**")
 
 
 class DriftError(Exception):
@@ -92,14 +93,14 @@ def run_provenance(root: Path, preset: str) -> dict[str, Any]:
 
 
 def resolved_tables(root: Path) -> list[dict[str, Any]]:
-    """The report's tables (results/report/summary.json) with every cell as the text the report
+    """The report's tables (P.REPORT_SUMMARY) with every cell as the text the report
     shows, read again from the metrics file each cell cites (so a stale summary.md cannot leak in)."""
-    from .report import _expected
+    from .report import source_text
 
     summary = read_json(root / P.REPORT_SUMMARY)
     docs = {k: read_json(root / p) for k, p in summary["sources"].items()}
     return [{"title": t["title"], "columns": t["columns"], "note": t.get("note", ""),
-             "rows": [[_expected(c, docs) for c in row] for row in t["rows"]]} for t in summary["tables"]]
+             "rows": [[source_text(c, docs) for c in row] for row in t["rows"]]} for t in summary["tables"]]
 
 
 def build_results(root: str | Path = ".", preset: str = "default",
@@ -158,25 +159,6 @@ def _fmt_headline(key: str, v: Any) -> str:
     return f"{v:.3f}"
 
 
-def provenance_lines(prov: Mapping[str, Any], repro: Sequence[Mapping[str, Any]]) -> list[str]:
-    libs = ", ".join(f"{k} {v}" for k, v in prov.get("libraries", {}).items() if v)
-    m = prov.get("machine", {})
-    lines = ["## Provenance", "",
-             f"- commit: `{prov.get('git_commit')}`; params hash `{prov.get('params_hash')}` "
-             f"(preset `{prov.get('preset')}`: `{prov.get('command')}`); run on {prov.get('run_date')}",
-             f"- machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('memory_gib')} GiB, "
-             f"{m.get('platform')}, Python {m.get('python')}",
-             f"- libraries: {libs}"]
-    if prov.get("recorded"):
-        lines.append(f"- provenance recorded {prov['recorded']}")
-    if repro:
-        lines.append("- same params, same bytes (`scripts/repro_check.sh`):")
-        lines += [f"  - {r['what']}: **{r['result']}** ({r['files_compared']} files compared)" for r in repro]
-    else:
-        lines.append("- same params, same bytes: not checked for this document")
-    return lines
-
-
 def results_markdown(doc: Mapping[str, Any]) -> str:
     """docs/results.md from docs/results.json alone (a test regenerates it and compares)."""
     md = ["# Results of the default run", "",
@@ -187,7 +169,7 @@ def results_markdown(doc: Mapping[str, Any]) -> str:
           "figures are in [seeds_report.md](seeds_report.md). Choices made after seeing results are "
           "listed in [deviations.md](deviations.md).", ""]
     md += provenance_lines(doc["provenance"], doc.get("reproducibility", []))
-    md += ["", "## Headline (`results/report/metrics.json`, the DVC metric)", ""]
+    md += ["", f"## Headline (`{P.REPORT_METRICS}`, the DVC metric)", ""]
     md += _md_table(["key", "value"], [[f"`{k}`", _fmt_headline(k, v)] for k, v in doc["headline"].items()])
     md += ["", "Libra scores are percentages, gains percentage points of avg@k over the base policy, "
            "r a Pearson correlation over the fitted judges.", ""]
@@ -246,7 +228,7 @@ def render_documents(repo: str | Path = ".") -> list[str]:
 
 
 def write_seeds_report(root: str | Path = ".", repo: str | Path = ".", preset: str = "seeds") -> list[str]:
-    """docs/seeds_report.{json,md} from a seeds run's results/report/seeds.json, with its provenance."""
+    """docs/seeds_report.{json,md} from a seeds run's seeds report (P.SEEDS_JSON), with its provenance."""
     from .replicates import seeds_markdown
 
     root, repo = Path(root), Path(repo)

@@ -81,7 +81,7 @@ def write_pages(markdown_path: str | Path, summary_html: str | Path, table_pages
     md = Path(markdown_path).read_text(encoding="utf-8")
     head = ""
     if headline:
-        rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(_headline_value(k, v))}</td></tr>"
+        rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(headline_text(k, v))}</td></tr>"
                        for k, v in headline.items())
         head = (f"<h2>Headline ({P.REPORT_METRICS}, the DVC metric)</h2>\n"
                 f"<table class=\"headline\"><tr><th>metric</th><th>value</th></tr>{rows}</table>\n")
@@ -104,15 +104,17 @@ def write_pages(markdown_path: str | Path, summary_html: str | Path, table_pages
     return written
 
 
-def _headline_value(key: str, v: Any) -> str:
+def headline_text(key: str, v: Any, units: bool = True) -> str:
+    """A headline metric as people read it: Libra scores in percent, gains in signed points, counts
+    as they are, correlations to three places (docs/results.md shows them without units)."""
     if v is None:
         return "n/a"
     if isinstance(v, bool) or isinstance(v, int):
         return str(v)
     if key.startswith("libra."):
-        return f"{100 * v:.1f}%"
+        return f"{100 * v:.1f}" + ("%" if units else "")
     if key.startswith("gain."):
-        return f"{100 * v:+.1f} points"
+        return f"{100 * v:+.1f}" + (" points" if units else "")
     return f"{v:.3f}"
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from . import paths as P
 from .io import file_sha256, read_json, stable_hash, write_json, write_text
 from .provenance import provenance_lines
+from .report_pages import headline_text
 
 RESULTS_JSON = "docs/results.json"
 RESULTS_MD = "docs/results.md"
@@ -119,25 +120,22 @@ def drift(golden: Mapping[str, Any], root: str | Path = ".") -> list[str]:
     """The keys whose values differ between the committed golden and the run in root: headline
     metrics by name, digests by path ([] when the run reproduces the golden)."""
     root = Path(root)
-    changed: list[str] = []
-    headline = read_json(root / P.REPORT_METRICS)
-    want = golden.get("headline", {})
-    for k in sorted(set(want) | set(headline)):
-        if k not in headline:
-            changed.append(f"headline {k}: missing from the run (golden {want[k]!r})")
+    return (_changed("headline", golden.get("headline", {}), read_json(root / P.REPORT_METRICS), show=True)
+            + _changed("file", golden.get("digests", {}), result_digests(root), show=False))
+
+
+def _changed(kind: str, want: Mapping[str, Any], got: Mapping[str, Any], show: bool) -> list[str]:
+    """One line per key of either mapping whose value differs; `show`: quote the values (metrics,
+    not digests)."""
+    out = []
+    for k in sorted(set(want) | set(got)):
+        if k not in got:
+            out.append(f"{kind} {k}: missing from the run" + (f" (golden {want[k]!r})" if show else ""))
         elif k not in want:
-            changed.append(f"headline {k}: not in the golden (run {headline[k]!r})")
-        elif headline[k] != want[k]:
-            changed.append(f"headline {k}: golden {want[k]!r}, run {headline[k]!r}")
-    digests, want_d = result_digests(root), golden.get("digests", {})
-    for k in sorted(set(want_d) | set(digests)):
-        if k not in digests:
-            changed.append(f"file {k}: missing from the run")
-        elif k not in want_d:
-            changed.append(f"file {k}: not in the golden")
-        elif digests[k] != want_d[k]:
-            changed.append(f"file {k}: bytes differ")
-    return changed
+            out.append(f"{kind} {k}: not in the golden" + (f" (run {got[k]!r})" if show else ""))
+        elif got[k] != want[k]:
+            out.append(f"{kind} {k}: " + (f"golden {want[k]!r}, run {got[k]!r}" if show else "bytes differ"))
+    return out
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -148,15 +146,7 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str
 
 
 def _fmt_headline(key: str, v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool) or isinstance(v, int):
-        return str(v)
-    if key.startswith("libra."):
-        return f"{100 * v:.1f}"
-    if key.startswith("gain."):
-        return f"{100 * v:+.1f}"
-    return f"{v:.3f}"
+    return headline_text(key, v, units=False)
 
 
 def results_markdown(doc: Mapping[str, Any]) -> str:

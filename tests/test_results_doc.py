@@ -164,3 +164,14 @@ def test_check_without_a_run_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("key", ["libra.rl", "gain.rl"])
 def test_headline_figures_are_formatted_as_the_report_does(key):
     assert R._fmt_headline(key, 0.2254) == ("22.5" if key == "libra.rl" else "+22.5")
+
+
+# ----------------------------------------------------------------------------- timing out of generated pages
+def test_report_pages_drop_the_wall_clock_columns():
+    """The Snakemake report's pages and the model cards are results (same bytes in every run): the
+    wall-clock columns of summary.md's tables are dropped there, and blanked by repro_check."""
+    from librarm.repro import drop_timing_columns, strip_timing_columns
+
+    md = "### DPO training\n\n| policy | steps | seconds | tokens/s |\n|---|---|---|---|\n| rl | 50 | 3.9 | 4054 |\n"
+    assert drop_timing_columns(md) == "### DPO training\n\n| policy | steps |\n|---|---|\n| rl | 50 |\n"
+    assert "3.9" not in strip_timing_columns(md) and "| rl | 50 |" in strip_timing_columns(md)

@@ -211,7 +211,7 @@ def collect_models(params: Mapping[str, Any], root: str | Path = ".", *, params_
             **_weights(path, root, prov.get("models") or ()),
             "lineage": lineage, "base": lineage[-1] if lineage else {"source": "unknown"},
             "training_data": [_data_file(f, root) for f in _judge_training_data(kind, rl_items)],
-            "training": {k: log[k] for k in ("global_step", "seconds") if k in log},
+            "training": {k: log[k] for k in ("global_step",) if k in log},   # no wall-clock time: cards are results
             "dataset": bench_ds, "metrics": _bench_metrics(m),
             "run": {**run, "eval_commit": prov.get("git_commit")},
         })

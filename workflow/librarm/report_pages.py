@@ -78,7 +78,11 @@ def write_pages(markdown_path: str | Path, summary_html: str | Path, table_pages
                 headline: Mapping[str, Any] | None = None) -> list[str]:
     """summary.html (summary.md as a page, the headline metrics first) and one page per phase
     with that phase's tables (table_pages: page name -> path)."""
-    md = Path(markdown_path).read_text(encoding="utf-8")
+    from .repro import drop_timing_columns
+
+    # wall-clock columns (seconds, tokens/s) stay in summary.md, where repro_check blanks them; these
+    # pages are results and must be the same bytes in every run
+    md = drop_timing_columns(Path(markdown_path).read_text(encoding="utf-8"))
     head = ""
     if headline:
         rows = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(headline_text(k, v))}</td></tr>"

@@ -63,6 +63,23 @@ def strip_timing_columns(markdown: str) -> str:
     return "\n".join(out)
 
 
+def drop_timing_columns(markdown: str) -> str:
+    """The Markdown text without the TIMING_COLUMNS of its tables: for pages generated from a
+    report (the Snakemake report's HTML), which must be the same bytes in every run."""
+    out: list[str] = []
+    timing: set[int] | None = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            timing = None
+            out.append(line)
+            continue
+        cells = line.split("|")
+        if timing is None:
+            timing = {i for i, c in enumerate(cells) if c.strip().lower() in TIMING_COLUMNS}
+        out.append("|".join(c for i, c in enumerate(cells) if i not in timing))
+    return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
+
+
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
     if type(a) is not type(b):
         return f"{where or '/'}: {type(a).__name__} vs {type(b).__name__}"

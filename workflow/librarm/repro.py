@@ -46,9 +46,8 @@ def _load_structured(path: Path, drop: Sequence[str] = ()) -> Any:
     return strip_timing(json.loads(text), drop)
 
 
-def strip_timing_columns(markdown: str) -> str:
-    """The Markdown text with the cells of TIMING_COLUMNS emptied in every table (a table's first
-    row is its header; the columns are found there)."""
+def _timing_columns(markdown: str, drop: bool) -> str:
+    """Every table's TIMING_COLUMNS (found in its first row, the header) emptied, or dropped."""
     out: list[str] = []
     timing: set[int] | None = None          # column indexes of the current table; None: no table yet
     for line in markdown.splitlines():
@@ -59,25 +58,21 @@ def strip_timing_columns(markdown: str) -> str:
         cells = line.split("|")
         if timing is None:
             timing = {i for i, c in enumerate(cells) if c.strip().lower() in TIMING_COLUMNS}
-        out.append("|".join("" if i in timing else c for i, c in enumerate(cells)))
+        out.append("|".join(c for i, c in enumerate(cells) if i not in timing) if drop
+                   else "|".join("" if i in timing else c for i, c in enumerate(cells)))
     return "\n".join(out)
+
+
+def strip_timing_columns(markdown: str) -> str:
+    """The Markdown text with the cells of TIMING_COLUMNS emptied in every table (what repro_check
+    compares)."""
+    return _timing_columns(markdown, drop=False)
 
 
 def drop_timing_columns(markdown: str) -> str:
     """The Markdown text without the TIMING_COLUMNS of its tables: for pages generated from a
     report (the Snakemake report's HTML), which must be the same bytes in every run."""
-    out: list[str] = []
-    timing: set[int] | None = None
-    for line in markdown.splitlines():
-        if not line.startswith("|"):
-            timing = None
-            out.append(line)
-            continue
-        cells = line.split("|")
-        if timing is None:
-            timing = {i for i, c in enumerate(cells) if c.strip().lower() in TIMING_COLUMNS}
-        out.append("|".join(c for i, c in enumerate(cells) if i not in timing))
-    return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
+    return _timing_columns(markdown, drop=True) + ("\n" if markdown.endswith("\n") else "")
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:

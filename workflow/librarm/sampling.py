@@ -616,6 +616,15 @@ def _count(usage: Mapping[str, Any], key: str) -> int:
     return n
 
 
+def _optional_object(value: Any, where: str) -> dict:
+    """An optional object field of a reply: {} when absent, malformed when not an object."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Malformed(f"{where} is {json_kind(value)}, not an object")
+    return value
+
+
 def parse_chat_completion(body: bytes) -> SampleResult:
     """A chat completion's SampleResult, every field type-checked (content and reasoning: a string,
     null or text parts; finish_reason a string; usage counts); raises _Malformed naming the field
@@ -635,22 +644,14 @@ def parse_chat_completion(body: bytes) -> SampleResult:
     choice = choices[0]
     if not isinstance(choice, dict):
         raise _Malformed(f"choices[0] is {json_kind(choice)}, not an object")
-    msg = choice.get("message")
-    if msg is None:
-        msg = {}
-    if not isinstance(msg, dict):
-        raise _Malformed(f"choices[0].message is {json_kind(msg)}, not an object")
+    msg = _optional_object(choice.get("message"), "choices[0].message")
     content = _text_field(msg.get("content"), "choices[0].message.content")
     reasoning = (_text_field(msg.get("reasoning_content"), "choices[0].message.reasoning_content")
                  or _text_field(msg.get("reasoning"), "choices[0].message.reasoning") or None)
     finish = choice.get("finish_reason")
     if finish is not None and not isinstance(finish, str):
         raise _Malformed(f"choices[0].finish_reason is {json_kind(finish)}, not a string")
-    usage = payload.get("usage")
-    if usage is None:
-        usage = {}
-    if not isinstance(usage, dict):
-        raise _Malformed(f"usage is {json_kind(usage)}, not an object")
+    usage = _optional_object(payload.get("usage"), "usage")
     return SampleResult(content or "", "length" if finish == "length" else "stop",
                         _count(usage, "prompt_tokens"), _count(usage, "completion_tokens"), reasoning)
 

@@ -530,8 +530,13 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     env = {**ENV, "PYTHONPATH": str(root / "workflow")}
     # the target goes first: --configfile takes every word after it. The SmolLM2 sample and the
     # base judge's evaluation run alone at the end of this cut (the critical path): two threads each
+    # The preset at a third of its bench and stress sizes (a second configfile, merged over it):
+    # the same path through every real-data stage, a minute less of SmolLM2 judging.
+    (root / "smaller.yaml").write_text(yaml.safe_dump(
+        {"sampling": {"n": 1}, "bench": {"balance": {"per_label": 2}},
+         "stress": {"per_template": 2, "false_claim_items": 2}}))
     run("snakemake results/eval/base/metrics.json --cores 2 --set-threads evaluate=2 sample=2 "
-        "--configfile workflow/presets/smoke-real.yaml", root, env=env, timeout=1200)
+        "--configfile workflow/presets/smoke-real.yaml smaller.yaml", root, env=env, timeout=1200)
     r = root / "results"
     assert (r / "bootstrap" / "models" / "smollm2" / "config.json").exists()
     bench = read_jsonl(r / "bench" / "libra_bench.jsonl").records

@@ -60,7 +60,7 @@ dvc-repro: setup
 	source $(BIN)/activate && dvc repro
 
 lint: setup
-	source $(BIN)/activate && ruff check workflow tests benchmarks scripts && snakemake --lint && librarm dvc-yaml --check
+	source $(BIN)/activate && ruff check workflow tests benchmarks scripts && snakemake --lint && librarm dvc-yaml --check && librarm params-doc --check
 
 smoke-real: setup
 	source $(BIN)/activate && snakemake --cores $(CORES) --configfile workflow/presets/smoke-real.yaml

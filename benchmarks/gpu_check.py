@@ -37,7 +37,7 @@ def device_peaks(name: str) -> tuple[float | None, float | None]:
 def build(tiny: bool, device: str, dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from librarm.tinyworld import build_tokenizer
+    from librarm.stages.bootstrap_tiny import build_tokenizer
 
     tok = build_tokenizer()
     if tiny:
@@ -155,7 +155,8 @@ def run_grpo(model, tok, a) -> dict:
 
 
 def run_decode(model, tok, n_params: int, a, bandwidth: float | None) -> dict:
-    from librarm.sampling import HFSampler, SampleRequest, SamplingConfig
+    from librarm.engines.base import SampleRequest, SamplingConfig
+    from librarm.engines.hf import HFSampler
 
     new = 16 if a.tiny else 256
     model.eval()

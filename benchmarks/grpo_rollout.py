@@ -26,8 +26,9 @@ def main() -> None:
     import torch
     from transformers import GenerationConfig
 
-    from librarm.judge import judge_messages
-    from librarm.sampling import HFSampler, SamplingConfig, load_causal_lm, render_chat
+    from librarm.engines.base import SamplingConfig
+    from librarm.engines.hf import HFSampler, load_causal_lm, render_chat
+    from librarm.judging.judge import judge_messages
 
     torch.set_num_threads(a.threads)
     tok, model = load_causal_lm(a.model)

@@ -78,7 +78,9 @@ def main() -> None:
         os.environ.pop(var, None)
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
-    from librarm.sampling import HTTPSampler, SampleRequest, SamplingConfig, problem_messages
+    from librarm.engines.base import SampleRequest, SamplingConfig
+    from librarm.engines.http import HTTPSampler
+    from librarm.stages.sample import problem_messages
 
     cfg = SamplingConfig(temperature=0.0, max_new_tokens=a.max_new_tokens)
     reqs = [SampleRequest(problem_messages({"problem": f"Compute {10 + i % 80}+{1 + i % 9}-{1 + i % 7}."}, None),

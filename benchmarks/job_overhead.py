@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SPOOL_JOB = """
 import time; t = time.time()
-from librarm.config import load_params; from librarm.tracking import stage_run
+from librarm.run.config import load_params; from librarm.run.tracking import stage_run
 p = load_params({params!r})
 with stage_run(p, 'bench', {{'bench': p['bench']}}, {{'subset': 'x'}}) as run: run.log_metrics({{'a': 1, 'b': {{'c': 2}}}})
 print(time.time() - t)
@@ -44,7 +44,7 @@ print(time.time() - t)
 
 PROVENANCE_JOB = """
 import time; t = time.time()
-{pre}from librarm.provenance import provenance; provenance(); print(time.time() - t)
+{pre}from librarm.run.provenance import provenance; provenance(); print(time.time() - t)
 """
 
 
@@ -60,7 +60,7 @@ def timed_process(code: str, cwd: Path, repeats: int) -> float:
 
 
 def training_seconds(steps: int, settings: dict, work: Path) -> float:
-    from librarm import train
+    from librarm.stages import train
 
     rows = work / "sft.jsonl"
     if not rows.exists():
@@ -72,7 +72,7 @@ def training_seconds(steps: int, settings: dict, work: Path) -> float:
     train.device_args = lambda: settings
     try:
         tag = "-".join(f"{k}={v}" for k, v in settings.items())
-        from librarm.settings import SftSettings
+        from librarm.run.settings import SftSettings
 
         cfg = SftSettings(init="tiny", steps=steps, learning_rate=5e-4, batch_size=16, save_steps=10 * steps)
         out = train.run_sft(rows, str(ROOT / "workflow/tiny_models/judge_base"), work / f"out-{tag}", cfg, name=tag,
@@ -98,7 +98,7 @@ def main() -> None:
         old = timed_process(PROVENANCE_JOB.format(pre="import torch; "), work, a.repeats)
         print(f"provenance in a job without torch: importing torch for it {old:.2f} s, now {bare:.3f} s, "
               f"ratio {old / bare:.0f}x")
-        from librarm.train import device_args
+        from librarm.stages.train import device_args
 
         trl_default = {"bf16": True, "gradient_checkpointing": True}
         ours = device_args()

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
-from librarm.evaluate import run_evaluate
-from librarm.sampling import SampleResult
-from librarm.tinyworld import build_tokenizer
+from librarm.stages.evaluate import run_evaluate
+from librarm.engines.base import SampleResult
+from librarm.stages.bootstrap_tiny import build_tokenizer
 
 bench, warm, out, max_tokens = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 params = yaml.safe_load(open(sys.argv[5]))
@@ -62,9 +62,9 @@ print(json.dumps({"seconds": round(dt, 3), "rss_growth_mb": round((rss1 - rss0) 
 UNBOUNDED = r"""
 import json, resource, sys, time
 
-from librarm.judge import judge_messages
-from librarm.sampling import render_chat
-from librarm.tinyworld import build_tokenizer
+from librarm.judging.judge import judge_messages
+from librarm.engines.hf import render_chat
+from librarm.stages.bootstrap_tiny import build_tokenizer
 
 
 def fit_prompt_unbounded(tok, template, system_prompt, question, response, max_tokens):

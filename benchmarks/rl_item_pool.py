@@ -35,9 +35,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from librarm.io import read_json, read_jsonl, write_jsonl
-    from librarm.settings import JudgeDataSettings, RlSettings, seed_of
-    from librarm.train import build_judge_items, run_grpo, val_accuracy
+    from librarm.run.io import read_json, read_jsonl, write_jsonl
+    from librarm.run.settings import JudgeDataSettings, RlSettings, seed_of
+    from librarm.stages.train import build_judge_items, run_grpo, val_accuracy
 
     os.chdir(a.run_dir)
     params = read_json("results/.config/effective.json")

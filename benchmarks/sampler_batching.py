@@ -25,7 +25,8 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from librarm.sampling import HFSampler, SampleRequest, SamplingConfig
+    from librarm.engines.base import SampleRequest, SamplingConfig
+    from librarm.engines.hf import HFSampler
 
     torch.set_num_threads(a.threads)
     model = a.model

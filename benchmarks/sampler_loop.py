@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_sampler_class():
-    from librarm.sampling import HFSampler, SampleResult
+    from librarm.engines.base import SampleResult
+    from librarm.engines.hf import HFSampler
 
     class ReferenceHFSampler(HFSampler):
         def _generate_batch(self, prompt_ids, seeds):
@@ -73,7 +74,9 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from librarm.sampling import HFSampler, SampleRequest, SamplingConfig, problem_messages
+    from librarm.engines.base import SampleRequest, SamplingConfig
+    from librarm.engines.hf import HFSampler
+    from librarm.stages.sample import problem_messages
 
     torch.set_num_threads(a.threads)
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=a.max_new_tokens, batch_size=a.batch)

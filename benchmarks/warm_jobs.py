@@ -1,4 +1,4 @@
-"""A model job run as a fresh process against the same job forked from the warm server (librarm/warm.py).
+"""A model job run as a fresh process against the same job forked from the warm server (Nonelibrarm/run/warm.py).
 
 The job: `librarm stage sample` with the shipped tiny generator (gen_weak) on 16 problems, n=2, as a
 Snakemake job would run it (its own process, output to a log). Each way runs --reps times,
@@ -26,9 +26,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
 
-    from librarm import warm
-    from librarm.config import load_params
-    from librarm.io import write_jsonl
+    from librarm.run import warm
+    from librarm.run.config import load_params
+    from librarm.run.io import write_jsonl
 
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
     params["sampling"]["n"] = 2

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import shlex
 
-from librarm import paths as P
-from librarm.config import local_model_dirs, prune_removed, training_start, validate_params
-from librarm.io import atomic_path
+from librarm.run import paths as P
+from librarm.run.config import prune_removed, validate_params
+from librarm import engines
+from librarm.run.models import local_model_dirs, training_start
+from librarm.run.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
-from librarm.settings import Params
-from librarm.tracking import flush_at_end
-from librarm.warm import start_for_workflow, stop_for_workflow
+from librarm.run.settings import Params
+from librarm.run.tracking import flush_at_end
+from librarm.run.warm import start_for_workflow, stop_for_workflow
 
 prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")
-PARAMS = Params.from_dict(config)       # the typed sections (librarm/settings.py)
+PARAMS = Params.from_dict(config)       # the typed sections (Nonelibrarm/run/settings.py)
 
 PHASE_TARGETS = [p.target for p in active_phases(config)]
 SET_NAMES = PARAMS.problems.names()
@@ -94,8 +96,9 @@ def UNUSED(*dotted):
 
 
 def rule_env(backends=()):
-    """The conda env file for a rule: GPU inference when a job of it uses vLLM."""
-    return "../envs/gpu-inference.yaml" if "vllm" in backends else "../envs/cpu.yaml"
+    """The conda env file for a rule: GPU inference when a job of it uses a backend that runs in
+    the vLLM environment (engines registry)."""
+    return "../envs/gpu-inference.yaml" if any(engines.get(b).vllm_env for b in backends) else "../envs/cpu.yaml"
 
 
 SAMPLE_ENV = rule_env({g.backend for g in PARAMS.generators.values()})
@@ -111,7 +114,7 @@ def any_regex(names):
 
 def generator_model(wildcards):
     spec = PARAMS.generators[wildcards.generator]
-    return local_model_dirs(config, [spec.model]) if spec.backend != "pseudo" else []
+    return engines.model_dirs(config, spec)
 
 
 def judge_model(wildcards):
@@ -139,7 +142,7 @@ def threshold_split(wildcards):
 # ---------------------------------------------------------------- downstream (judge-labeled DPO)
 DOWNSTREAM = PARAMS.pairs is not None
 if DOWNSTREAM:
-    from librarm.labelers import NONE_POLICY, all_policies, curve_policies, downstream_policies, labeler_kind, policy_runs
+    from librarm.run.labelers import NONE_POLICY, all_policies, curve_policies, downstream_policies, labeler_kind, policy_runs
 
     LABELERS = list(PARAMS.pairs.labelers)
     JUDGE_LABELERS = [l for l in LABELERS if labeler_kind(l, PARAMS.judges) == "judge"]

@@ -3,12 +3,12 @@
 # model card per trained judge and DPO policy. `snakemake --report report.html` shows the summary,
 # the tables by phase, every plot and the cards (report() below; captions in workflow/report/).
 if DOWNSTREAM:
-    from librarm.model_cards import MODEL_CARDS, dpo_policies, judge_training_files, trained_judges
-    from librarm.report import CURVES, PLOT_IMAGES
-    from librarm.report_pages import LIBRA_SCORE_PLOT, SUMMARY_HTML, TABLE_PAGE, TABLE_PAGES
+    from librarm.stages.model_cards import MODEL_CARDS, dpo_policies, judge_training_files, trained_judges
+    from librarm.stages.report import CURVES, PLOT_IMAGES
+    from librarm.stages.report_pages import LIBRA_SCORE_PLOT, SUMMARY_HTML, TABLE_PAGE, TABLE_PAGES
 
     REPORT_DOCS = "../workflow/report"
-    # every plot librarm.report draws, with the category (phase) it shows in; curves need training
+    # every plot librarm.stages.report draws, with the category (phase) it shows in; curves need training
     REPORT_PLOTS = {
         "judge_accuracy": "Judges", "confusion": "Judges",
         **({name: "Judge training" for name, *_ in CURVES} if LEARNING else {}),
@@ -66,11 +66,11 @@ if DOWNSTREAM:
             stage("report")
 
     if PARAMS.report.replicates:
-        from librarm.replicates import judge_groups
+        from librarm.stages.replicates import judge_groups
 
         # judges trained with several seeds (report.replicates) and DPO with several (dpo.seeds): every
         # score, difference and gain with an interval over seeds, then problems (the seeds preset)
-        rule seeds:
+        rule replicates:
             conda:
                 "../envs/cpu.yaml"
             input:
@@ -84,9 +84,9 @@ if DOWNSTREAM:
             params:
                 **job_params("report"),
             log:
-                P.log("seeds"),
+                P.log("replicates"),
             benchmark:
-                P.benchmark("seeds", "seeds")
+                P.benchmark("replicates", "replicates")
             threads: 1
             shell:
-                stage("seeds")
+                stage("replicates")

@@ -9,4 +9,4 @@ if [ "$#" -lt 2 ]; then echo "usage: $0 [--across-commits] RUN_A RUN_B" >&2; exi
 here="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$py" ] || py=python3
-PYTHONPATH="$here/workflow${PYTHONPATH:+:$PYTHONPATH}" exec "$py" -m librarm.repro "$@"
+PYTHONPATH="$here/workflow${PYTHONPATH:+:$PYTHONPATH}" exec "$py" -m librarm.run.repro "$@"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from librarm.settings import ProblemSet
+from librarm.run.settings import ProblemSet
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -140,7 +140,7 @@ def repo() -> Path:
 
 @pytest.fixture
 def params():
-    from librarm.config import load_params
+    from librarm.run.config import load_params
 
     return load_params(REPO / "params.yaml")
 
@@ -194,9 +194,9 @@ def resp(pid: str, idx: int, correct: bool, text: str | None = None) -> dict:
 def build_pairs_into(params, verified, labels, out):
     """run_build_pairs with the DAG's layout under out: <labeler>.jsonl, raw/<labeler>.jsonl,
     curve/gold-<n>.jsonl, stats.json (test_downstream, test_determinism)."""
-    from librarm.downstream import run_build_pairs
-    from librarm.labelers import curve_policies
-    from librarm.settings import PairsSettings
+    from librarm.run.labelers import curve_policies
+    from librarm.run.settings import PairsSettings
+    from librarm.stages.downstream import run_build_pairs
 
     labelers = params["pairs"]["labelers"]
     return run_build_pairs(params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
@@ -258,8 +258,8 @@ def ci_run(tmp_path_factory):
 def smollm2_folder(tmp_path_factory) -> Path:
     """The smoke-real preset's SmolLM2-135M-Instruct, converted once from its GGUF file (the package
     `make setup` installs) into a Hugging Face folder, the way its prepare-model job does."""
-    from librarm.config import load_params
-    from librarm.gguf import run_prepare_model
+    from librarm.run.config import load_params
+    from librarm.stages.bootstrap_gguf import run_prepare_model
 
     require_smollm2()
     out = tmp_path_factory.mktemp("smollm2") / "smollm2"

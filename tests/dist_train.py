@@ -17,7 +17,7 @@ def kill_after_save(step: int):
     """A hard stop once every process has written its part of the step's checkpoint."""
     from transformers import TrainerCallback
 
-    from librarm.launch import barrier
+    from librarm.run.launch import barrier
 
     class Kill(TrainerCallback):
         def on_save(self, args, state, control, **kw):
@@ -30,7 +30,7 @@ def kill_after_save(step: int):
 
 def record_rewards(path: Path):
     """Wrap the reward functions run_grpo builds so each process logs what it scored."""
-    import librarm.rewards as rewards
+    import librarm.judging.rewards as rewards
 
     build = rewards.build_reward_funcs
 
@@ -57,8 +57,8 @@ def record_rewards(path: Path):
 
 
 def main(spec_path: str) -> int:
-    from librarm.io import write_json
-    from librarm.launch import is_main, rank
+    from librarm.run.io import write_json
+    from librarm.run.launch import is_main, rank
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
@@ -66,18 +66,18 @@ def main(spec_path: str) -> int:
     callbacks = [kill_after_save(spec["kill_after_save"])] if spec.get("kill_after_save") else []
     common = dict(name="t", resume_root=spec["resume_root"], threads=1)
     if spec["kind"] == "sft":
-        from librarm.settings import SftSettings
-        from librarm.train import run_sft
+        from librarm.run.settings import SftSettings
+        from librarm.stages.train import run_sft
 
         log = run_sft(spec["data"], spec["init"], out / "model", SftSettings(init="rand", **spec["cfg"]), callbacks=callbacks,
                       logging_steps=1, **common)
     elif spec["kind"] == "dpo":
-        from librarm.dpo import run_dpo
+        from librarm.stages.dpo import run_dpo
 
         log = run_dpo(spec["params"], spec["data"], spec["val"], spec["init"], out / "model", seed=0,
                       **{k: v for k, v in common.items()})
     else:
-        from librarm.train import run_grpo
+        from librarm.stages.train import run_grpo
 
         record_rewards(out / f"rewards-rank{rank()}.jsonl")
         log = run_grpo(spec["params"], spec["data"], spec["init"], out / "model", rewards=spec["rewards"],

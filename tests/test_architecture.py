@@ -1,6 +1,7 @@
-"""The package's shape: no import cycle (imports inside functions count), the tiny world reached
-only by the bootstrap phase, and each phase's code dependencies computed as its import closure,
-so editing a module reruns exactly the phases that import it."""
+"""The package's shape: subpackages by layer (run < engines, judging, stats < stages < the commands),
+no import cycle and no import upward (imports inside functions count), the tiny world reached only
+by the bootstrap phase, and each phase's code dependencies computed as its import closure (plus the
+backends its params use), so editing a module reruns exactly the phases that import it."""
 from __future__ import annotations
 
 import importlib
@@ -16,10 +17,30 @@ from librarm.phases import (
     REPO_ROOT,
     code_hash,
     import_closure,
+    module_file,
     module_imports,
+    package_modules,
 )
 
-MODULES = sorted(p.stem for p in (REPO_ROOT / PKG).glob("*.py"))
+MODULES = sorted(package_modules())
+# Layers, lowest first: a module imports only modules of its own layer or below.
+TOOLS = {"cli", "params_doc", "phases", "profile", "results_doc", "seeds"}
+
+
+def layer(module: str) -> int:
+    top = module.split(".")[0]
+    if module in TOOLS:
+        return 3
+    if module in ("engines", "engines.base"):   # the backend registry and the Sampler protocol's types
+        return 0
+    return {"run": 0, "engines": 1, "judging": 1, "stats": 1, "stages": 2}[top]
+
+
+def test_every_module_has_a_layer_and_none_imports_upward():
+    upward = [f"{m} -> {i}" for m in MODULES for i in module_imports(m) if layer(i) > layer(m)]
+    assert upward == []
+    # the check sees a planted upward import
+    assert layer("stages.report") > layer("run.io")
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -58,13 +79,13 @@ def test_no_import_cycle_counting_imports_inside_functions():
     graph = {m: module_imports(m) for m in MODULES}
     assert _cycles(graph) == []
     # the detector itself finds a planted cycle
-    assert _cycles({**graph, "labelers": graph["labelers"] | {"config"}}) == [["config", "labelers"]]
+    assert _cycles({**graph, "run.labelers": graph["run.labelers"] | {"run.config"}}) == [["run.config", "run.labelers"]]
 
 
 def test_only_the_bootstrap_phase_reaches_the_tiny_world():
-    importers = {m for m in MODULES if "tinyworld" in module_imports(m)}
-    assert importers <= {"cli"}, f"only the CLI's bootstrap steps may import tinyworld, not {importers - {'cli'}}"
-    reached = [p.name for p in PHASES.values() if "tinyworld.py" in p.code]
+    importers = {m for m in MODULES if "stages.bootstrap_tiny" in module_imports(m)}
+    assert importers <= {"cli"}, f"only the CLI's bootstrap steps may import the tiny world, not {importers - {'cli'}}"
+    reached = [p.name for p in PHASES.values() if "stages/bootstrap_tiny.py" in p.code]
     assert reached == ["bootstrap"]
 
 
@@ -75,22 +96,43 @@ def _repo_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("module, phases", [
-    ("tinyworld", {"bootstrap"}),
-    ("report", {"report"}),
-    ("dpo", {"dpo"}),
-    ("metrics", {"evaluate", "pairs", "dpo", "evaluate_policy", "report"}),
+    ("stages.bootstrap_tiny", {"bootstrap"}),
+    ("stages.report", {"report"}),
+    ("stages.dpo", {"dpo"}),
+    ("judging.metrics", {"evaluate", "pairs", "dpo", "evaluate_policy", "report"}),
     ("cli", set()),            # the dispatcher: a table of step -> function, no stage logic
+    ("run.config", set()),     # params validation: run before the DAG is built, by no job
 ])
 def test_editing_a_module_changes_exactly_the_phases_that_import_it(tmp_path, module, phases):
     root = _repo_copy(tmp_path)
     before = {p: code_hash(p, root) for p in PHASES}
-    f = root / PKG / f"{module}.py"
+    f = root / PKG / module_file(module)
     f.write_text(f.read_text() + "\n# an edit\n")
     import_closure.cache_clear()
     after = {p: code_hash(p, root) for p in PHASES}
     import_closure.cache_clear()
     assert {p for p in PHASES if before[p] != after[p]} == phases
-    assert all(f"{module}.py" in PHASES[p].code for p in phases)
+    assert all(module_file(module) in PHASES[p].code for p in phases)
+
+
+def test_a_backend_counts_only_in_the_phases_whose_params_use_it(tmp_path):
+    """The default params use hf and pseudo: editing the http or vllm backend changes no phase's
+    Snakemake code hash; editing hf changes those that sample or judge with it. DVC's static deps
+    list every backend for the phases that sample or judge."""
+    from librarm.run.config import load_params
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    root = _repo_copy(tmp_path)
+    before = {p: code_hash(p, root, params) for p in PHASES}
+    for backend, changed in (("http", set()), ("vllm", set()), ("hf", {"sample", "evaluate", "pairs", "evaluate_policy"})):
+        f = root / PKG / "engines" / f"{backend}.py"
+        f.write_text(f.read_text() + "\n# an edit\n")
+        after = {p: code_hash(p, root, params) for p in PHASES}
+        f.write_text(f.read_text().removesuffix("\n# an edit\n"))
+        moved = {p for p in PHASES if before[p] != after[p]}
+        assert changed <= moved and (not changed or moved <= changed | {"bootstrap", "judge_data", "rs", "train", "dpo", "report"}), (backend, moved)
+        if not changed:
+            assert moved == set(), (backend, moved)
 
 
 def test_common_code_is_the_registry_only():
@@ -106,14 +148,14 @@ def test_every_step_is_in_the_cli_table_and_the_registry():
     assert set(STEPS) == set(STEP_PHASE)
     for step, (module, function) in STEPS.items():
         phase = PHASES[STEP_PHASE[step]]
-        assert f"{module}.py" in phase.code, f"{step}: {module} is not in the code of phase {phase.name}"
+        assert module_file(module) in phase.code, f"{step}: {module} is not in the code of phase {phase.name}"
         assert callable(getattr(importlib.import_module(f"librarm.{module}"), function))
 
 
 def test_editing_a_steps_entry_function_reruns_its_phase(tmp_path):
     root = _repo_copy(tmp_path)
     before = {p: code_hash(p, root) for p in PHASES}
-    f = root / PKG / "report.py"
+    f = root / PKG / "stages" / "report.py"
     f.write_text(f.read_text().replace("def step_report(", "def step_report(  ", 1))
     import_closure.cache_clear()
     after = {p: code_hash(p, root) for p in PHASES}
@@ -122,7 +164,7 @@ def test_editing_a_steps_entry_function_reruns_its_phase(tmp_path):
 
 
 def test_results_paths_are_built_in_one_module():
-    offenders = [f"{p.name}:{i}" for p in sorted((REPO_ROOT / PKG).glob("*.py")) if p.name != "paths.py"
+    offenders = [f"{m}:{i}" for m, p in package_modules().items() if m != "run.paths"
                  for i, line in enumerate(p.read_text().splitlines(), 1) if "results/" in line]
     assert offenders == []
 
@@ -132,9 +174,9 @@ def test_no_module_imports_another_modules_private_names():
 
     offenders = []
     for m in MODULES:
-        tree = ast.parse((REPO_ROOT / PKG / f"{m}.py").read_text())
+        tree = ast.parse(package_modules()[m].read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("librarm")):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("librarm")):
                 offenders += [f"{m}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert offenders == []
 
@@ -142,7 +184,7 @@ def test_no_module_imports_another_modules_private_names():
 def test_recording_view_notes_leaf_reads_and_defaults(monkeypatch):
     import copy
 
-    from librarm import reads
+    from librarm.run import reads
 
     monkeypatch.setenv(reads.ENV, "/nonexistent")
     view, log = reads.recording({"seed": 1, "pairs": {"budget": 4, "labelers": ["a"]}, "judges": {"x": {"kind": "g"}}})

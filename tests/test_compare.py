@@ -1,6 +1,6 @@
-"""librarm.compare: a judge's accuracy on the generators it was trained on (seen) against the
+"""librarm.judging.compare: a judge's accuracy on the generators it was trained on (seen) against the
 held-out ones."""
-from librarm.compare import seen_heldout_accuracy
+from librarm.judging.compare import seen_heldout_accuracy
 
 
 def test_seen_heldout():

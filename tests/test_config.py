@@ -1,4 +1,4 @@
-"""librarm.config: params.yaml and every preset validate; a bad value is named by its key (unknown
+"""librarm.run.config: params.yaml and every preset validate; a bad value is named by its key (unknown
 key, wrong type, out of range, dangling reference, the downstream sections, DPO values); overlays
 (null removes an entry, lists replace, dicts merge); values read without a code default are required
 by the schema."""
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from librarm.config import ConfigError, deep_merge, load_params, validate_params
+from librarm.run.config import ConfigError, deep_merge, load_params, validate_params
 
 
 def test_default_params_valid(params):
@@ -37,7 +37,7 @@ def test_engine_presets_stack_on_ci(repo, engine):
 def test_http_policy_needs_a_base_url(params):
     p = copy.deepcopy(params)
     p["pairs"]["backend"] = "http"
-    with pytest.raises(ConfigError, match=r"pairs.engine.base_url: required for pairs.backend 'http'"):
+    with pytest.raises(ConfigError, match=r"pairs.engine.base_url: required for backend 'http'"):
         validate_params(p)
 
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from librarm.io import file_sha256, write_json, write_jsonl
+from librarm.run.io import file_sha256, write_json, write_jsonl
 
 
 def _weights(folder) -> str:
@@ -42,7 +42,7 @@ def test_scalar_rm_twice_is_byte_identical_and_another_seed_is_not(scalar_setup)
     """The scalar RM's fresh score head is drawn from torch's RNG when the model is loaded: before
     seed_everything it was unseeded, and two fresh clones got different weights (issue: 7 of 432
     result files differed, all downstream of it)."""
-    from librarm.train import run_scalar_rm
+    from librarm.stages.train import run_scalar_rm
 
     p, init, tmp = scalar_setup
     run = lambda params, tag: run_scalar_rm(params, tmp / "train.jsonl", str(init), tmp / tag,  # noqa: E731
@@ -64,8 +64,8 @@ def test_dpo_of_one_labeler_ignores_a_short_labeler_elsewhere(tmp_path, params):
     from conftest import build_pairs_into, resp
     from tiny_fixtures import make_random_lm
 
-    from librarm.dpo import run_dpo
-    from librarm.io import read_json
+    from librarm.run.io import read_json
+    from librarm.stages.dpo import run_dpo
 
     p = copy.deepcopy(params)
     p["pairs"].update(labelers=["scalar", "gold"], budget=40, gold_curve=[])
@@ -96,7 +96,7 @@ def test_dpo_of_one_labeler_ignores_a_short_labeler_elsewhere(tmp_path, params):
 
 
 def test_repro_diff_ignores_listed_keys_and_paths_only(tmp_path):
-    from librarm.repro import compare_runs
+    from librarm.run.repro import compare_runs
 
     a, b = tmp_path / "a", tmp_path / "b"
     for root, secs, acc in ((a, 1.5, 0.8), (b, 9.0, 0.8)):
@@ -120,9 +120,9 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path, monkeypatch):
     recomputed forward is the same arithmetic, so the trained weights are the same bytes."""
     from tiny_fixtures import make_random_lm
 
-    from librarm import train
-    from librarm.settings import SftSettings
-    from librarm.train import run_sft
+    from librarm.run.settings import SftSettings
+    from librarm.stages import train
+    from librarm.stages.train import run_sft
 
     model_dir = make_random_lm(tmp_path / "init", hidden=16)
     write_jsonl(tmp_path / "sft.jsonl", [{"prompt": f"<|user|>q{i}<|assistant|>", "completion": f"<think>{i}+{i}</think>ok",
@@ -140,7 +140,7 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path, monkeypatch):
 def test_repro_markdown_timing_columns_and_commits(tmp_path):
     """A report table's seconds and tokens/s columns differ between identical runs; any other cell
     does not. A run's recorded commit differs only with --across-commits."""
-    from librarm.repro import compare_runs
+    from librarm.run.repro import compare_runs
 
     a, b = tmp_path / "a", tmp_path / "b"
     for root, secs, commit in ((a, "23.2", "c1"), (b, "34.6", "c2")):

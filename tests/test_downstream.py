@@ -1,4 +1,4 @@
-"""librarm.downstream: built-in labels (gold, noisy gold, random) and label accuracy, pair
+"""librarm.stages.downstream: built-in labels (gold, noisy gold, random) and label accuracy, pair
 construction (ties, no pairs, all-correct groups, per-problem cap), the pair budget and the gold
 curve (a short labeler never moves another's run), the pool split, avg@k, policy evaluation with a
 pseudo sampler, and the policy and downstream summaries (seed average, the paired gain)."""
@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from conftest import build_pairs_into, resp
 
-from librarm.config import load_params
-from librarm.downstream import (
+from librarm.run.config import load_params
+from librarm.run.io import read_json, read_jsonl, write_json, write_jsonl
+from librarm.run.labelers import dpo_step_pairs
+from librarm.stages.downstream import (
     avg_at_k,
     build_pairs,
     builtin_labels,
@@ -19,8 +21,6 @@ from librarm.downstream import (
     summarize_policy,
     take_budget,
 )
-from librarm.io import read_json, read_jsonl, write_json, write_jsonl
-from librarm.labelers import dpo_step_pairs
 from librarm.stats import per_problem_accuracy
 
 
@@ -180,8 +180,8 @@ def test_avg_at_k_by_hand():
 
 # ----------------------------------------------------------------------------- policy evaluation and summaries
 def test_policy_eval_on_tiny_model_writes_avg_at_k_and_intervals(tmp_path, params):
-    from librarm.downstream import run_policy_eval
-    from librarm.sampling import PseudoSampler
+    from librarm.engines.pseudo import PseudoSampler
+    from librarm.stages.downstream import run_policy_eval
 
     probs = [{"id": f"e{i}", "set": "hard", "role": "eval", "problem": f"Compute {i}+1.", "answer": str(i + 1)} for i in range(8)]
     write_jsonl(tmp_path / "hard.jsonl", probs)

@@ -1,4 +1,4 @@
-"""librarm.dpo on tiny models: the DPO rows use the sampler's prompt and keep the thinking, a short
+"""librarm.stages.dpo on tiny models: the DPO rows use the sampler's prompt and keep the thinking, a short
 real TRL run lowers the loss and keeps the best validation checkpoint, and the settings are checked."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from librarm.io import write_jsonl
+from librarm.run.io import write_jsonl
 
 
 def _arith_pairs(n: int) -> tuple[list[dict], list[dict]]:
@@ -34,13 +34,10 @@ def dpo_params(params):
 def test_dpo_rows_use_the_samplers_prompt_and_keep_the_thinking(tmp_path, dpo_params):
     from tiny_fixtures import make_random_lm
 
-    from librarm.dpo import dpo_rows
-    from librarm.sampling import (
-        HFSampler,
-        SampleRequest,
-        SamplingConfig,
-        problem_messages,
-    )
+    from librarm.engines.base import SampleRequest, SamplingConfig
+    from librarm.engines.hf import HFSampler
+    from librarm.stages.dpo import dpo_rows
+    from librarm.stages.sample import problem_messages
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=16)
     pairs, _ = _arith_pairs(2)
@@ -54,8 +51,8 @@ def test_dpo_rows_use_the_samplers_prompt_and_keep_the_thinking(tmp_path, dpo_pa
 def test_short_dpo_run_lowers_the_loss_and_keeps_the_best_val_checkpoint(tmp_path, dpo_params):
     from tiny_fixtures import make_random_lm
 
-    from librarm.dpo import run_dpo
-    from librarm.settings import DpoSettings
+    from librarm.run.settings import DpoSettings
+    from librarm.stages.dpo import run_dpo
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=32, layers=1)
     pairs, val = _arith_pairs(48)
@@ -74,7 +71,7 @@ def test_short_dpo_run_lowers_the_loss_and_keeps_the_best_val_checkpoint(tmp_pat
 
 
 def test_dpo_settings_are_checked(dpo_params):
-    from librarm.settings import DpoSettings
+    from librarm.run.settings import DpoSettings
 
     with pytest.raises(ValueError, match="beta"):
         DpoSettings.from_section({**dpo_params["dpo"], "beta": 0})

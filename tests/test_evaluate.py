@@ -1,4 +1,4 @@
-"""librarm.evaluate on small real models: `librarm score` on an external bench file (label forms,
+"""librarm.stages.evaluate on small real models: `librarm score` on an external bench file (label forms,
 subset names from the data, the metrics file keys) and a scalar judge's threshold from a split."""
 import json
 
@@ -6,7 +6,7 @@ import pytest
 from conftest import bench_file
 from tiny_fixtures import make_random_lm, params_with_path_model
 
-from librarm.io import read_jsonl
+from librarm.run.io import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_score_cli_on_external_bench(tmp_path, judge_dir, form, repo):
     assert [p["index"] for p in preds] == list(range(24))
     # labels as the bench gives them (i % 3 != 0), whatever form the file wrote them in
     assert [p["label"] for p in preds] == [int(i % 3 != 0) for i in range(24)]
-    # The rates, recomputed from the predictions by their definitions (librarm.metrics): an item
+    # The rates, recomputed from the predictions by their definitions (librarm.judging.metrics): an item
     # without a verdict (pred None; a random model rarely emits one) counts as WRONG in accuracy
     # and the subset scores, and is left out only of accuracy_parsed_only.
     parsed = [p for p in preds if p["pred"] is not None]
@@ -53,8 +53,8 @@ def test_unparsed_verdicts_count_as_wrong_except_in_parsed_only(tmp_path, params
     """run_evaluate with a scripted judge whose outcome per item is known: no verdict on every 4th
     item, a wrong one on items 1, 9 and 17, the right one elsewhere. Pinned numbers: had the
     unparsed items been dropped instead of counted wrong, accuracy would be 15/18 and alpha 1.0."""
-    from librarm.evaluate import run_evaluate
-    from librarm.sampling import SampleResult
+    from librarm.engines.base import SampleResult
+    from librarm.stages.evaluate import run_evaluate
 
     class Scripted:
         name = "scripted"
@@ -86,8 +86,8 @@ def test_scalar_rm_threshold_from_split(tmp_path, params):
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from librarm.evaluate import run_evaluate
-    from librarm.tinyworld import build_tokenizer
+    from librarm.stages.bootstrap_tiny import build_tokenizer
+    from librarm.stages.evaluate import run_evaluate
 
     tok = build_tokenizer()
     torch.manual_seed(0)
@@ -111,9 +111,9 @@ def test_status_counts_list_every_status_and_ambiguous_counts_as_unparsed(tmp_pa
     language on every 4th: ambiguous is counted on its own in status_counts (every status listed,
     zeros included) and as unparsed in unparsed_rate; verdict_sources counts the plain-language
     verdicts."""
-    from librarm.evaluate import run_evaluate
-    from librarm.judge import STATUSES
-    from librarm.sampling import SampleResult
+    from librarm.engines.base import SampleResult
+    from librarm.judging.judge import STATUSES
+    from librarm.stages.evaluate import run_evaluate
 
     class Planted:
         name = "planted"

@@ -31,10 +31,12 @@ from conftest import REPO
 from fault_proxy import Fault, FaultProxy
 from test_serving import JUDGE
 
-import librarm.sampling as sampling
-from librarm.config import load_params
-from librarm.io import write_jsonl
-from librarm.sampling import HTTPError, HTTPSampler, SampleRequest, SamplingConfig, run_sample
+from librarm import engines
+from librarm.engines.base import SampleRequest, SamplingConfig
+from librarm.engines.http import HTTPError, HTTPSampler
+from librarm.run.config import load_params
+from librarm.run.io import write_jsonl
+from librarm.stages.sample import run_sample
 
 pytestmark = pytest.mark.engines
 
@@ -174,14 +176,14 @@ def undisturbed(served, tmp_path_factory) -> bytes:
 @pytest.fixture
 def quick_retries(monkeypatch):
     """The stage's sampler with short retry settings (a generator spec cannot set them)."""
-    real = sampling.make_sampler
+    real = engines.make_sampler
 
     def make(*args, **kw):
         s = real(*args, **kw)
         s.max_retries, s.backoff_s, s.timeout_s = 2, BACKOFF_S, 120.0
         return s
 
-    monkeypatch.setattr(sampling, "make_sampler", make)
+    monkeypatch.setattr(engines, "make_sampler", make)
 
 
 def refuses(port: int) -> bool:

@@ -29,7 +29,7 @@ from conftest import free_port, serve_on_loopback, stop_group
 from test_serving import _bench, librarm
 
 from librarm import cli
-from librarm.sampling import server_text
+from librarm.engines.http import server_text
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT_S = 2.0                 # each request's deadline in these tests
@@ -62,7 +62,8 @@ def loopback_env() -> dict:
 CHILD = r"""
 import json, sys, time
 import http.client, requests, urllib3
-from librarm.sampling import HTTPError, HTTPSampler, SampleRequest, SamplingConfig
+from librarm.engines.base import SampleRequest, SamplingConfig
+from librarm.engines.http import HTTPError, HTTPSampler
 
 def status(field):
     with open("/proc/self/status") as f:

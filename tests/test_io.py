@@ -1,4 +1,4 @@
-"""librarm.io: a bad JSONL line named by file:line:field (or quarantined and counted), atomic
+"""librarm.run.io: a bad JSONL line named by file:line:field (or quarantined and counted), atomic
 writes that leave no partial file, canonical JSONL, stable seeds, and output file modes that follow
 the umask."""
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import librarm.io
-from librarm.io import InputError, atomic_path, read_jsonl, stable_seed, write_json, write_jsonl
+import librarm.run.io
+from librarm.run.io import InputError, atomic_path, read_jsonl, stable_seed, write_json, write_jsonl
 
 SCHEMA = {"id": "str", "n": "int"}
 
@@ -85,9 +85,9 @@ def test_stable_seed_is_the_same_in_another_process():
     """Reruns and resumes happen in other processes: the seed must not depend on Python's per-process
     string-hash randomization (hash(), set order), so a fresh interpreter with another
     PYTHONHASHSEED gives the pinned value."""
-    code = ("from librarm.io import stable_seed; "
+    code = ("from librarm.run.io import stable_seed; "
             "print(stable_seed(1, 'gen', 'p1', 0), stable_seed(1, 'gen', 'p1', 1))")
-    workflow_dir = str(Path(librarm.io.__file__).resolve().parents[1])     # the librarm under test
+    workflow_dir = str(Path(librarm.run.io.__file__).resolve().parents[1])     # the librarm under test
     values = set()
     for hashseed in ("0", "12345"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -126,7 +126,7 @@ def test_model_folders_get_the_umask_mode(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from librarm.io import set_tree_mode
+    from librarm.run.io import set_tree_mode
 
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)
@@ -148,7 +148,7 @@ def test_model_folders_get_the_umask_mode(tmp_path):
 
 
 def test_stage_io_gives_each_file_by_its_rules_name():
-    from librarm.io import StageIO
+    from librarm.run.io import StageIO
 
     io = StageIO({"bench": ("b.jsonl",), "extra": (), "metrics": ("eval/rl/m.json", "eval/base/m.json")},
                  {"stats": ("s.json",), "sets": ("p/a.jsonl", "p/b.jsonl")}, {"judge": "rl"}, 2)

@@ -1,9 +1,9 @@
-"""librarm.judge: verdict parsing (the last box wins, a verdict inside the thinking never counts,
+"""librarm.judging.judge: verdict parsing (the last box wins, a verdict inside the thinking never counts,
 truncated and unterminated outputs, the plain-language fallback) and the prompt budget (the
 response is cut, keeping its end, or the item is skipped)."""
 import pytest
 
-from librarm.judge import STATUSES, Verdict, fit_prompt, parse_verdict
+from librarm.judging.judge import STATUSES, Verdict, fit_prompt, parse_verdict
 
 
 @pytest.mark.parametrize("text,finish,value,status", [
@@ -30,13 +30,13 @@ def test_verdict_inside_thinking_never_counts():
 
 
 def test_fit_prompt_truncates_response_keeping_the_end():
-    from librarm.tinyworld import build_tokenizer
+    from librarm.stages.bootstrap_tiny import build_tokenizer
 
     tok = build_tokenizer()
     long_resp = "step " * 200 + "\\boxed{42}"
     msgs, status = fit_prompt(tok, "Q: {question}\nA: {response}", None, "What?", long_resp, 120, "truncate_response")
     assert status == "truncated" and msgs[-1]["content"].endswith("\\boxed{42}") and "[...]" in msgs[-1]["content"]
-    from librarm.sampling import render_chat
+    from librarm.engines.hf import render_chat
 
     assert len(tok(render_chat(tok, msgs), add_special_tokens=False)["input_ids"]) <= 120
     assert fit_prompt(tok, "Q: {question}\nA: {response}", None, "What?", long_resp, 120, "skip") == (None, "skipped")
@@ -47,9 +47,9 @@ def test_one_judge_request_builder_seeds_repeats_and_budget(params):
     the prompt held to judge.max_prompt_tokens in the judge's own tokens, over-budget items skipped."""
     import copy
 
-    from librarm.io import stable_seed
-    from librarm.judge import build_judge_requests
-    from librarm.tinyworld import build_tokenizer
+    from librarm.judging.judge import build_judge_requests
+    from librarm.run.io import stable_seed
+    from librarm.stages.bootstrap_tiny import build_tokenizer
 
     tok = build_tokenizer()
     items = [{"item_id": f"it{i}", "question": f"Compute {i}+1.", "response": "9" * 2000 if i == 0 else f"\\boxed{{{i + 1}}}"}
@@ -69,8 +69,8 @@ def test_one_judge_request_builder_seeds_repeats_and_budget(params):
 
 
 def test_judge_verdict_reads_the_judges_spec_and_keeps_its_reasoning():
-    from librarm.judge import judge_verdict, with_reasoning
-    from librarm.sampling import SampleResult
+    from librarm.engines.base import SampleResult
+    from librarm.judging.judge import judge_verdict, with_reasoning
 
     opened = SampleResult("compare 7 and 7</think>\n\\boxed{correct}", "stop", 5, 5)
     assert judge_verdict(opened, prompt_opens_think=True).value == 1
@@ -172,7 +172,7 @@ def test_a_verdict_says_where_it_came_from():
 
 
 def test_ambiguous_counts_as_unparsed_in_the_metrics():
-    from librarm.metrics import summarize
+    from librarm.judging.metrics import summarize
 
     v = parse_verdict("<think>a</think>b</think>\\boxed{correct}")
     items = [{"label": 1, "pred": v.value, "subset": "s", "model": "g", "question": "q"},
@@ -185,8 +185,8 @@ def test_ambiguous_counts_as_unparsed_in_the_metrics():
 def test_fit_prompt_never_tokenizes_more_than_the_budget_allows():
     """A response too long to fit is cut to a tail of max_tokens * max_token_chars characters before
     it is tokenized: the tokenizer never sees more, however long the response."""
-    from librarm.judge import max_token_chars
-    from librarm.tinyworld import build_tokenizer
+    from librarm.judging.judge import max_token_chars
+    from librarm.stages.bootstrap_tiny import build_tokenizer
 
     tok = build_tokenizer()
     seen = []

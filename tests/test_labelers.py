@@ -1,9 +1,9 @@
-"""librarm.labelers: labeler kinds (judge, gold, noisy gold, random) and their errors, the noisy-gold
+"""librarm.run.labelers: labeler kinds (judge, gold, noisy gold, random) and their errors, the noisy-gold
 keep probability, the policy names (budget, gold curve, raw) and the pairs each policy's DPO steps
 are counted from."""
 import pytest
 
-from librarm.labelers import downstream_policies, dpo_step_pairs, keep_probability, labeler_kind, policy_parts
+from librarm.run.labelers import downstream_policies, dpo_step_pairs, keep_probability, labeler_kind, policy_parts
 
 
 def test_labeler_kinds_and_errors():
@@ -20,7 +20,7 @@ def test_labeler_kinds_and_errors():
 
 
 def test_policy_names_and_steps():
-    from librarm.settings import PairsSettings
+    from librarm.run.settings import PairsSettings
 
     cfg = PairsSettings(pool="p", policy="policy", n=2, val_fraction=0.2, per_problem=1, budget=10,
                         labelers=("rl", "gold"), gold_curve=(50, 100), raw_labelers=("gold",))

@@ -1,4 +1,4 @@
-"""Training in N processes (librarm.launch): the settings are checked with one line naming the key;
+"""Training in N processes (librarm.run.launch): the settings are checked with one line naming the key;
 2 real processes (torchrun, gloo on the CPU) train what 1 process trains at the same global batch
 and data order (SFT and DPO per-step losses within 1e-4; GRPO gives the same rewards to the same
 completions); a 2-process run killed after a checkpoint resumes to the uninterrupted run's weights;
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from librarm.config import ConfigError, validate_params
-from librarm.io import read_jsonl, write_json, write_jsonl
-from librarm.launch import LaunchError, batch_problems, launch_command
-from librarm.settings import LaunchSettings, Params, SettingsError
+from librarm.run.config import ConfigError, validate_params
+from librarm.run.io import read_jsonl, write_json, write_jsonl
+from librarm.run.launch import LaunchError, batch_problems, launch_command
+from librarm.run.settings import LaunchSettings, Params, SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "dist_train.py"
@@ -75,7 +75,7 @@ def test_shipped_accelerate_configs_parse_as_accelerate_configs(name):
 
 
 def test_paper_preset_launches_training_on_gpus():
-    from librarm.config import load_params
+    from librarm.run.config import load_params
 
     p = load_params(REPO / "params.yaml", ["paper"])
     s = LaunchSettings.from_params(p)
@@ -207,7 +207,7 @@ def test_grpo_in_two_processes_gives_the_same_rewards_to_the_same_completions(tm
     """Every process scores its own share of the completions; each completion's rewards are those a
     single process gives it (recomputed here from the item it was generated for, so a label
     shipped to the wrong completion would show), and the rollouts are the one-process rollouts."""
-    from librarm.rewards import build_reward_funcs
+    from librarm.judging.rewards import build_reward_funcs
 
     items = [{"question": f"Compute {i}+1.", "response": f"\\boxed{{{i + 1 + i % 2}}}", "label": 1 - i % 2,
               "item_id": f"it{i}", "index": i} for i in range(16)]

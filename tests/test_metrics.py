@@ -1,11 +1,11 @@
-"""librarm.metrics: the bench summary (unparsed verdicts count as wrong; macro F1 as sklearn computes
+"""librarm.judging.metrics: the bench summary (unparsed verdicts count as wrong; macro F1 as sklearn computes
 it), the problem-prior baseline (near chance on a balanced bench, finds a difficulty shortcut), AUROC
 and the accuracy-best threshold."""
 import numpy as np
 import pytest
 from conftest import item
 
-from librarm.metrics import auroc, best_threshold, problem_prior_predictions, summarize
+from librarm.judging.metrics import auroc, best_threshold, problem_prior_predictions, summarize
 
 
 def test_summary_counts_unparsed_as_wrong():
@@ -80,7 +80,7 @@ def test_a_non_string_generator_is_one_clear_error():
 
 def test_ambiguous_and_unterminated_verdicts_count_as_unparsed():
     """Every status without a verdict (judge.STATUSES but `parsed`) has pred None: unparsed, wrong."""
-    from librarm.judge import STATUSES, parse_verdict
+    from librarm.judging.judge import STATUSES, parse_verdict
 
     outs = {"parsed": "<think>x</think>\\boxed{correct}", "ambiguous": "<think>a</think>b</think>\\boxed{correct}",
             "unterminated": "<think>\\boxed{correct}", "no_verdict": "<think>x</think>hmm"}

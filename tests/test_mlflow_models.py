@@ -28,8 +28,8 @@ import pytest
 from conftest import ENV, REPO, free_port, run, serve_on_loopback, stop_group
 from test_model_cards import JUDGES, make_run, small_params
 
-from librarm.model_cards import MODEL_CARDS, write_model_cards
-from librarm.tracking import flush_spool, make_relocatable, pipeline_params, preset_of, stage_run
+from librarm.run.tracking import flush_spool, make_relocatable, pipeline_params, preset_of, stage_run
+from librarm.stages.model_cards import MODEL_CARDS, write_model_cards
 
 # the browser fixtures (browser, page): Playwright with the OS's Chromium
 pytest_plugins = ("browser",)
@@ -149,7 +149,7 @@ def test_the_same_weights_are_one_model_and_new_weights_a_new_version(store, par
 
 
 def test_preset_of_names_the_presets_the_params_hold(params):
-    from librarm.config import load_params
+    from librarm.run.config import load_params
 
     assert preset_of(params) == "default"
     assert preset_of(load_params(REPO / "params.yaml", ["ci"])) == "ci"
@@ -284,8 +284,8 @@ def test_two_pipeline_runs_differ_in_dpo_beta_and_carry_their_headlines(tracked)
 
 @pytest.mark.slow
 def test_judges_are_registered_once_and_retrained_policies_again(tracked):
-    from librarm.config import load_params
-    from librarm.model_cards import trained_judges
+    from librarm.run.config import load_params
+    from librarm.stages.model_cards import trained_judges
 
     root = tracked["root"]
     client = client_of(root)
@@ -355,8 +355,8 @@ def mlflow_ui(tracked):
 @pytest.mark.slow
 @pytest.mark.engines
 def test_the_mlflow_models_page_lists_the_registered_judges(mlflow_ui, tracked, page):
-    from librarm.config import load_params
-    from librarm.model_cards import trained_judges
+    from librarm.run.config import load_params
+    from librarm.stages.model_cards import trained_judges
 
     judges = trained_judges(load_params(tracked["root"] / "params.yaml"))
     page.goto(f"{mlflow_ui}/#/models")

@@ -1,4 +1,4 @@
-"""Model cards (librarm.model_cards): one Hugging Face card per trained judge and DPO policy,
+"""Model cards (librarm.stages.model_cards): one Hugging Face card per trained judge and DPO policy,
 written by the report stage beside the report, never into the model folders; and `librarm
 push-model`, which uploads a model folder with its card as README.md in one commit (huggingface_hub
 runs for real; only its HTTP transport is a stub that answers like the Hub)."""
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from librarm import paths as P
-from librarm.io import file_sha256, write_json
-from librarm.model_cards import (
+from librarm.run import paths as P
+from librarm.run.io import file_sha256, write_json
+from librarm.stages.model_cards import (
     MODEL_CARDS,
     collect_models,
     find_model,

@@ -23,7 +23,7 @@ def test_trained_model_folder_is_0644(tmp_path, umask_022):
     import torch
     from safetensors.torch import save_file
 
-    from librarm.train import _finish
+    from librarm.stages.train import _finish
 
     class State:
         global_step, log_history = 3, [{"loss": 1.0}]
@@ -46,7 +46,7 @@ def test_trained_model_folder_is_0644(tmp_path, umask_022):
 
 
 def test_dpo_without_pairs_copies_the_base_policy_with_the_umask_mode(tmp_path, umask_022, params):
-    from librarm.dpo import run_dpo
+    from librarm.stages.dpo import run_dpo
 
     init = tmp_path / "init"
     init.mkdir()

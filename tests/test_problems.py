@@ -1,4 +1,4 @@
-"""librarm.problems: synthetic sets (pairwise disjoint and seeded; a planted duplicate is caught), the
+"""librarm.stages.problems: synthetic sets (pairwise disjoint and seeded; a planted duplicate is caught), the
 problems stage (sets, stats, the quarantine file), real MATH-500 with a level filter and a limit,
 decontamination against a real eval set, a bad line named by file:line:field, and the HF loader's
 pinned revision."""
@@ -7,8 +7,9 @@ import copy
 import pytest
 from conftest import SHARED_DATA, SYNTHETIC_SPECS, needs_shared_data
 
-from librarm.io import InputError
-from librarm.problems import (
+from librarm.run.io import InputError
+from librarm.run.settings import ProblemSet
+from librarm.stages.problems import (
     decontaminate,
     load_jsonl_set,
     overlap_report,
@@ -16,7 +17,6 @@ from librarm.problems import (
     run_problems,
     synthesize_sets,
 )
-from librarm.settings import ProblemSet
 
 
 def test_synthetic_sets_are_pairwise_disjoint_and_seeded():
@@ -91,7 +91,7 @@ def test_problems_stage_writes_the_quarantine_file(tmp_path, params):
     problems rule), not only counted; the stage's summary carries the count."""
     import copy
 
-    from librarm.io import read_jsonl
+    from librarm.run.io import read_jsonl
 
     src = tmp_path / "mine.jsonl"
     src.write_text('{"id": "1", "problem": "What is 1+1?", "answer": "2"}\n\n{"id": "2", "problem": 3, "answer": "1"}\n'
@@ -110,7 +110,7 @@ def test_problems_stage_writes_the_quarantine_file(tmp_path, params):
 def test_hf_loader_uses_pinned_revision(monkeypatch):
     import datasets
 
-    from librarm.problems import load_hf_set
+    from librarm.stages.problems import load_hf_set
 
     seen = {}
 
@@ -139,7 +139,7 @@ def test_a_folder_as_problem_file_is_one_clear_error(tmp_path, params):
 def test_an_empty_set_names_its_file_and_still_writes_the_quarantine(tmp_path, params):
     """Every line bad (quarantined) leaves the set empty: the error names the source file, the
     quarantine file and the first reason, and the quarantine file is on disk."""
-    from librarm.io import read_jsonl
+    from librarm.run.io import read_jsonl
 
     src = tmp_path / "bad.jsonl"
     src.write_text('{"id": "1", "problem": 3, "answer": "2"}\n{"id": "2", "problem": "y"}\n')

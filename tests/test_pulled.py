@@ -1,4 +1,4 @@
-"""librarm.pulled: what `librarm after-pull` says when DVC does not vouch for the results, and that
+"""librarm.run.pulled: what `librarm after-pull` says when DVC does not vouch for the results, and that
 it then runs nothing (the round trip through a real DVC remote is in test_workflow.py)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from librarm import pulled
+from librarm.run import pulled
 
 
 def test_describe_names_each_stage_file_and_param():

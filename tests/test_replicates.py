@@ -1,4 +1,4 @@
-"""librarm.replicates (the seeds stage): seed-aware Libra scores, differences, gains, orderings and
+"""librarm.stages.replicates (the seeds stage): seed-aware Libra scores, differences, gains, orderings and
 correlation on planted data shaped like a seeds-preset run; and report.replicates' config errors."""
 import copy
 import re
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from librarm import paths as P
 from librarm.cli import main
-from librarm.config import ConfigError, load_params, validate_params
-from librarm.io import read_json, write_json, write_jsonl
-from librarm.labelers import NONE_POLICY, labeler_kind, policy_runs
-from librarm.replicates import build_seeds_report, judge_groups, seeds_markdown, verdict
-from librarm.settings import DpoSettings, PairsSettings
+from librarm.run import paths as P
+from librarm.run.config import ConfigError, load_params, validate_params
+from librarm.run.io import read_json, write_json, write_jsonl
+from librarm.run.labelers import NONE_POLICY, labeler_kind, policy_runs
+from librarm.run.settings import DpoSettings, PairsSettings
+from librarm.stages.replicates import build_seeds_report, judge_groups, seeds_markdown, verdict
 
 BENCH_SUBSETS = ("tiny_l5", "tiny_aime24", "tiny_aime25")
 EVAL_SUBSETS = ("tiny_aime24", "tiny_aime25")
@@ -164,8 +164,8 @@ def test_labeler_groups_follow_the_judges():
     assert labeler_kind("rl", groups) == "judge" and labeler_kind("gold_p70", groups) == "noisy_gold"
 
 
-def test_the_seeds_step_runs_from_the_command_line_with_the_rules_file_names(tmp_path, monkeypatch):
-    """`librarm stage seeds` as the rule calls it: every judge's predictions and every policy run's
+def test_the_replicates_step_runs_from_the_command_line_with_the_rules_file_names(tmp_path, monkeypatch):
+    """`librarm stage replicates` as the rule calls it: every judge's predictions and every policy run's
     samples by name; a missing samples file is one line naming it."""
     params = _params()
     preds, samples, down = _write_run(tmp_path, params)
@@ -173,7 +173,7 @@ def test_the_seeds_step_runs_from_the_command_line_with_the_rules_file_names(tmp
     write_json("params.json", params)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     files = [str(Path(p).relative_to(tmp_path)) for runs in samples.values() for p in runs.values()]
-    argv = ["stage", "seeds", "--config", "params.json",
+    argv = ["stage", "replicates", "--config", "params.json",
             "--in", "predictions", *[str(Path(p).relative_to(tmp_path)) for p in preds.values()],
             "--in", "downstream", P.DOWNSTREAM_SUMMARY, "--out", "json", P.SEEDS_JSON, "--out", "markdown", P.SEEDS_MARKDOWN]
     assert main([*argv, "--in", "samples", *files]) == 0

@@ -1,4 +1,4 @@
-"""librarm.report built from a small fixture run: every number in summary.md equals its metrics
+"""librarm.stages.report built from a small fixture run: every number in summary.md equals its metrics
 file, and a source changed after the report was written, or a tampered table, is caught."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from librarm import paths as P
-from librarm.io import read_json, write_json
-from librarm.labelers import all_policies
-from librarm.report import build_report, check_report
-from librarm.settings import PairsSettings
+from librarm.run import paths as P
+from librarm.run.io import read_json, write_json
+from librarm.run.labelers import all_policies
+from librarm.run.settings import PairsSettings
+from librarm.stages.report import build_report, check_report
 
 
 def _fixture_run(root, params):

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from librarm import paths as P
 from librarm import results_doc as R
 from librarm.cli import main
-from librarm.io import read_json, write_json
+from librarm.run import paths as P
+from librarm.run.io import read_json, write_json
 
 DOC = read_json(REPO / R.RESULTS_JSON)
 
@@ -170,7 +170,7 @@ def test_headline_figures_are_formatted_as_the_report_does(key):
 def test_report_pages_drop_the_wall_clock_columns():
     """The Snakemake report's pages and the model cards are results (same bytes in every run): the
     wall-clock columns of summary.md's tables are dropped there, and blanked by repro_check."""
-    from librarm.repro import drop_timing_columns, strip_timing_columns
+    from librarm.run.repro import drop_timing_columns, strip_timing_columns
 
     md = "### DPO training\n\n| policy | steps | seconds | tokens/s |\n|---|---|---|---|\n| rl | 50 | 3.9 | 4054 |\n"
     assert drop_timing_columns(md) == "### DPO training\n\n| policy | steps |\n|---|---|\n| rl | 50 |\n"

@@ -1,8 +1,8 @@
-"""librarm.rewards: the length penalty, the correctness and format rewards, and the reward registry
+"""librarm.judging.rewards: the length penalty, the correctness and format rewards, and the reward registry
 (weights, unknown names)."""
 import pytest
 
-from librarm.rewards import (
+from librarm.judging.rewards import (
     build_reward_funcs,
     correctness_reward,
     format_reward,

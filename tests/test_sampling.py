@@ -1,4 +1,4 @@
-"""librarm.sampling, without a GPU or the network.
+"""librarm.engines (every backend) and the sample stage, without a GPU or the network.
 
 - hf: HFSampler and the sample stage on a real (random-init) tiny model: per-sample seeds
   independent of batching, the chunked store (raising n generates only the new samples), resume
@@ -34,21 +34,15 @@ import pytest
 from conftest import REPO, SHARED_DATA, needs_shared_data
 from tiny_fixtures import make_random_lm, params_with_path_model
 
-from librarm.config import load_params
-from librarm.io import read_jsonl, write_jsonl
-from librarm.sampling import (
-    HFSampler,
-    HTTPError,
-    HTTPSampler,
-    PseudoSampler,
-    SampleRequest,
-    SamplingConfig,
-    VLLMSampler,
-    run_sample,
-    sample_seed,
-    wrong_answer,
-)
-from librarm.think import boxed_spans, split_think
+from librarm.engines.base import SampleRequest, SamplingConfig
+from librarm.engines.hf import HFSampler
+from librarm.engines.http import HTTPError, HTTPSampler
+from librarm.engines.pseudo import PseudoSampler, wrong_answer
+from librarm.engines.vllm import VLLMSampler
+from librarm.judging.think import boxed_spans, split_think
+from librarm.run.config import load_params
+from librarm.run.io import read_jsonl, write_jsonl
+from librarm.stages.sample import run_sample, sample_seed
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 KEY_ENV = "LIBRARM_TEST_STUB_KEY"
@@ -153,7 +147,7 @@ def test_resume_after_kill_matches_clean_run(rand_model, problems_file, tmp_path
 def test_batched_noise_draws_the_tokens_of_per_row_multinomial(monkeypatch, budget):
     import torch
 
-    from librarm.sampling import _ExponentialNoise
+    from librarm.engines.hf import _ExponentialNoise
 
     if budget:
         monkeypatch.setattr(_ExponentialNoise, "BUDGET", budget)
@@ -411,7 +405,7 @@ def test_vllm_prompt_has_one_bos(fake_vllm):
     (vLLM tokenizes text prompts with add_special_tokens=True)."""
     from tokenizers.processors import TemplateProcessing
 
-    from librarm.tinyworld import CHAT_TEMPLATE, build_tokenizer
+    from librarm.stages.bootstrap_tiny import CHAT_TEMPLATE, build_tokenizer
 
     def bos_tokenizer():
         tok = build_tokenizer()
@@ -462,7 +456,8 @@ def test_vllm_missing_gives_clear_error(monkeypatch):
         VLLMSampler("m", SamplingConfig())
     # outside a librarm command (here: in-process, also after main() ran in-process) it never
     # re-runs anything, even when told where
-    from librarm import cli, launch
+    from librarm import cli
+    from librarm.run import launch
 
     assert cli.main(["validate", "--params", str(Path(__file__).resolve().parents[1] / "params.yaml")]) == 0
     assert launch.RUNNING_ARGV is None
@@ -485,10 +480,10 @@ def test_every_module_imports_without_vllm():
         f"    sys.path.insert(0, {str(FAKES)!r})\n"
         "import librarm\n"
         "names, failed = [], {}\n"
-        "for m in pkgutil.iter_modules(librarm.__path__):\n"
+        "for m in pkgutil.walk_packages(librarm.__path__, 'librarm.'):\n"
         "    names.append(m.name)\n"
         "    try:\n"
-        "        importlib.import_module('librarm.' + m.name)\n"
+        "        importlib.import_module(m.name)\n"
         "    except Exception as exc:\n"
         "        failed[m.name] = repr(exc)\n"
         "loaded = sys.modules.get('vllm') is not None\n"
@@ -499,7 +494,8 @@ def test_every_module_imports_without_vllm():
                              cwd=REPO)
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout.strip().splitlines()[-1])
-        assert {"sampling", "config", "cli", "verify"} <= set(report["names"])
+        assert {"librarm.engines.vllm", "librarm.stages.sample", "librarm.run.config", "librarm.cli",
+                "librarm.stages.verify"} <= set(report["names"])
         assert report["failed"] == {}, report["failed"]
         assert report["vllm_loaded"] is False, mode
 
@@ -738,8 +734,9 @@ def test_http_api_key_env(stub, monkeypatch):
     monkeypatch.delenv("LIBRARM_TEST_UNSET_KEY", raising=False)
     with pytest.raises(ValueError, match="LIBRARM_TEST_UNSET_KEY"):
         http_sampler(stub.base_url, [], api_key_env="LIBRARM_TEST_UNSET_KEY")
-    from librarm.sampling import SamplingConfig, make_sampler
-    from librarm.settings import JudgeSpec
+    from librarm.engines import make_sampler
+    from librarm.engines.base import SamplingConfig
+    from librarm.run.settings import JudgeSpec
 
     params = {"judges": {"api": {"backend": "http", "kind": "generative", "model": "m", "base_url": stub.base_url,
                                  "api_key_env": "LIBRARM_TEST_UNSET_KEY"}},
@@ -815,7 +812,7 @@ def boxed(text: str) -> str:
 @needs_shared_data("math500.jsonl")
 @pytest.mark.parametrize("kind", ["reference", "reference_wrong"])
 def test_pseudo_on_math500_nested_braces(kind):
-    from librarm.verify import grade_answer
+    from librarm.stages.verify import grade_answer
 
     row = shared_row("math500", "test/precalculus/807.json")
     gold = row["answer"]
@@ -863,7 +860,7 @@ def test_pseudo_tiny_world_reference_keeps_trace():
     "train/number_theory/510.json",      # a base-4 numeral: the subscript must stay
 ])
 def test_reference_wrong_is_graded_wrong_on_awkward_answers(row_id):
-    from librarm.verify import grade_answer
+    from librarm.stages.verify import grade_answer
 
     row = shared_row("math_train", row_id)
     assert grade_answer(row["answer"], split_think(pseudo("reference", row)).final)[0] == "correct"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from conftest import free_port, serve_on_loopback, stop_group, text_differences
 
-from librarm.io import read_jsonl
+from librarm.run.io import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"

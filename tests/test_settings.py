@@ -1,4 +1,4 @@
-"""The typed params sections (librarm.settings) agree with the schema both ways: the same keys, the
+"""The typed params sections (librarm.run.settings) agree with the schema both ways: the same keys, the
 same required keys, the same defaults; they build from every preset; a bad key is one line naming
 it; and a default that was used still counts as a read of its key."""
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from librarm.config import SCHEMA_PATH, ConfigError, load_params, validate_params
-from librarm.reads import RecordingDict
-from librarm.settings import (
+from librarm.run.config import ConfigError, load_params, validate_params
+from librarm.run.paths import SCHEMA_PATH
+from librarm.run.reads import RecordingDict
+from librarm.run.settings import (
     NESTED_SECTIONS,
     REGISTRIES,
     TYPED_SECTIONS,
@@ -134,7 +135,7 @@ def test_registries_and_nested_sections_build_and_record_their_leaves(params):
         ModelSpec.of(params, "nope")
     log: set[str] = set()
     view = RecordingDict(params, "", log)
-    from librarm.settings import BenchSettings
+    from librarm.run.settings import BenchSettings
     bench = BenchSettings.from_params(view)
     assert log == set()
     bench.balance.unit

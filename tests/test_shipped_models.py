@@ -6,10 +6,10 @@ import copy
 import pytest
 from conftest import REPO
 
-from librarm.config import load_params
-from librarm.io import read_json, tree_sha256
-from librarm.settings import BootstrapSettings
-from librarm.tinyworld import bootstrap_hash
+from librarm.run.config import load_params
+from librarm.run.io import read_json, tree_sha256
+from librarm.run.settings import BootstrapSettings
+from librarm.stages.bootstrap_tiny import bootstrap_hash
 
 WORLDS = [(), ("vllm-cpu",)]
 

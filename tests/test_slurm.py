@@ -97,7 +97,7 @@ def _resource_flags(flags: list[str]) -> str:
 
 def test_paper_preset_gpu_rules_ask_slurm_for_their_gpus_and_cpus(tmp_path, monkeypatch):
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    from librarm.settings import Params
+    from librarm.run.settings import Params
 
     # A dry build of the DAG: hub models and hub problem sets are read by jobs, never at DAG time.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -2,7 +2,7 @@
 made from summary.md, by phase), every plot of the report and the judges' Libra-score plot, and the
 model cards, each under its phase's category with a caption from workflow/report/*.rst.
 
-Unit level: the pages (librarm.report_pages) from a fixture report. On the ci run: the report's
+Unit level: the pages (librarm.stages.report_pages) from a fixture report. On the ci run: the report's
 content, then the report in a browser (Playwright + the OS's Chromium): it loads without console
 errors and shows the Libra-score plot and the summary table."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run
 
-from librarm import paths as P
-from librarm.report_pages import (
+from librarm.run import paths as P
+from librarm.stages.report_pages import (
     LIBRA_SCORE_PLOT,
     SUMMARY_HTML,
     TABLE_PAGE,
@@ -38,9 +38,9 @@ def fixture_report(tmp_path, params):
 
     from test_report import _fixture_run
 
-    from librarm.labelers import all_policies
-    from librarm.report import build_report
-    from librarm.settings import PairsSettings
+    from librarm.run.labelers import all_policies
+    from librarm.run.settings import PairsSettings
+    from librarm.stages.report import build_report
 
     p = copy.deepcopy(params)
     p["pairs"]["labelers"] = ["base", "rl", "sft", "gold", "random"]

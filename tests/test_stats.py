@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import item
 
-from librarm.metrics import summarize
+from librarm.judging.metrics import summarize
 from librarm.stats import (
     bootstrap_intervals,
     bootstrap_means,

@@ -1,13 +1,13 @@
-"""librarm.stress: the judge-hacking stress set (content-free responses, false claims), its
+"""librarm.stages.stress: the judge-hacking stress set (content-free responses, false claims), its
 false-positive rates, and the template checks."""
 import copy
 
 import pytest
 
-from librarm.config import ConfigError, validate_params
-from librarm.io import read_jsonl, write_jsonl
-from librarm.settings import StressSettings
-from librarm.stress import build_stress_set, stress_metrics
+from librarm.run.config import ConfigError, validate_params
+from librarm.run.io import read_jsonl, write_jsonl
+from librarm.run.settings import StressSettings
+from librarm.stages.stress import build_stress_set, stress_metrics
 
 CFG = StressSettings(per_template=3, content_free=("Thought process:", "{question}"), false_claim=" Verified.",
                      false_claim_items=2)
@@ -64,8 +64,8 @@ def test_bad_stress_templates_are_config_errors(params, edit, message):
 def test_a_judge_that_accepts_everything_is_caught_by_the_stress_set(tmp_path, params):
     """Scored with the bench in the same job: an always-"correct" judge has a stress FP rate of
     1.0 while its Libra score stays at chance, and the stress items never enter the bench metrics."""
-    from librarm.evaluate import run_evaluate
-    from librarm.sampling import SampleResult
+    from librarm.engines.base import SampleResult
+    from librarm.stages.evaluate import run_evaluate
 
     class AlwaysCorrect:
         name = "always"

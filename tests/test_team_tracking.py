@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import ENV, REPO, free_port, run, serve_on_loopback, stop_group
 
-from librarm.tracking import flush_spool, pipeline_identity, spool_record
+from librarm.run.tracking import flush_spool, pipeline_identity, spool_record
 
 # The cut: the ci preset's bench and what it needs, tracked from the samples on (9 sample jobs, 9
 # verify jobs, the bench), in a copy of the session's ci run (conftest.ci_run, untracked). Both

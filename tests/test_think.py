@@ -1,9 +1,9 @@
-"""librarm.think: splitting a completion into its thinking and its final part (tagged blocks, a
+"""librarm.judging.think: splitting a completion into its thinking and its final part (tagged blocks, a
 prompt-opened think, no tags, a separate reasoning field, unterminated blocks, several closing tags)
 and the spans of every balanced \\boxed{...}."""
 import pytest
 
-from librarm.think import boxed_spans, split_think
+from librarm.judging.think import boxed_spans, split_think
 
 
 def test_tagged_block():
@@ -65,7 +65,7 @@ def testboxed_spans_nested_braces():
     ("```\nunclosed fence\n\nstill code", ""),                       # an unclosed fence runs to the end
 ])
 def test_mask_quoted(text, visible):
-    from librarm.think import mask_quoted
+    from librarm.judging.think import mask_quoted
 
     masked = mask_quoted(text)
     assert len(masked) == len(text) and masked.count("\n") == text.count("\n")

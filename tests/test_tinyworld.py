@@ -1,9 +1,9 @@
-"""librarm.tinyworld: the pretraining corpus never draws from the problem region, the judge's
+"""librarm.stages.bootstrap_tiny: the pretraining corpus never draws from the problem region, the judge's
 digit-wise compare line, and the noisy traces (slip rate, malformed forms)."""
 from conftest import SYNTHETIC_SPECS
 
-from librarm.problems import in_problem_region, parse_arithmetic, random_arithmetic, synthesize_sets
-from librarm.tinyworld import corpus_problem
+from librarm.stages.bootstrap_tiny import corpus_problem
+from librarm.stages.problems import in_problem_region, parse_arithmetic, random_arithmetic, synthesize_sets
 
 
 def test_corpus_never_draws_from_the_problem_region():
@@ -16,7 +16,7 @@ def test_corpus_never_draws_from_the_problem_region():
 
 
 def test_judge_compare_line_is_digitwise():
-    from librarm.tinyworld import compare_line
+    from librarm.stages.bootstrap_tiny import compare_line
 
     assert compare_line("73", "75") == "mine=073 theirs=075 digits=0/0,7/7,3/5 match=yyn"
     assert compare_line("7", "7") == "mine=007 theirs=007 digits=0/0,0/0,7/7 match=yyy"
@@ -26,7 +26,7 @@ def test_judge_compare_line_is_digitwise():
 def test_noisy_trace_slip_rate_and_malformed_forms():
     import random
 
-    from librarm.tinyworld import noisy_trace
+    from librarm.stages.bootstrap_tiny import noisy_trace
 
     rng = random.Random(0)
     probs = [random_arithmetic(rng, 3, 99, 9) for _ in range(2000)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from librarm.tracking import SPOOL_DIR, ensure_pipeline_run, flatten, flush_spool, pipeline_identity, stage_run
+from librarm.run.tracking import SPOOL_DIR, ensure_pipeline_run, flatten, flush_spool, pipeline_identity, stage_run
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def mlflow_here(tmp_path, monkeypatch):
 
 
 def _metrics_file(tmp_path):
-    from librarm.evaluate import score_predictions
+    from librarm.stages.evaluate import score_predictions
 
     preds = [{"label": i % 2, "pred": (i // 3) % 2 if i % 7 else None, "subset": "ab"[i % 2], "model": f"g{i % 3}",
               "question": f"q{i // 4}", "truncated": False} for i in range(40)]
@@ -69,7 +69,7 @@ def test_metrics_in_mlflow_equal_metrics_json(mlflow_here, params):
 
 def test_a_job_never_imports_mlflow_and_an_empty_flush_is_free(mlflow_here, params):
     """The point of the spool: a job's tracking costs a JSON write, not an MLflow import."""
-    code = ("import sys, json; from librarm.config import load_params; from librarm.tracking import stage_run, flush_spool\n"
+    code = ("import sys, json; from librarm.run.config import load_params; from librarm.run.tracking import stage_run, flush_spool\n"
             f"p = load_params({str(REPO / 'params.yaml')!r})\n"
             "with stage_run(p, 'bench', {'bench': p['bench']}) as run: run.log_metrics({'a': 1})\n"
             "assert 'mlflow' not in sys.modules, 'a job imported mlflow'\n"
@@ -161,9 +161,9 @@ def test_killed_training_resumes_global_step_and_mlflow_curve_has_no_gap(mlflow_
     from tiny_fixtures import make_random_lm
     from transformers import TrainerCallback
 
-    from librarm.io import write_jsonl
-    from librarm.settings import SftSettings
-    from librarm.train import run_sft
+    from librarm.run.io import write_jsonl
+    from librarm.run.settings import SftSettings
+    from librarm.stages.train import run_sft
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

@@ -1,12 +1,19 @@
-"""librarm.train: judge items (split by problem, held-out generators, balanced labels),
+"""librarm.stages.train: judge items (split by problem, held-out generators, balanced labels),
 rejection-sampling stats, verdict-only text and reward pairs, and short real TRL runs on tiny models
 (SFT label tokens, GRPO learning a trivial judging task, rewards aligned with item ids under shuffle)."""
 import random
 
 import pytest
 
-from librarm.io import read_jsonl, write_jsonl
-from librarm.train import build_judge_items, build_rl_pool, filter_by_pass_rate, reward_pairs, rs_stats, verdict_only
+from librarm.run.io import read_jsonl, write_jsonl
+from librarm.stages.train import (
+    build_judge_items,
+    build_rl_pool,
+    filter_by_pass_rate,
+    reward_pairs,
+    rs_stats,
+    verdict_only,
+)
 
 
 def _verified(n_problems=20, gens=("g1", "g2", "g3")):
@@ -53,8 +60,8 @@ class _SeededVerdicts:
         self.rated = 0
 
     def generate(self, requests):
-        from librarm.io import stable_hash
-        from librarm.sampling import SampleResult
+        from librarm.engines.base import SampleResult
+        from librarm.run.io import stable_hash
 
         self.rated += len(requests)
         out = []
@@ -68,7 +75,7 @@ class _SeededVerdicts:
 def test_pass_rate_filter_rates_only_what_grpo_draws_and_keeps_file_order(params):
     from dataclasses import replace
 
-    from librarm.settings import RlSettings
+    from librarm.run.settings import RlSettings
 
     items = [{**r, "index": i} for i, r in enumerate(build_rl_pool(_verified(60), 1, [], [])[0])]
     rl = replace(RlSettings.from_params(params), steps=5, batch_size=8, num_generations=4)   # 10 prompts
@@ -108,7 +115,7 @@ def test_sft_label_tokens_equal_trajectory_with_thinking(tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from librarm.tinyworld import build_model, build_tokenizer
+    from librarm.stages.bootstrap_tiny import build_model, build_tokenizer
 
     tok = build_tokenizer()
     model = build_model({"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
@@ -135,8 +142,8 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
 
     from tiny_fixtures import make_random_lm
 
-    from librarm.settings import SftSettings
-    from librarm.train import run_grpo, run_sft
+    from librarm.run.settings import SftSettings
+    from librarm.stages.train import run_grpo, run_sft
 
     base = make_random_lm(tmp_path / "rand", hidden=64, layers=2)
     rows = []
@@ -195,8 +202,8 @@ def test_rs_reads_the_teachers_verdicts_as_its_spec_says_and_keeps_its_reasoning
 
     from tiny_fixtures import make_random_lm
 
-    from librarm.sampling import SampleResult
-    from librarm.train import run_rs
+    from librarm.engines.base import SampleResult
+    from librarm.stages.train import run_rs
 
     class Teacher:          # right on even items, with reasoning; no local tokenizer (an API)
         name = "api-teacher"
@@ -231,9 +238,10 @@ def test_grpo_rollout_passes_finish_reason_to_the_rewards(tmp_path):
     from tiny_fixtures import make_random_lm
     from transformers import AutoTokenizer
 
-    from librarm.rewards import correctness_reward
-    from librarm.sampling import HFSampler, SamplingConfig
-    from librarm.train import sampler_rollout
+    from librarm.engines.base import SamplingConfig
+    from librarm.engines.hf import HFSampler
+    from librarm.judging.rewards import correctness_reward
+    from librarm.stages.train import sampler_rollout
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=16)
     sampler = HFSampler(str(model_dir), SamplingConfig(temperature=1.0, max_new_tokens=4, batch_size=8))
@@ -254,8 +262,8 @@ def test_l_exp_auto_is_a_quantile_of_the_starting_judges_validation_lengths(para
     on validation items, so the penalty bites on about 1 - quantile of them (capped at l_max)."""
     import copy
 
-    from librarm.sampling import SampleResult
-    from librarm.train import length_threshold
+    from librarm.engines.base import SampleResult
+    from librarm.stages.train import length_threshold
 
     class Lengths:
         name = "lengths"

@@ -21,9 +21,9 @@ import pytest
 from conftest import REPO, free_port, serve_on_loopback, stop_group, text_differences
 from test_serving import _bench, assert_same_verdicts, librarm, sample_stage, score_greedy
 
-from librarm.config import load_params
-from librarm.io import read_jsonl, write_jsonl
-from librarm.sampling import run_sample
+from librarm.run.config import load_params
+from librarm.run.io import read_jsonl, write_jsonl
+from librarm.stages.sample import run_sample
 
 # The vLLM venv as the Makefile names it: LIBRARM_VLLM_PYTHON if set, else $VLLM_VENV/bin/python
 # (VLLM_VENV relative to the repo, default .venv-vllm; `make test VLLM_VENV=...` passes it on).

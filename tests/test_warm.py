@@ -1,4 +1,4 @@
-"""librarm.warm: stage jobs forked from a warm server give the same files, log and exit status as a
+"""librarm.run.warm: stage jobs forked from a warm server give the same files, log and exit status as a
 fresh process; a job whose environment differs runs fresh; a killed client takes its job with it;
 the server ends with its parent."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from tiny_fixtures import make_random_lm, params_with_path_model
 
-from librarm import warm
-from librarm.io import write_jsonl
+from librarm.run import warm
+from librarm.run.io import write_jsonl
 
 HERE = Path(__file__).parent
 
@@ -41,7 +41,7 @@ def _serve(tmp_path: Path, job: str | None = None, idle_exit_s: float = 60, modu
     """A server with `modules` preloaded (none: fast), as a child of this test; `job`: a function of
     tests/warm_jobs.py to run instead of the librarm command line."""
     path = str(tmp_path / "sock")
-    code = ("import sys; sys.path.insert(0, {here!r}); from librarm import warm; {imp}"
+    code = ("import sys; sys.path.insert(0, {here!r}); from librarm.run import warm; {imp}"
             "warm.serve({path!r}, {ppid}, idle_exit_s={idle}, modules={modules!r}{job})").format(
         here=str(HERE), path=path, ppid=os.getpid(), idle=idle_exit_s, modules=modules,
         imp=f"from warm_jobs import {job}; " if job else "", job=f", job={job}" if job else "")
@@ -148,7 +148,7 @@ def test_server_exits_when_its_parent_dies(tmp_path):
     starter_py = tmp_path / "starter.py"
     starter_py.write_text(
         "import os, subprocess, sys, time\n"
-        f"code = 'from librarm import warm; warm.serve(%r, %d, modules=())' % ({path!r}, os.getpid())\n"
+        f"code = 'from librarm.run import warm; warm.serve(%r, %d, modules=())' % ({path!r}, os.getpid())\n"
         "subprocess.Popen([sys.executable, '-c', code], start_new_session=True)\n"
         "time.sleep(600)\n")
     starter = subprocess.Popen([sys.executable, str(starter_py)], env=_env())

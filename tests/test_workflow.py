@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import COPY_IGNORE, ENV, REPO, needs_shared_data, require_smollm2, run
 
-from librarm.io import read_jsonl
 from librarm.phases import out_paths
+from librarm.run.io import read_jsonl
 
 
 def dry_run_jobs(cwd, extra="") -> dict[str, int]:
@@ -113,8 +113,8 @@ def test_dry_run(preset):
         assert {s for _, s in policies()} == {0, 1, 2}
         assert {p for p, _ in policies()} >= {"curve/gold-250", "curve/gold-500", "curve/gold-1000"}
     elif preset == "seeds":
-        assert set(counts) == full | {"seeds"}, set(counts)
-        assert counts["seeds"] == 1
+        assert set(counts) == full | {"replicates"}, set(counts)
+        assert counts["replicates"] == 1
         # 6 judge groups x 3 seeds and the scalar RM: 19 trainings; 26 labelers x 3 DPO seeds
         assert (counts["train_judge"], counts["dpo"]) == (19, 78), counts
         replicas = {f"{j}_s{k}" for j in ("sft", "nothink", "rl", "rl_from_base", "rl_no_length_penalty", "sft_more")
@@ -140,8 +140,8 @@ def test_dvc_yaml_matches_registry():
 def test_every_declared_param_is_in_the_params_file_dvc_reads(preset):
     """`dvc repro` fails on a declared params key missing from params.yaml (even one the schema
     defaults): the default file, and each preset's file as `librarm params --preset` writes it."""
-    from librarm.config import load_params
     from librarm.phases import PHASES
+    from librarm.run.config import load_params
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     cfg = raw if preset is None else load_params(REPO / "params.yaml", [preset])
@@ -287,7 +287,7 @@ def test_declared_reads(ci_copy):
     registry, so DVC reruns the stage when it changes; and every declared key is read, or listed
     above with the reason ci does not read it."""
     from librarm.phases import PHASES
-    from librarm.reads import covered
+    from librarm.run.reads import covered
 
     reads = _reads_by_phase(ci_copy)
     undeclared = {p: sorted(k for k in keys if not covered(k, PHASES[p].params + NOT_RESULTS)) for p, keys in reads.items()}
@@ -304,7 +304,7 @@ def test_declared_reads(ci_copy):
 
 
 def outputs_digest(root: Path) -> dict[str, str]:
-    from librarm.io import file_sha256
+    from librarm.run.io import file_sha256
 
     out = {}
     for p in sorted((root / "results").rglob("*")):
@@ -339,7 +339,7 @@ def test_ci_run_outputs(ci_copy):
     steps = {k: v["steps"] for k, v in json.loads((r / "dpo" / "stats.json").read_text()).items()
              if not k.startswith("raw/") and v["pairs"]}
     assert len(set(steps.values())) == 1, steps        # every budget and curve run: the same optimizer steps
-    from librarm.report import check_report
+    from librarm.stages.report import check_report
 
     assert check_report(r / "report", root=ci_copy) == []
     assert (r / "report" / "summary.md").read_text().startswith("# Libra run report")
@@ -488,7 +488,7 @@ def test_unrelated_edit_reruns_nothing(ci_copy):
 
 @pytest.mark.slow
 def test_module_edit_reruns_users_and_downstream(ci_copy):
-    mod = ci_copy / "workflow/librarm/bench.py"
+    mod = ci_copy / "workflow/librarm/stages/bench.py"
     original = mod.read_text()
     try:
         mod.write_text(original + "\n# edited\n")
@@ -503,15 +503,26 @@ def test_module_edit_reruns_users_and_downstream(ci_copy):
 
 
 @pytest.mark.slow
-def test_editing_the_cli_dispatcher_reruns_nothing(ci_copy):
-    """The other way round: cli.py is a table of steps, in no phase's code, so editing it reruns
-    no job and no DVC stage."""
-    mod = ci_copy / "workflow/librarm/cli.py"
+@pytest.mark.parametrize("module, old, new, dvc_too", [
+    # cli.py is a table of steps, in no phase's code
+    ("cli.py", None, None, True),
+    # params validation runs when the DAG is built, in no job: a new message reruns nothing
+    ("run/config.py", "is not a key of 'models'", "names no entry of 'models'", True),
+    # the ci params use no http backend: Snakemake's code hashes leave it out (DVC's static deps
+    # list every backend for the phases that sample or judge)
+    ("engines/http.py", "required for backend 'http'", "needs a URL for backend 'http'", False),
+])
+def test_editing_code_no_job_runs_reruns_nothing(ci_copy, module, old, new, dvc_too):
+    """The other way round: editing the CLI, a config-validation message or an unused backend
+    reruns no Snakemake job (and, but for the backend, no DVC stage)."""
+    mod = ci_copy / "workflow/librarm" / module
     original = mod.read_text()
     try:
-        mod.write_text(original + "\n# edited\n")
+        assert old is None or old in original
+        mod.write_text(original.replace(old, new) if old else original + "\n# edited\n")
         assert dry_run_jobs(ci_copy) == {}
-        assert _dvc_rerun_set(ci_copy) == set()
+        if dvc_too:
+            assert _dvc_rerun_set(ci_copy) == set()
     finally:
         mod.write_text(original)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def make_random_lm(out_dir: Path, seed: int = 0, hidden: int = 32, layers: int = 1) -> Path:
-    from librarm.tinyworld import build_model, build_tokenizer, save_model
+    from librarm.stages.bootstrap_tiny import build_model, build_tokenizer, save_model
 
     tok = build_tokenizer()
     arch = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_layers": layers, "num_heads": 2,

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .config import ConfigError, load_params, validate_params
-from .paths import BENCHMARKS
-from .settings import BootstrapSettings, JudgeSettings, JudgeSpec, ModelSpec
-from .tracking import CURVE_KEYS
+from librarm import engines
+from librarm.run.config import ConfigError, load_params, validate_params
+from librarm.run.paths import BENCHMARKS
+from librarm.run.settings import BootstrapSettings, JudgeSettings, JudgeSpec, ModelSpec
+from librarm.run.tracking import CURVE_KEYS
 
 log = logging.getLogger("librarm")
 
@@ -25,7 +26,7 @@ def _load_config(path: str) -> dict:
 
 
 def _sections(cfg: Mapping[str, Any], phase: str) -> dict:
-    from .phases import PHASES, lookup
+    from librarm.phases import PHASES, lookup
 
     return {k: lookup(cfg, k) for k in PHASES[phase].params}
 
@@ -42,33 +43,33 @@ def _threads(n: int | None) -> int | None:
 # (metrics, artifacts)`. Paths, defaults and stage arguments live with the stages; the step's phase
 # comes from the registry (phases.STEP_PHASE).
 STEPS: dict[str, tuple[str, str]] = {
-    "problems": ("problems", "step_problems"),
-    "bootstrap-tiny": ("tinyworld", "step_bootstrap_tiny"),
-    "prepare-model": ("gguf", "step_prepare_model"),
-    "bootstrap-stats": ("gguf", "step_bootstrap_stats"),
-    "sample": ("sampling", "step_sample"),
-    "sample-stats": ("sampling", "step_sample_stats"),
-    "verify": ("verify", "step_verify"),
-    "verify-stats": ("verify", "step_verify_stats"),
-    "bench": ("bench", "step_bench"),
-    "evaluate": ("evaluate", "step_evaluate"),
-    "eval-summary": ("evaluate", "step_eval_summary"),
-    "judge-data": ("train", "step_judge_data"),
-    "rs": ("train", "step_rs"),
-    "train": ("train", "step_train"),
-    "train-stats": ("train", "step_train_stats"),
-    "pairs-split": ("downstream", "step_pairs_split"),
-    "pairs-sample": ("downstream", "step_pairs_sample"),
-    "pairs-verify": ("downstream", "step_pairs_verify"),
-    "pairs-label": ("downstream", "step_pairs_label"),
-    "pairs-build": ("downstream", "step_pairs_build"),
-    "dpo": ("dpo", "step_dpo"),
-    "dpo-stats": ("dpo", "step_dpo_stats"),
-    "policy-eval": ("downstream", "step_policy_eval"),
-    "policy-metrics": ("downstream", "step_policy_metrics"),
-    "downstream-summary": ("downstream", "step_downstream_summary"),
-    "report": ("report", "step_report"),
-    "seeds": ("replicates", "step_seeds"),
+    "problems": ("stages.problems", "step_problems"),
+    "bootstrap-tiny": ("stages.bootstrap_tiny", "step_bootstrap_tiny"),
+    "prepare-model": ("stages.bootstrap_gguf", "step_prepare_model"),
+    "bootstrap-stats": ("stages.bootstrap_gguf", "step_bootstrap_stats"),
+    "sample": ("stages.sample", "step_sample"),
+    "sample-stats": ("stages.sample", "step_sample_stats"),
+    "verify": ("stages.verify", "step_verify"),
+    "verify-stats": ("stages.verify", "step_verify_stats"),
+    "bench": ("stages.bench", "step_bench"),
+    "evaluate": ("stages.evaluate", "step_evaluate"),
+    "eval-summary": ("stages.evaluate", "step_eval_summary"),
+    "judge-data": ("stages.train", "step_judge_data"),
+    "rs": ("stages.train", "step_rs"),
+    "train": ("stages.train", "step_train"),
+    "train-stats": ("stages.train", "step_train_stats"),
+    "pairs-split": ("stages.downstream", "step_pairs_split"),
+    "pairs-sample": ("stages.downstream", "step_pairs_sample"),
+    "pairs-verify": ("stages.downstream", "step_pairs_verify"),
+    "pairs-label": ("stages.downstream", "step_pairs_label"),
+    "pairs-build": ("stages.downstream", "step_pairs_build"),
+    "dpo": ("stages.dpo", "step_dpo"),
+    "dpo-stats": ("stages.dpo", "step_dpo_stats"),
+    "policy-eval": ("stages.downstream", "step_policy_eval"),
+    "policy-metrics": ("stages.downstream", "step_policy_metrics"),
+    "downstream-summary": ("stages.downstream", "step_downstream_summary"),
+    "report": ("stages.report", "step_report"),
+    "replicates": ("stages.replicates", "step_replicates"),
 }
 
 
@@ -84,9 +85,9 @@ def _named(groups: Sequence[Sequence[str]] | None, flag: str) -> dict[str, tuple
 def cmd_stage(a: argparse.Namespace) -> int:
     import importlib
 
-    from . import launch, reads, tracking
-    from .io import StageIO
-    from .phases import STEP_PHASE
+    from librarm.phases import STEP_PHASE
+    from librarm.run import launch, reads, tracking
+    from librarm.run.io import StageIO
 
     cfg = _load_config(a.config)
     settings = launch.settings_for_step(cfg, a.step)
@@ -175,7 +176,7 @@ def served_models(base_url: str, api_key: str | None = None) -> list[str]:
     cap and checked field by field; whatever is wrong is one line naming the URL."""
     import json
 
-    from .sampling import ReplyError, bounded_request, json_kind, server_text
+    from librarm.engines.http import ReplyError, bounded_request, json_kind, server_text
 
     url = base_url.rstrip("/") + "/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -216,7 +217,7 @@ def served_models(base_url: str, api_key: str | None = None) -> list[str]:
 def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
     """Fail before scoring, with one line naming the setting: an unset API-key variable, a server
     that does not answer or does not serve the model, a pipeline model not built yet."""
-    from .config import model_ref
+    from librarm.run.models import model_ref
 
     spec = JudgeSpec.of(params, judge)
     if spec.backend == "pseudo":
@@ -232,7 +233,7 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
         served = served_models(spec.base_url, os.environ[var] if var else None)
         # a local folder may be absent from the list: `transformers serve` loads folders on first request
         if served and ref["path"] not in served and not Path(ref["path"]).is_dir():
-            from .sampling import server_text
+            from librarm.engines.http import server_text
 
             shown = ", ".join(server_text(s, 120) for s in served[:MODELS_SHOWN])
             more = f" and {len(served) - MODELS_SHOWN} more" if len(served) > MODELS_SHOWN else ""
@@ -245,8 +246,8 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
 def cmd_score(a: argparse.Namespace) -> int:
     """Score any file in the public Libra Bench schema with any judge: one from params, or a model
     folder, hub id or served model given on the command line."""
-    from .bench import fetch_bench
-    from .evaluate import score_file
+    from librarm.stages.bench import fetch_bench
+    from librarm.stages.evaluate import score_file
 
     presets = [] if a.preset == ["none"] else (a.preset or [SCORE_DEFAULT_PRESET])
     cfg = load_params(a.params, presets, [score_overlay(a)] if a.model else [])
@@ -270,7 +271,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 
 def cmd_dvc_yaml(a: argparse.Namespace) -> int:
-    from .phases import check_dvc_yaml, render_dvc_yaml
+    from librarm.phases import check_dvc_yaml, render_dvc_yaml
 
     if a.check:
         problems = check_dvc_yaml(a.path)
@@ -278,6 +279,18 @@ def cmd_dvc_yaml(a: argparse.Namespace) -> int:
             print(p, file=sys.stderr)
         return 1 if problems else 0
     Path(a.path).write_text(render_dvc_yaml())
+    return 0
+
+
+def cmd_params_doc(a: argparse.Namespace) -> int:
+    from librarm.params_doc import check_params_md, write_params_md
+
+    if a.check:
+        problems = check_params_md()
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    print(f"wrote {write_params_md()}")
     return 0
 
 
@@ -301,7 +314,7 @@ def cmd_params(a: argparse.Namespace) -> int:
 
 
 def cmd_seeds(a: argparse.Namespace) -> int:
-    from .seeds import run_seed_summary
+    from librarm.seeds import run_seed_summary
 
     text = run_seed_summary(a.exp_json)
     if a.out:
@@ -312,8 +325,8 @@ def cmd_seeds(a: argparse.Namespace) -> int:
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
-    from .profile import latest_log, profile_report
-    from .warm import WARM_LOG
+    from librarm.profile import latest_log, profile_report
+    from librarm.run.warm import WARM_LOG
 
     print(profile_report(a.log or latest_log(), a.cores, a.benchmarks, WARM_LOG), end="")
     return 0
@@ -321,7 +334,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
 
 def cmd_after_pull(a: argparse.Namespace) -> int:
     """After `dvc pull`: touch the results for Snakemake only when DVC says they are current."""
-    from .pulled import NotCurrentError, after_pull
+    from librarm.run.pulled import NotCurrentError, after_pull
 
     try:
         after_pull()
@@ -334,7 +347,7 @@ def cmd_after_pull(a: argparse.Namespace) -> int:
 
 def cmd_train_tiny(a: argparse.Namespace) -> int:
     """Retrain the tiny models from params and (with --ship) store them as the shipped weights."""
-    from .tinyworld import retrain_tiny
+    from librarm.stages.bootstrap_tiny import retrain_tiny
 
     cfg = load_params(a.params, a.preset or ())
     stats = retrain_tiny(cfg, a.workdir, a.threads, ship=a.ship)
@@ -345,7 +358,7 @@ def cmd_train_tiny(a: argparse.Namespace) -> int:
 
 
 def cmd_track_flush(a: argparse.Namespace) -> int:
-    from .tracking import SPOOL_DIR, flush_spool, tracking_uri
+    from librarm.run.tracking import SPOOL_DIR, flush_spool, tracking_uri
 
     n = flush_spool()
     print(f"{n} job records from {SPOOL_DIR} imported into {tracking_uri()}")
@@ -353,8 +366,8 @@ def cmd_track_flush(a: argparse.Namespace) -> int:
 
 
 def cmd_results_doc(a: argparse.Namespace) -> int:
-    from . import results_doc as R
-    from .io import read_json
+    from librarm import results_doc as R
+    from librarm.run.io import read_json
 
     if a.check:
         golden = Path(a.golden)
@@ -381,7 +394,7 @@ def cmd_results_doc(a: argparse.Namespace) -> int:
 def cmd_push_model(a: argparse.Namespace) -> int:
     """Upload a trained judge or DPO policy with its model card (the report's model_cards folder)
     as README.md, in one commit, to a Hugging Face repo."""
-    from .model_cards import push_model
+    from librarm.stages.model_cards import push_model
 
     info = push_model(a.model, a.repo_id, private=a.private, revision=a.revision, commit_message=a.message)
     print(f"pushed {a.model} to {a.repo_id}: {getattr(info, 'commit_url', info)}")
@@ -412,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--judge", required=True, help="a key of params 'judges' (or a new name with --model)")
     sc.add_argument("--model", help="hf/vllm: a model folder or hub id; http: the name the server serves")
     sc.add_argument("--revision", help="the pinned revision of a hub --model")
-    sc.add_argument("--backend", default="hf", choices=["hf", "vllm", "http"])
+    sc.add_argument("--backend", default="hf", choices=[n for n in engines.names() if engines.get(n).needs_model])
     sc.add_argument("--base-url", help="http: the OpenAI-compatible server's URL, e.g. http://127.0.0.1:8000/v1")
     sc.add_argument("--api-key-env", help="http: the environment variable that holds the API key")
     sc.add_argument("--vllm-arg", action="append", metavar="KEY=VALUE",
@@ -426,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", required=True)
     sc.add_argument("--threads", type=int, default=None)
     sc.set_defaults(func=cmd_score)
+
+    pd = sub.add_parser("params-doc", help="write (or --check) docs/params.md, the parameter reference, from the schema")
+    pd.add_argument("--check", action="store_true", help="exit 1 when docs/params.md differs from the schema's render")
+    pd.set_defaults(func=cmd_params_doc)
 
     d = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the phase registry")
     d.add_argument("--check", action="store_true")
@@ -514,11 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import os
 
-    from .io import InputError
+    from librarm.run.io import InputError
 
     args = build_parser().parse_args(argv)
     args.cli_args = list(sys.argv[1:] if argv is None else argv)      # what a launcher re-runs
-    from . import launch
+    from librarm.run import launch
 
     # A backend that must run under another interpreter (vLLM) re-runs this command there: only
     # when this process is the command (not main() called in-process), and only while it runs.
@@ -539,8 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command() -> int:
     """`python -m librarm.cli ...`: a stage job forks from the run's warm server when there is one
-    (librarm/warm.py), otherwise runs here."""
-    from . import launch, warm
+    (Nonelibrarm/run/warm.py), otherwise runs here."""
+    from librarm.run import launch, warm
 
     if sys.argv[1:2] == ["stage"] and not launch.inside_launch():
         code = warm.run_through_server(sys.argv[1:])

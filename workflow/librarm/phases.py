@@ -13,8 +13,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from . import paths as P
-from .config import REPO_ROOT
+from librarm.run import paths as P
+from librarm.run.paths import REPO_ROOT
+from librarm.run.settings import Params
 
 PKG = "workflow/librarm"
 # Code every phase depends on beyond its import closure: the registry itself (rule params, code
@@ -22,19 +23,47 @@ PKG = "workflow/librarm"
 COMMON_CODE = ("phases.py",)
 
 
+def package_modules(root: Path = REPO_ROOT) -> dict[str, Path]:
+    """Every module of the package by its dotted name under librarm ("cli", "run.io", "engines"
+    for engines/__init__.py) -> its file."""
+    base = root / PKG
+    out = {}
+    for p in sorted(base.rglob("*.py")):
+        parts = p.relative_to(base).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            out[".".join(parts)] = p
+    return out
+
+
+def module_file(module: str) -> str:
+    """A module's file relative to the package folder: run.io -> run/io.py, engines -> engines/__init__.py."""
+    return (module.replace(".", "/") + "/__init__.py") if module in _PACKAGES else module.replace(".", "/") + ".py"
+
+
+_PACKAGES = ("engines", "judging", "run", "stages")
+
+
 def module_imports(module: str, root: Path = REPO_ROOT) -> set[str]:
     """The package modules one module imports, at top level or inside functions (most of this
-    package's imports sit inside functions, to keep heavy libraries out of start-up)."""
-    tree = ast.parse((root / PKG / f"{module}.py").read_text())
-    names = {p.stem for p in (root / PKG).glob("*.py")}
+    package's imports sit inside functions, to keep heavy libraries out of start-up). Absolute
+    imports only (`from librarm.run.io import ...`, `from librarm.run import paths`): the package
+    uses no relative ones."""
+    modules = package_modules(root)
+    tree = ast.parse(modules[module].read_text())
     out: set[str] = set()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        if node.level == 1 or (node.module or "").startswith("librarm"):
-            mod = (node.module or "").removeprefix("librarm").lstrip(".").split(".")[0]
-            out |= {mod} if mod else {a.name for a in node.names}
-    return (out & names) - {module}
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "librarm" and not node.level:
+            parent = node.module.removeprefix("librarm").lstrip(".")
+            for alias in node.names:
+                sub = f"{parent}.{alias.name}" if parent else alias.name
+                out.add(sub if sub in modules else parent)
+        elif isinstance(node, ast.Import):
+            out |= {a.name.removeprefix("librarm.") for a in node.names if a.name.startswith("librarm.")}
+    # importing a.b.c runs a/__init__ and a/b/__init__ too
+    out |= {".".join(m.split(".")[:i]) for m in set(out) for i in range(1, m.count(".") + 1)}
+    return (out & set(modules)) - {module}
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,7 +94,7 @@ class Phase:
     @property
     def code(self) -> tuple[str, ...]:
         """The phase's code: the import closure of its entry modules (computed, never listed)."""
-        return tuple(f"{m}.py" for m in import_closure(self.entry))
+        return tuple(module_file(m) for m in import_closure(self.entry))
 
     @property
     def code_files(self) -> list[str]:
@@ -74,44 +103,44 @@ class Phase:
 
 PHASES: dict[str, Phase] = {p.name: p for p in (
     Phase("problems", P.PROBLEMS_STATS, P.PROBLEMS, ("seed", "problems"),
-          ("problems",), (), "rules/problems.smk", steps=("problems",)),
+          ("stages.problems",), (), "rules/problems.smk", steps=("problems",)),
     Phase("bootstrap", P.BOOTSTRAP_STATS, P.BOOTSTRAP,
           ("seed", "problems", "models", "bootstrap", "judge.prompt_template", "judge.system_prompt",
            "judge.max_prompt_tokens", "judge.overflow"),
-          ("tinyworld", "gguf"), ("problems",), "rules/bootstrap.smk",
+          ("stages.bootstrap_tiny", "stages.bootstrap_gguf"), ("problems",), "rules/bootstrap.smk",
           steps=("bootstrap-tiny", "prepare-model", "bootstrap-stats")),
     Phase("sample", P.SAMPLES_STATS, P.SAMPLES, ("seed", "models", "generators", "sampling"),
-          ("sampling",), ("problems", "bootstrap"), "rules/sample.smk", steps=("sample", "sample-stats")),
+          ("stages.sample",), ("problems", "bootstrap"), "rules/sample.smk", steps=("sample", "sample-stats")),
     Phase("verify", P.VERIFY_STATS, P.VERIFY, ("verify",),
-          ("verify",), ("problems", "sample"), "rules/verify.smk", steps=("verify", "verify-stats")),
+          ("stages.verify",), ("problems", "sample"), "rules/verify.smk", steps=("verify", "verify-stats")),
     Phase("bench", P.BENCH_STATS, P.BENCH, ("seed", "bench", "problems", "stress"),
-          ("bench",), ("verify",), "rules/bench.smk", steps=("bench",)),
+          ("stages.bench",), ("verify",), "rules/bench.smk", steps=("bench",)),
     Phase("judge_data", P.JUDGE_DATA_STATS, P.JUDGE_DATA, ("seed", "judge_data", "problems"),
-          ("train",), ("problems", "verify"), "rules/train.smk", optional="judge_data", steps=("judge-data",)),
+          ("stages.train",), ("problems", "verify"), "rules/train.smk", optional="judge_data", steps=("judge-data",)),
     Phase("rs", P.RS_STATS, P.RS, ("seed", "rs", "judge", "judges", "models", "sampling", "sft.init"),
-          ("train",), ("judge_data", "verify", "bootstrap"),
+          ("stages.train",), ("judge_data", "verify", "bootstrap"),
           "rules/train.smk", optional="rs", steps=("rs",)),
     Phase("train", P.TRAIN_STATS, P.TRAIN, ("seed", "sft", "rl", "scalar_rm", "judge", "models", "launch"),
-          ("train",),
+          ("stages.train",),
           ("rs", "judge_data", "bootstrap"), "rules/train.smk", optional="judge_data", steps=("train", "train-stats")),
     Phase("evaluate", P.EVAL_SUMMARY, P.EVAL,
           ("seed", "models", "judges", "judge", "evaluate", "compare", "judge_data.exclude_generators"),
-          ("evaluate",),
+          ("stages.evaluate",),
           ("bench", "bootstrap", "train", "judge_data"), "rules/evaluate.smk", steps=("evaluate", "eval-summary")),
     Phase("pairs", P.PAIRS_STATS, P.PAIRS,
           ("seed", "pairs", "models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify"),
-          ("downstream", "evaluate", "verify"),
+          ("stages.downstream", "stages.evaluate", "stages.verify"),
           ("problems", "bootstrap", "train", "judge_data"), "rules/downstream.smk", optional="pairs",
           steps=("pairs-split", "pairs-sample", "pairs-verify", "pairs-label", "pairs-build")),
     Phase("dpo", P.DPO_STATS, P.DPO,
           ("seed", "dpo", "sampling", "evaluate_policy", "verify", "pairs.labelers", "pairs.raw_labelers",
            "pairs.budget", "pairs.gold_curve", "pairs.policy", "models", "launch"),
-          ("dpo",),
+          ("stages.dpo",),
           ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs", steps=("dpo", "dpo-stats")),
     Phase("evaluate_policy", P.DOWNSTREAM_SUMMARY, P.DOWNSTREAM,
           ("seed", "evaluate_policy", "sampling", "verify", "pairs.labelers", "pairs.raw_labelers", "pairs.gold_curve",
            "pairs.backend", "pairs.engine", "pairs.policy", "models", "dpo.seeds", "report.permutations"),
-          ("downstream", "verify"),
+          ("stages.downstream", "stages.verify"),
           ("problems", "bootstrap", "pairs", "dpo"), "rules/downstream.smk", optional="pairs",
           steps=("policy-eval", "policy-metrics", "downstream-summary")),
     # the model cards read models, judges, pairs.policy, rl.items and dpo (what each model starts
@@ -119,9 +148,9 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
     Phase("report", P.REPORT_METRICS, P.REPORT,
           ("seed", "report", "pairs.labelers", "pairs.gold_curve", "pairs.raw_labelers", "pairs.policy", "dpo",
            "evaluate.judges", "compare.pairs", "models", "judges", "rl.items"),
-          ("report", "replicates"),
+          ("stages.report", "stages.replicates"),
           ("verify", "bench", "evaluate", "judge_data", "train", "rs", "pairs", "dpo", "evaluate_policy"),
-          "rules/report.smk", optional="pairs", steps=("report", "seeds")),
+          "rules/report.smk", optional="pairs", steps=("report", "replicates")),
 )}
 
 # Every `librarm stage` step and the phase it belongs to (the CLI's step -> phase map).
@@ -145,11 +174,52 @@ def param_name(dotted: str) -> str:
     return dotted.replace(".", "__")
 
 
-def code_hash(phase: str, root: Path = REPO_ROOT) -> str:
+def phase_backends(config: Mapping[str, Any] | None, phase: str) -> set[str]:
+    """The backends a phase's jobs run under these params (every built-in one when config is None:
+    DVC's static deps). Only the phases that sample or judge use any."""
+    from librarm import engines
+
+    if phase not in ENGINE_SPECS:
+        return set()
+    if config is None:
+        return set(engines.BUILTIN)
+    return {b for b in ENGINE_SPECS[phase](Params.from_dict(config)) if b}
+
+
+def _pairs_backends(p: Params) -> set[str]:
+    if p.pairs is None:
+        return set()
+    judges = {p.judges[name].backend for name in p.pairs.labelers if name in p.judges}
+    return {p.pairs.backend} | judges
+
+
+# phase -> the backends its jobs use (generators, judges, the policy's engine)
+ENGINE_SPECS = {
+    "sample": lambda p: {g.backend for g in p.generators.values()},
+    "rs": lambda p: {p.judges[p.rs.teacher].backend} if p.rs and p.rs.teacher in p.judges else set(),
+    "evaluate": lambda p: {p.judges[j].backend for j in p.evaluate.judges if j in p.judges},
+    "pairs": _pairs_backends,
+    "evaluate_policy": lambda p: {p.pairs.backend} if p.pairs else set(),
+}
+
+
+def backend_files(backends: set[str]) -> list[str]:
+    """The package files of these backends (a backend registered by a call has none here)."""
+    from librarm import engines
+
+    return sorted(f"{PKG}/{engines.module_of(b)}.py" for b in backends if engines.module_of(b))
+
+
+def code_files(phase: str, config: Mapping[str, Any] | None = None) -> list[str]:
+    """A phase's code: its import closure, the registry, and the modules of the backends it uses."""
+    return sorted(set(PHASES[phase].code_files) | set(backend_files(phase_backends(config, phase))))
+
+
+def code_hash(phase: str, root: Path = REPO_ROOT, config: Mapping[str, Any] | None = None) -> str:
     """Hash of the phase's module sources: a Snakemake param, so editing a module reruns the phase
-    (DVC sees the same files as deps)."""
+    (DVC sees the same files as deps; with every backend's, being static)."""
     h = hashlib.sha256()
-    for f in PHASES[phase].code_files:
+    for f in code_files(phase, config):
         h.update(f.encode())
         h.update((root / f).read_bytes())
     return h.hexdigest()[:16]
@@ -158,7 +228,7 @@ def code_hash(phase: str, root: Path = REPO_ROOT) -> str:
 def rule_params(config: Mapping[str, Any], phase: str, **override) -> dict[str, Any]:
     """The `params:` of a phase's rules: each params key it reads, plus the code hash."""
     out = {param_name(k): _constant(lookup(config, k)) for k in PHASES[phase].params}
-    out["code"] = code_hash(phase)
+    out["code"] = code_hash(phase, config=config)
     out.update(override)
     return out
 
@@ -171,7 +241,7 @@ def _constant(value: Any):
 def dvc_stages() -> dict[str, Any]:
     stages = {}
     for p in PHASES.values():
-        deps = ["Snakefile", "rules/common.smk", p.rules_file] + p.code_files
+        deps = ["Snakefile", "rules/common.smk", p.rules_file] + code_files(p.name)
         deps += [PHASES[u].out for u in p.upstream]
         stages[p.name] = {
             "cmd": f"snakemake --cores all {p.target}",
@@ -192,12 +262,12 @@ def out_paths(stage: Mapping[str, Any]) -> list[str]:
 def dvc_plots() -> list[dict]:
     """`dvc plots show` definitions: each curve folder of the report (one CSV per series, so the
     definitions do not depend on which models a params file names) and the report's PNG plots."""
-    from .report import CURVES, PLOT_IMAGES
+    from librarm.stages.report import CURVES, PLOT_IMAGES
 
     out: list[Any] = [{f"{P.REPORT_CURVES}/{name}": {"x": "step", "y": key, "title": title}}
                       for name, _kind, key, title in CURVES]
     out.append({f"{P.REPORT_CURVES}/dpo_loss": {"x": "step", "y": "loss", "title": "DPO loss (budget pairs)"}})
-    # libra_score.png: the judges' Libra scores with intervals (librarm.report_pages)
+    # libra_score.png: the judges' Libra scores with intervals (librarm.stages.report_pages)
     return out + [f"{P.REPORT}/{img}" for img in PLOT_IMAGES] + [f"{P.REPORT}/libra_score.png"]
 
 

@@ -127,7 +127,7 @@ def usage_by_output(log_path: str | Path) -> dict[str, dict[str, float]]:
 
 
 def phase_of(job: Job) -> str:
-    from .phases import PHASES
+    from librarm.phases import PHASES
 
     for o in job.outputs:
         for p in PHASES.values():

@@ -18,10 +18,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import paths as P
-from .io import file_sha256, read_json, stable_hash, write_json, write_text
-from .provenance import provenance_lines
-from .report_pages import headline_text
+from librarm.run import paths as P
+from librarm.run.io import file_sha256, read_json, stable_hash, write_json, write_text
+from librarm.run.provenance import provenance_lines
+from librarm.stages.report_pages import headline_text
 
 RESULTS_JSON = "docs/results.json"
 RESULTS_MD = "docs/results.md"
@@ -96,7 +96,7 @@ def run_provenance(root: Path, preset: str) -> dict[str, Any]:
 def resolved_tables(root: Path) -> list[dict[str, Any]]:
     """The report's tables (P.REPORT_SUMMARY) with every cell as the text the report
     shows, read again from the metrics file each cell cites (so a stale summary.md cannot leak in)."""
-    from .report import source_text
+    from librarm.stages.report import source_text
 
     summary = read_json(root / P.REPORT_SUMMARY)
     docs = {k: read_json(root / p) for k, p in summary["sources"].items()}
@@ -191,7 +191,7 @@ def readme_block(doc: Mapping[str, Any], seeds: Mapping[str, Any] | None) -> str
                        [[n, *("—" if h.get(k) is None else _fmt_headline(k, h[k]) for k in (f"libra.{n}", f"gain.{n}"))]
                         for n in names])
     if seeds is not None:
-        from .replicates import seeds_markdown
+        from librarm.stages.replicates import seeds_markdown
 
         tables = re.findall(r"(?:^\|.*\|\n)+", seeds_markdown(seeds), re.M)
         lines += ["", "Across seeds ([docs/seeds_report.md](docs/seeds_report.md)):", "", tables[0].rstrip("\n")]
@@ -219,7 +219,7 @@ def render_documents(repo: str | Path = ".") -> list[str]:
 
 def write_seeds_report(root: str | Path = ".", repo: str | Path = ".", preset: str = "seeds") -> list[str]:
     """docs/seeds_report.{json,md} from a seeds run's seeds report (P.SEEDS_JSON), with its provenance."""
-    from .replicates import seeds_markdown
+    from librarm.stages.replicates import seeds_markdown
 
     root, repo = Path(root), Path(repo)
     src = root / P.SEEDS_JSON

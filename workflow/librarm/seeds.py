@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .paths import REPORT_METRICS
+from librarm.run.paths import REPORT_METRICS
 
 SEED_KEYS = ("seed", "sft.seed", "rl.seed", "scalar_rm.seed", "dpo.seeds")
 HEADLINE = REPORT_METRICS   # the one DVC metrics file (phases.render_dvc_yaml)

@@ -11,8 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .labelers import NONE_POLICY
-from .metrics import item_counts, vec_accuracy, vec_macro_f1
+from librarm.judging.metrics import item_counts, vec_accuracy, vec_macro_f1
+from librarm.run.labelers import NONE_POLICY
 
 
 # ----------------------------------------------------------------------------- p-values

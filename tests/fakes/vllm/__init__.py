@@ -39,7 +39,7 @@ For assertions every LLM is appended to ``instances``; each keeps ``init_kwargs`
 constructor got), ``calls`` (one entry per ``generate`` call) and ``received`` (one
 ``(prompt_token_ids, SamplingParams)`` pair per request, in order). Tests may set
 ``tokenizer_factory`` (a zero-argument callable) to change what ``get_tokenizer()`` returns; the
-default is ``librarm.tinyworld.build_tokenizer()`` (byte-level, with a chat template).
+default is ``librarm.stages.bootstrap_tiny.build_tokenizer()`` (byte-level, with a chat template).
 """
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ class LLM:
             if tokenizer_factory is not None:
                 self._tokenizer = tokenizer_factory()
             else:
-                from librarm.tinyworld import build_tokenizer
+                from librarm.stages.bootstrap_tiny import build_tokenizer
 
                 self._tokenizer = build_tokenizer()
         return self._tokenizer

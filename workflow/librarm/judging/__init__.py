@@ -1,0 +1,1 @@
+"""The judge: prompts and verdict parsing, the think split, rewards, judge metrics and comparisons."""

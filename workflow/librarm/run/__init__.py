@@ -1,0 +1,1 @@
+"""Run machinery: params (schema, typed settings), paths, I/O, launch, tracking, provenance, warm jobs, repro."""

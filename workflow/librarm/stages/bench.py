@@ -1,0 +1,228 @@
+"""Libra Bench assembly: drop malformed records, deduplicate, balance correct/incorrect per cell,
+select deterministically by hashing ids, write the 8-field public file and stats."""
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from librarm.run.io import InputError, StageIO, read_jsonl, read_table, stable_hash, write_json, write_jsonl
+from librarm.run.settings import BenchSettings, ProblemsSettings, StressSettings, seed_of
+
+PUBLIC_FIELDS = ("index", "question", "response", "label", "model", "reference", "subset", "response_with_cot")
+
+
+class ShortfallError(ValueError):
+    """A balance cell has fewer items of a label than required (bench.balance.on_shortfall: error)."""
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def cell_key(rec: Mapping[str, Any], unit: str) -> tuple:
+    if unit == "subset_generator":
+        return (rec["subset"], rec["generator"])
+    if unit == "problem_generator":
+        return (rec["subset"], rec["problem_id"], rec["generator"])
+    if unit == "subset":        # pools generators: for sets where each generator is one-sided (smoke-real)
+        return (rec["subset"],)
+    raise ValueError(f"unknown balance unit {unit!r}")
+
+
+def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_label: int | None,
+             on_shortfall: str, subset_order: Sequence[str],
+             per_label_by_subset: Mapping[str, int] | None = None) -> tuple[list[dict], dict]:
+    """Pure function: verified sample records -> (public bench rows, stats). A record is kept when it
+    has a label: `correct` (1), `wrong_answer` or `hedged` (0: a hedge is a wrong answer, and a
+    judge that accepts it is the judge a hedging policy would exploit); the others are dropped as
+    malformed. stats["label_reasons"] counts the chosen items by reason."""
+    stats: dict[str, Any] = {"input": len(records)}
+    dropped = Counter(r["reason"] for r in records if r["label"] is None)
+    stats["dropped_malformed"] = dict(sorted(dropped.items()))
+    gradable = [r for r in records if r["label"] is not None]
+    seen: set = set()
+    unique = []
+    for r in sorted(gradable, key=lambda r: r["sample_id"]):
+        k = (r["problem_id"], r["generator"], _norm(r["response_with_cot"]))
+        if k in seen:
+            continue
+        seen.add(k)
+        unique.append(r)
+    stats["dropped_duplicates"] = len(gradable) - len(unique)
+    cells: dict[tuple, dict[int, list]] = defaultdict(lambda: {0: [], 1: []})
+    for r in unique:
+        cells[cell_key(r, unit)][int(r["label"])].append(r)
+    chosen = []
+    outcome = Counter()
+    short_cells = []
+    for key in sorted(cells):
+        by_label = cells[key]
+        for lab in (0, 1):   # deterministic, order-free: rank by a hash of the sample id
+            by_label[lab].sort(key=lambda r: stable_hash(seed, "bench", r["sample_id"]))
+        avail = min(len(by_label[0]), len(by_label[1]))
+        want = (per_label_by_subset or {}).get(key[0], per_label)
+        target = want if want is not None else avail
+        short = avail < target or avail == 0
+        if short:
+            short_cells.append({"cell": list(key), "correct": len(by_label[1]), "incorrect": len(by_label[0])})
+            if on_shortfall == "error":
+                continue
+            if on_shortfall == "drop_cell":
+                outcome["dropped"] += 1
+                continue
+            outcome["partial" if avail else "empty"] += 1
+        else:
+            outcome["full"] += 1
+        k = min(avail, target)
+        chosen.extend(by_label[0][:k] + by_label[1][:k])
+    if short_cells and on_shortfall == "error":
+        sample = "; ".join(f"{'/'.join(map(str, c['cell']))} (correct={c['correct']}, incorrect={c['incorrect']})"
+                           for c in short_cells[:5])
+        raise ShortfallError(f"{len(short_cells)} balance cell(s) below per_label={per_label}: {sample}"
+                             " (set bench.balance.on_shortfall to take_available or drop_cell)")
+    rank = {s: i for i, s in enumerate(subset_order)}
+    chosen.sort(key=lambda r: (rank.get(r["subset"], len(rank)), r["subset"], r["problem_id"], r["generator"],
+                               r["sample_idx"]))
+    rows = [{"index": i, "question": r["question"], "response": r["response"], "label": int(r["label"]),
+             "model": r["generator"], "reference": r["gold"], "subset": r["subset"],
+             "response_with_cot": r["response_with_cot"]} for i, r in enumerate(chosen)]
+    stats["cells"] = {"total": len(cells), **{k: outcome.get(k, 0) for k in ("full", "partial", "empty", "dropped")}}
+    stats["shortfall_cells"] = short_cells
+    stats["n_items"] = len(rows)
+    by_subset: dict = defaultdict(Counter)
+    for r in rows:
+        by_subset[r["subset"]][r["label"]] += 1
+    stats["subsets"] = {s: {"n": c[0] + c[1], "correct": c[1], "incorrect": c[0],
+                            "problems": len({r["question"] for r in rows if r["subset"] == s})}
+                        for s, c in by_subset.items()}
+    stats["generators"] = dict(Counter(r["model"] for r in rows))
+    stats["label_reasons"] = dict(sorted(Counter(r["reason"] for r in chosen).items()))
+    return rows, stats
+
+
+def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out_path: str | Path,
+              stats_path: str | Path, stress_path: str | Path | None = None) -> dict:
+    """Stage `bench`: read the verify files named by params, write the bench and its stats; with
+    stress_path (params `stress` set), the judge-hacking stress set drawn from the bench."""
+    from librarm.run.provenance import provenance
+
+    records = []
+    for p in verify_paths:
+        records.extend(read_jsonl(p, {"sample_id": "str", "problem_id": "str", "subset": "str", "generator": "str",
+                                      "reason": "str", "label": "int?", "response": "str",
+                                      "response_with_cot": "str", "gold": "str", "question": "str",
+                                      "sample_idx": "int"}, id_field="sample_id").records)
+    bal = BenchSettings.from_params(params).balance
+    seed = seed_of(params)
+    rows, stats = assemble(records, seed=seed, unit=bal.unit, per_label=bal.per_label,
+                           on_shortfall=bal.on_shortfall, subset_order=ProblemsSettings.from_params(params).names("eval"),
+                           per_label_by_subset=bal.per_label_by_subset)
+    if not rows:
+        raise ValueError("the bench is empty: no cell had both correct and incorrect responses")
+    write_jsonl(out_path, rows)
+    if stress_path is not None:
+        from librarm.stages.stress import build_stress_set
+
+        stress = build_stress_set(rows, StressSettings.from_params(params), seed)
+        write_jsonl(stress_path, stress)
+        stats["stress"] = dict(Counter(it["subset"] for it in stress))
+    stats["balance"] = {k: v for k, v in asdict(bal).items() if v is not None}
+    stats["provenance"] = provenance(data=[str(p) for p in verify_paths])
+    write_json(stats_path, stats)
+    return stats
+
+
+def step_bench(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    stress = io.output_list("stress")
+    stats = run_bench(params, io.input_list("verified"), io.output("bench"), io.output("stats"),
+                      stress[0] if stress else None)
+    return stats, [io.output("stats")]
+
+
+# ----------------------------------------------------------------------------- reading any bench file
+HUB_PREFIX = "hf://datasets/"
+
+
+def fetch_bench(source: str, sha256: str | None = None) -> tuple[Path, str | None]:
+    """A bench given as a local path, or as `hf://datasets/OWNER/NAME@REVISION/PATH` (a file in a
+    Hugging Face dataset repo at a pinned revision; honours HF_HUB_OFFLINE and the hub cache):
+    (the local path, the file's sha256). With sha256, a file whose hash differs is an InputError."""
+    from librarm.run.io import file_sha256
+
+    if source.startswith(HUB_PREFIX):
+        owner, _, rest = source[len(HUB_PREFIX):].partition("/")
+        name_rev, _, inner = rest.partition("/")
+        name, _, revision = name_rev.partition("@")
+        if not (owner and name and revision and inner):
+            raise InputError(f"--bench {source}: expected {HUB_PREFIX}OWNER/NAME@REVISION/PATH with a pinned revision")
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(f"{owner}/{name}", inner, repo_type="dataset", revision=revision))
+    else:
+        path = Path(source)
+    digest = file_sha256(path) if path.is_file() else None
+    if sha256 and digest != sha256.lower():
+        raise InputError(f"--bench-sha256: {source} has sha256 {digest}, not {sha256}")
+    return path, digest
+
+
+_TRUE = {"1", "true", "True", "TRUE"}
+_FALSE = {"0", "false", "False", "FALSE"}
+
+
+def parse_label(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return int(value)
+    if isinstance(value, str) and value.strip() in _TRUE | _FALSE:
+        return 1 if value.strip() in _TRUE else 0
+    return None
+
+
+# The public schema's field types: required fields, then optional ones (missing or null is allowed:
+# `model` becomes "unknown", `response_with_cot` the response, `reference` stays None).
+BENCH_SCHEMA = {"index": "int", "question": "str", "response": "str", "subset": "str"}
+BENCH_OPTIONAL = {"model": (str,), "response_with_cot": (str,), "reference": (str, int, float)}
+
+
+def read_bench(path: str | Path) -> list[dict]:
+    """Read a benchmark in the public Libra Bench schema: a JSONL file, a parquet file or folder, or
+    a `datasets` save_to_disk folder (the published files as they are, `response_with_cot`
+    included). Labels may be 0/1, bool or 'true'/'false' strings. Every field of the schema is
+    type-checked (BENCH_SCHEMA, BENCH_OPTIONAL; a numeric `reference` is kept as text); anything
+    else is an InputError naming file, line (or row) and field. Other fields pass through."""
+    rows = []
+    report = read_table(path, BENCH_SCHEMA, id_field="index")
+    for where, row in zip(report.where, report.records):   # file lines: blank lines are counted
+        if "label" not in row:
+            raise InputError(f"{where}: field 'label': missing")
+        label = parse_label(row["label"])
+        if label is None:
+            raise InputError(f"{where}: field 'label': expected 0/1, true/false or 'true'/'false', "
+                             f"got {_show(row['label'])}")
+        if not row["subset"].strip():
+            raise InputError(f"{where}: field 'subset': empty")
+        for name, types in BENCH_OPTIONAL.items():
+            value = row.get(name)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                want = " or ".join(t.__name__.replace("str", "string") for t in types)
+                raise InputError(f"{where}: field '{name}': expected a {want} (or null), "
+                                 f"got {type(value).__name__} {_show(value)}")
+        reference = row.get("reference")
+        rows.append({**row, "label": label, "model": row.get("model") or "unknown",
+                     "response_with_cot": row.get("response_with_cot") or row["response"],
+                     **({"reference": str(reference)} if reference is not None else {})})
+    if not rows:
+        raise InputError(f"{path}: no items")
+    return rows
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

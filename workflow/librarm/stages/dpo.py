@@ -1,0 +1,181 @@
+"""DPO of the policy on one labeler's pairs (TRL DPOTrainer), with checkpoint selection on the
+validation problems of the unlabeled pool (the eval subsets are never read here)."""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping
+
+from librarm.run.io import StageIO, read_json, read_jsonl, set_tree_mode, write_json
+from librarm.run.launch import barrier, is_main, per_process, shared_on_disk, world_size
+from librarm.run.paths import RESUME_TRAIN
+from librarm.run.settings import DpoSettings, PairsSettings, SamplingSettings, VerifySettings, seed_of
+from librarm.stages.train import device_args, latest_checkpoint, resume_dir_for, seed_everything
+
+
+def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
+    """Prompt = the policy's rendered chat prompt (as the sampler renders it); chosen/rejected = the
+    raw responses including their thinking (TRL appends EOS), so no template can strip it."""
+    from librarm.engines.hf import render_chat
+    from librarm.stages.sample import problem_messages
+
+    scfg = SamplingSettings.from_params(params)
+    return [{"prompt": render_chat(tok, problem_messages({"problem": p["question"]}, scfg.system_prompt,
+                                                         scfg.problem_template)),
+             "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+
+
+def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
+            out_dir: str | Path, *, name: str, seed: int, threads: int | None = None,
+            resume_root: str | Path = RESUME_TRAIN, budget: int | None = None) -> dict:
+    """Train one DPO policy for the steps `budget` pairs take (see `labelers.dpo_step_pairs`;
+    None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
+    the untrained policy (step 0), every `val_every` steps and at the end. Selection reads the
+    gold answers of the pool's held-out validation problems (declared in every table). Resumes
+    from the last checkpoint under resume_root."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from librarm.engines.hf import HFSampler
+    from librarm.run.labelers import dpo_step_pairs
+    from librarm.stages.downstream import avg_at_k, per_problem_accuracy, policy_decoding, sample_and_grade
+    from librarm.stages.verify import VerifierPool
+
+    cfg = DpoSettings.from_params(params)
+    seed_everything(seed, threads)
+    pairs = read_jsonl(pairs_path).records
+    if not pairs:
+        # the labeler gave no training signal: the policy stays the base policy (reported as such)
+        out_dir = Path(out_dir)
+        if is_main():
+            shutil.rmtree(out_dir, ignore_errors=True)
+            shutil.copytree(init_model, out_dir)
+            set_tree_mode(out_dir)            # copytree keeps the source's modes
+        barrier()
+        return {"labeler": name, "seed": seed, "pairs": 0, "steps": 0, "global_step": 0, "selected_step": 0,
+                "selected_val_avg_at_k": None, "seconds": 0.0, "tokens_per_s": None, "loss_curve": [], "val_curve": [],
+                "note": f"{pairs_path} has no pair: the base policy, unchanged"}
+    val_problems = [dict(p, subset="val") for p in read_jsonl(val_problems_path).records]
+    tok = AutoTokenizer.from_pretrained(init_model)
+    model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
+    ds = Dataset.from_list(dpo_rows(pairs, tok, params))
+    step_pairs = len(pairs) if budget is None else dpo_step_pairs(name, len(pairs), budget)
+    steps = cfg.steps(step_pairs)
+    sampling = SamplingSettings.from_params(params)
+    resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path,
+                                {k: v for k, v in asdict(cfg).items() if k != "seeds"}, seed, steps,
+                                sampling.system_prompt, sampling.problem_template)
+    vcfg = policy_decoding(params)
+    if world_size() > 1:
+        ds = shared_on_disk(ds, resume_dir / f"rows-{world_size()}")
+        if len(pairs) % cfg.batch_size and is_main():
+            print(f"dpo: {len(pairs)} pairs is not a multiple of dpo.batch_size {cfg.batch_size}: in "
+                  f"{world_size()} processes an epoch's last, short batch is padded with repeated pairs "
+                  "(accelerate's even_batches), so those steps differ from one process", flush=True)
+    best_path = resume_dir / "best.json"
+    # read by every process before any writes it (then they agree on whether step 0 is validated)
+    started_with_best = best_path.exists()
+    barrier()
+    verify = VerifySettings.from_params(params)
+    pool = VerifierPool(1, verify.timeout_s, verify.memory_mb)
+
+    class SelectOnVal(TrainerCallback):
+        """Validation avg@k every val_every steps; the best state is saved beside the checkpoints
+        (with its score, so a resumed run keeps comparing against it)."""
+
+        def validate(self, state, model, tok):
+            was_training = model.training
+            model.eval()
+            sampler = HFSampler("live", vcfg, model=model, tokenizer=tok)
+            graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed_of(params), "policy-val", params, pool)
+            if was_training:
+                model.train()
+            acc = avg_at_k(per_problem_accuracy(graded))["all"]
+            state.log_history.append({"step": state.global_step, "val_avg_at_k": acc})
+            # every process validates the same weights the same way; rank 0 keeps the best
+            best = read_json(best_path) if is_main() and best_path.exists() else None
+            if is_main() and (best is None or acc > best["val_avg_at_k"]):
+                tmp = resume_dir / "best.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(str(tmp))
+                shutil.rmtree(resume_dir / "best", ignore_errors=True)
+                tmp.rename(resume_dir / "best")
+                write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
+            barrier()
+
+        def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+            # step 0 (the untrained policy) is a candidate too: DPO may only hurt
+            if state.global_step == 0 and not started_with_best:
+                self.validate(state, model, processing_class)
+
+        def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+            if state.global_step % cfg.val_every and state.global_step != state.max_steps:
+                return
+            self.validate(state, model, processing_class)
+
+    args = DPOConfig(
+        **device_args(),
+        output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=per_process(cfg.batch_size, "dpo.batch_size"),
+        learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
+        logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=seed, max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[SelectOnVal()])
+    started = time.time()
+    with pool:
+        trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
+    elapsed = time.time() - started
+    barrier()
+    best = read_json(best_path)
+    out_dir = Path(out_dir)
+    if is_main():
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(resume_dir / "best", tmp)
+        tok.save_pretrained(str(tmp))
+        set_tree_mode(tmp)                    # safetensors writes 0600; every output gets the umask's mode
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    barrier()
+    hist = trainer.state.log_history
+    tokens = sum(len(tok(r["prompt"] + r["chosen"])["input_ids"]) + len(tok(r["prompt"] + r["rejected"])["input_ids"])
+                 for r in ds)
+    return {"labeler": name, "seed": seed, "pairs": len(pairs), "step_pairs": step_pairs, "steps": steps,
+            "selection": "validation avg@k on gold answers of held-out pool problems (step 0 included)", "global_step": trainer.state.global_step,
+            "selected_step": best["step"], "selected_val_avg_at_k": best["val_avg_at_k"],
+            "seconds": round(elapsed, 1),
+            "tokens_per_s": round(tokens * steps * cfg.batch_size / max(1, len(pairs)) / elapsed, 1) if elapsed else None,
+            "loss_curve": [{"step": h["step"], "loss": h["loss"], "reward_margin": h.get("rewards/margins"),
+                            "reward_accuracy": h.get("rewards/accuracies")} for h in hist if "loss" in h],
+            "val_curve": [{"step": h["step"], "val_avg_at_k": h["val_avg_at_k"]} for h in hist if "val_avg_at_k" in h]}
+
+
+def step_dpo(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `dpo`: one policy (the `policy` wildcard) and DPO seed, from the `init` input (the
+    policy folder the pipeline made) or the hub policy `pairs.policy` names."""
+    from librarm.stages.downstream import policy_folder
+
+    init = policy_folder(params, io.input_list("init"))
+    log = run_dpo(params, io.input("pairs"), io.input("val"), init, io.output("model"),
+                  name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
+                  budget=PairsSettings.from_params(params).budget)
+    if is_main():
+        write_json(io.output("log"), log)
+    return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",
+                                "tokens_per_s", "loss_curve", "val_curve")}, [io.output("log")]
+
+
+def step_dpo_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+    """Stage step `dpo-stats`: every DPO run's log in one file, keyed <policy>/seed-<seed>."""
+    stats = {}
+    for p in io.input_list("logs"):
+        d = read_json(p)
+        stats[f"{d['labeler']}/seed-{d['seed']}"] = d
+    write_json(io.output("stats"), stats)
+    return {k: {"selected_val_avg_at_k": v["selected_val_avg_at_k"], "seconds": v["seconds"]}
+            for k, v in stats.items()}, [io.output("stats")]

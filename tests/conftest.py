@@ -346,3 +346,28 @@ def serve_on_loopback(cmd: list[str], ready_url: str, log_path: Path, name: str,
             stop_group(proc)
             pytest.fail(f"{name} did not answer {ready_url} in {timeout_s:.0f} s: see {log_path}")
         time.sleep(1)
+
+
+# ----------------------------------------------------------------------------- a real OpenAI-compatible server
+TINY_JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`transformers serve` on a free loopback port, not pinned to a model (as the serve preset runs
+    it: it loads each model folder on its first request), the tiny judge loaded by one request so
+    that /v1/models lists it."""
+    import requests
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    proc = serve_on_loopback([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
+                              "--port", str(port)], f"{url}/models",
+                             tmp_path_factory.mktemp("serve") / "transformers-serve.log", "transformers serve", 120)
+    try:
+        requests.post(f"{url}/chat/completions", timeout=120, json={
+            "model": str(TINY_JUDGE), "messages": [{"role": "user", "content": "Compute 1+1."}], "max_tokens": 1,
+        }).raise_for_status()
+        yield url
+    finally:
+        stop_group(proc)

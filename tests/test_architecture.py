@@ -24,7 +24,7 @@ from librarm.phases import (
 
 MODULES = sorted(package_modules())
 # Layers, lowest first: a module imports only modules of its own layer or below.
-TOOLS = {"cli", "params_doc", "phases", "profile", "results_doc", "seeds"}
+TOOLS = {"cli", "params_doc", "phases", "profile", "results_doc", "scoring", "seeds"}
 
 
 def layer(module: str) -> int:

@@ -6,13 +6,12 @@ import json
 
 import pytest
 
+from librarm.judging.bench_formats import parse_label, read_bench
 from librarm.run.io import InputError
 from librarm.stages.bench import (
     PUBLIC_FIELDS,
     ShortfallError,
     assemble,
-    parse_label,
-    read_bench,
 )
 
 
@@ -174,8 +173,8 @@ def test_read_bench_takes_jsonl_parquet_and_a_datasets_folder_alike(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from librarm.judging.bench_formats import read_bench
     from librarm.run.io import InputError, write_jsonl
-    from librarm.stages.bench import read_bench
 
     rows = [{"index": i, "question": f"q{i}", "response": f"r{i}", "response_with_cot": f"<think>t</think>r{i}",
              "label": i % 2 == 0, "subset": "s", "model": "m"} for i in range(5)]
@@ -204,8 +203,8 @@ def test_a_hub_bench_is_read_offline_from_the_cache_at_its_pinned_revision(tmp_p
     unpinned source and a wrong hash are one line each."""
     import huggingface_hub.constants as hub_constants
 
+    from librarm.judging.bench_formats import fetch_bench, read_bench
     from librarm.run.io import InputError, file_sha256, write_jsonl
-    from librarm.stages.bench import fetch_bench, read_bench
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = tmp_path / "hub" / "datasets--org--libra-bench" / "snapshots" / commit / "data"

@@ -1,7 +1,7 @@
 """Faults between the http backend and a real server, with nothing lost.
 
 `transformers serve` runs on a free loopback port for the tiny-world teacher judge (the `served`
-fixture of tests/test_serving.py, stopped by PID), and tests/fault_proxy.py sits in front of it.
+fixture of tests/conftest.py, stopped by PID), and tests/fault_proxy.py sits in front of it.
 Greedy decoding (temperature 0), so an undisturbed run is the reference:
 
 - each transient fault (dropped connection, 429 with Retry-After, a Retry-After above the cap,
@@ -40,7 +40,6 @@ from librarm.stages.sample import run_sample
 
 pytestmark = pytest.mark.engines
 
-served = test_serving.served            # the module fixture: `transformers serve` for JUDGE, stopped by PID
 
 CFG = SamplingConfig(temperature=0.0, max_new_tokens=24)
 TIMEOUT_S = 8.0                         # the per-request timeout where a test needs one (the slow fault)

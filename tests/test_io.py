@@ -87,7 +87,7 @@ def test_stable_seed_is_the_same_in_another_process():
     PYTHONHASHSEED gives the pinned value."""
     code = ("from librarm.run.io import stable_seed; "
             "print(stable_seed(1, 'gen', 'p1', 0), stable_seed(1, 'gen', 'p1', 1))")
-    workflow_dir = str(Path(librarm.run.io.__file__).resolve().parents[1])     # the librarm under test
+    workflow_dir = str(Path(librarm.run.io.__file__).resolve().parents[2])     # the librarm under test
     values = set()
     for hashseed in ("0", "12345"):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

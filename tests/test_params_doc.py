@@ -105,7 +105,7 @@ def test_types_and_defaults_come_from_the_schema():
 def test_refs_are_resolved():
     md = render_params_md()
     # `$ref: #/$defs/backend`: the enum comes from the definition, the default from the key
-    assert table_row(md, "pairs.backend")[1:3] == ['one of `"hf"`, `"vllm"`, `"http"`, `"pseudo"`', '`"hf"`']
+    assert table_row(md, "pairs.backend")[1:3] == ['one of `"hf"`, `"vllm"`, `"http"`, `"pseudo"`, `"rule"`', '`"hf"`']
     steps = SCHEMA["properties"]["problems"]["properties"]["sets"]["items"]["properties"]["steps"]
     assert steps["$ref"] == "#/$defs/steps"
     assert type_text(steps, SCHEMA).startswith("integer in [1, 8] or array of")

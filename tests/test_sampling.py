@@ -812,7 +812,7 @@ def boxed(text: str) -> str:
 @needs_shared_data("math500.jsonl")
 @pytest.mark.parametrize("kind", ["reference", "reference_wrong"])
 def test_pseudo_on_math500_nested_braces(kind):
-    from librarm.stages.verify import grade_answer
+    from librarm.judging.verifier import grade_answer
 
     row = shared_row("math500", "test/precalculus/807.json")
     gold = row["answer"]
@@ -860,7 +860,7 @@ def test_pseudo_tiny_world_reference_keeps_trace():
     "train/number_theory/510.json",      # a base-4 numeral: the subscript must stay
 ])
 def test_reference_wrong_is_graded_wrong_on_awkward_answers(row_id):
-    from librarm.stages.verify import grade_answer
+    from librarm.judging.verifier import grade_answer
 
     row = shared_row("math_train", row_id)
     assert grade_answer(row["answer"], split_think(pseudo("reference", row)).final)[0] == "correct"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, serve_on_loopback, stop_group, text_differences
+from conftest import free_port, text_differences
 
 from librarm.run.io import read_jsonl
 
@@ -52,27 +52,6 @@ def _greedy_params(tmp: Path) -> Path:
     out = tmp / "params.yaml"
     out.write_text(yaml.safe_dump(p))
     return out
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """`transformers serve` on a free loopback port, not pinned to a model (as the serve preset runs
-    it: it loads each model folder on its first request), the tiny judge loaded by one request so
-    that /v1/models lists it."""
-    import requests
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
-    proc = serve_on_loopback([str(Path(sys.executable).with_name("transformers")), "serve", "--host", "127.0.0.1",
-                              "--port", str(port)], f"{url}/models",
-                             tmp_path_factory.mktemp("serve") / "transformers-serve.log", "transformers serve", 120)
-    try:
-        requests.post(f"{url}/chat/completions", timeout=120, json={
-            "model": str(JUDGE), "messages": [{"role": "user", "content": "Compute 1+1."}], "max_tokens": 1,
-        }).raise_for_status()
-        yield url
-    finally:
-        stop_group(proc)
 
 
 def score_greedy(tmp: Path, name: str, model: Path, *backend: str, env: dict | None = None) -> dict[int, dict]:

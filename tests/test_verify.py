@@ -1,4 +1,4 @@
-"""librarm.stages.verify: the answer verifier (fixture regression over real MATH-500 answer forms, the
+"""librarm.judging.verifier and the verify stage: the answer verifier (fixture regression over real MATH-500 answer forms, the
 helpers, gold parsing, the worker pool: order, timeouts, kills, no code execution; no model is
 needed), and the stages `verify` (run_verify) and `verify-stats` (summarize_verify) on small
 hand-made files."""
@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA, needs_shared_data
 
-import librarm.stages.verify
+import librarm.judging.verifier
 from librarm.judging.think import split_think
-from librarm.run.io import read_json, read_jsonl, write_jsonl
-from librarm.stages.verify import (
+from librarm.judging.verifier import (
     GRADABLE,
     LABELS,
     REASONS,
@@ -27,9 +26,9 @@ from librarm.stages.verify import (
     grade_serial,
     parse_gold,
     precheck,
-    run_verify,
-    summarize_verify,
 )
+from librarm.run.io import read_json, read_jsonl, write_jsonl
+from librarm.stages.verify import run_verify, summarize_verify
 
 FIXTURE = Path(__file__).parent / "fixtures" / "answer_forms.jsonl"
 CASES = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -255,7 +254,7 @@ MEMORY_HOG = ("1", "\\boxed{2^{2^{30}}}")   # sympy evaluates the power: ~750 MB
 
 _MEMORY_PROBE = """
 import json, resource, sys
-from librarm.stages.verify import grade_answer
+from librarm.judging.verifier import grade_answer
 grade_answer("1", "\\\\boxed{1}")                          # imports and warm-up before the limit
 resource.setrlimit(resource.RLIMIT_AS, (200 << 20, 200 << 20))
 raised = []
@@ -274,13 +273,13 @@ def test_pool_memory_limit_hit_is_not_graded_correct_and_spares_the_pool():
     """What a memory-limit hit gives TODAY. The worker's `except MemoryError -> timeout` never sees
     it: math-verify (0.9) catches the MemoryError that sympy raises inside verify and returns False,
     so the item comes back `wrong_answer` (even with raise_on_error=True). Labelling it `timeout`
-    needs a change in librarm.stages.verify; until then this pins the behaviour that holds (it replaces a
+    needs a change in librarm.judging.verifier; until then this pins the behaviour that holds (it replaces a
     non-strict xfail that passed either way): the limit is really hit (first half, in a plain
     process), the item is not graded correct, the worker survives (nothing killed) and the next
     items are graded as usual."""
     probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, *MEMORY_HOG], capture_output=True,
                            text=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(Path(librarm.stages.verify.__file__).resolve().parents[1])})
+                           env={**os.environ, "PYTHONPATH": str(Path(librarm.judging.verifier.__file__).resolve().parents[2])})
     assert probe.returncode == 0, probe.stderr[-2000:]
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
     assert seen["memory_errors"] > 0, "the item no longer hits a 200 MB limit: pick another MEMORY_HOG"
@@ -625,6 +624,6 @@ def test_every_reference_solution_math_verify_accepts_stays_correct():
     ({"response": "\\boxed{5}", "has_think": False}, "\\boxed{5}"),
 ])
 def test_missing_think_closed_is_derived_from_the_text(record, final):
-    from librarm.stages.verify import final_answer_text
+    from librarm.judging.verifier import final_answer_text
 
     assert final_answer_text(record) == final

@@ -129,9 +129,6 @@ def _headline(metrics: Mapping[str, Any]) -> dict:
             if k not in ("provenance", "train_log", "cells", "overlap", "ci95", *CURVE_KEYS)}
 
 
-SCORE_DEFAULT_PRESET = "paper"     # real judges need the paper's prompt and budgets, not the tiny world's
-
-
 def _key_value(item: str, flag: str) -> tuple[str, Any]:
     """KEY=VALUE with VALUE read as YAML (0.1 is a number, float32 a string, true a bool)."""
     import yaml
@@ -142,13 +139,53 @@ def _key_value(item: str, flag: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def score_judge_name(a: argparse.Namespace) -> str:
+    """The judge `librarm score` scores: --judge, else the --model folder's name, else the backend
+    (a backend that needs no model, e.g. rule)."""
+    if a.judge:
+        return a.judge
+    if a.model:
+        return Path(a.model.rstrip("/")).name or a.model
+    if not engines.get(a.backend).needs_model:
+        return a.backend
+    raise ConfigError("name a judge: --judge KEY (a key of params 'judges') or --model PATH/NAME (any model), "
+                      "or --backend rule (math-verify against the reference)")
+
+
 def score_overlay(a: argparse.Namespace) -> dict:
-    """The params a `librarm score --model ...` judge adds: a models entry and a judges entry."""
-    judge: dict[str, Any] = {"model": f"cli_{a.judge}", "backend": a.backend, "kind": a.kind}
+    """The params a `librarm score` run lays over the params file: the judge given on the command line
+    (a models entry and a judges entry), the judge settings given as flags, and --set KEY=VALUE."""
+    name = score_judge_name(a)
+    overlay: dict[str, Any] = {}
+    if a.model or not engines.get(a.backend).needs_model:
+        overlay = _judge_overlay(a, name)
+    judge = {"max_prompt_tokens": a.max_prompt_tokens, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature}
+    judge = {k: v for k, v in judge.items() if v is not None}
+    if judge:
+        overlay["judge"] = judge
+    if a.concurrency is not None:
+        overlay.setdefault("judges", {}).setdefault(name, {})["concurrency"] = a.concurrency
+    for item in a.set or ():
+        key, value = _key_value(item, "--set")
+        cur = overlay
+        *parents, leaf = key.split(".")
+        for part in parents:
+            cur = cur.setdefault(part, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"--set {item}: {part} is not a section")
+        cur[leaf] = value
+    return overlay
+
+
+def _judge_overlay(a: argparse.Namespace, name: str) -> dict:
+    judge: dict[str, Any] = {"backend": a.backend, "kind": a.kind}
     if a.vllm_arg:
         if a.backend != "vllm":
             raise ConfigError("--vllm-arg: only with --backend vllm")
         judge["vllm_args"] = dict(_key_value(item, "--vllm-arg") for item in a.vllm_arg)
+    if not engines.get(a.backend).needs_model:
+        return {"judges": {name: judge}}
+    judge["model"] = f"cli_{name}"
     if a.backend == "http":
         if not a.base_url:
             raise ConfigError("--base-url: required with --backend http (the server's /v1 URL)")
@@ -162,7 +199,7 @@ def score_overlay(a: argparse.Namespace) -> dict:
         model = {"source": "hub", "id": a.model, "revision": a.revision}
     else:
         raise ConfigError(f"--model {a.model}: not a local folder; for a hub id pin a revision with --revision")
-    return {"models": {f"cli_{a.judge}": {**model, "role": "judge"}}, "judges": {a.judge: judge}}
+    return {"models": {f"cli_{name}": {**model, "role": "judge"}}, "judges": {name: judge}}
 
 
 MODELS_TIMEOUT_S = 15.0            # GET /models: connecting, headers and body together
@@ -220,7 +257,7 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
     from librarm.run.models import model_ref
 
     spec = JudgeSpec.of(params, judge)
-    if spec.backend == "pseudo":
+    if not engines.get(spec.backend).needs_model:
         return
     m = ModelSpec.of(params, spec.model)
     ref = model_ref(params, spec.model)
@@ -244,29 +281,77 @@ def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
 
 
 def cmd_score(a: argparse.Namespace) -> int:
-    """Score any file in the public Libra Bench schema with any judge: one from params, or a model
-    folder, hub id or served model given on the command line."""
-    from librarm.stages.bench import fetch_bench
-    from librarm.stages.evaluate import score_file
+    """Score a judge on a benchmark file of the field (librarm.scoring): a judge from params, or a
+    model folder, hub id or served model given on the command line, or the rule verifier."""
+    from librarm.judging.bench_formats import fetch_bench, has_reference, read_items
+    from librarm.judging.verdict_metrics import format_table, unparsed_warning
+    from librarm.scoring import ScoreError, ScoreRun, bench_identity, score_benchmark
 
-    presets = [] if a.preset == ["none"] else (a.preset or [SCORE_DEFAULT_PRESET])
-    cfg = load_params(a.params, presets, [score_overlay(a)] if a.model else [])
+    presets = [] if a.preset in (None, ["none"]) else a.preset
+    name = score_judge_name(a)
+    cfg = load_params(a.params, presets, [score_overlay(a)])
     judges = JudgeSpec.registry(cfg)
-    if a.judge not in judges:
-        raise ConfigError(f"judge {a.judge!r} is not in params 'judges' ({', '.join(judges)}); "
+    if name not in judges:
+        raise ConfigError(f"judge {name!r} is not in params 'judges' ({', '.join(judges)}); "
                           "pass --model PATH (or --backend http --base-url URL --model NAME) to score any judge")
-    check_judge_reachable(cfg, a.judge)
+    spec = judges[name]
+    bench, digest = fetch_bench(a.bench, a.bench_sha256)
+    items, info = read_items(bench, a.format, a.fields)
+    if a.limit:
+        items = items[:a.limit]
+    if not engines.get(spec.backend).needs_model and spec.backend == "rule" and not has_reference(info["format"]):
+        raise ConfigError(f"--backend rule: {info['format']} has no reference answers to verify against; "
+                          "score it with a model judge")
+    check_judge_reachable(cfg, name)
+    if spec.kind == "scalar":
+        return _score_scalar(cfg, name, bench, info, a)
     j = JudgeSettings.from_params(cfg)
     print(f"budgets ({'+'.join(presets) or 'params.yaml'}): judge.max_prompt_tokens={j.max_prompt_tokens} "
           f"judge.overflow={j.overflow} judge.max_new_tokens={j.max_new_tokens} "
-          f"judge.temperature={j.temperature}", flush=True)
-    bench, digest = fetch_bench(a.bench, a.bench_sha256)
-    print(f"bench: {bench}" + (f" (sha256 {digest})" if digest else ""), flush=True)
-    metrics = score_file(cfg, a.judge, bench, a.out, a.threads)
-    overflow = metrics.get("prompt_overflow") or {}
+          f"judge.temperature={j.temperature} samples={a.samples}", flush=True)
+    print(f"bench: {bench} ({info['format']}: {len(items)} items{', first ' + str(a.limit) if a.limit else ''})"
+          + (f" (sha256 {digest})" if digest else ""), flush=True)
+    chunk = a.concurrency or (spec.concurrency if spec.backend == "http" else j.batch_size)
+    run = ScoreRun(Path(a.out), samples=a.samples, limit=a.limit, chunk=chunk, overwrite=a.overwrite,
+                   threads=a.threads, progress=sys.stderr.isatty() or a.progress)
+    try:
+        summary = score_benchmark(cfg, name, items, bench_identity(bench, info, digest), run)
+    except ScoreError as exc:
+        raise ConfigError(str(exc)) from None
+    m, usage = summary["metrics"], summary["usage"]
+    overflow = m.get("prompt_overflow") or {}
     print(f"prompts over judge.max_prompt_tokens: {overflow.get('truncated', 0)} truncated, "
-          f"{overflow.get('skipped', 0)} skipped (of {metrics.get('n_items')})")
+          f"{overflow.get('skipped', 0)} skipped (of {len(items)})")
+    print(f"requests: {usage['requests']} sent, {usage['reused']} reused from {a.out}/verdicts.jsonl; "
+          f"tokens: {usage['prompt_tokens']} prompt, {usage['completion_tokens']} completion")
+    print(format_table(m))
+    if m.get("libra_score") is not None:
+        ci = m.get("libra_score_ci") or [None, None]
+        print(f"Libra score (first verdict): {100 * m['libra_score']:.1f}%"
+              + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci[0] is not None else ""))
+    warning = unparsed_warning(m)
+    if warning:
+        print(f"warning: {warning}")
+    print(f"wrote {a.out}/summary.json, predictions.jsonl, verdicts.jsonl, metrics.json")
+    return 0
+
+
+def _score_scalar(cfg: Mapping[str, Any], name: str, bench: Path, info: Mapping[str, Any], a: argparse.Namespace) -> int:
+    """A scalar reward model: one score per item, thresholded as the evaluate stage does (Libra schema)."""
+    from librarm.stages.evaluate import score_file
+
+    if info["format"] != "libra" or a.samples != 1:
+        raise ConfigError(f"judges.{name}: a scalar judge scores Libra-schema files with --samples 1")
+    metrics = score_file(cfg, name, bench, a.out, a.threads)
     print(json.dumps(_headline(metrics), indent=1, sort_keys=True, default=str))
+    return 0
+
+
+def cmd_leaderboard(a: argparse.Namespace) -> int:
+    from librarm.judging.leaderboard import build_leaderboard
+
+    done = build_leaderboard([Path(r) for r in a.runs], Path(a.out))
+    print(f"{done['rows']} rows: " + ", ".join(done["files"][:3]))
     return 0
 
 
@@ -417,32 +502,59 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     s.set_defaults(func=cmd_stage)
 
-    sc = sub.add_parser("score", help="score a Libra-Bench-schema file with a judge")
+    sc = sub.add_parser(
+        "score", help="score a judge on a benchmark (Libra Bench, VerifyBench, VerifierBench, PPE, RewardBench 2, any JSONL)",
+        description="Score one judge on one benchmark file. Writes OUT/summary.json (the metrics; what `librarm "
+                    "leaderboard` reads), OUT/predictions.jsonl (one record per item), OUT/verdicts.jsonl (one line "
+                    "per verdict, kept as it arrives: a rerun resumes) and OUT/metrics.json. See docs/scoring.md.")
     sc.add_argument("--bench", required=True,
-                    help="a JSONL or parquet file, a parquet or datasets save_to_disk folder, or "
+                    help="the benchmark: a JSONL, JSON or parquet file, a parquet or datasets save_to_disk folder, or "
                          "hf://datasets/OWNER/NAME@REVISION/PATH (a pinned file in a hub dataset repo)")
+    sc.add_argument("--format", choices=["libra", "verifybench", "verifierbench", "ppe-math", "rewardbench2", "jsonl"],
+                    help="the benchmark's schema (default: inferred from its fields)")
+    sc.add_argument("--fields", help="--format jsonl: the field mapping, e.g. question=q,reference=a,response=r,label=y,category=c")
     sc.add_argument("--bench-sha256", help="the bench file's expected sha256 (a mismatch stops before scoring)")
-    sc.add_argument("--judge", required=True, help="a key of params 'judges' (or a new name with --model)")
+    sc.add_argument("--judge", help="a key of params 'judges'; with --model, the name to give it (default: the model's name)")
     sc.add_argument("--model", help="hf/vllm: a model folder or hub id; http: the name the server serves")
     sc.add_argument("--revision", help="the pinned revision of a hub --model")
-    sc.add_argument("--backend", default="hf", choices=[n for n in engines.names() if engines.get(n).needs_model])
+    sc.add_argument("--backend", default="hf", choices=[n for n in engines.names() if not engines.get(n).reads_labels],
+                    help="the engine that runs the judge (rule: math-verify against the reference, no model)")
     sc.add_argument("--base-url", help="http: the OpenAI-compatible server's URL, e.g. http://127.0.0.1:8000/v1")
     sc.add_argument("--api-key-env", help="http: the environment variable that holds the API key")
     sc.add_argument("--vllm-arg", action="append", metavar="KEY=VALUE",
                     help="vllm: a keyword argument of vllm.LLM (repeat), e.g. dtype=float32 "
                          "gpu_memory_utilization=0.1 (on CPU, the share of RAM vLLM reserves)")
     sc.add_argument("--kind", default="generative", choices=["generative", "scalar"])
-    sc.add_argument("--params", default="params.yaml")
+    sc.add_argument("--samples", type=int, default=1, metavar="K",
+                    help="verdicts per item (seeded per item and sample): metrics for the first, the majority and the "
+                         "mean P(correct), with calibration when K > 1 (default 1)")
+    sc.add_argument("--limit", type=int, metavar="N", help="score the first N items only (a quick look)")
+    sc.add_argument("--concurrency", type=int, metavar="N",
+                    help="http: requests in flight (default: the judge's `concurrency`, 8); others: requests per batch")
+    sc.add_argument("--max-prompt-tokens", type=int, help="judge.max_prompt_tokens (longer prompts: judge.overflow)")
+    sc.add_argument("--max-new-tokens", type=int, help="judge.max_new_tokens")
+    sc.add_argument("--temperature", type=float, help="judge.temperature")
+    sc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="any params key, e.g. --set judge.top_p=0.95 (VALUE read as YAML; repeat)")
+    sc.add_argument("--params", default="params.yaml", help="the params file whose `judge` section and judges are used")
     sc.add_argument("--preset", action="append",
-                    help=f"presets over params.yaml (default: {SCORE_DEFAULT_PRESET}, for its judge prompt and "
-                         "budgets; `none`: params.yaml as is)")
-    sc.add_argument("--out", required=True)
+                    help="presets over the params file, on request only (e.g. paper: the paper's judge prompt and budgets)")
+    sc.add_argument("--out", required=True, help="the run's folder (a rerun with the same settings resumes in it)")
+    sc.add_argument("--overwrite", action="store_true", help="replace a folder that holds another scoring run")
+    sc.add_argument("--progress", action="store_true", help="a progress bar on stderr even when it is not a terminal")
     sc.add_argument("--threads", type=int, default=None)
     sc.set_defaults(func=cmd_score)
 
     pd = sub.add_parser("params-doc", help="write (or --check) docs/params.md, the parameter reference, from the schema")
     pd.add_argument("--check", action="store_true", help="exit 1 when docs/params.md differs from the schema's render")
     pd.set_defaults(func=cmd_params_doc)
+
+    lb = sub.add_parser("leaderboard", help="judges side by side: leaderboard.csv, .md and a sortable .html from scoring runs",
+                        description="Reads each OUT/summary.json that `librarm score` wrote; writes DIR/leaderboard.csv, "
+                                    "DIR/leaderboard.md, DIR/leaderboard.html and DIR/categories/*.html.")
+    lb.add_argument("runs", nargs="+", metavar="OUT", help="scoring run folders (each with summary.json)")
+    lb.add_argument("--out", required=True, metavar="DIR")
+    lb.set_defaults(func=cmd_leaderboard)
 
     d = sub.add_parser("dvc-yaml", help="write (or --check) dvc.yaml from the phase registry")
     d.add_argument("--check", action="store_true")

@@ -5,7 +5,7 @@ A backend is a module of this package (or of any package: `register`) that decla
 in the vLLM environment, and a factory. The registry imports a backend's module only when the
 backend is used, so a phase's code hash holds only the backends its params use
 (`phases.code_hash`), and the CLI's choices, the config checks, the schema's enum (a test) and
-the rules' environments all read `BACKENDS`.
+the rules' environments all read the registry (`names`, `get`).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # The backends that ship with the package: name -> module (imported on first use).
 BUILTIN = {"hf": "librarm.engines.hf", "vllm": "librarm.engines.vllm", "http": "librarm.engines.http",
-           "pseudo": "librarm.engines.pseudo"}
+           "pseudo": "librarm.engines.pseudo", "rule": "librarm.engines.rule"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Backend:
     fields: tuple[str, ...] = ()         # the EngineSpec fields it reads beyond backend and model
     needs_model: bool = True             # reads `models.<spec.model>`
     vllm_env: bool = False               # runs in the vLLM environment (rules' conda env, venv re-exec)
+    reads_labels: bool = False           # built from the data's labels (pseudo): never scores a benchmark
     # (spec, where) -> problems with its params, one line each, naming the key
     check: Callable[["EngineSpec", str], list[str]] | None = None
     module: str = field(default="", compare=False)

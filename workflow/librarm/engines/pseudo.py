@@ -72,4 +72,4 @@ def _check(spec, where: str) -> list[str]:
 
 
 BACKEND = Backend("pseudo", _make, "responses built from the data (no model)", fields=("pseudo",), needs_model=False,
-                  check=_check)
+                  reads_labels=True, check=_check)

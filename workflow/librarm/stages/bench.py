@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from librarm.run.io import InputError, StageIO, read_jsonl, read_table, stable_hash, write_json, write_jsonl
+from librarm.run.io import StageIO, read_jsonl, stable_hash, write_json, write_jsonl
 from librarm.run.settings import BenchSettings, ProblemsSettings, StressSettings, seed_of
 
 PUBLIC_FIELDS = ("index", "question", "response", "label", "model", "reference", "subset", "response_with_cot")
@@ -140,89 +140,3 @@ def step_bench(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]
     stats = run_bench(params, io.input_list("verified"), io.output("bench"), io.output("stats"),
                       stress[0] if stress else None)
     return stats, [io.output("stats")]
-
-
-# ----------------------------------------------------------------------------- reading any bench file
-HUB_PREFIX = "hf://datasets/"
-
-
-def fetch_bench(source: str, sha256: str | None = None) -> tuple[Path, str | None]:
-    """A bench given as a local path, or as `hf://datasets/OWNER/NAME@REVISION/PATH` (a file in a
-    Hugging Face dataset repo at a pinned revision; honours HF_HUB_OFFLINE and the hub cache):
-    (the local path, the file's sha256). With sha256, a file whose hash differs is an InputError."""
-    from librarm.run.io import file_sha256
-
-    if source.startswith(HUB_PREFIX):
-        owner, _, rest = source[len(HUB_PREFIX):].partition("/")
-        name_rev, _, inner = rest.partition("/")
-        name, _, revision = name_rev.partition("@")
-        if not (owner and name and revision and inner):
-            raise InputError(f"--bench {source}: expected {HUB_PREFIX}OWNER/NAME@REVISION/PATH with a pinned revision")
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(f"{owner}/{name}", inner, repo_type="dataset", revision=revision))
-    else:
-        path = Path(source)
-    digest = file_sha256(path) if path.is_file() else None
-    if sha256 and digest != sha256.lower():
-        raise InputError(f"--bench-sha256: {source} has sha256 {digest}, not {sha256}")
-    return path, digest
-
-
-_TRUE = {"1", "true", "True", "TRUE"}
-_FALSE = {"0", "false", "False", "FALSE"}
-
-
-def parse_label(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int) and value in (0, 1):
-        return value
-    if isinstance(value, float) and value in (0.0, 1.0):
-        return int(value)
-    if isinstance(value, str) and value.strip() in _TRUE | _FALSE:
-        return 1 if value.strip() in _TRUE else 0
-    return None
-
-
-# The public schema's field types: required fields, then optional ones (missing or null is allowed:
-# `model` becomes "unknown", `response_with_cot` the response, `reference` stays None).
-BENCH_SCHEMA = {"index": "int", "question": "str", "response": "str", "subset": "str"}
-BENCH_OPTIONAL = {"model": (str,), "response_with_cot": (str,), "reference": (str, int, float)}
-
-
-def read_bench(path: str | Path) -> list[dict]:
-    """Read a benchmark in the public Libra Bench schema: a JSONL file, a parquet file or folder, or
-    a `datasets` save_to_disk folder (the published files as they are, `response_with_cot`
-    included). Labels may be 0/1, bool or 'true'/'false' strings. Every field of the schema is
-    type-checked (BENCH_SCHEMA, BENCH_OPTIONAL; a numeric `reference` is kept as text); anything
-    else is an InputError naming file, line (or row) and field. Other fields pass through."""
-    rows = []
-    report = read_table(path, BENCH_SCHEMA, id_field="index")
-    for where, row in zip(report.where, report.records):   # file lines: blank lines are counted
-        if "label" not in row:
-            raise InputError(f"{where}: field 'label': missing")
-        label = parse_label(row["label"])
-        if label is None:
-            raise InputError(f"{where}: field 'label': expected 0/1, true/false or 'true'/'false', "
-                             f"got {_show(row['label'])}")
-        if not row["subset"].strip():
-            raise InputError(f"{where}: field 'subset': empty")
-        for name, types in BENCH_OPTIONAL.items():
-            value = row.get(name)
-            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
-                want = " or ".join(t.__name__.replace("str", "string") for t in types)
-                raise InputError(f"{where}: field '{name}': expected a {want} (or null), "
-                                 f"got {type(value).__name__} {_show(value)}")
-        reference = row.get("reference")
-        rows.append({**row, "label": label, "model": row.get("model") or "unknown",
-                     "response_with_cot": row.get("response_with_cot") or row["response"],
-                     **({"reference": str(reference)} if reference is not None else {})})
-    if not rows:
-        raise InputError(f"{path}: no items")
-    return rows
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -314,7 +314,7 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
     from librarm.engines.hf import HFSampler
     from librarm.judging.judge import judge_prompts
     from librarm.judging.think import split_think
-    from librarm.stages.verify import extract_boxed
+    from librarm.judging.verifier import extract_boxed
 
     rng = random.Random(seed)
     probs = [corpus_problem(rng, max_value, max_operand) for _ in range(n)]
@@ -396,8 +396,8 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
     from librarm.engines.base import SampleRequest, SamplingConfig
     from librarm.engines.hf import HFSampler
     from librarm.judging.think import split_think
+    from librarm.judging.verifier import extract_boxed
     from librarm.stages.problems import load_problem_sets
-    from librarm.stages.verify import extract_boxed
 
     problems = load_problem_sets(problem_files)
     b = BootstrapSettings.from_params(params)

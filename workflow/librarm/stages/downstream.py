@@ -336,9 +336,9 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
                     sampler=None) -> dict:
     """Stage step `policy-eval`: one policy's avg@k on the hard eval subsets (problem_paths:
     {subset: file}); its graded samples and metrics."""
+    from librarm.judging.verifier import VerifierPool
     from librarm.run.provenance import model_identity, provenance
     from librarm.stages.problems import load_problem_sets
-    from librarm.stages.verify import VerifierPool
 
     ev = EvaluatePolicySettings.from_params(params)
     problems = []

@@ -41,9 +41,9 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     from trl import DPOConfig, DPOTrainer
 
     from librarm.engines.hf import HFSampler
+    from librarm.judging.verifier import VerifierPool
     from librarm.run.labelers import dpo_step_pairs
     from librarm.stages.downstream import avg_at_k, per_problem_accuracy, policy_decoding, sample_and_grade
-    from librarm.stages.verify import VerifierPool
 
     cfg = DpoSettings.from_params(params)
     seed_everything(seed, threads)

@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from librarm.judging.bench_formats import read_bench
 from librarm.judging.metrics import auroc, best_threshold, problem_prior_predictions, summarize
 from librarm.run import paths as P
 from librarm.run.io import StageIO, read_json, write_json, write_jsonl, write_text
 from librarm.run.settings import CompareSettings, EvaluateSettings, JudgeDataSettings, JudgeSpec, seed_of
-from librarm.stages.bench import read_bench
 from librarm.stats import bootstrap_intervals
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from librarm.engines import make_sampler
+from librarm import engines
 from librarm.engines.base import Sampler, SampleRequest, SampleResult, SamplingConfig
 from librarm.judging.think import split_think
 from librarm.run.io import StageIO, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
@@ -74,7 +74,7 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
     generated = 0
     gen_tokens = 0
     if todo:
-        sampler = sampler or make_sampler(gspec, params, cfg, threads)
+        sampler = sampler or engines.make_sampler(gspec, params, cfg, threads)
         for g, k in tqdm(todo, desc=f"sample {generator}/{subset}", disable=not progress):
             block = problems[g:g + bs]
             reqs = [SampleRequest(problem_messages(p, system_prompt, template),

@@ -1,0 +1,182 @@
+"""`librarm score` as a researcher runs it: every benchmark format of the field scored with a model
+judge (hf, the tiny world's judge) and with the rule verifier (`--backend rule`), k verdicts per item,
+the metrics users compare printed as a table, a folder that resumes and refuses to be overwritten,
+and (engines) a killed http scoring run against a real `transformers serve` that resumes sending only
+the missing requests, counted at a proxy, into the same bytes as an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from librarm.run.io import read_jsonl
+
+JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
+
+
+def librarm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "librarm.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "LIBRARM_TRACKING": "0"}, timeout=600)
+
+
+# ----------------------------------------------------------------------------- files in each schema
+def _problems(n: int):
+    for i in range(n):
+        a, b = i % 7 + 1, i % 4 + 2
+        yield i, f"Compute {a}+{b}.", str(a + b)
+
+
+def write_format(fmt: str, path: Path, n: int = 6) -> Path:
+    """A small file in the benchmark's own schema (half the responses wrong)."""
+    rows = []
+    for i, q, ans in _problems(n):
+        good = i % 2 == 0
+        resp = f"The sum is \\boxed{{{ans if good else int(ans) + 1}}}."
+        if fmt == "libra":
+            rows.append({"index": i, "question": q, "response": resp, "label": int(good), "subset": f"s{i % 2}",
+                         "model": "g", "reference": ans})
+        elif fmt == "verifybench":
+            rows.append({"id": f"v{i}", "question": q, "answer": ans, "completion": resp, "gold_correct": good,
+                         "answer_type": "Numerical", "answer_subtype": "Integer"})
+        elif fmt == "verifierbench":
+            rows.append({"question": q, "gold_answer": ans, "llm_response": resp, "gold_judgment": "A" if good else "B",
+                         "data_source": "toy", "domain": "math", "answer_type": "numeric"})
+        elif fmt == "jsonl":
+            rows.append({"q": q, "a": ans, "r": resp, "y": good, "c": "arith"})
+    if fmt == "ppe-math":
+        for i, q, ans in _problems(max(1, n // 3)):
+            row = {"question_id": f"p{i}", "problem": q, "sanitized_solution": ans, "model_name": "g", "level": "1",
+                   "type": "Algebra", "scores": [True, False, True]}
+            for k, good in enumerate(row["scores"]):
+                row[f"response_{k + 1}"] = f"\\boxed{{{ans if good else int(ans) + 2}}}"
+            rows.append(row)
+    if fmt == "rewardbench2":
+        for i, q, ans in _problems(max(1, n // 3)):
+            rows.append({"id": f"r{i}", "subset": "Math", "prompt": q, "chosen": [f"\\boxed{{{ans}}}"],
+                         "rejected": [f"\\boxed{{{int(ans) + 1}}}", f"\\boxed{{{int(ans) + 3}}}"]})
+    if fmt == "verifierbench":
+        path.write_text(json.dumps(rows))
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def greedy_params(tmp: Path, **judge) -> Path:
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["judge"].update({"temperature": 0.0, "max_new_tokens": 48, **judge})
+    out = tmp / "params.yaml"
+    out.write_text(yaml.safe_dump(p))
+    return out
+
+
+FORMATS = ["libra", "verifybench", "verifierbench", "ppe-math", "rewardbench2", "jsonl"]
+FIELDS = {"jsonl": ["--fields", "question=q,reference=a,response=r,label=y,category=c"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_scores_with_a_model_judge_and_with_the_rule_verifier(fmt, tmp_path):
+    bench = write_format(fmt, tmp_path / ("bench.json" if fmt == "verifierbench" else "bench.jsonl"))
+    params = greedy_params(tmp_path)
+    fields = FIELDS.get(fmt, [])
+    hf = librarm("score", "--bench", str(bench), *fields, "--params", str(params), "--model", str(JUDGE),
+                 "--out", str(tmp_path / "hf"))
+    assert hf.returncode == 0, hf.stderr[-3000:]
+    summary = json.loads((tmp_path / "hf" / "summary.json").read_text())
+    assert summary["judge"] == "judge_teacher" and summary["benchmark"]["format"] == fmt
+    first = summary["metrics"]["first"]
+    for key in ("accuracy", "balanced_accuracy", "f1", "acc_correct", "acc_incorrect", "harmonic_mean", "unparsed_rate"):
+        assert key in first, key
+    assert "accuracy" in hf.stdout and "judge_teacher" not in hf.stderr
+    rule = librarm("score", "--bench", str(bench), *fields, "--backend", "rule", "--out", str(tmp_path / "rule"))
+    if fmt == "rewardbench2":
+        # no reference answers: the rule judge refuses in one line
+        assert rule.returncode != 0 and "no reference" in rule.stderr and len(rule.stderr.strip().splitlines()) == 1
+        return
+    assert rule.returncode == 0, rule.stderr[-3000:]
+    preds = read_jsonl(tmp_path / "rule" / "predictions.jsonl").records
+    # the rule verifier is right on these arithmetic items
+    assert [p["pred"] for p in preds] == [p["label"] for p in preds]
+    assert json.loads((tmp_path / "rule" / "summary.json").read_text())["metrics"]["first"]["accuracy"] == 1.0
+
+
+@pytest.mark.slow
+def test_k_verdicts_give_first_majority_and_calibration(tmp_path):
+    bench = write_format("libra", tmp_path / "bench.jsonl", n=4)
+    params = greedy_params(tmp_path, temperature=1.0)
+    res = librarm("score", "--bench", str(bench), "--params", str(params), "--model", str(JUDGE), "--samples", "8",
+                  "--out", str(tmp_path / "k8"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "k8" / "summary.json").read_text())["metrics"]
+    assert m["k"] == 8 and {"first", "majority", "mean_p"} <= set(m)
+    assert "brier" in m["mean_p"]
+    verdicts = read_jsonl(tmp_path / "k8" / "verdicts.jsonl").records
+    assert len(verdicts) == 4 * 8
+    assert [(v["index"], v["k"]) for v in verdicts] == sorted((v["index"], v["k"]) for v in verdicts)
+    preds = read_jsonl(tmp_path / "k8" / "predictions.jsonl").records
+    assert all(len(p["verdicts"]) == 8 for p in preds)
+    # a rerun with the same settings sends nothing; other settings are refused without --overwrite
+    again = librarm("score", "--bench", str(bench), "--params", str(params), "--model", str(JUDGE), "--samples", "8",
+                    "--out", str(tmp_path / "k8"))
+    assert again.returncode == 0 and "0 sent, 32 reused" in again.stdout
+    other = librarm("score", "--bench", str(bench), "--params", str(params), "--model", str(JUDGE), "--samples", "4",
+                    "--out", str(tmp_path / "k8"))
+    assert other.returncode != 0 and "--overwrite" in other.stderr and "samples" in other.stderr
+
+
+def test_a_judge_needs_a_name_and_limit_takes_the_first_items(tmp_path):
+    bench = write_format("libra", tmp_path / "bench.jsonl")
+    res = librarm("score", "--bench", str(bench), "--out", str(tmp_path / "x"))
+    assert res.returncode != 0 and "--judge" in res.stderr and "--model" in res.stderr
+    res = librarm("score", "--bench", str(bench), "--backend", "rule", "--limit", "2", "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(read_jsonl(tmp_path / "r" / "predictions.jsonl").records) == 2
+    assert "first 2" in res.stdout
+
+
+# ----------------------------------------------------------------------------- http: kill and resume
+@pytest.mark.slow
+@pytest.mark.engines
+def test_a_killed_http_scoring_run_resumes_sending_only_the_missing_requests(served, tmp_path):
+    from fault_proxy import FaultProxy
+
+    bench = write_format("libra", tmp_path / "bench.jsonl", n=6)
+    params = greedy_params(tmp_path)
+    proxy = FaultProxy(served).start()
+    try:
+        def command(out: str) -> list[str]:
+            return [sys.executable, "-m", "librarm.cli", "score", "--bench", str(bench), "--params", str(params),
+                    "--backend", "http", "--base-url", proxy.url, "--model", str(JUDGE), "--samples", "2",
+                    "--concurrency", "1", "--out", str(tmp_path / out)]
+
+        clean = subprocess.run(command("clean"), capture_output=True, text=True, timeout=600)
+        assert clean.returncode == 0, clean.stderr[-3000:]
+        total = len(proxy.log)
+        assert total == 12
+        proxy.reset()
+        proc = subprocess.Popen(command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = tmp_path / "killed" / "verdicts.jsonl"
+        deadline = time.time() + 300
+        while time.time() < deadline and (not store.exists() or len(store.read_text().splitlines()) < 4):
+            assert proc.poll() is None, "the run finished before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kept = sum(1 for line in store.read_text().splitlines() if line.endswith("}"))
+        assert 4 <= kept < 12
+        proxy.reset()
+        resumed = subprocess.run(command("killed"), capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert len(proxy.log) == 12 - kept, (len(proxy.log), kept)        # only the missing requests
+        assert store.read_bytes() == (tmp_path / "clean" / "verdicts.jsonl").read_bytes()
+    finally:
+        proxy.stop()

@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
-    from librarm.stages.verify import VerifierPool, grade_answer, grade_serial
+    from librarm.judging.verifier import VerifierPool, grade_answer, grade_serial
 
     pairs = build_pairs(a.n, a.seed)
     grade_answer("1", "\\boxed{1}")  # import and warm up math-verify, as the pool's workers do

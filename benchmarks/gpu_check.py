@@ -160,7 +160,7 @@ def run_decode(model, tok, n_params: int, a, bandwidth: float | None) -> dict:
 
     new = 16 if a.tiny else 256
     model.eval()
-    sampler = HFSampler("live", SamplingConfig(temperature=1.0, max_new_tokens=new, batch_size=64), model=model,
+    sampler = HFSampler("live", SamplingConfig(temperature=1.0, max_new_tokens=new, batch_size=64, top_p=1.0), model=model,
                         tokenizer=tok)
     reqs = [SampleRequest([{"role": "user", "content": f"Compute {i % 9}+{i % 7}."}], i) for i in range(64)]
     sampler.generate(reqs[:2])                                  # warm-up

@@ -49,7 +49,7 @@ def main() -> None:
             model.generate(**batch, generation_config=gen_cfg)
     seconds["model.generate"] = (time.perf_counter() - t0) / a.steps
     sampler = HFSampler(a.model, SamplingConfig(temperature=1.0, max_new_tokens=a.max_new_tokens,
-                                                batch_size=len(prompts)), model=model, tokenizer=tok)
+                                                batch_size=len(prompts), top_p=1.0), model=model, tokenizer=tok)
     t0 = time.perf_counter()
     for step in range(a.steps):
         sampler.generate_ids(ids, [step * 1000 + i for i in range(len(ids))])

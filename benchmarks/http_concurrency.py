@@ -82,7 +82,7 @@ def main() -> None:
     from librarm.engines.http import HTTPSampler
     from librarm.stages.sample import problem_messages
 
-    cfg = SamplingConfig(temperature=0.0, max_new_tokens=a.max_new_tokens)
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=a.max_new_tokens, top_p=1.0, batch_size=64)
     reqs = [SampleRequest(problem_messages({"problem": f"Compute {10 + i % 80}+{1 + i % 9}-{1 + i % 7}."}, None),
                           seed=i) for i in range(a.n)]
     proc, url, log = start_server(a.model, ["--continuous-batching"] if a.continuous_batching else [])

@@ -42,7 +42,7 @@ def main() -> None:
             for i in range(a.n)]
     timings = {}
     for label, bs in (("one_at_a_time", 1), ("batched", a.batch)):
-        sampler = HFSampler(model, SamplingConfig(temperature=1.0, max_new_tokens=a.max_new_tokens, batch_size=bs))
+        sampler = HFSampler(model, SamplingConfig(temperature=1.0, max_new_tokens=a.max_new_tokens, batch_size=bs, top_p=1.0))
         t0 = time.perf_counter()
         res = sampler.generate(reqs)
         dt = time.perf_counter() - t0

@@ -79,7 +79,7 @@ def main() -> None:
     from librarm.stages.sample import problem_messages
 
     torch.set_num_threads(a.threads)
-    cfg = SamplingConfig(temperature=1.0, max_new_tokens=a.max_new_tokens, batch_size=a.batch)
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=a.max_new_tokens, batch_size=a.batch, top_p=1.0)
     reqs = [SampleRequest(problem_messages({"problem": f"Compute {10 + i % 80} + {1 + i % 9} - {1 + i % 7}."}, None),
                           seed=i) for i in range(a.n)]
     results, seconds = {}, {}

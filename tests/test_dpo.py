@@ -41,7 +41,7 @@ def test_dpo_rows_use_the_samplers_prompt_and_keep_the_thinking(tmp_path, dpo_pa
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=16)
     pairs, _ = _arith_pairs(2)
-    sampler = HFSampler(str(model_dir), SamplingConfig(max_new_tokens=2))
+    sampler = HFSampler(str(model_dir), SamplingConfig(max_new_tokens=2, temperature=1.0, top_p=1.0, batch_size=64))
     rows = dpo_rows(pairs, sampler.tok, dpo_params)
     want = sampler.encode_prompts([SampleRequest(problem_messages({"problem": pairs[0]["question"]}, None), 0)])[0]
     assert sampler.tok(rows[0]["prompt"], add_special_tokens=False)["input_ids"] == want

@@ -140,3 +140,36 @@ def test_status_counts_list_every_status_and_ambiguous_counts_as_unparsed(tmp_pa
     assert m["verdict_sources"] == {"explicit": 12, "plain": 4}
     preds = read_jsonl(tmp_path / "p.jsonl").records
     assert {p["verdict_source"] for p in preds if p["index"] % 3 == 0} == {None}
+
+
+def test_k_verdicts_keep_the_first_and_add_the_majority(tmp_path, repo):
+    """evaluate.samples k: `pred` stays the single-verdict run's (sample 0 has its seed), every item
+    gets k verdicts, their majority and P(correct), and metrics get the k-verdict views."""
+    import copy
+
+    from librarm.engines.base import SampleResult
+    from librarm.run.config import load_params
+    from librarm.stages.evaluate import run_evaluate
+
+    class BySeed:
+        """A judge whose verdict is a function of the request's seed (so repeats differ)."""
+
+        def generate(self, requests):
+            return [SampleResult("<think>x</think>\\boxed{" + ("correct" if r.seed % 3 else "incorrect") + "}",
+                                 "stop", 5, 5) for r in requests]
+
+    params = load_params(repo / "params.yaml")
+    bench = bench_file(tmp_path / "bench.jsonl")
+    one = run_evaluate(params, "base", bench, tmp_path / "p1.jsonl", tmp_path / "m1.json", sampler=BySeed())
+    k3 = copy.deepcopy(params)
+    k3["evaluate"]["samples"] = 3
+    m = run_evaluate(k3, "base", bench, tmp_path / "p3.jsonl", tmp_path / "m3.json", sampler=BySeed())
+    p1, p3 = read_jsonl(tmp_path / "p1.jsonl").records, read_jsonl(tmp_path / "p3.jsonl").records
+    assert [p["pred"] for p in p3] == [p["pred"] for p in p1] and m["libra_score"] == one["libra_score"]
+    assert all(len(p["verdicts"]) == 3 and p["verdicts"][0] == p["pred"] for p in p3)
+    assert any(len(set(p["verdicts"])) > 1 for p in p3)                 # repeats have their own seeds
+    for p in p3:
+        ones = sum(p["verdicts"])
+        assert p["majority"] == (1 if ones >= 2 else 0) and p["p_correct"] == ones / 3
+    assert m["samples"]["k"] == 3 and {"first", "majority", "mean_p"} <= set(m["samples"])
+    assert "samples" not in one

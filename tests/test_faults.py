@@ -41,7 +41,7 @@ from librarm.stages.sample import run_sample
 pytestmark = pytest.mark.engines
 
 
-CFG = SamplingConfig(temperature=0.0, max_new_tokens=24)
+CFG = SamplingConfig(temperature=0.0, max_new_tokens=24, top_p=1.0, batch_size=64)
 TIMEOUT_S = 8.0                         # the per-request timeout where a test needs one (the slow fault)
 BACKOFF_S = 0.05
 REQS = [SampleRequest([{"role": "user", "content": f"Compute {3 + i}+{i % 4}-{i % 3}."}], seed=100 + i)

@@ -78,7 +78,7 @@ try:
 except OSError:
     pass
 base = status("VmRSS")
-s = HTTPSampler(a["url"], "hostile", SamplingConfig(max_new_tokens=a["max_tokens"]), api_key_env="LIBRARM_HOSTILE_KEY",
+s = HTTPSampler(a["url"], "hostile", SamplingConfig(max_new_tokens=a["max_tokens"], temperature=1.0, top_p=1.0, batch_size=64), api_key_env="LIBRARM_HOSTILE_KEY",
                 concurrency=1, max_retries=a["max_retries"], backoff_s=0.05, timeout_s=a["timeout_s"])
 t0 = time.monotonic()
 try:

@@ -80,10 +80,10 @@ def problems_file(tmp_path):
 
 def test_sample_seed_independent_of_batching(rand_model):
     reqs = [SampleRequest([{"role": "user", "content": f"Compute {i}+1."}], seed=100 + i) for i in range(6)]
-    a = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=6)).generate(reqs)
-    b = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=2)).generate(reqs)
+    a = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=6, temperature=1.0, top_p=1.0)).generate(reqs)
+    b = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=2, temperature=1.0, top_p=1.0)).generate(reqs)
     assert [r.text for r in a] == [r.text for r in b]
-    c = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=6)).generate(
+    c = HFSampler(str(rand_model), SamplingConfig(max_new_tokens=12, batch_size=6, temperature=1.0, top_p=1.0)).generate(
         [SampleRequest(r.messages, r.seed + 1) for r in reqs])
     assert [r.text for r in a] != [r.text for r in c]
     assert all(r.finish_reason in ("stop", "length") and r.completion_tokens <= 12 for r in a)
@@ -173,7 +173,7 @@ def test_batched_noise_draws_the_tokens_of_per_row_multinomial(monkeypatch, budg
 def test_batch_with_finished_rows_dropped_matches_one_row_at_a_time(rand_model):
     """Rows leave the batch as they finish; every row still gets the tokens it gets alone."""
     reqs = [SampleRequest([{"role": "user", "content": f"Compute {i}*{i}+{i}."}], seed=7 + i) for i in range(8)]
-    cfg = SamplingConfig(max_new_tokens=24, batch_size=8, temperature=1.5)
+    cfg = SamplingConfig(max_new_tokens=24, batch_size=8, temperature=1.5, top_p=1.0)
     sampler = HFSampler(str(rand_model), cfg)
     sampler.stop_ids |= set(range(0, 256, 16))     # a random model rarely says EOS: make rows stop early
     together = sampler.generate(reqs)
@@ -377,7 +377,7 @@ def test_vllm_per_request_seeds_params_and_tp(fake_vllm):
 
 @pytest.mark.timeout(60)
 def test_vllm_same_seed_same_output_independent_of_batch(fake_vllm):
-    cfg = SamplingConfig(temperature=1.0, max_new_tokens=256)
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=256, top_p=1.0, batch_size=64)
     reqs = vllm_requests(2, 3)
     a = VLLMSampler("m", cfg).generate(reqs)
     b = VLLMSampler("m", cfg).generate(list(reversed(reqs)))[::-1]           # other order, other engine
@@ -390,7 +390,7 @@ def test_vllm_same_seed_same_output_independent_of_batch(fake_vllm):
 
 @pytest.mark.timeout(60)
 def test_vllm_truncation_maps_length(fake_vllm):
-    cfg = SamplingConfig(max_new_tokens=12)
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, top_p=1.0, batch_size=64)
     res = VLLMSampler("m", cfg).generate(vllm_requests(2, 2))
     assert [r.finish_reason for r in res] == ["length"] * 4
     assert all(r.completion_tokens == 12 and len(r.text) == 12 for r in res)
@@ -418,7 +418,7 @@ def test_vllm_prompt_has_one_bos(fake_vllm):
 
     fake_vllm.tokenizer_factory = bos_tokenizer
     reqs = vllm_requests(2, 1)
-    sampler = VLLMSampler("m", SamplingConfig(max_new_tokens=64))
+    sampler = VLLMSampler("m", SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0, batch_size=64))
     res = sampler.generate(reqs)
     tok = sampler.tok
     assert tok("x")["input_ids"][0] == tok.bos_token_id                     # the tokenizer does add BOS
@@ -453,7 +453,7 @@ def test_vllm_missing_gives_clear_error(monkeypatch):
     monkeypatch.delenv("LIBRARM_VLLM_PYTHON", raising=False)
     with pytest.raises(ValueError, match=r"has no vllm: install vllm \(GPU: envs/gpu-inference.yaml; CPU: make "
                                          r"setup-vllm, then set LIBRARM_VLLM_PYTHON=\.venv-vllm/bin/python\)"):
-        VLLMSampler("m", SamplingConfig())
+        VLLMSampler("m", SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=256, batch_size=64))
     # outside a librarm command (here: in-process, also after main() ran in-process) it never
     # re-runs anything, even when told where
     from librarm import cli
@@ -464,7 +464,7 @@ def test_vllm_missing_gives_clear_error(monkeypatch):
     monkeypatch.setenv("LIBRARM_VLLM_PYTHON", "/nowhere/python")
     with pytest.raises(ValueError, match=r"LIBRARM_VLLM_PYTHON re-runs librarm commands only; call this from "
                                          r"/nowhere/python"):
-        VLLMSampler("m", SamplingConfig())
+        VLLMSampler("m", SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=256, batch_size=64))
 
 
 @pytest.mark.timeout(60)
@@ -623,7 +623,7 @@ def stub(stub_server, monkeypatch):
 
 def http_sampler(url: str, sleeps: list, **kw) -> HTTPSampler:
     kw.setdefault("max_retries", 4)
-    return HTTPSampler(url, "stub-model", kw.pop("cfg", SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=99)),
+    return HTTPSampler(url, "stub-model", kw.pop("cfg", SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=99, batch_size=64)),
                        api_key_env=kw.pop("api_key_env", KEY_ENV), backoff_s=kw.pop("backoff_s", 0.01),
                        sleep=sleeps.append, **kw)
 
@@ -742,7 +742,7 @@ def test_http_api_key_env(stub, monkeypatch):
                                  "api_key_env": "LIBRARM_TEST_UNSET_KEY"}},
               "models": {"m": {"source": "hub", "id": "org/m", "revision": "main"}}, "seed": 0}
     with pytest.raises(ValueError, match=r"^judges\.api\.api_key_env: the environment variable LIBRARM_TEST_UNSET_KEY is not set$"):
-        make_sampler(JudgeSpec.of(params, "api"), params, SamplingConfig())
+        make_sampler(JudgeSpec.of(params, "api"), params, SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=256, batch_size=64))
     monkeypatch.setenv(KEY_ENV, "sk-other")
     http_sampler(stub.base_url, []).generate([SampleRequest(msgs("x"), seed=1)])
     http_sampler(stub.base_url, [], api_key_env=None).generate([SampleRequest(msgs("y"), seed=1)])

@@ -180,3 +180,24 @@ def test_a_killed_http_scoring_run_resumes_sending_only_the_missing_requests(ser
         assert store.read_bytes() == (tmp_path / "clean" / "verdicts.jsonl").read_bytes()
     finally:
         proxy.stop()
+
+
+def test_a_scoring_run_is_logged_to_mlflow_with_its_benchmark_and_verdicts(tmp_path, monkeypatch):
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    bench = write_format("verifybench", tmp_path / "bench.jsonl")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    res = subprocess.run([sys.executable, "-m", "librarm.cli", "score", "--bench", str(bench), "--backend", "rule",
+                          "--out", str(tmp_path / "rule"), "--mlflow"], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "LIBRARM_TRACKING": "0"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)            # the store keeps artifact paths relative to where it was made
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("librarm-score").experiment_id])
+    assert run.data.params["judge"] == "rule" and run.data.params["format"] == "verifybench"
+    assert run.data.metrics["first.accuracy"] == 1.0
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.name == "bench" and json.loads(ds.dataset.source)["format"] == "verifybench"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"summary.json", "verdicts.jsonl"}

@@ -244,7 +244,7 @@ def test_grpo_rollout_passes_finish_reason_to_the_rewards(tmp_path):
     from librarm.stages.train import sampler_rollout
 
     model_dir = make_random_lm(tmp_path / "rand", hidden=16)
-    sampler = HFSampler(str(model_dir), SamplingConfig(temperature=1.0, max_new_tokens=4, batch_size=8))
+    sampler = HFSampler(str(model_dir), SamplingConfig(temperature=1.0, max_new_tokens=4, batch_size=8, top_p=1.0))
     tok = AutoTokenizer.from_pretrained(model_dir)
     trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m), model=sampler.model,
                               processing_class=tok, state=SimpleNamespace(global_step=0))

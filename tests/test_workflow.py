@@ -303,6 +303,43 @@ def test_declared_reads(ci_copy):
     assert {p: v for p, v in stale.items() if v} == {}
 
 
+def rules_unused() -> dict[str, tuple[str, set[str]]]:
+    """Each rule's step and the params keys its UNUSED(...) leaves out of its params, read from
+    rules/*.smk: rule name -> (step, keys)."""
+    import ast
+    import re
+
+    out = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        blocks = re.split(r"^\s*rule (\w+):", smk.read_text(), flags=re.M)
+        for name, body in zip(blocks[1::2], blocks[2::2]):
+            step = re.search(r'stage\("([\w-]+)"', body)
+            keys = set()
+            for m in re.finditer(r"UNUSED\(([^)]*)\)", body):
+                keys |= set(ast.literal_eval(f"({m.group(1)},)"))
+            if step and keys:
+                out[name] = (step.group(1), keys)
+    return out
+
+
+@pytest.mark.slow
+def test_the_keys_a_rule_leaves_out_are_not_read_by_its_jobs(ci_copy):
+    """A rule's UNUSED(...) keys are left out of its params (editing them does not rerun its jobs):
+    so its jobs must not read them. Checked against what the ci run's jobs read, step by step."""
+    from librarm.run.reads import covered
+
+    read: dict[str, set[str]] = {}
+    for f in sorted((ci_copy / "reads").glob("*.json")):
+        read.setdefault(f.stem.rsplit("-", 1)[0], set()).update(json.loads(f.read_text()))
+    unused = rules_unused()
+    assert len(unused) >= 10, unused                       # the parser finds the rules that use UNUSED
+    wrong = {rule: sorted(k for k in read.get(step, ()) if covered(k, sorted(keys)))
+             for rule, (step, keys) in unused.items()}
+    assert {r: v for r, v in wrong.items() if v} == {}
+    ran = {rule for rule, (step, _keys) in unused.items() if step in read}
+    assert len(ran) >= 0.8 * len(unused), sorted(set(unused) - ran)     # most of them ran in ci
+
+
 def outputs_digest(root: Path) -> dict[str, str]:
     from librarm.run.io import file_sha256
 
@@ -343,6 +380,9 @@ def test_ci_run_outputs(ci_copy):
 
     assert check_report(r / "report", root=ci_copy) == []
     assert (r / "report" / "summary.md").read_text().startswith("# Libra run report")
+    # the pipeline's judges as a leaderboard, one row per judge on the bench
+    board = (r / "report" / "leaderboard" / "leaderboard.csv").read_text().splitlines()
+    assert len(board) == 1 + len(params["evaluate"]["judges"]) and (r / "report" / "leaderboard" / "leaderboard.html").exists()
 
 
 @pytest.mark.slow

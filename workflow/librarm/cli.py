@@ -211,8 +211,6 @@ def served_models(base_url: str, api_key: str | None = None) -> list[str]:
     """The model ids an OpenAI-compatible server lists at GET {base_url}/models ([] when it has no
     such endpoint: any status but 200, 401 or 403). The reply is read under a deadline and a byte
     cap and checked field by field; whatever is wrong is one line naming the URL."""
-    import json
-
     from librarm.engines.http import ReplyError, bounded_request, json_kind, server_text
 
     url = base_url.rstrip("/") + "/models"
@@ -289,6 +287,10 @@ def cmd_score(a: argparse.Namespace) -> int:
 
     presets = [] if a.preset in (None, ["none"]) else a.preset
     name = score_judge_name(a)
+    if a.params is None:
+        from librarm.run.paths import REPO_ROOT
+
+        a.params = "params.yaml" if Path("params.yaml").exists() else str(REPO_ROOT / "params.yaml")
     cfg = load_params(a.params, presets, [score_overlay(a)])
     judges = JudgeSpec.registry(cfg)
     if name not in judges:
@@ -333,6 +335,10 @@ def cmd_score(a: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}")
     print(f"wrote {a.out}/summary.json, predictions.jsonl, verdicts.jsonl, metrics.json")
+    if a.mlflow:
+        from librarm.run.tracking import SCORE_EXPERIMENT, log_scoring_run
+
+        print(f"mlflow: run {log_scoring_run(summary, a.out)} in experiment {SCORE_EXPERIMENT}")
     return 0
 
 
@@ -536,12 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--temperature", type=float, help="judge.temperature")
     sc.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="any params key, e.g. --set judge.top_p=0.95 (VALUE read as YAML; repeat)")
-    sc.add_argument("--params", default="params.yaml", help="the params file whose `judge` section and judges are used")
+    sc.add_argument("--params", help="the params file whose `judge` section and judges are used (default: ./params.yaml, "
+                                     "else this checkout's params.yaml)")
     sc.add_argument("--preset", action="append",
                     help="presets over the params file, on request only (e.g. paper: the paper's judge prompt and budgets)")
     sc.add_argument("--out", required=True, help="the run's folder (a rerun with the same settings resumes in it)")
     sc.add_argument("--overwrite", action="store_true", help="replace a folder that holds another scoring run")
     sc.add_argument("--progress", action="store_true", help="a progress bar on stderr even when it is not a terminal")
+    sc.add_argument("--mlflow", action="store_true",
+                    help="log the run to MLflow (experiment librarm-score): params, metrics, the benchmark as a dataset "
+                         "input, the verdicts as artifacts (store: MLFLOW_TRACKING_URI, else ./mlflow)")
     sc.add_argument("--threads", type=int, default=None)
     sc.set_defaults(func=cmd_score)
 

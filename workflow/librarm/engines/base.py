@@ -8,10 +8,13 @@ from typing import Any, Mapping, Protocol, Sequence
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    batch_size: int = 64
+    """How a backend decodes: built from the params section that governs the caller (sampling,
+    judge, rs, rl, evaluate_policy), never from defaults of its own."""
+
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    batch_size: int
 
     def __post_init__(self):
         if self.temperature < 0:

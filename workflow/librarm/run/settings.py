@@ -380,6 +380,8 @@ class EvaluateSettings(Section):
     judges: tuple[str, ...]
     bootstrap_resamples: int = 2000
     threshold_split: str | None = None
+    samples: int = 1
+    scalar_batch_size: int = 16
 
 
 @dataclass(frozen=True)

@@ -671,3 +671,48 @@ def _flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix.rstrip(".")] = obj
     return out
+
+
+SCORE_EXPERIMENT = "librarm-score"
+SCORE_METRICS = ("accuracy", "balanced_accuracy", "f1", "acc_correct", "acc_incorrect", "harmonic_mean",
+                 "unparsed_rate")
+
+
+def log_scoring_run(summary: Mapping[str, Any], out_dir: str | Path, experiment: str = SCORE_EXPERIMENT) -> str:
+    """A `librarm score` run in MLflow (the tracking URI of this checkout, or MLFLOW_TRACKING_URI):
+    the judge and its settings as params, every view's metrics, the benchmark as a dataset input
+    (name, digest, source) and the run folder's summary, predictions and verdicts as artifacts, so
+    `mlflow ui` compares judges across benchmarks. Returns the run id."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+
+    client, exp_id = _client_and_experiment(experiment)
+    bench = summary.get("benchmark") or {}
+    run = _retry(lambda: client.create_run(exp_id, run_name=f"{summary['judge']} on {bench.get('name')}",
+                                           tags={"librarm.kind": "score"}))
+    rid = run.info.run_id
+    params = {"judge": summary.get("judge"), "backend": summary.get("backend"), "model": summary.get("model"),
+              "samples": summary.get("samples"), "benchmark": bench.get("name"), "format": bench.get("format"),
+              "items": bench.get("items")}
+    metrics = summary.get("metrics") or {}
+    values = {f"{view}.{k}": metrics[view][k] for view in ("first", "majority") if view in metrics
+              for k in SCORE_METRICS if isinstance(metrics[view].get(k), (int, float))}
+    for key in ("libra_score",):
+        if isinstance(metrics.get(key), (int, float)):
+            values[key] = metrics[key]
+    ts = int(time.time() * 1000)
+    _retry(lambda: client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                                    metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()]))
+    digest = (bench.get("sha256") or "")[:16]
+    if bench.get("name") and digest:
+        ds = Dataset(name=bench["name"], digest=digest, source_type="local",
+                     source=json.dumps({"uri": bench.get("path"), "sha256": bench.get("sha256"), "format": bench.get("format")}),
+                     profile=json.dumps({"num_rows": bench.get("items")}))
+        _retry(lambda: client.log_inputs(rid, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "eval")])]))
+    for name in ("summary.json", "predictions.jsonl", "verdicts.jsonl"):
+        path = Path(out_dir) / name
+        if path.exists():
+            _retry(lambda: client.log_artifact(rid, str(path)))
+    _retry(lambda: client.set_terminated(rid, "FINISHED"))
+    return rid

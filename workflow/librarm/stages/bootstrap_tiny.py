@@ -320,7 +320,7 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
     probs = [corpus_problem(rng, max_value, max_operand) for _ in range(n)]
     # Candidate responses to judge: traces of a random skill level (their correctness is not used).
     candidates = [noisy_trace(p, rng, rng.choice([0.0, 0.1, 0.3, 0.5]), 0.0) for p in probs]
-    sampler = HFSampler("policy", SamplingConfig(temperature=1.0, max_new_tokens=96, batch_size=256),
+    sampler = HFSampler("policy", SamplingConfig(temperature=1.0, max_new_tokens=96, batch_size=256, top_p=1.0),
                         model=policy, tokenizer=tok)
     own = sampler.generate([SampleRequest([{"role": "user", "content": p.text()}], stable_seed(seed, i))
                             for i, p in enumerate(probs)])

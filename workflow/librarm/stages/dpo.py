@@ -40,25 +40,15 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from librarm.engines.hf import HFSampler
     from librarm.judging.verifier import VerifierPool
     from librarm.run.labelers import dpo_step_pairs
-    from librarm.stages.downstream import avg_at_k, per_problem_accuracy, policy_decoding, sample_and_grade
+    from librarm.stages.downstream import policy_decoding
 
     cfg = DpoSettings.from_params(params)
     seed_everything(seed, threads)
     pairs = read_jsonl(pairs_path).records
     if not pairs:
-        # the labeler gave no training signal: the policy stays the base policy (reported as such)
-        out_dir = Path(out_dir)
-        if is_main():
-            shutil.rmtree(out_dir, ignore_errors=True)
-            shutil.copytree(init_model, out_dir)
-            set_tree_mode(out_dir)            # copytree keeps the source's modes
-        barrier()
-        return {"labeler": name, "seed": seed, "pairs": 0, "steps": 0, "global_step": 0, "selected_step": 0,
-                "selected_val_avg_at_k": None, "seconds": 0.0, "tokens_per_s": None, "loss_curve": [], "val_curve": [],
-                "note": f"{pairs_path} has no pair: the base policy, unchanged"}
+        return _unchanged_policy(init_model, Path(out_dir), name, seed, pairs_path)
     val_problems = [dict(p, subset="val") for p in read_jsonl(val_problems_path).records]
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
@@ -83,15 +73,55 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     verify = VerifySettings.from_params(params)
     pool = VerifierPool(1, verify.timeout_s, verify.memory_mb)
 
-    class SelectOnVal(TrainerCallback):
-        """Validation avg@k every val_every steps; the best state is saved beside the checkpoints
-        (with its score, so a resumed run keeps comparing against it)."""
+    select = select_on_val(TrainerCallback, vcfg, val_problems, cfg, seed_of(params), params, pool, resume_dir,
+                           best_path, started_with_best)
+
+    args = DPOConfig(
+        **device_args(),
+        output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=per_process(cfg.batch_size, "dpo.batch_size"),
+        learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
+        logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=seed, max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
+        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[select])
+    started = time.time()
+    with pool:
+        trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
+    elapsed = time.time() - started
+    barrier()
+    best = read_json(best_path)
+    _publish(resume_dir / "best", tok, Path(out_dir))
+    return _summary(trainer.state, ds, tok, name, seed, len(pairs), step_pairs, steps, best, elapsed, cfg.batch_size)
+
+
+def _unchanged_policy(init_model: str, out_dir: Path, name: str, seed: int, pairs_path) -> dict:
+    """The labeler gave no training signal: the policy stays the base policy (reported as such)."""
+    if is_main():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(init_model, out_dir)
+        set_tree_mode(out_dir)            # copytree keeps the source's modes
+    barrier()
+    return {"labeler": name, "seed": seed, "pairs": 0, "steps": 0, "global_step": 0, "selected_step": 0,
+            "selected_val_avg_at_k": None, "seconds": 0.0, "tokens_per_s": None, "loss_curve": [], "val_curve": [],
+            "note": f"{pairs_path} has no pair: the base policy, unchanged"}
+
+
+def select_on_val(callback_base, vcfg, val_problems, cfg, seed: int, params, pool, resume_dir: Path, best_path: Path,
+                  started_with_best: bool):
+    """The trainer callback that validates avg@k on the untrained policy (step 0), every val_every
+    steps and at the end, and keeps the best state beside the checkpoints (with its score, so a
+    resumed run keeps comparing against it)."""
+    from librarm.engines.hf import HFSampler
+    from librarm.stages.downstream import avg_at_k, per_problem_accuracy, sample_and_grade
+
+    class SelectOnVal(callback_base):
 
         def validate(self, state, model, tok):
             was_training = model.training
             model.eval()
             sampler = HFSampler("live", vcfg, model=model, tokenizer=tok)
-            graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed_of(params), "policy-val", params, pool)
+            graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed, "policy-val", params, pool)
             if was_training:
                 model.train()
             acc = avg_at_k(per_problem_accuracy(graded))["all"]
@@ -117,39 +147,33 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
                 return
             self.validate(state, model, processing_class)
 
-    args = DPOConfig(
-        **device_args(),
-        output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=per_process(cfg.batch_size, "dpo.batch_size"),
-        learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
-        logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=seed, max_length=cfg.max_length,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[SelectOnVal()])
-    started = time.time()
-    with pool:
-        trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
-    elapsed = time.time() - started
-    barrier()
-    best = read_json(best_path)
-    out_dir = Path(out_dir)
+    return SelectOnVal()
+
+
+def _publish(best_dir: Path, tok, out_dir: Path) -> None:
+    """The selected checkpoint and the tokenizer become the policy folder, atomically (rank 0)."""
     if is_main():
         tmp = out_dir.with_name(out_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(resume_dir / "best", tmp)
+        shutil.copytree(best_dir, tmp)
         tok.save_pretrained(str(tmp))
         set_tree_mode(tmp)                    # safetensors writes 0600; every output gets the umask's mode
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
     barrier()
-    hist = trainer.state.log_history
+
+
+def _summary(state, ds, tok, name: str, seed: int, n_pairs: int, step_pairs: int, steps: int, best: Mapping[str, Any],
+             elapsed: float, batch_size: int) -> dict:
+    hist = state.log_history
     tokens = sum(len(tok(r["prompt"] + r["chosen"])["input_ids"]) + len(tok(r["prompt"] + r["rejected"])["input_ids"])
                  for r in ds)
-    return {"labeler": name, "seed": seed, "pairs": len(pairs), "step_pairs": step_pairs, "steps": steps,
-            "selection": "validation avg@k on gold answers of held-out pool problems (step 0 included)", "global_step": trainer.state.global_step,
+    return {"labeler": name, "seed": seed, "pairs": n_pairs, "step_pairs": step_pairs, "steps": steps,
+            "selection": "validation avg@k on gold answers of held-out pool problems (step 0 included)",
+            "global_step": state.global_step,
             "selected_step": best["step"], "selected_val_avg_at_k": best["val_avg_at_k"],
             "seconds": round(elapsed, 1),
-            "tokens_per_s": round(tokens * steps * cfg.batch_size / max(1, len(pairs)) / elapsed, 1) if elapsed else None,
+            "tokens_per_s": round(tokens * steps * batch_size / max(1, n_pairs) / elapsed, 1) if elapsed else None,
             "loss_curve": [{"step": h["step"], "loss": h["loss"], "reward_margin": h.get("rewards/margins"),
                             "reward_accuracy": h.get("rewards/accuracies")} for h in hist if "loss" in h],
             "val_curve": [{"step": h["step"], "val_avg_at_k": h["val_avg_at_k"]} for h in hist if "val_avg_at_k" in h]}

@@ -34,8 +34,11 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     ev = EvaluateSettings.from_params(params)
     extra: dict[str, Any] = {}
     if spec.kind == "generative":
+        samples = ev.samples if stream is None else 1       # k verdicts on the bench, not on the stress set
         preds = run_generative(items, sampler or judge_sampler(spec, params, threads), params, judge_name, stream,
-                               spec.prompt_opens_think)
+                               spec.prompt_opens_think, samples)
+        if samples > 1:
+            extra["samples"] = _k_verdict_metrics(preds, ev, seed_of(params))
         # every status, zeros included (judge.STATUSES: `ambiguous` and `unterminated` count as unparsed)
         extra["status_counts"] = {s: sum(p["status"] == s for p in preds)
                                   for s in sorted(set(STATUSES) | {p["status"] for p in preds})}
@@ -49,9 +52,9 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     ref = model_ref(params, spec.model)
     field = spec.input
     held = read_bench(ev.threshold_split)
-    held_scores = scalar_scores(held, ref["path"], ref["revision"], threads=threads, field=field)
+    held_scores = scalar_scores(held, ref["path"], ref["revision"], ev.scalar_batch_size, threads=threads, field=field)
     threshold = best_threshold(held_scores, [h["label"] for h in held])
-    scores = scalar_scores(items, ref["path"], ref["revision"], threads=threads, field=field)
+    scores = scalar_scores(items, ref["path"], ref["revision"], ev.scalar_batch_size, threads=threads, field=field)
     preds = [{"index": it["index"], "subset": it["subset"], "model": it["model"], "label": it["label"],
               "question": it["question"], "score": s, "pred": int(s >= threshold), "status": "parsed",
               "truncated": False} for it, s in zip(items, scores)]
@@ -59,6 +62,19 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
                   "threshold_split_auroc": auroc(held_scores, [h["label"] for h in held]),
                   "called_correct_share": round(sum(p["pred"] for p in preds) / max(1, len(preds)), 6)})
     return preds, extra
+
+
+def _k_verdict_metrics(preds: Sequence[Mapping[str, Any]], ev: EvaluateSettings, seed: int) -> dict[str, Any]:
+    """With evaluate.samples k > 1: the first-verdict, majority-of-k and mean-P(correct) views
+    (librarm.judging.verdict_metrics), and the majority's Libra score; the headline stays the first
+    verdict's."""
+    from librarm.judging.verdict_metrics import score_verdicts
+
+    records = [{**p, "problem_id": p["question"], "categories": {"subset": p["subset"]}} for p in preds]
+    out = score_verdicts(records, resamples=ev.bootstrap_resamples, seed=seed)
+    majority = summarize([{**p, "pred": p["majority"]} for p in preds])
+    out["majority_libra_score"] = majority["libra_score"]
+    return out
 
 
 def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, predictions_path: str | Path,
@@ -131,25 +147,37 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
     """The eval summary (JSON), its table (Markdown) and the comparisons: one row per judge
     (reward-bench style), paired comparisons, seen vs held-out generators, the shortcut probe,
     training stats. metric_paths and prediction_paths map each judge to its files."""
-    from librarm.judging.compare import seen_heldout_accuracy, shortcut_probe
+    from librarm.judging.compare import shortcut_probe
     from librarm.run.io import read_jsonl
-    from librarm.stats import format_p, paired_comparison
 
     rows = {name: read_json(p) for name, p in metric_paths.items()}
     preds = {name: read_jsonl(prediction_paths[name]).records for name in metric_paths}
     judge_data = JudgeDataSettings.optional(params)
     heldout = list(judge_data.exclude_generators) if judge_data else []
     compare = CompareSettings.from_params(params)
-    resamples = compare.resamples
     seed = seed_of(params)
     extra_rows: dict[str, dict] = {}
     if bench_path and judge_train_path:
         probe = shortcut_probe(read_jsonl(judge_train_path).records, read_bench(bench_path))
-        extra_rows["shortcut_probe"] = score_predictions(probe, resamples, seed)
+        extra_rows["shortcut_probe"] = score_predictions(probe, compare.resamples, seed)
         preds["shortcut_probe"] = probe
     all_rows = {**rows, **extra_rows}
+    lines = _judge_table(all_rows)
+    gen_lines, seen_held = _generator_table(all_rows, preds, heldout)
+    cmp_lines, comparisons = _comparison_table(preds, [list(p) for p in compare.pairs], compare.resamples, seed)
+    lines += gen_lines + cmp_lines + _stress_table(rows) + _training_table(train_stats_path)
+    write_text(out_md, "\n".join(lines) + "\n")
+    write_json(out_comparisons, comparisons)
+    summary = _judges_summary(all_rows, seen_held)
+    write_json(out_json, {"judges": summary, "comparisons": {k: {kk: v[kk] for kk in ("diff", "ci95", "p_bootstrap",
+                                                                                      "p_permutation", "resamples")}
+                                                              | {"mcnemar_p": v["mcnemar"]["p"]}
+                                                              for k, v in comparisons.items()}})
+    return {"judges": summary, "comparisons": comparisons}
+
+
+def _judge_table(all_rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
     subsets = sorted({s for m in all_rows.values() for s in m["subset_accuracy"]})
-    gens = sorted({g for m in all_rows.values() for g in m["generator_accuracy"]})
     lines = ["| judge | Libra score | 95% CI | " + " | ".join(subsets)
              + " | macro-F1 | unparsed | AUROC (scalar) | prior baseline |",
              "|---|---:|---|" + "---:|" * len(subsets) + "---:|---:|---:|---:|"]
@@ -160,12 +188,19 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
                      + f" | {100 * m['macro_f1']:.1f} | {100 * m['unparsed_rate']:.1f}% | "
                      + ("" if auc is None else f"{auc:.3f}") + " | "
                      f"{100 * m['problem_prior_baseline']['libra_score']:.1f} |")
-    lines += ["", "Prior baseline: a logistic regression on problem-level features only (subset, generator, "
-              "question length and digits), fit on the other half of the problems; a judge near it reads "
-              "difficulty, not the response."]
-    lines += ["", "Accuracy per generator (%)" + (f"; held out of judge training: {', '.join(heldout)}" if heldout else "")
-              + ":", "", "| judge | " + " | ".join(gens) + (" | seen | held-out |" if heldout else " |"),
-              "|---|" + "---:|" * (len(gens) + (2 if heldout else 0))]
+    return lines + ["", "Prior baseline: a logistic regression on problem-level features only (subset, generator, "
+                    "question length and digits), fit on the other half of the problems; a judge near it reads "
+                    "difficulty, not the response."]
+
+
+def _generator_table(all_rows: Mapping[str, Mapping[str, Any]], preds: Mapping[str, Sequence[Mapping[str, Any]]],
+                     heldout: Sequence[str]) -> tuple[list[str], dict[str, dict]]:
+    from librarm.judging.compare import seen_heldout_accuracy
+
+    gens = sorted({g for m in all_rows.values() for g in m["generator_accuracy"]})
+    lines = ["", "Accuracy per generator (%)" + (f"; held out of judge training: {', '.join(heldout)}" if heldout else "")
+             + ":", "", "| judge | " + " | ".join(gens) + (" | seen | held-out |" if heldout else " |"),
+             "|---|" + "---:|" * (len(gens) + (2 if heldout else 0))]
     seen_held = {}
     for name, m in all_rows.items():
         row = f"| {name} | " + " | ".join(f"{100 * m['generator_accuracy'].get(g, float('nan')):.1f}" for g in gens)
@@ -174,48 +209,66 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
             seen_held[name] = sh
             row += " | " + " | ".join("n/a" if sh[k] is None else f"{100 * sh[k]:.1f}" for k in ("seen", "held_out"))
         lines.append(row + " |")
-    comparisons = {}
-    pairs = [list(p) for p in compare.pairs]
-    if pairs:
-        lines += ["", "Paired comparisons (Libra score difference; 95% CI from a bootstrap over problems; p from a "
-                  "sign-flip permutation test that swaps judges per problem; McNemar's item-level p for reference "
-                  "only, it ignores that items of one problem are correlated):", "",
-                  "| A vs B | diff (points) | 95% CI | p (cluster permutation) | p (bootstrap) | McNemar p (item-level) "
-                  "| A only right | B only right |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|"]
-        for a, b in pairs:
-            if a not in preds or b not in preds:
-                continue
-            c = paired_comparison(preds[a], preds[b], resamples, seed)
-            comparisons[f"{a} vs {b}"] = c
-            lines.append(f"| {a} vs {b} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci95'])} | "
-                         f"{format_p(c['p_permutation'], resamples)} | {format_p(c['p_bootstrap'], resamples)} | "
-                         f"{c['mcnemar']['p']:.2g} | {c['mcnemar']['a_only']} | {c['mcnemar']['b_only']} |")
-    stressed = {name: m["stress"] for name, m in rows.items() if m.get("stress")}
-    if stressed:
-        def pct(v):
-            return "n/a" if v is None else f"{100 * v:.1f}"
+    return lines, seen_held
 
-        lines += ["", "Judge hacking (the stress set; never in the Libra score): the share of responses called "
-                  "correct that hold no answer (content-free) or are wrong with \"the answer is verified\" appended "
-                  "(false claim), beside the same wrong responses without the claim:", "",
-                  "| judge | Libra score | content-free FP | false-claim FP | same, without the claim |",
-                  "|---|---:|---:|---:|---:|"]
-        for name, st in stressed.items():
-            lines.append(f"| {name} | {100 * rows[name]['libra_score']:.1f} | "
-                         f"{pct(st['content_free']['false_positive_rate'])} | {pct(st['false_claim']['false_positive_rate'])} | "
-                         f"{pct(st['false_claim']['without_claim'])} |")
-    if train_stats_path and Path(train_stats_path).exists():
-        ts = read_json(train_stats_path)
-        lines += ["", "Training:", "", "| model | kind | steps | seconds | tokens/s | final val accuracy |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for name, s in ts.items():
-            val = s["val_curve"][-1]["val_accuracy"] if s.get("val_curve") else None
-            lines.append(f"| {name} | {s.get('kind')} | {s.get('global_step')} | {s.get('seconds')} | "
-                         f"{s.get('tokens_per_s')} | {'' if val is None else f'{100 * val:.1f}'} |")
-    md = "\n".join(lines) + "\n"
-    write_text(out_md, md)
-    write_json(out_comparisons, comparisons)
+
+def _comparison_table(preds: Mapping[str, Sequence[Mapping[str, Any]]], pairs: Sequence[Sequence[str]],
+                      resamples: int, seed: int) -> tuple[list[str], dict[str, dict]]:
+    from librarm.stats import format_p, paired_comparison
+
+    if not pairs:
+        return [], {}
+    comparisons = {}
+    lines = ["", "Paired comparisons (Libra score difference; 95% CI from a bootstrap over problems; p from a "
+             "sign-flip permutation test that swaps judges per problem; McNemar's item-level p for reference "
+             "only, it ignores that items of one problem are correlated):", "",
+             "| A vs B | diff (points) | 95% CI | p (cluster permutation) | p (bootstrap) | McNemar p (item-level) "
+             "| A only right | B only right |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for a, b in pairs:
+        if a not in preds or b not in preds:
+            continue
+        c = paired_comparison(preds[a], preds[b], resamples, seed)
+        comparisons[f"{a} vs {b}"] = c
+        lines.append(f"| {a} vs {b} | {100 * c['diff']:+.1f} | {_fmt_ci(c['ci95'])} | "
+                     f"{format_p(c['p_permutation'], resamples)} | {format_p(c['p_bootstrap'], resamples)} | "
+                     f"{c['mcnemar']['p']:.2g} | {c['mcnemar']['a_only']} | {c['mcnemar']['b_only']} |")
+    return lines, comparisons
+
+
+def _stress_table(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    stressed = {name: m["stress"] for name, m in rows.items() if m.get("stress")}
+    if not stressed:
+        return []
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}"
+
+    lines = ["", "Judge hacking (the stress set; never in the Libra score): the share of responses called "
+             "correct that hold no answer (content-free) or are wrong with \"the answer is verified\" appended "
+             "(false claim), beside the same wrong responses without the claim:", "",
+             "| judge | Libra score | content-free FP | false-claim FP | same, without the claim |",
+             "|---|---:|---:|---:|---:|"]
+    for name, st in stressed.items():
+        lines.append(f"| {name} | {100 * rows[name]['libra_score']:.1f} | "
+                     f"{pct(st['content_free']['false_positive_rate'])} | {pct(st['false_claim']['false_positive_rate'])} | "
+                     f"{pct(st['false_claim']['without_claim'])} |")
+    return lines
+
+
+def _training_table(train_stats_path: str | Path | None) -> list[str]:
+    if not (train_stats_path and Path(train_stats_path).exists()):
+        return []
+    lines = ["", "Training:", "", "| model | kind | steps | seconds | tokens/s | final val accuracy |",
+             "|---|---|---:|---:|---:|---:|"]
+    for name, s in read_json(train_stats_path).items():
+        val = s["val_curve"][-1]["val_accuracy"] if s.get("val_curve") else None
+        lines.append(f"| {name} | {s.get('kind')} | {s.get('global_step')} | {s.get('seconds')} | "
+                     f"{s.get('tokens_per_s')} | {'' if val is None else f'{100 * val:.1f}'} |")
+    return lines
+
+
+def _judges_summary(all_rows: Mapping[str, Mapping[str, Any]], seen_held: Mapping[str, dict]) -> dict[str, dict]:
     summary = {name: {k: m[k] for k in ("libra_score", "subset_accuracy", "macro_f1", "unparsed_rate", "n_items")}
                | {"libra_score_ci95": m["ci95"]["libra_score"]} | ({"seen_heldout": seen_held[name]} if name in seen_held else {})
                for name, m in all_rows.items()}
@@ -223,11 +276,7 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
         for k in ("auroc", "threshold", "threshold_split_auroc", "called_correct_share", "input", "stress"):
             if k in m:
                 summary[name][k] = m[k]
-    write_json(out_json, {"judges": summary, "comparisons": {k: {kk: v[kk] for kk in ("diff", "ci95", "p_bootstrap",
-                                                                                      "p_permutation", "resamples")}
-                                                              | {"mcnemar_p": v["mcnemar"]["p"]}
-                                                              for k, v in comparisons.items()}})
-    return {"judges": summary, "comparisons": comparisons}
+    return summary
 
 
 def step_eval_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:

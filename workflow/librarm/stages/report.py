@@ -180,8 +180,40 @@ def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]
     from librarm.stages.report_pages import write_step_outputs
 
     extra = write_step_outputs(params, io, summary["headline"]) + write_step_cards(params, io)
+    extra += write_pipeline_leaderboard(params, io.keyed("eval_metrics", P.EVAL_METRICS, "judge",
+                                                         list(EvaluateSettings.from_params(params).judges)),
+                                        Path(io.output("summary")).parent / LEADERBOARD_DIR)
     return summary["headline"], [io.output("metrics"), io.output("summary"), io.output("markdown")] \
         + summary["artifacts"] + extra
+
+
+LEADERBOARD_DIR = "leaderboard"     # beside the summary: the pipeline's judges as a leaderboard
+
+
+def write_pipeline_leaderboard(params: Mapping[str, Any], eval_metrics: Mapping[str, str], out_dir: Path) -> list[str]:
+    """The pipeline's judges on Libra Bench as a leaderboard (the report's leaderboard/ folder: the
+    CSV, Markdown and sortable HTML page that `librarm leaderboard` writes for scoring runs)."""
+    from librarm.judging.leaderboard import write_leaderboard
+
+    summaries, sources = [], []
+    for judge, path in eval_metrics.items():
+        if not Path(path).exists():
+            continue
+        m, spec = read_json(path), JudgeSpec.of(params, judge)
+        ci = m.get("ci95") or {}
+        per_subset = {s: {"accuracy": v, "accuracy_ci": ci.get(f"subset_accuracy.{s}")}
+                      for s, v in (m.get("subset_accuracy") or {}).items()}
+        summaries.append({"judge": judge, "backend": spec.backend, "model": spec.model, "samples": 1,
+                          "benchmark": {"name": "libra_bench", "format": "libra", "items": m.get("n_items")},
+                          "metrics": {"k": 1, "first": {"accuracy": m.get("accuracy"), "accuracy_ci": ci.get("accuracy"),
+                                                        "unparsed_rate": m.get("unparsed_rate"), "n": m.get("n_items")},
+                                      "libra_score": m.get("libra_score"), "libra_score_ci": ci.get("libra_score"),
+                                      "per_category": {"subset": per_subset}}})
+        sources.append(str(path))
+    if not summaries:
+        return []
+    done = write_leaderboard(summaries, out_dir, sources=sources)
+    return [str(f) for f in done["files"]]
 
 
 def _headline(policies, corr, judges, bench, pairs) -> dict:
@@ -202,7 +234,15 @@ def _headline(policies, corr, judges, bench, pairs) -> dict:
 
 
 def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
-    tables = []
+    """Every table of the report, section by section (each present when its phase ran)."""
+    return (_verify_tables(docs) + _bench_tables(docs) + _eval_tables(docs) + _train_tables(docs)
+            + _rs_tables(docs) + _pairs_tables(docs, labelers) + _dpo_tables(docs, order)
+            + _downstream_tables(docs, policies, params) + _gold_curve_tables(policies)
+            + _correlation_tables(docs))
+
+
+def _verify_tables(docs) -> list[Table]:
+    tables: list[Table] = []
     if "verify" in docs:
         acc = docs["verify"]["accuracy"]
         subsets = sorted({s for g in acc.values() for s in g})
@@ -211,12 +251,22 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
             t.add(g, *[Num("verify", ("accuracy", g, s)) if s in acc[g] else "" for s in subsets],
                   Num("verify", ("generator_accuracy", g)))
         tables.append(t)
+    return tables
+
+
+def _bench_tables(docs) -> list[Table]:
+    tables: list[Table] = []
     if "bench" in docs:
         b = docs["bench"]
         t = Table("Libra Bench composition (items)", ["subset", "correct", "incorrect", "items", "problems"])
         for s in sorted(b["subsets"]):
             t.add(s, *[Num("bench", ("subsets", s, k), scale=1, digits=0) for k in ("correct", "incorrect", "n", "problems")])
         tables.append(t)
+    return tables
+
+
+def _eval_tables(docs) -> list[Table]:
+    tables: list[Table] = []
     if "eval" in docs:
         ev = docs["eval"]["judges"]
         subsets = sorted(next(iter(ev.values())).get("subset_accuracy", {}))
@@ -267,6 +317,11 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                       Num("eval", ("comparisons", k, "p_permutation"), p_resamples=c.get("resamples", 2000)),
                       Num("eval", ("comparisons", k, "mcnemar_p"), scale=1, digits=2))
             tables.append(t)
+    return tables
+
+
+def _train_tables(docs) -> list[Table]:
+    tables: list[Table] = []
     if "train" in docs:
         t = Table("Judge training", ["model", "kind", "steps", "seconds", "tokens/s", "final val accuracy"])
         for mname, m in docs["train"].items():
@@ -278,6 +333,11 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
         grpo = [m for m, st in docs["train"].items() if st.get("passrate_filter") or st.get("length_penalty")]
         if grpo:
             tables.append(_grpo_table(docs["train"], grpo))
+    return tables
+
+
+def _rs_tables(docs) -> list[Table]:
+    tables: list[Table] = []
     if "rs" in docs:
         t = Table("Rejection sampling", ["acceptance", "label 1", "label 0", "items with none accepted", "judging examples",
                                          "reasoning examples"])
@@ -285,6 +345,11 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
               Num("rs", ("items_none_accepted",), scale=1, digits=0), Num("rs", ("judging_examples",), scale=1, digits=0),
               Num("rs", ("reasoning_examples",), scale=1, digits=0))
         tables.append(t)
+    return tables
+
+
+def _pairs_tables(docs, labelers) -> list[Table]:
+    tables: list[Table] = []
     if "pairs" in docs:
         ps = docs["pairs"]["labelers"]
         budget = docs["pairs"].get("budget")
@@ -305,6 +370,11 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("pairs", ("labelers", n, "skipped_problems", "all_correct"), scale=1, digits=0),
                   Num("pairs", ("labelers", n, "skipped_problems", "all_incorrect"), scale=1, digits=0))
         tables.append(t)
+    return tables
+
+
+def _dpo_tables(docs, order) -> list[Table]:
+    tables: list[Table] = []
     if "dpo" in docs:
         t = Table("DPO training", ["policy/seed", "pairs", "steps", "selected step", "val avg@k", "seconds", "tokens/s"],
                   note="The checkpoint (step 0, the untrained policy, included) is selected by avg@k on held-out "
@@ -316,6 +386,11 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("dpo", (k, "selected_val_avg_at_k")), Num("dpo", (k, "seconds"), scale=1, digits=1),
                   Num("dpo", (k, "tokens_per_s"), scale=1, digits=0))
         tables.append(t)
+    return tables
+
+
+def _downstream_tables(docs, policies, params) -> list[Table]:
+    tables: list[Table] = []
     if policies:
         subsets = docs["downstream"]["subsets"]
         k = docs["downstream"]["k"]
@@ -338,6 +413,11 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
                   Num("downstream", src + ("gold_gain_recovered",), scale=100, digits=0)
                   if p.get("gold_gain_recovered") is not None else "")
         tables.append(t)
+    return tables
+
+
+def _gold_curve_tables(policies) -> list[Table]:
+    tables: list[Table] = []
     curve = {n: p for n, p in policies.items() if policy_parts(n)[0] == "curve"}
     if curve and "gold" in policies and policies["gold"].get("gain"):
         t = Table("Gold curve: gain of the gold labeler at several pair counts (same DPO steps)",
@@ -348,6 +428,11 @@ def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
             t.add(n, Num("downstream", src + ("pairs",), scale=1, digits=0), Num("downstream", src + ("gain", "all"), signed=True),
                   ci("downstream", src + ("gain_ci95", "all"), signed=True))
         tables.append(t)
+    return tables
+
+
+def _correlation_tables(docs) -> list[Table]:
+    tables: list[Table] = []
     corr = docs["report"]["correlation"]
     if corr:
         t = Table("Downstream gain against judge quality (fitted over the trained judges only)",
@@ -410,146 +495,167 @@ def write_curves(folder: Path, series: Mapping[str, Sequence[Mapping[str, Any]]]
     return out
 
 
-def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, eval_metrics) -> list[str]:
-    import matplotlib
+class _PlotWriter:
+    """Where the report's plots go: each figure saved as a PNG and listed as an artifact."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, out_dir: Path):
+        import matplotlib
 
-    arts: list[str] = []
-    curves = out_dir / "curves"
-    shutil.rmtree(curves, ignore_errors=True)       # series of an earlier run must not linger
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    def save(fig, name):
-        p = out_dir / name
+        self.plt, self.out_dir, self.arts = plt, out_dir, []
+        self.curves = out_dir / "curves"
+        shutil.rmtree(self.curves, ignore_errors=True)       # series of an earlier run must not linger
+
+    def save(self, fig, name: str) -> None:
+        p = self.out_dir / name
         fig.tight_layout()
         fig.savefig(p, dpi=110)
-        plt.close(fig)
-        arts.append(str(p))
+        self.plt.close(fig)
+        self.arts.append(str(p))
 
+
+def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, eval_metrics) -> list[str]:
+    w = _PlotWriter(out_dir)
     ev = {j: read_json(root / eval_metrics[j]) for j in docs.get("eval", {}).get("judges", {})
           if j in eval_metrics and (root / eval_metrics[j]).exists()}
     if ev:
-        subsets = sorted(next(iter(ev.values())).get("subset_accuracy", {}))
-        rows = []
-        for j, m in ev.items():
-            for s in subsets:
-                lo, hi = m.get("ci95", {}).get(f"subset_accuracy.{s}", [None, None])
-                rows.append([j, s, m["subset_accuracy"][s], lo, hi])
-        arts.append(write_csv(out_dir / "judge_accuracy.csv", ["judge", "subset", "accuracy", "ci_lo", "ci_hi"], rows))
-        fig, ax = plt.subplots(figsize=(max(6, len(ev) * 1.1), 4))
-        width = 0.8 / max(1, len(subsets))
-        for i, s in enumerate(subsets):
-            sub = [r for r in rows if r[1] == s]
-            xs = np.arange(len(sub)) + i * width
-            ys = [r[2] for r in sub]
-            err = [[r[2] - (r[3] if r[3] is not None else r[2]) for r in sub],
-                   [(r[4] if r[4] is not None else r[2]) - r[2] for r in sub]]
-            ax.bar(xs, ys, width, yerr=err, capsize=2, label=s)
-        ax.set_xticks(np.arange(len(ev)) + 0.4 - width / 2, list(ev), rotation=30, ha="right")
-        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.set_ylabel("accuracy")
-        ax.set_title("Judge accuracy per subset (95% CI)")
-        ax.legend(fontsize=8)
-        save(fig, "judge_accuracy.png")
-        conf_rows = []
-        fig, axes = plt.subplots(1, len(ev), figsize=(2.2 * len(ev), 2.6), squeeze=False)
-        for ax, (j, m) in zip(axes[0], ev.items()):
-            c = m.get("confusion") or {}
-            mat = np.array([[c.get(f"label_{lab}", {}).get(k, 0) for k in ("pred_0", "pred_1", "none")] for lab in (0, 1)])
-            for lab in (0, 1):
-                for k, col in zip(("pred_0", "pred_1", "none"), mat[lab]):
-                    conf_rows.append([j, lab, k, int(col)])
-            ax.imshow(mat, cmap="Blues")
-            for (a, b), v in np.ndenumerate(mat):
-                ax.text(b, a, int(v), ha="center", va="center", fontsize=8)
-            ax.set_xticks([0, 1, 2], ["0", "1", "none"])
-            ax.set_yticks([0, 1], ["0", "1"])
-            ax.set_title(j, fontsize=9)
-            ax.set_xlabel("verdict")
-        axes[0][0].set_ylabel("label")
-        save(fig, "confusion.png")
-        arts.append(write_csv(out_dir / "confusion.csv", ["judge", "label", "verdict", "count"], conf_rows))
+        _judge_plots(w, ev)
     if "train" in docs:
-        tr = docs["train"]
-        sft = {m: d["loss_curve"] for m, d in tr.items() if d.get("kind") in ("sft", "nothink") and d.get("loss_curve")}
-        rl = {m: d["reward_curve"] for m, d in tr.items() if d.get("kind") == "rl" and d.get("reward_curve")}
-        sft_val = {m: d["val_curve"] for m, d in tr.items() if d.get("kind") in ("sft", "nothink") and d.get("val_curve")}
-        rl_val = {m: d["val_curve"] for m, d in tr.items() if d.get("kind") == "rl" and d.get("val_curve")}
-        by_kind = {"sft": sft, "rl": rl, "sft_val": sft_val, "rl_val": rl_val}
-        for name, kind, key, title in CURVES:
-            series = by_kind[kind]
-            if not series:
-                continue
-            arts += write_curves(curves / name, series, key)
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-            for n, pts in series.items():
-                pts = [p for p in pts if p.get(key) is not None]
-                ax.plot([p["step"] for p in pts], [p[key] for p in pts], marker="." if len(pts) < 20 else None, label=n)
-            ax.set_xlabel("step")
-            ax.set_title(title)
-            ax.legend(fontsize=7)
-            save(fig, f"{name}.png")
+        _training_plots(w, docs["train"])
     if "dpo" in docs:
-        series = {k: d["loss_curve"] for k, d in docs["dpo"].items()
-                  if policy_parts(k.rsplit("/seed-", 1)[0])[0] == "budget"}
-        arts += write_curves(curves / "dpo_loss", series, "loss")
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for n, pts in series.items():
-            ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], lw=0.8, label=n)
-        ax.set_xlabel("step")
-        ax.set_title("DPO loss (budget pairs)")
-        ax.legend(fontsize=6, ncol=2)
-        save(fig, "dpo_loss.png")
+        _dpo_plots(w, docs["dpo"])
     if policies and corr:
-        rows = []
-        fit = set(docs["report"]["fit_labelers"])
-        judges = docs.get("eval", {}).get("judges", {})
-        registry = JudgeSpec.registry(params)
-        for n in labelers:
-            p = policies.get(n)
-            if not p or not p.get("gain"):
-                continue
-            lo, hi = p["gain_ci95"]["all"]
-            rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
-                         "fitted" if n in fit else ("short" if p.get("short") else
-                                                    "judge" if labeler_kind(n, registry) == "judge"
-                                                    else "anchor"), p.get("pair_accuracy")])
-        arts.append(write_csv(out_dir / "downstream_gain.csv",
-                              ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role",
-                               "pair_accuracy"], rows))
-        for key, col, label in (("libra_score", 1, "Libra score of the labeler (bench)"),
-                                ("label_accuracy", 2, "label accuracy on the policy's responses"),
-                                ("pair_accuracy", 7, "pair accuracy (chosen is the gold-correct response)")):
-            pts = [r for r in rows if r[col] not in ("", None)]
-            if not pts:
-                continue
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for r in pts:
-                # a trained judge outside the fit (a seed replicate): hollow, so it is not read as an anchor
-                style = dict(color="C0", marker="o") if r[6] == "fitted" else \
-                    dict(color="C0", marker="o", mfc="none") if r[6] == "judge" else dict(color="C3", marker="s")
-                ax.errorbar(r[col], r[3], yerr=[[r[3] - r[4]], [r[5] - r[3]]], capsize=2, ls="none", **style)
-                ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            # the noisy-gold curve (gold kept with probability p, flipped otherwise, and gold itself):
-            # at equal label accuracy, a trained judge above it errs more cheaply than symmetric noise
-            curve = sorted((r for r in pts if labeler_kind(r[0], registry) in ("gold", "noisy_gold")), key=lambda r: r[col])
-            if key != "libra_score" and len(curve) > 1:
-                ax.plot([r[col] for r in curve], [r[3] for r in curve], color="C3", lw=1, ls=":",
-                        label="noisy-gold curve")
-                ax.legend(fontsize=7)
-            c = corr.get(key, {})
-            if c.get("slope") is not None:
-                xs = np.linspace(min(c["x"]), max(c["x"]), 10)
-                ax.plot(xs, c["intercept"] + c["slope"] * xs, color="C0", lw=1,
-                        label=f"fit over trained judges: r={c['r']:.2f}, p={c['p_permutation']:.3f}")
-                ax.legend(fontsize=7)
-            ax.axhline(0, color="grey", lw=0.8, ls="--")
-            ax.set_xlabel(label)
-            ax.set_ylabel("avg@k gain over base policy")
-            ax.set_title("Downstream gain (blue: trained judges, filled if fitted; red: anchors)", fontsize=9)
-            save(fig, f"gain_vs_{key}.png")
-    return arts
+        _gain_plots(w, docs, params, labelers, policies, corr)
+    return w.arts
+
+
+def _judge_plots(w: _PlotWriter, ev: Mapping[str, Any]) -> None:
+    subsets = sorted(next(iter(ev.values())).get("subset_accuracy", {}))
+    rows = []
+    for j, m in ev.items():
+        for s in subsets:
+            lo, hi = m.get("ci95", {}).get(f"subset_accuracy.{s}", [None, None])
+            rows.append([j, s, m["subset_accuracy"][s], lo, hi])
+    w.arts.append(write_csv(w.out_dir / "judge_accuracy.csv", ["judge", "subset", "accuracy", "ci_lo", "ci_hi"], rows))
+    fig, ax = w.plt.subplots(figsize=(max(6, len(ev) * 1.1), 4))
+    width = 0.8 / max(1, len(subsets))
+    for i, s in enumerate(subsets):
+        sub = [r for r in rows if r[1] == s]
+        xs = np.arange(len(sub)) + i * width
+        ys = [r[2] for r in sub]
+        err = [[r[2] - (r[3] if r[3] is not None else r[2]) for r in sub],
+               [(r[4] if r[4] is not None else r[2]) - r[2] for r in sub]]
+        ax.bar(xs, ys, width, yerr=err, capsize=2, label=s)
+    ax.set_xticks(np.arange(len(ev)) + 0.4 - width / 2, list(ev), rotation=30, ha="right")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Judge accuracy per subset (95% CI)")
+    ax.legend(fontsize=8)
+    w.save(fig, "judge_accuracy.png")
+    conf_rows = []
+    fig, axes = w.plt.subplots(1, len(ev), figsize=(2.2 * len(ev), 2.6), squeeze=False)
+    for ax, (j, m) in zip(axes[0], ev.items()):
+        c = m.get("confusion") or {}
+        mat = np.array([[c.get(f"label_{lab}", {}).get(k, 0) for k in ("pred_0", "pred_1", "none")] for lab in (0, 1)])
+        for lab in (0, 1):
+            for k, col in zip(("pred_0", "pred_1", "none"), mat[lab]):
+                conf_rows.append([j, lab, k, int(col)])
+        ax.imshow(mat, cmap="Blues")
+        for (a, b), v in np.ndenumerate(mat):
+            ax.text(b, a, int(v), ha="center", va="center", fontsize=8)
+        ax.set_xticks([0, 1, 2], ["0", "1", "none"])
+        ax.set_yticks([0, 1], ["0", "1"])
+        ax.set_title(j, fontsize=9)
+        ax.set_xlabel("verdict")
+    axes[0][0].set_ylabel("label")
+    w.save(fig, "confusion.png")
+    w.arts.append(write_csv(w.out_dir / "confusion.csv", ["judge", "label", "verdict", "count"], conf_rows))
+
+
+def _training_plots(w: _PlotWriter, tr: Mapping[str, Any]) -> None:
+    sft = {m: d["loss_curve"] for m, d in tr.items() if d.get("kind") in ("sft", "nothink") and d.get("loss_curve")}
+    rl = {m: d["reward_curve"] for m, d in tr.items() if d.get("kind") == "rl" and d.get("reward_curve")}
+    sft_val = {m: d["val_curve"] for m, d in tr.items() if d.get("kind") in ("sft", "nothink") and d.get("val_curve")}
+    rl_val = {m: d["val_curve"] for m, d in tr.items() if d.get("kind") == "rl" and d.get("val_curve")}
+    by_kind = {"sft": sft, "rl": rl, "sft_val": sft_val, "rl_val": rl_val}
+    for name, kind, key, title in CURVES:
+        series = by_kind[kind]
+        if not series:
+            continue
+        w.arts += write_curves(w.curves / name, series, key)
+        fig, ax = w.plt.subplots(figsize=(6, 3.5))
+        for n, pts in series.items():
+            pts = [p for p in pts if p.get(key) is not None]
+            ax.plot([p["step"] for p in pts], [p[key] for p in pts], marker="." if len(pts) < 20 else None, label=n)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        w.save(fig, f"{name}.png")
+
+
+def _dpo_plots(w: _PlotWriter, dpo: Mapping[str, Any]) -> None:
+    series = {k: d["loss_curve"] for k, d in dpo.items()
+              if policy_parts(k.rsplit("/seed-", 1)[0])[0] == "budget"}
+    w.arts += write_curves(w.curves / "dpo_loss", series, "loss")
+    fig, ax = w.plt.subplots(figsize=(6, 3.5))
+    for n, pts in series.items():
+        ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], lw=0.8, label=n)
+    ax.set_xlabel("step")
+    ax.set_title("DPO loss (budget pairs)")
+    ax.legend(fontsize=6, ncol=2)
+    w.save(fig, "dpo_loss.png")
+
+
+def _gain_plots(w: _PlotWriter, docs, params, labelers, policies, corr) -> None:
+    rows = []
+    fit = set(docs["report"]["fit_labelers"])
+    judges = docs.get("eval", {}).get("judges", {})
+    registry = JudgeSpec.registry(params)
+    for n in labelers:
+        p = policies.get(n)
+        if not p or not p.get("gain"):
+            continue
+        lo, hi = p["gain_ci95"]["all"]
+        rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
+                     "fitted" if n in fit else ("short" if p.get("short") else
+                                                "judge" if labeler_kind(n, registry) == "judge"
+                                                else "anchor"), p.get("pair_accuracy")])
+    w.arts.append(write_csv(w.out_dir / "downstream_gain.csv",
+                          ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role",
+                           "pair_accuracy"], rows))
+    for key, col, label in (("libra_score", 1, "Libra score of the labeler (bench)"),
+                            ("label_accuracy", 2, "label accuracy on the policy's responses"),
+                            ("pair_accuracy", 7, "pair accuracy (chosen is the gold-correct response)")):
+        pts = [r for r in rows if r[col] not in ("", None)]
+        if not pts:
+            continue
+        fig, ax = w.plt.subplots(figsize=(6, 4))
+        for r in pts:
+            # a trained judge outside the fit (a seed replicate): hollow, so it is not read as an anchor
+            style = dict(color="C0", marker="o") if r[6] == "fitted" else \
+                dict(color="C0", marker="o", mfc="none") if r[6] == "judge" else dict(color="C3", marker="s")
+            ax.errorbar(r[col], r[3], yerr=[[r[3] - r[4]], [r[5] - r[3]]], capsize=2, ls="none", **style)
+            ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        # the noisy-gold curve (gold kept with probability p, flipped otherwise, and gold itself):
+        # at equal label accuracy, a trained judge above it errs more cheaply than symmetric noise
+        curve = sorted((r for r in pts if labeler_kind(r[0], registry) in ("gold", "noisy_gold")), key=lambda r: r[col])
+        if key != "libra_score" and len(curve) > 1:
+            ax.plot([r[col] for r in curve], [r[3] for r in curve], color="C3", lw=1, ls=":",
+                    label="noisy-gold curve")
+            ax.legend(fontsize=7)
+        c = corr.get(key, {})
+        if c.get("slope") is not None:
+            xs = np.linspace(min(c["x"]), max(c["x"]), 10)
+            ax.plot(xs, c["intercept"] + c["slope"] * xs, color="C0", lw=1,
+                    label=f"fit over trained judges: r={c['r']:.2f}, p={c['p_permutation']:.3f}")
+            ax.legend(fontsize=7)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel(label)
+        ax.set_ylabel("avg@k gain over base policy")
+        ax.set_title("Downstream gain (blue: trained judges, filled if fitted; red: anchors)", fontsize=9)
+        w.save(fig, f"gain_vs_{key}.png")
 
 
 # ----------------------------------------------------------------------------- consistency check

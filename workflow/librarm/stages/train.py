@@ -461,7 +461,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
     sampler = HFSampler(init_model, SamplingConfig(temperature=rl.temperature, max_new_tokens=rl.max_completion_length,
-                                                   batch_size=jcfg.batch_size), model=model, tokenizer=tok)
+                                                   batch_size=jcfg.batch_size, top_p=1.0), model=model, tokenizer=tok)
     kept, filt = filter_by_pass_rate(items, sampler, params, rl, name)
     if not kept:
         raise ValueError(f"rl: no item with pass rate in {list(rl.passrate_band)} ({filt})")

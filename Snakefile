@@ -34,12 +34,12 @@ rule all:
 
 
 # A local run's jobs fork from one process that imported torch, transformers and TRL once
-# (Nonelibrarm/run/warm.py; LIBRARM_WARM=0 turns it off).
+# (librarm/run/warm.py; LIBRARM_WARM=0 turns it off).
 onstart:
     start_for_workflow(workflow)
 
 
-# Jobs spool their MLflow records; one import when the run ends (see Nonelibrarm/run/tracking.py).
+# Jobs spool their MLflow records; one import when the run ends (see librarm/run/tracking.py).
 onsuccess:
     stop_for_workflow()
     flush_at_end()

@@ -1,4 +1,4 @@
-"""A model job run as a fresh process against the same job forked from the warm server (Nonelibrarm/run/warm.py).
+"""A model job run as a fresh process against the same job forked from the warm server (librarm/run/warm.py).
 
 The job: `librarm stage sample` with the shipped tiny generator (gen_weak) on 16 problems, n=2, as a
 Snakemake job would run it (its own process, output to a log). Each way runs --reps times,

@@ -20,7 +20,7 @@ from librarm.run.warm import start_for_workflow, stop_for_workflow
 
 prune_removed(config)
 validate_params(config, source="params.yaml (+ --configfile overlays)")
-PARAMS = Params.from_dict(config)       # the typed sections (Nonelibrarm/run/settings.py)
+PARAMS = Params.from_dict(config)       # the typed sections (librarm/run/settings.py)
 
 PHASE_TARGETS = [p.target for p in active_phases(config)]
 SET_NAMES = PARAMS.problems.names()

@@ -82,27 +82,36 @@ FORMATS = ["libra", "verifybench", "verifierbench", "ppe-math", "rewardbench2", 
 FIELDS = {"jsonl": ["--fields", "question=q,reference=a,response=r,label=y,category=c"]}
 
 
+def score_here(capsys, *args: str) -> tuple[int, str, str]:
+    """`librarm score ...` in this process (the model loads once per call; no interpreter start)."""
+    from librarm.cli import main
+
+    rc = main(["score", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_every_format_scores_with_a_model_judge_and_with_the_rule_verifier(fmt, tmp_path):
+def test_every_format_scores_with_a_model_judge_and_with_the_rule_verifier(fmt, tmp_path, capsys):
     bench = write_format(fmt, tmp_path / ("bench.json" if fmt == "verifierbench" else "bench.jsonl"))
     params = greedy_params(tmp_path)
     fields = FIELDS.get(fmt, [])
-    hf = librarm("score", "--bench", str(bench), *fields, "--params", str(params), "--model", str(JUDGE),
-                 "--out", str(tmp_path / "hf"))
-    assert hf.returncode == 0, hf.stderr[-3000:]
+    rc, out, err = score_here(capsys, "--bench", str(bench), *fields, "--params", str(params), "--model", str(JUDGE),
+                              "--out", str(tmp_path / "hf"))
+    assert rc == 0, err[-3000:]
     summary = json.loads((tmp_path / "hf" / "summary.json").read_text())
     assert summary["judge"] == "judge_teacher" and summary["benchmark"]["format"] == fmt
     first = summary["metrics"]["first"]
     for key in ("accuracy", "balanced_accuracy", "f1", "acc_correct", "acc_incorrect", "harmonic_mean", "unparsed_rate"):
         assert key in first, key
-    assert "accuracy" in hf.stdout and "judge_teacher" not in hf.stderr
-    rule = librarm("score", "--bench", str(bench), *fields, "--backend", "rule", "--out", str(tmp_path / "rule"))
+    assert "accuracy [95% CI]" in out
+    rc, out, err = score_here(capsys, "--bench", str(bench), *fields, "--backend", "rule", "--out", str(tmp_path / "rule"))
     if fmt == "rewardbench2":
         # no reference answers: the rule judge refuses in one line
-        assert rule.returncode != 0 and "no reference" in rule.stderr and len(rule.stderr.strip().splitlines()) == 1
+        assert rc != 0 and "no reference" in err and len(err.strip().splitlines()) == 1
         return
-    assert rule.returncode == 0, rule.stderr[-3000:]
+    assert rc == 0, err[-3000:]
     preds = read_jsonl(tmp_path / "rule" / "predictions.jsonl").records
     # the rule verifier is right on these arithmetic items
     assert [p["pred"] for p in preds] == [p["label"] for p in preds]

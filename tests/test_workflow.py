@@ -533,9 +533,10 @@ def test_module_edit_reruns_users_and_downstream(ci_copy):
     try:
         mod.write_text(original + "\n# edited\n")
         jobs = dry_run_jobs(ci_copy)
-        # bench.py is used by bench, by judge_data (same assembly) and by evaluate (bench reader)
-        # (and by the downstream labels: a scalar labeler's threshold split is read with it)
-        assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"} | TRAIN_SIDE | DOWNSTREAM
+        # stages/bench.py (the assembly) is used by bench and by judge_data (same assembly), and so by
+        # the judges' training and DPO; evaluate and the labels rerun because their inputs do. The
+        # pool's split, sampling and verification do not use it (the bench reader is in judging/)
+        assert set(jobs) - {"all"} == {"bench", "evaluate", "eval_summary"} | TRAIN_SIDE | AFTER_LABELS
         assert _dvc_rerun_set(ci_copy) == {"bench", "judge_data", "rs", "train", "evaluate", "pairs", "dpo",
                                            "evaluate_policy", "report"}
     finally:

@@ -678,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_command() -> int:
     """`python -m librarm.cli ...`: a stage job forks from the run's warm server when there is one
-    (Nonelibrarm/run/warm.py), otherwise runs here."""
+    (librarm/run/warm.py), otherwise runs here."""
     from librarm.run import launch, warm
 
     if sys.argv[1:2] == ["stage"] and not launch.inside_launch():

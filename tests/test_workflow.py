@@ -582,10 +582,13 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     env = {**ENV, "PYTHONPATH": str(root / "workflow")}
     # the target goes first: --configfile takes every word after it. The SmolLM2 sample and the
     # base judge's evaluation run alone at the end of this cut (the critical path): two threads each
-    # The preset at a third of its bench and stress sizes (a second configfile, merged over it):
-    # the same path through every real-data stage, a minute less of SmolLM2 judging.
+    # The preset at a third of its sizes (a second configfile, merged over it; a list replaces the
+    # preset's): 3 problems per real eval set, 2 bench items per label and subset, a small stress
+    # set. The same path through every real-data stage, two minutes less of SmolLM2.
+    preset = yaml.safe_load((root / "workflow/presets/smoke-real.yaml").read_text())
+    sets = [dict(s, limit=3) if s["role"] == "eval" else s for s in preset["problems"]["sets"]]
     (root / "smaller.yaml").write_text(yaml.safe_dump(
-        {"sampling": {"n": 1}, "bench": {"balance": {"per_label": 2}},
+        {"problems": {"sets": sets}, "sampling": {"n": 1}, "bench": {"balance": {"per_label": 2}},
          "stress": {"per_template": 2, "false_claim_items": 2}}))
     run("snakemake results/eval/base/metrics.json --cores 2 --set-threads evaluate=2 sample=2 "
         "--configfile workflow/presets/smoke-real.yaml smaller.yaml", root, env=env, timeout=1200)

@@ -10,7 +10,7 @@ if DOWNSTREAM:
             train=P.PAIRS_TRAIN_PROBLEMS,
             val=P.PAIRS_VAL_PROBLEMS,
         params:
-            **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling", "verify")),
+            **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "evaluate.scalar_batch_size", "sampling", "verify")),
         log:
             P.log("pairs/split"),
         benchmark:
@@ -29,7 +29,7 @@ if DOWNSTREAM:
             samples=P.PAIRS_SAMPLES,
             meta=P.PAIRS_SAMPLES_META,
         params:
-            **job_params("pairs", **UNUSED("judges", "judge", "evaluate.threshold_split", "verify")),
+            **job_params("pairs", **UNUSED("judges", "judge", "evaluate.threshold_split", "evaluate.scalar_batch_size", "verify")),
         log:
             P.log("pairs/sample"),
         benchmark:
@@ -50,7 +50,7 @@ if DOWNSTREAM:
             verified=P.PAIRS_VERIFIED,
             meta=P.PAIRS_VERIFIED_META,
         params:
-            **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "sampling")),
+            **job_params("pairs", **UNUSED("models", "judges", "judge", "evaluate.threshold_split", "evaluate.scalar_batch_size", "sampling")),
         log:
             P.log("pairs/verify"),
         benchmark:
@@ -101,7 +101,7 @@ if DOWNSTREAM:
             raw=expand(P.PAIRS_RAW, labeler=LABELERS),
             curve=expand(P.PAIRS_FILE, policy=CURVE_POLICIES),
         params:
-            **job_params("pairs", **UNUSED("models", "judge", "evaluate.threshold_split", "sampling", "verify")),
+            **job_params("pairs", **UNUSED("models", "judge", "evaluate.threshold_split", "evaluate.scalar_batch_size", "sampling", "verify")),
         log:
             P.log("pairs/build"),
         benchmark:

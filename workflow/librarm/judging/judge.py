@@ -284,7 +284,7 @@ def judge_sampling(params: Mapping[str, Any]):
 
 
 def run_generative(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], judge_name: str,
-                   stream: Sequence[Any] | None = None, prompt_opens_think: bool = False, samples: int = 1) -> list[dict]:
+                   stream: Sequence[Any] | None = None, prompt_opens_think: bool = False) -> list[dict]:
     """Judge every item with `sampler` (judge_sampler); returns one prediction record per item (same
     order). Seeds come from (seed, *stream, item index); stream defaults to ("judge", judge_name)."""
     batch = build_judge_requests(items, params, stream or ("judge", judge_name), tok=getattr(sampler, "tok", None))
@@ -302,27 +302,7 @@ def run_generative(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[
         out.append({**base, "pred": v.value, "status": v.status, "verdict_source": v.source,
                     "truncated": res.finish_reason == "length", "output": res.text,
                     "completion_tokens": res.completion_tokens})
-    if samples > 1:
-        _more_verdicts(items, sampler, params, stream or ("judge", judge_name), prompt_opens_think, samples, out)
     return out
-
-
-def _more_verdicts(items, sampler, params, stream, prompt_opens_think: bool, samples: int, out: list[dict]) -> None:
-    """Verdicts 1..samples-1 of every item (seeds (seed, *stream, index, r); verdict 0 is the
-    single-verdict run's), added to each prediction as `verdicts` with the majority (a tie: None)
-    and P(correct); `pred` stays the first verdict."""
-    from librarm.judging.verdict_metrics import aggregate
-
-    batch = build_judge_requests(items, params, stream, repeats=samples, tok=getattr(sampler, "tok", None))
-    keep = [n for n, (_i, r) in enumerate(batch.owners) if r > 0]
-    results = sampler.generate([batch.requests[n] for n in keep]) if keep else []
-    more: dict[int, list] = {}
-    for n, res in zip(keep, results):
-        more.setdefault(batch.owners[n][0], []).append(judge_verdict(res, prompt_opens_think).value)
-    for i, p in enumerate(out):
-        p["verdicts"] = [p["pred"]] + more.get(i, [None] * (samples - 1))
-        agg = aggregate(p["verdicts"])
-        p.update(majority=agg["majority"], p_correct=agg["p_correct"])
 
 
 # ----------------------------------------------------------------------------- scalar RM

@@ -22,7 +22,8 @@ def score_predictions(preds: Sequence[Mapping[str, Any]], resamples: int, seed: 
 
 
 def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[str, Any]],
-            threads: int | None = None, sampler=None, stream: Sequence[Any] | None = None) -> tuple[list[dict], dict[str, Any]]:
+            threads: int | None = None, sampler=None, stream: Sequence[Any] | None = None,
+            samples: int = 1) -> tuple[list[dict], dict[str, Any]]:
     """One judge's verdicts on items (index, subset, model, label, question, response): one
     prediction record per item, plus judge-kind extras (status counts; a scalar RM's threshold,
     chosen on `evaluate.threshold_split`, never on the items). A generative judge's seeds come
@@ -34,10 +35,10 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     ev = EvaluateSettings.from_params(params)
     extra: dict[str, Any] = {}
     if spec.kind == "generative":
-        samples = ev.samples if stream is None else 1       # k verdicts on the bench, not on the stress set
-        preds = run_generative(items, sampler or judge_sampler(spec, params, threads), params, judge_name, stream,
-                               spec.prompt_opens_think, samples)
+        sampler = sampler or judge_sampler(spec, params, threads)
+        preds = run_generative(items, sampler, params, judge_name, stream, spec.prompt_opens_think)
         if samples > 1:
+            more_verdicts(items, sampler, params, stream or ("judge", judge_name), spec.prompt_opens_think, samples, preds)
             extra["samples"] = _k_verdict_metrics(preds, ev, seed_of(params))
         # every status, zeros included (judge.STATUSES: `ambiguous` and `unterminated` count as unparsed)
         extra["status_counts"] = {s: sum(p["status"] == s for p in preds)
@@ -62,6 +63,25 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
                   "threshold_split_auroc": auroc(held_scores, [h["label"] for h in held]),
                   "called_correct_share": round(sum(p["pred"] for p in preds) / max(1, len(preds)), 6)})
     return preds, extra
+
+
+def more_verdicts(items, sampler, params, stream, prompt_opens_think: bool, samples: int, out: list[dict]) -> None:
+    """Verdicts 1..samples-1 of every item (seeds (seed, *stream, index, r); verdict 0 is the
+    single-verdict run's), added to each prediction as `verdicts` with the majority (a tie: None)
+    and P(correct); `pred` stays the first verdict."""
+    from librarm.judging.judge import build_judge_requests, judge_verdict
+    from librarm.judging.verdict_metrics import aggregate
+
+    batch = build_judge_requests(items, params, stream, repeats=samples, tok=getattr(sampler, "tok", None))
+    keep = [n for n, (_i, r) in enumerate(batch.owners) if r > 0]
+    results = sampler.generate([batch.requests[n] for n in keep]) if keep else []
+    more: dict[int, list] = {}
+    for n, res in zip(keep, results):
+        more.setdefault(batch.owners[n][0], []).append(judge_verdict(res, prompt_opens_think).value)
+    for i, p in enumerate(out):
+        p["verdicts"] = [p["pred"]] + more.get(i, [None] * (samples - 1))
+        agg = aggregate(p["verdicts"])
+        p.update(majority=agg["majority"], p_correct=agg["p_correct"])
 
 
 def _k_verdict_metrics(preds: Sequence[Mapping[str, Any]], ev: EvaluateSettings, seed: int) -> dict[str, Any]:
@@ -94,7 +114,8 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     t0 = time.time()
     if sampler is None and spec.kind == "generative":
         sampler = judge_sampler(spec, params, threads)          # one model load for both sets
-    preds, extra = predict(params, judge_name, items, threads, sampler)
+    # k verdicts per item on the bench (evaluate.samples), one on the stress set
+    preds, extra = predict(params, judge_name, items, threads, sampler, samples=EvaluateSettings.from_params(params).samples)
     metrics = score_predictions(preds, EvaluateSettings.from_params(params).bootstrap_resamples, seed_of(params))
     metrics.update(extra)
     metrics["judge"] = judge_name

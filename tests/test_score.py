@@ -15,17 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
+from test_serving import librarm
 
 from librarm.run.io import read_jsonl
 
 JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
-
-
-def librarm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run([sys.executable, "-m", "librarm.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "LIBRARM_TRACKING": "0"}, timeout=600)
 
 
 # ----------------------------------------------------------------------------- files in each schema

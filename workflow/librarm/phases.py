@@ -45,37 +45,61 @@ def module_file(module: str) -> str:
 _PACKAGES = ("engines", "judging", "run", "stages")
 
 
-def module_imports(module: str, root: Path = REPO_ROOT) -> set[str]:
+def module_imports(module: str, root: Path = REPO_ROOT, modules: Mapping[str, Path] | None = None) -> set[str]:
     """The package modules one module imports, at top level or inside functions (most of this
     package's imports sit inside functions, to keep heavy libraries out of start-up). Absolute
     imports only (`from librarm.run.io import ...`, `from librarm.run import paths`): the package
-    uses no relative ones."""
-    modules = package_modules(root)
-    tree = ast.parse(modules[module].read_text())
+    uses no relative ones. `modules`: package_modules(root), when the caller holds it."""
+    modules = package_modules(root) if modules is None else modules
     out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "librarm" and not node.level:
-            parent = node.module.removeprefix("librarm").lstrip(".")
-            for alias in node.names:
-                sub = f"{parent}.{alias.name}" if parent else alias.name
-                out.add(sub if sub in modules else parent)
-        elif isinstance(node, ast.Import):
-            out |= {a.name.removeprefix("librarm.") for a in node.names if a.name.startswith("librarm.")}
+    for parent, names in _librarm_imports(modules[module]):
+        if names is None:
+            out.add(parent)
+        for name in names or ():
+            sub = f"{parent}.{name}" if parent else name
+            out.add(sub if sub in modules else parent)
     # importing a.b.c runs a/__init__ and a/b/__init__ too
     out |= {".".join(m.split(".")[:i]) for m in set(out) for i in range(1, m.count(".") + 1)}
     return (out & set(modules)) - {module}
 
 
+def _librarm_imports(path: Path) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """(module under librarm, imported names or None for `import librarm.x`) for each import of
+    the package in a file. Every Snakemake start computes the code hashes of every rule, so each
+    file is parsed once per process and content (a file edited in place is parsed again)."""
+    stat = path.stat()
+    return _parsed_imports(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed_imports(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    out = []
+    statements = list(ast.parse(Path(path).read_text()).body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "librarm" and not node.level:
+            out.append((node.module.removeprefix("librarm").lstrip("."), tuple(a.name for a in node.names)))
+        elif isinstance(node, ast.Import):
+            out += [(a.name.removeprefix("librarm."), None) for a in node.names if a.name.startswith("librarm.")]
+        # an import is a statement: descend only into statement blocks (functions, classes,
+        # if/for/while/with/try/match), not into the expressions that make up most of a tree
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            for child in getattr(node, block, None) or ():
+                statements.append(child)
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=None)
 def import_closure(modules: tuple[str, ...], root: Path = REPO_ROOT) -> tuple[str, ...]:
     """Every package module reachable from `modules` by imports: a phase's code dependencies."""
+    files = package_modules(root)
     seen: set[str] = set()
     todo = list(modules)
     while todo:
         m = todo.pop()
         if m not in seen:
             seen.add(m)
-            todo.extend(module_imports(m, root) - seen)
+            todo.extend(module_imports(m, root, files) - seen)
     return tuple(sorted(seen))
 
 

@@ -204,3 +204,56 @@ def test_a_scoring_run_is_logged_to_mlflow_with_its_benchmark_and_verdicts(tmp_p
     (ds,) = run.inputs.dataset_inputs
     assert ds.dataset.name == "bench" and json.loads(ds.dataset.source)["format"] == "verifybench"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"summary.json", "verdicts.jsonl"}
+
+
+def test_the_evaluate_job_logs_its_bench_as_a_dataset_input_and_its_predictions(tmp_path, monkeypatch, capsys):
+    """The evaluate stage's tracked part (`librarm stage evaluate` under tracking) into a store in a
+    temporary folder: its job run holds the bench as a dataset input (name, digest, source: what
+    `librarm score --mlflow` logs for the same file) and its predictions and metrics as artifacts;
+    tracking leaves the result files as an untracked run writes them."""
+    from conftest import bench_file
+    from mlflow.tracking import MlflowClient
+
+    from librarm.cli import main
+    from librarm.judging.bench_formats import read_items
+    from librarm.run.config import load_params
+    from librarm.run.io import file_sha256
+    from librarm.run.tracking import bench_dataset_input, flush_spool
+    from librarm.scoring import bench_identity
+
+    params = load_params(REPO / "params.yaml", overlays=[{"judges": {"oracle": {
+        "backend": "pseudo", "kind": "generative", "pseudo": "reference_judge"}}}])
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(params))
+    bench = bench_file(tmp_path / "bench.jsonl")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+
+    def evaluate(out: str, tracking: str) -> Path:
+        monkeypatch.setenv("LIBRARM_TRACKING", tracking)
+        assert main(["stage", "evaluate", "--config", str(cfg), "--wildcard", "judge=oracle", "--in", "bench", str(bench),
+                     "--in", "stress", "--out", "predictions", f"{out}/predictions.jsonl", "--out", "metrics",
+                     f"{out}/metrics.json", "--out", "stress_predictions"]) == 0
+        return tmp_path / out
+
+    tracked, untracked = evaluate("tracked", "1"), evaluate("untracked", "0")
+    capsys.readouterr()
+    assert (tracked / "predictions.jsonl").read_bytes() == (untracked / "predictions.jsonl").read_bytes()
+    timing = ("seconds", "tokens_per_s", "provenance")
+    same = [{k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k not in timing}
+            for d in (tracked, untracked)]
+    assert same[0] == same[1]
+    assert flush_spool() == 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow/mlflow.db")
+    exp = client.get_experiment_by_name("libra")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`librarm.stage` = 'evaluate'")
+    (ds,) = run.inputs.dataset_inputs
+    digest = file_sha256(bench)
+    assert (ds.dataset.name, ds.dataset.digest) == ("bench", digest[:16])
+    assert json.loads(ds.dataset.source) == {"uri": str(bench), "sha256": digest, "format": "libra"}
+    assert json.loads(ds.dataset.profile) == {"num_rows": 24}
+    # the same input `librarm score --mlflow` logs for this file (one function makes both)
+    scored = bench_dataset_input(bench_identity(bench, read_items(bench, None, None)[1], None)).dataset
+    assert (scored.name, scored.digest, scored.source) == (ds.dataset.name, ds.dataset.digest, ds.dataset.source)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "predictions.jsonl"}

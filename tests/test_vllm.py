@@ -136,3 +136,18 @@ def test_without_vllm_the_backend_names_the_fix(tmp_path):
                   "--model", str(JUDGE), "--out", str(tmp_path / "o"), env={"LIBRARM_VLLM_PYTHON": ""})
     assert res.returncode != 0
     assert f"backend 'vllm': this Python ({sys.executable}) has no vllm: install vllm" in res.stderr, res.stderr[-2000:]
+
+
+def test_a_prompt_over_the_servers_context_is_one_line_with_the_fix(vllm_server):
+    """vLLM's own 400 for a prompt longer than the tiny judge's 384 positions, through the http
+    backend: one line with the numbers and the fix, not retried; the server's /models gives the
+    context that `librarm score` checks the budgets against."""
+    from librarm.engines.base import ContextOverflowError, ContextWindow, SampleRequest, SamplingConfig
+    from librarm.engines.http import HTTPSampler
+
+    sampler = HTTPSampler(vllm_server, str(JUDGE), SamplingConfig(0.0, 1.0, 8, 1))
+    assert sampler.context_window() == ContextWindow(384, f"max_model_len in {vllm_server}/models")
+    with pytest.raises(ContextOverflowError, match=r"HTTP 400: a prompt of \d+ (tokens|characters) does not fit the "
+                                                   r"model's context of 384 tokens: shorten the prompts") as exc:
+        sampler.generate([SampleRequest([{"role": "user", "content": "word " * 600}], seed=1)])
+    assert "\n" not in str(exc.value) and str(exc.value).endswith("(attempt 1; not retried)")

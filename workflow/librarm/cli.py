@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from librarm import engines
+from librarm.engines.http import MODELS_MAX_BYTES, MODELS_TIMEOUT_S  # GET /models: the http backend's limits
 from librarm.run.config import ConfigError, load_params, validate_params
 from librarm.run.paths import BENCHMARKS
 from librarm.run.settings import BootstrapSettings, JudgeSettings, JudgeSpec, ModelSpec
@@ -73,6 +74,12 @@ STEPS: dict[str, tuple[str, str]] = {
 }
 
 
+# The steps that judge a benchmark: the input that holds it. Their job runs get it as an MLflow
+# dataset input, named as `librarm score --mlflow` names its benchmark (here, not in the stage: the
+# stages' code, and so their results' code hashes, stay free of the tracking module).
+STEP_BENCH = {"evaluate": "bench"}
+
+
 def _named(groups: Sequence[Sequence[str]] | None, flag: str) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     for name, *files in groups or ():
@@ -111,6 +118,11 @@ def cmd_stage(a: argparse.Namespace) -> int:
         run.log_metrics(metrics)
         for art in artifacts:
             run.log_artifact(art)
+        if run.active and a.step in STEP_BENCH:
+            from librarm.scoring import bench_identity
+
+            bench = io.input(STEP_BENCH[a.step])
+            run.log_dataset(bench_identity(bench, {"format": "libra", "items": metrics.get("n_items")}, None))
     print(_summary_line(a.step, wildcards, metrics))
     print(json.dumps(_headline(metrics), indent=1, sort_keys=True, default=str))
     return 0
@@ -202,8 +214,6 @@ def _judge_overlay(a: argparse.Namespace, name: str) -> dict:
     return {"models": {f"cli_{name}": {**model, "role": "judge"}}, "judges": {name: judge}}
 
 
-MODELS_TIMEOUT_S = 15.0            # GET /models: connecting, headers and body together
-MODELS_MAX_BYTES = 16 << 20         # a hosted API's model list with its metadata runs to a few MB
 MODELS_SHOWN = 20                   # served ids an error lists
 
 
@@ -322,8 +332,12 @@ def cmd_score(a: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     m, usage = summary["metrics"], summary["usage"]
     overflow = m.get("prompt_overflow") or {}
-    print(f"prompts over judge.max_prompt_tokens: {overflow.get('truncated', 0)} truncated, "
-          f"{overflow.get('skipped', 0)} skipped (of {len(items)})")
+    if "unchecked" in overflow:
+        print(f"prompts over judge.max_prompt_tokens: not checked, the {overflow['unchecked']} prompts were sent "
+              f"whole ({overflow['reason']})")
+    else:
+        print(f"prompts over judge.max_prompt_tokens: {overflow.get('truncated', 0)} truncated, "
+              f"{overflow.get('skipped', 0)} skipped (of {len(items)})")
     print(f"requests: {usage['requests']} sent, {usage['reused']} reused from {a.out}/verdicts.jsonl; "
           f"tokens: {usage['prompt_tokens']} prompt, {usage['completion_tokens']} completion")
     print(format_table(m))

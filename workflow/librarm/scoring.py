@@ -108,9 +108,9 @@ def run_identity(params: Mapping[str, Any], judge: str) -> dict[str, Any]:
             "max_prompt_tokens": j.max_prompt_tokens, "overflow": j.overflow, "extra_body": dict(spec.extra_body)}
 
 
-def claim_out_dir(run: ScoreRun, doc: Mapping[str, Any]) -> bool:
-    """Make OUT this run's folder: True when it resumes a run of the same settings. A folder of
-    another run (other judge, settings or benchmark) is refused unless --overwrite."""
+def refuse_out_dir(run: ScoreRun, doc: Mapping[str, Any]) -> bool:
+    """Raise ScoreError when OUT holds another run (other judge, settings or benchmark) or other
+    files and --overwrite is not given; True when it holds a run of the same settings (a resume)."""
     path = run.out / RUN
     if path.exists():
         before = json.loads(path.read_text())
@@ -120,11 +120,20 @@ def claim_out_dir(run: ScoreRun, doc: Mapping[str, Any]) -> bool:
             changed = sorted(k for k in set(before) | set(doc) if before.get(k) != json.loads(json.dumps(doc)).get(k))
             raise ScoreError(f"{run.out}: holds another scoring run (differs in: {', '.join(changed)}); "
                              "pass --overwrite to replace it, or another --out")
-        shutil.rmtree(run.out)
     elif run.out.exists() and any(run.out.iterdir()) and not run.overwrite:
         raise ScoreError(f"{run.out}: not empty and not a scoring run's folder; pass --overwrite or another --out")
+    return False
+
+
+def claim_out_dir(run: ScoreRun, doc: Mapping[str, Any]) -> bool:
+    """Make OUT this run's folder: True when it resumes a run of the same settings. A folder of
+    another run (other judge, settings or benchmark) is refused unless --overwrite."""
+    if refuse_out_dir(run, doc):
+        return True
+    if (run.out / RUN).exists():
+        shutil.rmtree(run.out)
     run.out.mkdir(parents=True, exist_ok=True)
-    write_json(path, doc)
+    write_json(run.out / RUN, doc)
     return False
 
 
@@ -136,9 +145,11 @@ def _progress(total: int, enabled: bool):
 
 
 def collect_verdicts(params: Mapping[str, Any], judge: str, items: Sequence[Mapping[str, Any]], run: ScoreRun,
-                     sampler) -> tuple[dict[tuple[int, int], dict], list[str], dict[str, Any]]:
+                     sampler, prompts: tuple[list, list[str]] | None = None
+                     ) -> tuple[dict[tuple[int, int], dict], list[str], dict[str, Any]]:
     """Every (item position, k) verdict: reused from the store when its request matches, else sent
-    in chunks and appended as each chunk returns. Returns (verdicts, prompt status per item, usage)."""
+    in chunks and appended as each chunk returns. `prompts`: judge_prompts' (messages, status) when
+    already built. Returns (verdicts, prompt status per item, usage)."""
     from librarm.engines.base import SampleRequest
     from librarm.judging.judge import judge_prompts, judge_verdict, with_reasoning
     from librarm.run.io import stable_seed
@@ -147,7 +158,7 @@ def collect_verdicts(params: Mapping[str, Any], judge: str, items: Sequence[Mapp
     seed = seed_of(params)
     stream = ("judge", judge)
     identity = run_identity(params, judge)
-    messages, status = judge_prompts(items, params, getattr(sampler, "tok", None))
+    messages, status = prompts or judge_prompts(items, params, getattr(sampler, "tok", None))
     store = VerdictStore(run.out / VERDICTS)
     done: dict[tuple[int, int], dict] = {}
     pending: list[tuple[int, int, str, Any]] = []
@@ -220,7 +231,8 @@ def item_predictions(items: Sequence[Mapping[str, Any]], verdicts: Mapping[tuple
 def score_benchmark(params: Mapping[str, Any], judge: str, items: Sequence[Mapping[str, Any]],
                     bench: Mapping[str, Any], run: ScoreRun, sampler=None) -> dict[str, Any]:
     """Score `items` (read by bench_formats) with a generative judge into run.out; returns the summary."""
-    from librarm.judging.judge import judge_sampler
+    from librarm import engines
+    from librarm.judging.judge import judge_prompts, judge_sampler
     from librarm.judging.verdict_metrics import score_verdicts
     from librarm.run.settings import EvaluateSettings
     from librarm.stages.evaluate import score_predictions
@@ -230,10 +242,19 @@ def score_benchmark(params: Mapping[str, Any], judge: str, items: Sequence[Mappi
         raise ScoreError(f"judges.{judge}: a scalar judge scores one score per item (use --samples 1 and a "
                          "Libra-schema file: the pipeline's evaluate stage)")
     identity = run_identity(params, judge)
-    claim_out_dir(run, {"judge": judge, "identity": identity, "samples": run.samples, "limit": run.limit,
-                        "seed": seed_of(params), "benchmark": dict(bench)})
+    doc = {"judge": judge, "identity": identity, "samples": run.samples, "limit": run.limit,
+           "seed": seed_of(params), "benchmark": dict(bench)}
+    refuse_out_dir(run, doc)                 # before the model loads
     sampler = sampler or judge_sampler(spec, params, run.threads)
-    verdicts, status, usage = collect_verdicts(params, judge, items, run, sampler)
+    tok = prompt_tokenizer(sampler, identity["model"] if spec.backend == "http" else None)
+    messages, status = judge_prompts(items, params, tok)
+    # before OUT is claimed: budgets that do not fit leave no run.json that a corrected rerun would
+    # have to --overwrite
+    note = check_context_budgets(params, sampler, messages, tok)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    claim_out_dir(run, doc)
+    verdicts, status, usage = collect_verdicts(params, judge, items, run, sampler, (messages, status))
     preds = item_predictions(items, verdicts, status, run.samples)
     write_jsonl(run.out / PREDICTIONS, preds)
     resamples = EvaluateSettings.from_params(params).bootstrap_resamples
@@ -247,7 +268,12 @@ def score_benchmark(params: Mapping[str, Any], judge: str, items: Sequence[Mappi
         metrics["libra_score_ci"] = (legacy.get("ci95") or {}).get("libra_score")
     metrics["status_counts"] = {s: sum(p["status"] == s for p in preds) for s in sorted({p["status"] for p in preds})}
     metrics["verdict_sources"] = {s: sum(p.get("verdict_source") == s for p in preds) for s in ("explicit", "plain")}
-    metrics["prompt_overflow"] = {s: status.count(s) for s in ("truncated", "skipped")}
+    if tok is None and engines.get(spec.backend).needs_model:
+        # prompts sent whole: "0 truncated" would claim a check that never ran
+        metrics["prompt_overflow"] = {"unchecked": len(items), "reason": f"no tokenizer for {spec.backend} model "
+                                      f"{identity['model']!r} (a local folder's is used when --model is one)"}
+    else:
+        metrics["prompt_overflow"] = {s: status.count(s) for s in ("truncated", "skipped")}
     summary = {"judge": judge, "model": identity["model"], "backend": identity["backend"], "samples": run.samples,
                "benchmark": dict(bench), "metrics": with_flat_intervals(metrics), "usage": usage}
     write_json(run.out / SUMMARY, summary)
@@ -255,6 +281,59 @@ def score_benchmark(params: Mapping[str, Any], judge: str, items: Sequence[Mappi
     write_json(run.out / METRICS, {**(legacy or metrics), **extras, "judge": judge, "n_items": len(preds),
                                    "samples": run.samples})
     return summary
+
+
+def prompt_tokenizer(sampler, served_folder: str | None = None):
+    """The tokenizer that holds prompts to judge.max_prompt_tokens: the sampler's (hf, vllm), else
+    that of `served_folder`, a served model's local folder (`transformers serve` and vLLM's server
+    take a folder as the model's name, and render prompts with its chat template); None when there
+    is none (an API's model: its prompts go out whole)."""
+    tok = getattr(sampler, "tok", None)
+    if tok is not None or not served_folder or not Path(served_folder).is_dir():
+        return tok
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(served_folder)
+    except Exception as exc:  # a folder without a usable tokenizer: the prompts go out whole, said in the summary
+        print(f"note: {served_folder}: no tokenizer to hold prompts to judge.max_prompt_tokens "
+              f"({type(exc).__name__}); they are sent whole", file=sys.stderr)
+        return None
+
+
+def check_context_budgets(params: Mapping[str, Any], sampler, messages: Sequence[Any], tok) -> str | None:
+    """Before the first request: judge.max_prompt_tokens + judge.max_new_tokens against the model's
+    context (the sampler's context_window(): a model's config, vLLM's max_model_len, a server's
+    /models max_model_len). Budgets that do not fit raise ScoreError naming the keys, the numbers
+    and the fix, unless every prompt of this benchmark is known to fit with judge.max_new_tokens
+    (measured with the tokenizer that held them to the budget; the tiny world's 384-position
+    models under its 384 + 160 budgets): then the run goes on and the returned note says so.
+    Returns a note for stderr (also when the context is unknown), or None."""
+    from librarm.judging.judge import prompt_tokens
+    from librarm.run.settings import JudgeSettings
+
+    window_of = getattr(sampler, "context_window", None)
+    if window_of is None:                   # a judge without a model (rule, pseudo)
+        return None
+    window = window_of()
+    j = JudgeSettings.from_params(params)
+    total = j.max_prompt_tokens + j.max_new_tokens
+    if window is None:
+        return (f"note: {sampler.name}: the model's context is unknown (no max_model_len in the server's /models, "
+                f"or no context length in the model's config): judge.max_prompt_tokens + judge.max_new_tokens = "
+                f"{total} is not checked against it")
+    if total <= window.tokens:
+        return None
+    over = (f"judge.max_prompt_tokens ({j.max_prompt_tokens}) + judge.max_new_tokens ({j.max_new_tokens}) = {total} "
+            f"> the model's context {window.tokens} ({window.source})")
+    fix = "lower --max-prompt-tokens or --max-new-tokens (or --set judge.max_prompt_tokens=N)"
+    if tok is None:
+        raise ScoreError(f"{over}: {fix}")
+    longest = max((prompt_tokens(tok, m) for m in messages if m is not None), default=0)
+    if longest + j.max_new_tokens > window.tokens:
+        raise ScoreError(f"{over}, and this benchmark's longest prompt has {longest} tokens: {fix}")
+    return (f"note: {over}, but every prompt of this benchmark fits with judge.max_new_tokens (the longest has "
+            f"{longest} tokens), so the run goes on; for budgets that fit any benchmark, {fix}")
 
 
 def _flat(view: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from librarm.engines import Backend, ModelRef
-from librarm.engines.base import SampleRequest, SampleResult, SamplingConfig
+from librarm.engines.base import ContextWindow, SampleRequest, SampleResult, SamplingConfig
 
 
 # ----------------------------------------------------------------------------- hf backend
@@ -37,6 +37,24 @@ def render_chat(tokenizer, messages: Sequence[Mapping[str, str]]) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
 
 
+# The config fields that hold a model's context length, by model family (Llama, Qwen, Mistral...;
+# GPT-2; MPT, Falcon; ChatGLM; ...): the first one a config sets is its context.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length", "seq_length",
+                "n_ctx")
+
+
+def config_context_window(config) -> ContextWindow | None:
+    """A model's context length from its transformers config (a multimodal config's text part),
+    named by the field it comes from; None when the config has none of CONTEXT_KEYS."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for cfg in (text, config):
+        for key in CONTEXT_KEYS:
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return ContextWindow(value, f"its config.json {key}")
+    return None
+
+
 class HFSampler:
     """Batched sampling with a KV cache and one torch.Generator per row (per-sample seeds)."""
 
@@ -59,6 +77,9 @@ class HFSampler:
 
     def encode_prompts(self, requests: Sequence[SampleRequest]) -> list[list[int]]:
         return [self.tok(render_chat(self.tok, r.messages), add_special_tokens=False)["input_ids"] for r in requests]
+
+    def context_window(self) -> ContextWindow | None:
+        return config_context_window(self.model.config)
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
         return self.generate_ids(self.encode_prompts(requests), [r.seed for r in requests])

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from librarm.engines import Backend, ModelRef
-from librarm.engines.base import SampleRequest, SampleResult, SamplingConfig
+from librarm.engines.base import (
+    ContextOverflowError,
+    ContextWindow,
+    SampleRequest,
+    SampleResult,
+    SamplingConfig,
+    context_overflow,
+    overflow_line,
+)
 
 
 class HTTPError(RuntimeError, ValueError):
@@ -21,6 +29,17 @@ class HTTPError(RuntimeError, ValueError):
     that is not a chat completion, or the last retry spent. One line that names the URL, the
     status or error kind and the attempt count. A ValueError too, so `librarm` reports it as its
     one-line error (exit 2), like any other setting that cannot work, instead of a traceback."""
+
+
+class HTTPContextOverflowError(HTTPError, ContextOverflowError):
+    """A server that refused a prompt longer than the model's context (vLLM's server answers 400)."""
+
+
+HTTP_CONTEXT_FIX = ("shorten the prompts (a judge: judge.max_prompt_tokens, librarm score --max-prompt-tokens, which "
+                    "holds http prompts to it when the served model is a local folder whose tokenizer counts them) "
+                    "or serve the model with a longer context (vLLM's server: --max-model-len)")
+MODELS_TIMEOUT_S = 15.0             # GET /models: connecting, headers and body together
+MODELS_MAX_BYTES = 16 << 20         # a hosted API's model list with its metadata runs to a few MB
 
 
 # What one reply may cost. A server is trusted with nothing: every reply is streamed with a byte
@@ -389,7 +408,8 @@ class HTTPSampler:
                  extra_body: Mapping[str, Any] | None = None):
         self.name = f"http:{model}"
         self.extra_body = dict(extra_body or {})
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
         self.model = model
         self.cfg = cfg
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -404,6 +424,23 @@ class HTTPSampler:
         self.sleep = sleep
         self.retries = 0
         self._lock = threading.Lock()
+
+    def context_window(self) -> ContextWindow | None:
+        """The served model's context: the `max_model_len` of its entry in GET /models (vLLM's
+        server gives one; `transformers serve` and most APIs do not: None)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            reply = bounded_request("GET", self.base_url + "/models", timeout_s=min(self.timeout_s, MODELS_TIMEOUT_S),
+                                    max_bytes=MODELS_MAX_BYTES, headers=headers, secrets=(self.api_key,))
+            entries = json.loads(reply.body).get("data") if reply.status == 200 and not reply.over_cap else None
+        except (ReplyError, ValueError, RecursionError, AttributeError):
+            return None
+        for entry in entries if isinstance(entries, list) else ():
+            if isinstance(entry, dict) and entry.get("id") == self.model:
+                tokens = entry.get("max_model_len")
+                if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
+                    return ContextWindow(tokens, f"max_model_len in {self.base_url}/models")
+        return None
 
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
         from concurrent.futures import FIRST_EXCEPTION, wait
@@ -465,6 +502,12 @@ class HTTPSampler:
                         last = f"HTTP 200 but not a chat completion: {exc}"
                 else:
                     last = f"HTTP {reply.status}: {server_text(reply.body, secrets=secrets)}"
+                    found = context_overflow(reply.body.decode("utf-8", errors="replace")) \
+                        if 400 <= reply.status < 500 else None
+                    if found is not None:
+                        raise HTTPContextOverflowError(f"{self.url}: HTTP {reply.status}: "
+                                                       f"{overflow_line(found, HTTP_CONTEXT_FIX)} (attempt {attempt}; "
+                                                       "not retried)")
                     if reply.status not in self.RETRY_STATUS:
                         if 300 <= reply.status < 400 and reply.headers.get("Location"):
                             last += f" (redirect to {server_text(reply.headers['Location'], 120, secrets)}, not followed)"

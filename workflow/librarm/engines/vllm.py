@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from librarm.engines import Backend, ModelRef
-from librarm.engines.base import SampleRequest, SampleResult, SamplingConfig
+from librarm.engines.base import (
+    ContextOverflowError,
+    ContextWindow,
+    SampleRequest,
+    SampleResult,
+    SamplingConfig,
+    context_overflow,
+    overflow_line,
+)
 from librarm.engines.hf import render_chat
 
 # ----------------------------------------------------------------------------- vllm backend
@@ -61,6 +69,17 @@ class VLLMSampler:
         self.llm = vllm.LLM(model=path, revision=revision, tensor_parallel_size=tensor_parallel_size, seed=seed,
                             **dict(engine_args or {}))
         self.tok = self.llm.get_tokenizer()
+        self.limits = engine_limits(self.llm)
+        try:
+            from vllm.platforms import current_platform
+
+            self.on_cpu = bool(current_platform.is_cpu())
+        except Exception:   # a vLLM without this platform API: no CPU-only diagnosis
+            self.on_cpu = False
+
+    def context_window(self) -> ContextWindow | None:
+        tokens = self.limits.get("max_model_len")
+        return ContextWindow(tokens, "vLLM's max_model_len") if tokens else None
 
     def encode_prompts(self, requests: Sequence[SampleRequest]) -> list[list[int]]:
         return [self.tok(render_chat(self.tok, r.messages), add_special_tokens=False)["input_ids"] for r in requests]
@@ -68,11 +87,18 @@ class VLLMSampler:
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
         # Token ids, not text: vLLM tokenizes a text prompt with add_special_tokens=True, which adds a
         # second BOS to chat templates that already emit one (Llama-3, DeepSeek-R1-Distill).
-        prompts = [{"prompt_token_ids": ids} for ids in self.encode_prompts(requests)]
+        ids = self.encode_prompts(requests)
+        prompts = [{"prompt_token_ids": p} for p in ids]
         params = [self._vllm.SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                             max_tokens=self.cfg.max_new_tokens, seed=int(r.seed) % (2**31))
                   for r in requests]
-        outs = self.llm.generate(prompts, params)
+        try:
+            outs = self.llm.generate(prompts, params)
+        except Exception as exc:
+            known = vllm_error(exc, self.limits, self.on_cpu, sum(len(p) for p in ids))
+            if known is None:
+                raise
+            raise known from exc
         results = []
         for o in outs:
             c = o.outputs[0]
@@ -81,7 +107,67 @@ class VLLMSampler:
         return results
 
 
-# ----------------------------------------------------------------------------- http backend
+def engine_limits(llm) -> dict[str, int]:
+    """The engine's max_model_len, max_num_batched_tokens and max_num_seqs (those it has)."""
+    config = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)
+    found = {"max_model_len": getattr(getattr(config, "model_config", None), "max_model_len", None)}
+    scheduler = getattr(config, "scheduler_config", None)
+    for key in ("max_num_batched_tokens", "max_num_seqs"):
+        found[key] = getattr(scheduler, key, None)
+    return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+
+
+class CPUGeneratorOffsetError(RuntimeError, ValueError):
+    """vLLM on CPU died on "CPU Generator does not use offset", in one line with the fix. A
+    ValueError, so `librarm` prints it as its one-line error instead of a traceback."""
+
+
+OFFSET_MESSAGE = "CPU Generator does not use offset"
+VLLM_CONTEXT_FIX = ("hold prompts to fewer tokens (a judge: judge.max_prompt_tokens, which with judge.max_new_tokens "
+                    "must fit the context; librarm score --max-prompt-tokens) or raise max_model_len up to what the "
+                    "model supports (vllm_args.max_model_len; librarm score --vllm-arg max_model_len=N)")
+
+
+def _messages(exc: BaseException) -> str:
+    """An exception's text and that of the exceptions it was raised from or during."""
+    seen, texts = set(), []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(texts)
+
+
+def vllm_error(exc: BaseException, limits: Mapping[str, int], on_cpu: bool, prompt_tokens: int) -> ValueError | None:
+    """The one-line error for what vLLM raised, when it is one we know, else None (raise it as is):
+
+    - a prompt longer than max_model_len (vLLM's VLLMValidationError): ContextOverflowError;
+    - "CPU Generator does not use offset": vLLM rewinds a seeded request's torch.Generator when it
+      drops the token sampled after a partial (chunked) prefill, which a CPU generator cannot do.
+      Raised in this process when the engine core runs here; with the engine core in its own
+      process (vLLM's default) that process logs it and this one gets EngineDeadError, read as the
+      same failure on CPU when the engine can prefill in chunks (max_num_batched_tokens below
+      max_num_seqs x max_model_len). The fix: a token budget that holds every running prompt whole.
+    """
+    text = _messages(exc)
+    found = context_overflow(text)
+    if found is not None:
+        return ContextOverflowError(f"vLLM: {overflow_line(found, VLLM_CONTEXT_FIX)}")
+    batched, seqs, model_len = (limits.get(k) for k in ("max_num_batched_tokens", "max_num_seqs", "max_model_len"))
+    whole = seqs * model_len if seqs and model_len else None
+    chunks = "a seeded request prefilled in chunks, which a CPU torch.Generator cannot rewind"
+    if OFFSET_MESSAGE in text:
+        what = f"'{OFFSET_MESSAGE}': {chunks}"
+    elif type(exc).__name__ == "EngineDeadError" and on_cpu and batched and whole and batched < whole:
+        what = f"the engine core died (the cause is in its log above; the known one here is '{OFFSET_MESSAGE}': {chunks})"
+    else:
+        return None
+    budget = (f"max_num_batched_tokens {batched} < max_num_seqs x max_model_len = {seqs} x {model_len}, "
+              if batched and whole else "") + f"this batch {prompt_tokens} prompt tokens"
+    setting = f"max_num_batched_tokens={whole}" if whole else "max_num_batched_tokens=<max_num_seqs x max_model_len>"
+    return CPUGeneratorOffsetError(
+        f"vLLM on CPU: {what}; {budget}: let every prompt be prefilled whole with vllm_args.{setting} "
+        f"(librarm score --vllm-arg {setting}) or a lower max_num_seqs, as workflow/presets/vllm-cpu.yaml does")
 
 
 # ----------------------------------------------------------------------------- registry entry

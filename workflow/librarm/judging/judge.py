@@ -167,6 +167,14 @@ def max_token_chars(tok) -> int:
     return bound
 
 
+def prompt_tokens(tok, messages: Sequence[Mapping[str, str]]) -> int:
+    """The tokens of chat messages as a backend sends them: the chat template rendered with the
+    generation prompt, no special tokens added on top (what judge.max_prompt_tokens counts)."""
+    from librarm.engines.hf import render_chat
+
+    return len(tok(render_chat(tok, messages), add_special_tokens=False)["input_ids"])
+
+
 def fit_prompt(tok, template: str, system_prompt: str | None, question: str, response: str,
                max_tokens: int, overflow: str) -> tuple[list[dict] | None, str]:
     """Chat messages for one item within max_tokens: (messages, status) with status ok|truncated|skipped.
@@ -176,11 +184,8 @@ def fit_prompt(tok, template: str, system_prompt: str | None, question: str, res
     max_tokens * max_token_chars(tok) characters cannot fit, so it is never tokenized whole; only
     that many characters of its tail are, and the longest fitting tail is searched among at most
     max_tokens of their tokens (a 50 MB response costs what a 50 KB one does: benchmarks/judge_prompt_budget.py)."""
-    from librarm.engines.hf import render_chat
-
     def count(resp: str) -> int:
-        msgs = judge_messages(template, question, resp, system_prompt)
-        return len(tok(render_chat(tok, msgs), add_special_tokens=False)["input_ids"])
+        return prompt_tokens(tok, judge_messages(template, question, resp, system_prompt))
 
     limit = max(1, max_tokens) * max_token_chars(tok)
     cut = len(response) > limit

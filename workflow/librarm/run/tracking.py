@@ -315,6 +315,12 @@ class StageRun:
         if self.record is not None and Path(path).is_file() and Path(path).stat().st_size < ARTIFACT_MAX_BYTES:
             self.record["artifacts"].append(str(path))
 
+    def log_dataset(self, bench: Mapping[str, Any]) -> None:
+        """A benchmark the job read, as an MLflow dataset input of its run (bench_dataset_input)."""
+        if self.record is not None:
+            self.record.setdefault("datasets", []).append(
+                {k: bench.get(k) for k in ("name", "path", "sha256", "format", "items")})
+
 
 @contextlib.contextmanager
 def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any],
@@ -465,6 +471,9 @@ def _import_record(client, exp_id: str, rec: Mapping[str, Any], spool: Path, par
         _retry(lambda chunk=mlist[i:i + 500]: client.log_batch(run_id, metrics=chunk))
     for a, where in zip(rec["artifacts"], rec.get("artifact_dirs") or [None] * len(rec["artifacts"])):
         _retry(lambda a=a, where=where: client.log_artifact(run_id, str(spool / a), where))
+    datasets = [d for d in map(bench_dataset_input, rec.get("datasets") or ()) if d is not None]
+    if datasets:
+        _retry(lambda: client.log_inputs(run_id, datasets=datasets))
     _retry(lambda: client.set_terminated(run_id, rec["status"], end_time=end))
     return run_id
 
@@ -673,6 +682,24 @@ def _flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def bench_dataset_input(bench: Mapping[str, Any]):
+    """A benchmark as an MLflow dataset input of an eval run: its name, its digest (the first 16 hex
+    digits of its sha256) and its source (path, sha256, format), with its item count as the profile.
+    `bench` has the keys of `librarm score`'s summary["benchmark"]; None without a name or sha256.
+    One definition for `librarm score --mlflow` and the evaluate stage's job run."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    digest = (bench.get("sha256") or "")[:16]
+    if not bench.get("name") or not digest:
+        return None
+    ds = Dataset(name=bench["name"], digest=digest, source_type="local",
+                 source=json.dumps({"uri": bench.get("path"), "sha256": bench.get("sha256"), "format": bench.get("format")}),
+                 profile=json.dumps({"num_rows": bench.get("items")}))
+    return DatasetInput(ds, tags=[InputTag("mlflow.data.context", "eval")])
+
+
 SCORE_EXPERIMENT = "librarm-score"
 SCORE_METRICS = ("accuracy", "balanced_accuracy", "f1", "acc_correct", "acc_incorrect", "harmonic_mean",
                  "unparsed_rate")
@@ -683,9 +710,7 @@ def log_scoring_run(summary: Mapping[str, Any], out_dir: str | Path, experiment:
     the judge and its settings as params, every view's metrics, the benchmark as a dataset input
     (name, digest, source) and the run folder's summary, predictions and verdicts as artifacts, so
     `mlflow ui` compares judges across benchmarks. Returns the run id."""
-    import json
-
-    from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+    from mlflow.entities import Metric, Param
 
     client, exp_id = _client_and_experiment(experiment)
     bench = summary.get("benchmark") or {}
@@ -704,12 +729,9 @@ def log_scoring_run(summary: Mapping[str, Any], out_dir: str | Path, experiment:
     ts = int(time.time() * 1000)
     _retry(lambda: client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
                                     metrics=[Metric(k, float(v), ts, 0) for k, v in values.items()]))
-    digest = (bench.get("sha256") or "")[:16]
-    if bench.get("name") and digest:
-        ds = Dataset(name=bench["name"], digest=digest, source_type="local",
-                     source=json.dumps({"uri": bench.get("path"), "sha256": bench.get("sha256"), "format": bench.get("format")}),
-                     profile=json.dumps({"num_rows": bench.get("items")}))
-        _retry(lambda: client.log_inputs(rid, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "eval")])]))
+    dataset = bench_dataset_input(bench)
+    if dataset is not None:
+        _retry(lambda: client.log_inputs(rid, datasets=[dataset]))
     for name in ("summary.json", "predictions.jsonl", "verdicts.jsonl"):
         path = Path(out_dir) / name
         if path.exists():

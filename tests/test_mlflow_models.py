@@ -242,7 +242,8 @@ def documented(prefix: str) -> str:
 @pytest.fixture(scope="module")
 def tracked(ci_run, tmp_path_factory):
     """A copy of the session's ci run (results, Snakemake records and mtimes kept): its report rerun
-    with tracking on (the pipeline run, its models), then `dvc repro` (dvc.lock, committed), a
+    with tracking on (the pipeline run, its models), then `dvc repro` (ci_run holds a dvc.lock: only
+    the report stage, rerun here, differs from it; the lock is committed), a
     no-op `dvc repro` timed, and `dvc exp run -S dpo.beta=0.2` with tracking on."""
     root = tmp_path_factory.mktemp("tracked") / "repo"
     shutil.copytree(ci_run, root, symlinks=True, ignore=shutil.ignore_patterns("mlflow", "reads", "__pycache__"))

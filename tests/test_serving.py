@@ -66,6 +66,17 @@ def score_greedy(tmp: Path, name: str, model: Path, *backend: str, env: dict | N
     return {r["index"]: r for r in read_jsonl(tmp / name / "predictions.jsonl").records}
 
 
+_HF_GREEDY: dict[str, dict[int, dict]] = {}
+
+
+def hf_greedy(model: Path, tmp_path_factory) -> dict[int, dict]:
+    """score_greedy with the hf backend, once per test process and model: the reference every
+    backend comparison (transformers serve here, vLLM in test_vllm) checks its text against."""
+    if str(model) not in _HF_GREEDY:
+        _HF_GREEDY[str(model)] = score_greedy(tmp_path_factory.mktemp("hf-greedy"), "hf", model, "--backend", "hf")
+    return _HF_GREEDY[str(model)]
+
+
 def assert_same_verdicts(a: dict[int, dict], b: dict[int, dict], model: Path, names: tuple[str, str]) -> None:
     """The same judge output text for every item (else each item's first differing token), hence
     the same verdicts."""
@@ -78,12 +89,12 @@ def assert_same_verdicts(a: dict[int, dict], b: dict[int, dict], model: Path, na
 @pytest.mark.slow
 @pytest.mark.engines
 @pytest.mark.parametrize("model", ["tiny_judge", "smollm2"])
-def test_http_and_hf_backends_give_the_same_greedy_text(served, model, tmp_path, request):
+def test_http_and_hf_backends_give_the_same_greedy_text(served, model, tmp_path, tmp_path_factory, request):
     """The server loads a model folder on its first request for it, so one server serves both the
     tiny-world judge and the smoke-real preset's SmolLM2-135M-Instruct."""
     folder = JUDGE if model == "tiny_judge" else request.getfixturevalue("smollm2_folder")
     http = score_greedy(tmp_path, "http", folder, "--backend", "http", "--base-url", served)
-    hf = score_greedy(tmp_path, "hf", folder, "--backend", "hf")
+    hf = hf_greedy(folder, tmp_path_factory)
     assert_same_verdicts(http, hf, folder, ("http", "hf"))
     assert len(http) == 6
     assert json.loads((tmp_path / "http" / "metrics.json").read_text())["n_items"] == 6

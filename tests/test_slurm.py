@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import COPY_IGNORE, ENV, REPO, run
+from conftest import ENV, REPO, run
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 PAPER = REPO / "workflow" / "presets" / "paper.yaml"
@@ -249,9 +249,13 @@ def _squeue(workdir: Path) -> list[dict]:
 
 
 def _slurm_copy(ci_root: Path, dest: Path) -> Path:
-    """ci_run's repo (same commit, same ci params.yaml) without its results and run state."""
+    """ci_run's repo (same commit, same ci params.yaml) with its results, Snakemake records and
+    mtimes (copy2), less the cut's outputs and the samples' chunk store: the problems and the tiny
+    models stay current, and the cut's sample jobs generate every sample again, under SLURM."""
     root = dest / "repo"
-    shutil.copytree(ci_root, root, ignore=shutil.ignore_patterns(*COPY_IGNORE, "reads"), symlinks=True)
+    shutil.copytree(ci_root, root, ignore=shutil.ignore_patterns("mlflow", "reads", "__pycache__"), symlinks=True)
+    for out in (*CUT_OUTPUTS, "results/.resume/samples"):
+        shutil.rmtree(root / out)
     shared = REPO.parent / "shared"
     if shared.exists():
         os.symlink(shared, dest / "shared")
@@ -273,10 +277,12 @@ def _cluster_overrides() -> str:
 # samples/*/*.meta.json (tokens_per_s) and verify/*/*.meta.json (seconds) carry timings.
 COMPARED = ("results/problems/*.jsonl", "results/problems/stats.json", "results/samples/*/*.jsonl",
             "results/verify/*/*.jsonl")
-# The cut: problems, the tiny models, two sample jobs (on the gpu partition) and their verify jobs:
-# 6 SLURM jobs, against 21 up to the bench, for the same executor paths (the test's run time was
-# mostly per-job submission and status polling).
+# The cut: two sample jobs (on the gpu partition) and their verify jobs, in a copy of the ci run
+# whose problems and tiny models are current: 4 SLURM jobs, against 21 up to the bench, for the same
+# executor paths (the test's run time is mostly per-job submission and status polling, whose
+# interval the plugin lengthens by 10 s after every round in which no job finished).
 TARGET = "results/verify/gen_weak/tiny_l5.jsonl results/verify/gen_strong/tiny_aime25.jsonl"
+CUT_OUTPUTS = ("results/samples", "results/verify")
 
 
 @pytest.mark.slow

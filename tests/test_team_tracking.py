@@ -18,13 +18,14 @@ from conftest import ENV, REPO, free_port, run, serve_on_loopback, stop_group
 
 from librarm.run.tracking import flush_spool, pipeline_identity, spool_record
 
-# The cut: the ci preset's bench and what it needs, tracked from the samples on (9 sample jobs, 9
-# verify jobs, the bench), in a copy of the session's ci run (conftest.ci_run, untracked). Both
-# tracked runs take every sample from its chunk store (results/.resume), so their sample metrics
-# (generated_now, reused, ...) are the same and no run repeats the generation.
-CUT = "results/bench/stats.json"
-CUT_OUTPUTS = ("results/samples", "results/verify", "results/bench")     # wiped before each tracked run
-CUT_STEPS = {"sample": 9, "verify": 9, "bench": 1}
+# The cut: the ci preset's sample stats and one verify job (12 sample jobs, sample-stats with its
+# stats.json artifact, one verify job with its wall-clock `seconds`), in a copy of the session's ci
+# run (conftest.ci_run, untracked). Both tracked runs take every sample from its chunk store
+# (results/.resume), so their sample metrics (generated_now, reused, ...) are the same and no run
+# repeats the generation.
+CUT = "results/samples/stats.json results/verify/gen_weak/tiny_l5.jsonl"
+CUT_OUTPUTS = ("results/samples", "results/verify")     # wiped before each tracked run
+CUT_STEPS = {"sample": 12, "sample-stats": 1, "verify": 1}
 # Wall-clock measurements differ between any two runs: verify's `seconds`, and sample's
 # `tokens_per_s` (logged only by a job that generates: not here, while the chunk store is warm).
 # Matched on a name's last part, so copies nested in a summary (jobs.<generator>/<subset>.tokens_per_s
@@ -148,9 +149,9 @@ def test_artifacts_go_through_the_server_proxy(stores, tmp_path, monkeypatch):
     # the files are in the server's artifacts folder, and a download through the proxy is the file
     stored = [p.name for p in (stores["server_dir"] / "artifacts").rglob("*") if p.is_file()]
     assert listed and sorted(stored) == sorted(listed)
-    bench = ("bench", ())
-    got = server.download_artifacts(served[bench].info.run_id, "stats.json", str(tmp_path / "served"))
-    want = default.download_artifacts(local[bench].info.run_id, "stats.json", str(tmp_path / "local"))
+    stats = ("sample-stats", ())
+    got = server.download_artifacts(served[stats].info.run_id, "stats.json", str(tmp_path / "served"))
+    want = default.download_artifacts(local[stats].info.run_id, "stats.json", str(tmp_path / "local"))
     assert Path(got).read_bytes() == Path(want).read_bytes()
 
 

@@ -51,7 +51,9 @@ run: setup
 # tests share one worker and the heaviest units start first. TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
 test: setup setup-vllm
-	source $(BIN)/activate && VLLM_VENV=$(VLLM_VENV) pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder   # -rs: each skipped test's reason (e.g. SLURM without root)
+# -rs: each skipped test's reason (e.g. SLURM without root); --durations: the slowest tests, so that a
+# CI log shows where the suite's time went
+	source $(BIN)/activate && VLLM_VENV=$(VLLM_VENV) pytest -q -rs --durations=30 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test-fast: setup
 	source $(BIN)/activate && pytest -q -m "not slow"

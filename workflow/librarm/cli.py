@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from librarm import engines
-from librarm.engines.http import MODELS_MAX_BYTES, MODELS_TIMEOUT_S  # GET /models: the http backend's limits
+from librarm.engines.http import MODELS_MAX_BYTES  # GET /models: the http backend's byte cap, named in errors
 from librarm.run.config import ConfigError, load_params, validate_params
 from librarm.run.paths import BENCHMARKS
 from librarm.run.settings import BootstrapSettings, JudgeSettings, JudgeSpec, ModelSpec
@@ -221,13 +221,11 @@ def served_models(base_url: str, api_key: str | None = None) -> list[str]:
     """The model ids an OpenAI-compatible server lists at GET {base_url}/models ([] when it has no
     such endpoint: any status but 200, 401 or 403). The reply is read under a deadline and a byte
     cap and checked field by field; whatever is wrong is one line naming the URL."""
-    from librarm.engines.http import ReplyError, bounded_request, json_kind, server_text
+    from librarm.engines.http import ReplyError, get_model_list, json_kind, server_text
 
     url = base_url.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        reply = bounded_request("GET", url, timeout_s=MODELS_TIMEOUT_S, max_bytes=MODELS_MAX_BYTES, headers=headers,
-                                secrets=(api_key,))
+        reply = get_model_list(base_url, api_key)
     except ReplyError as exc:
         raise ConfigError(f"--base-url {base_url}: no answer from {url} ({exc})") from None
     if reply.status in (401, 403):

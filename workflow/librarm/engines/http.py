@@ -293,6 +293,15 @@ def bounded_request(method: str, url: str, *, timeout_s: float, max_bytes: int, 
             session.close()
 
 
+def get_model_list(base_url: str, api_key: str | None = None, timeout_s: float = MODELS_TIMEOUT_S) -> BoundedReply:
+    """GET {base_url}/models under the model list's deadline and byte cap, the key (if any) sent as
+    a bearer token and kept out of every message. Callers read the reply as they need: the CLI's
+    reachability check field by field, a sampler's context_window for max_model_len."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return bounded_request("GET", base_url.rstrip("/") + "/models", timeout_s=min(timeout_s, MODELS_TIMEOUT_S),
+                           max_bytes=MODELS_MAX_BYTES, headers=headers, secrets=(api_key,))
+
+
 class _Malformed(ValueError):
     """A 200 reply that is not a chat completion (what is wrong, where)."""
 
@@ -428,10 +437,8 @@ class HTTPSampler:
     def context_window(self) -> ContextWindow | None:
         """The served model's context: the `max_model_len` of its entry in GET /models (vLLM's
         server gives one; `transformers serve` and most APIs do not: None)."""
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         try:
-            reply = bounded_request("GET", self.base_url + "/models", timeout_s=min(self.timeout_s, MODELS_TIMEOUT_S),
-                                    max_bytes=MODELS_MAX_BYTES, headers=headers, secrets=(self.api_key,))
+            reply = get_model_list(self.base_url, self.api_key, self.timeout_s)
             entries = json.loads(reply.body).get("data") if reply.status == 200 and not reply.over_cap else None
         except (ReplyError, ValueError, RecursionError, AttributeError):
             return None

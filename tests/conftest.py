@@ -34,11 +34,38 @@ _UNITS_DIR = "librarm_units_dir"                                  # the workers'
 _UNITS_FOLDER = pytest.StashKey[tempfile.TemporaryDirectory]()   # the controller's folder
 
 
+# ----------------------------------------------------------------------------- the session's temp folder
+# vLLM (ZMQ sockets, vllm_dist_* files), torchrun (torchelastic_*) and MLflow (db_init_lock-*) leave
+# files in the system temp folder that nothing removes: a day of test runs left about 900 in /tmp.
+# The controller points TMPDIR at a folder of its own, which the workers and everything they start
+# inherit, and removes it when the session passes (a failed session keeps it, with pytest's basetemp
+# inside, and says where).
+_SESSION_TMP = pytest.StashKey[str]()
+
+
+def _own_temp_folder(config) -> None:
+    if hasattr(config, "workerinput") or os.environ.get("LIBRARM_TEST_TMPDIR"):
+        return                                          # a worker, or a pytest started by a test
+    folder = tempfile.mkdtemp(prefix="librarm-tests-")
+    os.environ["TMPDIR"] = os.environ["LIBRARM_TEST_TMPDIR"] = ENV["TMPDIR"] = folder
+    tempfile.tempdir = folder
+    config.stash[_SESSION_TMP] = folder
+
+
+def pytest_sessionfinish(session, exitstatus):
+    folder = session.config.stash.get(_SESSION_TMP, None)
+    if folder and exitstatus == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif folder:
+        print(f"\nthe session's temp folder (TMPDIR, pytest's basetemp) is kept: {folder}")
+
+
 def pytest_configure(config):
     """A worker (and every process its tests start: DAG jobs, servers, vLLM) keeps to its own share
     of the CPUs, so that libgomp, torch and vLLM size their thread pools to it: unpinned, each
     worker's pools are sized for the whole machine and the two compete (docs/speed.md, "How the tests
     run", has both runs' figures)."""
+    _own_temp_folder(config)
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if worker and count and hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))

@@ -108,12 +108,36 @@ def test_bad_launch_settings_stop_the_real_stage_command_with_one_line(tmp_path,
 def _run(spec: dict, tmp: Path, processes: int, tag: str) -> subprocess.CompletedProcess:
     spec_path = tmp / f"{tag}.json"
     write_json(spec_path, spec)
+    if processes == 1:
+        return _run_here(spec_path)
     program = [str(DRIVER)]
-    cmd = [sys.executable, *program, str(spec_path)] if processes == 1 else \
-        launch_command(LaunchSettings(processes=processes), [str(spec_path)], program=program)
+    cmd = launch_command(LaunchSettings(processes=processes), [str(spec_path)], program=program)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'workflow'}:{REPO / 'tests'}",
            "LIBRARM_TRACKING": "0"}
     return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _run_here(spec_path: Path) -> subprocess.CompletedProcess:
+    """The 1-process reference run in this test process, which has torch, transformers and TRL
+    imported already (a fresh process spends about 9 s of one core importing them). What the driver
+    changes in the process (torch's thread count, the GRPO reward recorder) is put back."""
+    import dist_train
+    import torch
+
+    import librarm.judging.rewards as rewards
+
+    threads, build, tracking = torch.get_num_threads(), rewards.build_reward_funcs, os.environ.get("LIBRARM_TRACKING")
+    os.environ["LIBRARM_TRACKING"] = "0"
+    try:
+        rc = dist_train.main(str(spec_path))
+    finally:
+        torch.set_num_threads(threads)
+        rewards.build_reward_funcs = build
+        if tracking is None:
+            os.environ.pop("LIBRARM_TRACKING")
+        else:
+            os.environ["LIBRARM_TRACKING"] = tracking
+    return subprocess.CompletedProcess([str(DRIVER), str(spec_path)], rc, "", "")
 
 
 def _ok(res: subprocess.CompletedProcess) -> None:

@@ -222,7 +222,10 @@ def slurm_cluster():
     marker, me = TEST_STATE / "started-by-test", TEST_STATE / "users" / str(os.getpid())
     with _cluster_lock():
         was_up = _slurmctld_pid() is not None
-        res = subprocess.run(["bash", str(CLUSTER / "slurm_up.sh")], capture_output=True, text=True, timeout=900)
+        # the daemons may outlive this session (another one may be using them): not in its TMPDIR
+        env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "LIBRARM_TEST_TMPDIR")}
+        res = subprocess.run(["bash", str(CLUSTER / "slurm_up.sh")], capture_output=True, text=True, timeout=900,
+                             env=env)
         if res.returncode != 0:
             if not shutil.which("slurmctld") or not shutil.which("sbatch"):
                 pytest.skip(f"apt could not install slurm-wlm (tests/cluster/slurm_up.sh): {res.stderr[-500:]}")

@@ -18,18 +18,17 @@ from conftest import ENV, REPO, free_port, run, serve_on_loopback, stop_group
 
 from librarm.run.tracking import flush_spool, pipeline_identity, spool_record
 
-# The cut: the ci preset's sample stats and one verify job (12 sample jobs, sample-stats with its
-# stats.json artifact, one verify job with its wall-clock `seconds`), in a copy of the session's ci
-# run (conftest.ci_run, untracked). Both tracked runs take every sample from its chunk store
-# (results/.resume), so their sample metrics (generated_now, reused, ...) are the same and no run
-# repeats the generation.
-CUT = "results/samples/stats.json results/verify/gen_weak/tiny_l5.jsonl"
-CUT_OUTPUTS = ("results/samples", "results/verify")     # wiped before each tracked run
-CUT_STEPS = {"sample": 12, "sample-stats": 1, "verify": 1}
+# The cut: three jobs of the ci preset in a copy of the session's ci run (conftest.ci_run, untracked):
+# bootstrap-stats with its stats.json artifact, one sample job and its verify job with the wall-clock
+# `seconds`. Both tracked runs take the samples from the chunk store (results/.resume), so their
+# sample metrics (generated_now, reused, ...) are the same and no run repeats the generation.
+CUT = "results/bootstrap/stats.json results/verify/gen_weak/tiny_l5.jsonl"
+CUT_OUTPUTS = ("results/bootstrap/stats.json", "results/samples", "results/verify")   # removed before each run
+CUT_STEPS = {"bootstrap-stats": 1, "sample": 1, "verify": 1}
 # Wall-clock measurements differ between any two runs: verify's `seconds`, and sample's
 # `tokens_per_s` (logged only by a job that generates: not here, while the chunk store is warm).
-# Matched on a name's last part, so copies nested in a summary (jobs.<generator>/<subset>.tokens_per_s
-# in sample-stats) count too.
+# Matched on a name's last part (a summary's nested copies, e.g. sample-stats'
+# jobs.<generator>/<subset>.tokens_per_s, count too).
 TIMING = {"seconds", "tokens_per_s"}
 
 
@@ -79,8 +78,11 @@ def stores(server, ci_run, tmp_path_factory):
     params = yaml.safe_load((root / "params.yaml").read_text())
     seconds = {"copy": time.monotonic() - started}
     for store, uri in (("server", url), ("default", None)):
-        for out in CUT_OUTPUTS:
-            shutil.rmtree(root / out, ignore_errors=True)
+        for out in map(root.joinpath, CUT_OUTPUTS):
+            if out.is_dir():
+                shutil.rmtree(out)
+            else:
+                out.unlink(missing_ok=True)
         started = time.monotonic()
         run(f"snakemake --cores 2 {CUT}", root, env={**env, "MLFLOW_TRACKING_URI": uri} if uri else env)
         seconds[store] = time.monotonic() - started
@@ -149,7 +151,7 @@ def test_artifacts_go_through_the_server_proxy(stores, tmp_path, monkeypatch):
     # the files are in the server's artifacts folder, and a download through the proxy is the file
     stored = [p.name for p in (stores["server_dir"] / "artifacts").rglob("*") if p.is_file()]
     assert listed and sorted(stored) == sorted(listed)
-    stats = ("sample-stats", ())
+    stats = ("bootstrap-stats", ())
     got = server.download_artifacts(served[stats].info.run_id, "stats.json", str(tmp_path / "served"))
     want = default.download_artifacts(local[stats].info.run_id, "stats.json", str(tmp_path / "local"))
     assert Path(got).read_bytes() == Path(want).read_bytes()

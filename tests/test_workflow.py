@@ -570,15 +570,15 @@ def test_smoke_real_preset_bench_and_base_judge(tmp_path_factory):
     env = {**ENV, "PYTHONPATH": str(root / "workflow")}
     # the target goes first: --configfile takes every word after it. The SmolLM2 sample and the
     # base judge's evaluation run alone at the end of this cut (the critical path): two threads each
-    # The preset at a third of its sizes (a second configfile, merged over it; a list replaces the
-    # preset's): 3 problems per real eval set, 2 bench items per label and subset, and no stress set
-    # (its templates are the same on any question: the ci run's tests cover them; `make smoke-real`
-    # runs it on these questions). The same path through every real-data stage, with two and a half
-    # minutes less of SmolLM2.
+    # The preset at its smallest (a second configfile, merged over it; a list replaces the preset's):
+    # 2 problems per real eval set, 1 bench item per label and subset (the base judge reads real
+    # problems and solutions of up to 768 tokens: 1.8 s an item here), and no stress set (its
+    # templates are the same on any question: the ci run's tests cover them; `make smoke-real` runs
+    # it on these questions). The same path through every real-data stage as the preset's sizes.
     preset = yaml.safe_load((root / "workflow/presets/smoke-real.yaml").read_text())
-    sets = [dict(s, limit=3) if s["role"] == "eval" else s for s in preset["problems"]["sets"]]
+    sets = [dict(s, limit=2) if s["role"] == "eval" else s for s in preset["problems"]["sets"]]
     (root / "smaller.yaml").write_text(yaml.safe_dump(
-        {"problems": {"sets": sets}, "sampling": {"n": 1}, "bench": {"balance": {"per_label": 2}}, "stress": None}))
+        {"problems": {"sets": sets}, "sampling": {"n": 1}, "bench": {"balance": {"per_label": 1}}, "stress": None}))
     run("snakemake results/eval/base/metrics.json --cores 2 --set-threads evaluate=2 sample=2 "
         "--configfile workflow/presets/smoke-real.yaml smaller.yaml", root, env=env, timeout=1200)
     r = root / "results"

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, REPO, free_port, run, serve_on_loopback, stop_group
+from conftest import ENV, REPO, free_port, mlflow_server_env, run, serve_on_loopback, stop_group
 from test_model_cards import JUDGES, make_run, small_params
 
 from librarm.run.tracking import flush_spool, make_relocatable, pipeline_params, preset_of, stage_run
@@ -343,7 +343,7 @@ def mlflow_ui(tracked):
     loopback port; stopped by PID."""
     root = tracked["root"]
     port = free_port()
-    env = {k: v for k, v in ENV.items() if not k.startswith("MLFLOW_")}
+    env = mlflow_server_env()
     proc = serve_on_loopback([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
                               "sqlite:///mlflow/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                              f"http://127.0.0.1:{port}/health", root / "mlflow-ui.log", "mlflow ui", 120, cwd=root, env=env)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ENV, REPO, free_port, run, serve_on_loopback, stop_group
+from conftest import ENV, REPO, free_port, mlflow_server_env, run, serve_on_loopback, stop_group
 
 from librarm.run.tracking import flush_spool, pipeline_identity, spool_record
 
@@ -37,7 +37,7 @@ def server(tmp_path_factory):
     """`mlflow server` on a free loopback port: (its URL, its folder with server.db and artifacts/)."""
     tmp = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    env = {k: v for k, v in ENV.items() if not k.startswith("MLFLOW_")}
+    env = mlflow_server_env()
     url = f"http://127.0.0.1:{port}"
     proc = serve_on_loopback([str(Path(sys.executable).with_name("mlflow")), "server",
                               "--backend-store-uri", f"sqlite:///{tmp}/server.db", "--serve-artifacts",

@@ -49,6 +49,11 @@ class Sampler(Protocol):
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]: ...
 
 
+def is_positive_int(value: Any) -> bool:
+    """A token count a config or server reported: an int above 0 (not a bool, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 @dataclass(frozen=True)
 class ContextWindow:
     """How many tokens (prompt and completion together) a sampler's model takes, and where that

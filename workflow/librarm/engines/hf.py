@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from librarm.engines import Backend, ModelRef
-from librarm.engines.base import ContextWindow, SampleRequest, SampleResult, SamplingConfig
+from librarm.engines.base import ContextWindow, SampleRequest, SampleResult, SamplingConfig, is_positive_int
 
 
 # ----------------------------------------------------------------------------- hf backend
@@ -50,7 +50,7 @@ def config_context_window(config) -> ContextWindow | None:
     for cfg in (text, config):
         for key in CONTEXT_KEYS:
             value = getattr(cfg, key, None)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if is_positive_int(value):
                 return ContextWindow(value, f"its config.json {key}")
     return None
 

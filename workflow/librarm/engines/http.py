@@ -20,6 +20,7 @@ from librarm.engines.base import (
     SampleResult,
     SamplingConfig,
     context_overflow,
+    is_positive_int,
     overflow_line,
 )
 
@@ -445,7 +446,7 @@ class HTTPSampler:
         for entry in entries if isinstance(entries, list) else ():
             if isinstance(entry, dict) and entry.get("id") == self.model:
                 tokens = entry.get("max_model_len")
-                if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
+                if is_positive_int(tokens):
                     return ContextWindow(tokens, f"max_model_len in {self.base_url}/models")
         return None
 

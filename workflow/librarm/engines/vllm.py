@@ -15,6 +15,7 @@ from librarm.engines.base import (
     SampleResult,
     SamplingConfig,
     context_overflow,
+    is_positive_int,
     overflow_line,
 )
 from librarm.engines.hf import render_chat
@@ -114,7 +115,7 @@ def engine_limits(llm) -> dict[str, int]:
     scheduler = getattr(config, "scheduler_config", None)
     for key in ("max_num_batched_tokens", "max_num_seqs"):
         found[key] = getattr(scheduler, key, None)
-    return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool) and v > 0}
+    return {k: v for k, v in found.items() if is_positive_int(v)}
 
 
 class CPUGeneratorOffsetError(RuntimeError, ValueError):

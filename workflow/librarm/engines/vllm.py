@@ -2,8 +2,11 @@
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +58,16 @@ def import_vllm():
         raise ValueError(f"backend 'vllm': this Python ({sys.executable}) has no vllm: {where}") from exc
 
 
+def own_ipc_folder() -> None:
+    """vLLM names its ZMQ sockets after VLLM_RPC_BASE_PATH (the system temp folder by default) and
+    leaves them there when the process ends: a run of tests had left about 700 in /tmp. Unless the
+    user set one, a folder of this process's own, removed at exit."""
+    if not os.environ.get("VLLM_RPC_BASE_PATH"):
+        folder = tempfile.mkdtemp(prefix="librarm-vllm-")
+        os.environ["VLLM_RPC_BASE_PATH"] = folder
+        atexit.register(shutil.rmtree, folder, True)
+
+
 class VLLMSampler:
     """vLLM offline engine (GPU). Imported lazily: the CPU install has no vllm.
 
@@ -64,6 +77,7 @@ class VLLMSampler:
     def __init__(self, path: str, cfg: SamplingConfig, revision: str | None = None,
                  tensor_parallel_size: int = 1, seed: int = 0, engine_args: Mapping[str, Any] | None = None):
         vllm = import_vllm()
+        own_ipc_folder()                # after import_vllm: a re-run under the vLLM venv sets its own
         self._vllm = vllm
         self.name = f"vllm:{path}"
         self.cfg = cfg

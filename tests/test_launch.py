@@ -126,17 +126,14 @@ def _run_here(spec_path: Path) -> subprocess.CompletedProcess:
 
     import librarm.judging.rewards as rewards
 
-    threads, build, tracking = torch.get_num_threads(), rewards.build_reward_funcs, os.environ.get("LIBRARM_TRACKING")
-    os.environ["LIBRARM_TRACKING"] = "0"
-    try:
-        rc = dist_train.main(str(spec_path))
-    finally:
-        torch.set_num_threads(threads)
-        rewards.build_reward_funcs = build
-        if tracking is None:
-            os.environ.pop("LIBRARM_TRACKING")
-        else:
-            os.environ["LIBRARM_TRACKING"] = tracking
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIBRARM_TRACKING", "0")
+        mp.setattr(rewards, "build_reward_funcs", rewards.build_reward_funcs)   # restored on exit (dist_train wraps it)
+        try:
+            rc = dist_train.main(str(spec_path))
+        finally:
+            torch.set_num_threads(threads)
     return subprocess.CompletedProcess([str(DRIVER), str(spec_path)], rc, "", "")
 
 

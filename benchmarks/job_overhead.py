@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SPOOL_JOB = """
 import time; t = time.time()
-from librarm.run.config import load_params; from librarm.run.tracking import stage_run
+from librarm.run.config import load_params; from librarm.run.tracking import pipeline_context, stage_run
 p = load_params({params!r})
-with stage_run(p, 'bench', {{'bench': p['bench']}}, {{'subset': 'x'}}) as run: run.log_metrics({{'a': 1, 'b': {{'c': 2}}}})
+with stage_run(pipeline_context(p), 'bench', {{'bench': p['bench']}}, {{'subset': 'x'}}) as run: run.log_metrics({{'a': 1, 'b': {{'c': 2}}}})
 print(time.time() - t)
 """
 

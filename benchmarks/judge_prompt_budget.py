@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from librarm.run.settings import call
 from librarm.stages.evaluate import run_evaluate
 from librarm.engines.base import SampleResult
 from librarm.stages.bootstrap_tiny import build_tokenizer
@@ -49,10 +50,10 @@ class Scripted:
 
 
 judge = params["evaluate"]["judges"][0]
-run_evaluate(params, judge, warm, out / "w.jsonl", out / "w.json", sampler=Scripted())   # imports, caches
+call(run_evaluate, params, judge, warm, out / "w.jsonl", out / "w.json", sampler=Scripted())   # imports, caches
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-m = run_evaluate(params, judge, bench, out / "p.jsonl", out / "m.json", sampler=Scripted())
+m = call(run_evaluate, params, judge, bench, out / "p.jsonl", out / "m.json", sampler=Scripted())
 dt = time.perf_counter() - t0
 rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"seconds": round(dt, 3), "rss_growth_mb": round((rss1 - rss0) / 1024, 1),

@@ -36,7 +36,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from librarm.run.io import read_json, read_jsonl, write_jsonl
-    from librarm.run.settings import JudgeDataSettings, RlSettings, seed_of
+    from librarm.run.settings import JudgeDataSettings, RlSettings, call
     from librarm.stages.train import build_judge_items, run_grpo, val_accuracy
 
     os.chdir(a.run_dir)
@@ -47,7 +47,7 @@ def main() -> None:
     records = []
     for path in sorted(Path("results/verify").glob(f"*/{jd.pool}.jsonl")):
         records += read_jsonl(path).records
-    train_items, val_items, _ = build_judge_items(records, seed_of(params), jd.val_fraction,
+    train_items, val_items, _ = build_judge_items(records, int(params["seed"]), jd.val_fraction,
                                                   list(jd.exclude_generators), None, jd.unit)
     pool = train_items + val_items
     big_val = [r for r in pool if r["problem_id"] in val_problems]
@@ -57,7 +57,7 @@ def main() -> None:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         # one sampled verdict per item moved a judge's accuracy by 3-5 points between seeds: average k
-        return round(sum(val_accuracy(model, tok, big_val, params, f"rl-item-pool-val-{i}") for i in range(a.k)) / a.k, 4)
+        return round(sum(call(val_accuracy, params, model, tok, big_val, f"rl-item-pool-val-{i}") for i in range(a.k)) / a.k, 4)
 
     out: dict = {"train_items": {"judge_data": len(read_jsonl("results/judge_data/train.jsonl").records),
                                  "pool": len(big_train), "pool_labels": dict(Counter(r["label"] for r in big_train))},
@@ -72,8 +72,8 @@ def main() -> None:
             p = copy.deepcopy(params)
             p["rl"]["steps"] = steps
             started = time.time()
-            res = run_grpo(p, train_path, "results/train/judge_sft", f"{tmp}/rl{steps}", name="judge_rl",
-                           rewards=rl.rewards_of("judge_rl"), val_items=val, resume_root=f"{tmp}/resume{steps}")
+            res = call(run_grpo, p, train_path, "results/train/judge_sft", f"{tmp}/rl{steps}", name="judge_rl",
+                       rewards=rl.rewards_of("judge_rl"), val_items=val, resume_root=f"{tmp}/resume{steps}")
             out["val_accuracy"][f"pool_{steps}_steps"] = score(f"{tmp}/rl{steps}")
             out[f"pool_{steps}_steps"] = {"passrate_filter": res["passrate_filter"],
                                           "seconds": round(time.time() - started)}

@@ -14,7 +14,7 @@ from librarm import engines
 from librarm.run.models import local_model_dirs, training_start
 from librarm.run.io import atomic_path
 from librarm.phases import PHASES, active_phases, rule_params
-from librarm.run.settings import Params
+from librarm.run.settings import Params, call
 from librarm.run.tracking import flush_at_end
 from librarm.run.warm import start_for_workflow, stop_for_workflow
 
@@ -114,11 +114,11 @@ def any_regex(names):
 
 def generator_model(wildcards):
     spec = PARAMS.generators[wildcards.generator]
-    return engines.model_dirs(config, spec)
+    return engines.model_dirs(PARAMS.models, spec)
 
 
 def judge_model(wildcards):
-    return local_model_dirs(config, [PARAMS.judges[wildcards.judge].model])
+    return local_model_dirs(PARAMS.models, [PARAMS.judges[wildcards.judge].model])
 
 
 def train_inputs(wildcards):
@@ -128,7 +128,7 @@ def train_inputs(wildcards):
         data["sft"] = P.RS_SFT
     if kind == "rl" and PARAMS.rl.items == "pool":
         data["train"] = P.JUDGE_RL_POOL
-    data["init"] = local_model_dirs(config, [training_start(config, wildcards.model)])
+    data["init"] = local_model_dirs(PARAMS.models, [call(training_start, PARAMS, wildcards.model)])
     return data
 
 
@@ -162,5 +162,5 @@ def policy_eval_model(wildcards):
     """The policy folder one evaluation run scores: the DPO run's model, or the base policy's
     folder when the pipeline makes it (a hub policy is not a file: the stage reads pairs.policy)."""
     if wildcards.policy == NONE_POLICY:
-        return local_model_dirs(config, [PARAMS.pairs.policy])
+        return local_model_dirs(PARAMS.models, [PARAMS.pairs.policy])
     return [P.DPO_MODEL.format(policy=wildcards.policy, seed=wildcards.run.removeprefix("seed-"))]

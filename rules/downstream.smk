@@ -24,7 +24,7 @@ if DOWNSTREAM:
             SAMPLE_ENV
         input:
             problems=P.PAIRS_TRAIN_PROBLEMS,
-            model=local_model_dirs(config, [PARAMS.pairs.policy]),
+            model=local_model_dirs(PARAMS.models, [PARAMS.pairs.policy]),
         output:
             samples=P.PAIRS_SAMPLES,
             meta=P.PAIRS_SAMPLES_META,
@@ -117,7 +117,7 @@ if DOWNSTREAM:
         input:
             pairs=P.PAIRS_FILE,
             val=P.PAIRS_VAL_PROBLEMS,
-            init=local_model_dirs(config, [PARAMS.pairs.policy]),
+            init=local_model_dirs(PARAMS.models, [PARAMS.pairs.policy]),
         output:
             model=directory(P.DPO_MODEL),
             log=P.DPO_LOG,

@@ -17,8 +17,8 @@ if DOWNSTREAM:
     }
     TABLE_CATEGORIES = {"bench": "Bench", "judges": "Judges", "training": "Judge training", "downstream": "Downstream"}
     REPORT_TABLES = [p for p in TABLE_PAGES if p != "training" or LEARNING]
-    CARD_MODELS = [P.TRAINED_MODEL.format(model=m) for m in trained_judges(config).values()]
-    CARD_POLICIES = [P.DPO_MODEL.format(policy=p, seed=s) for p, s in dpo_policies(config)]
+    CARD_MODELS = [P.TRAINED_MODEL.format(model=m) for m in call(trained_judges, PARAMS).values()]
+    CARD_POLICIES = [P.DPO_MODEL.format(policy=p, seed=s) for p, s in call(dpo_policies, PARAMS)]
 
     rule report:
         conda:
@@ -40,7 +40,7 @@ if DOWNSTREAM:
             # what the model cards name with its digest
             bench_file=P.BENCH_FILE,
             models=CARD_MODELS + CARD_POLICIES,
-            train_data=judge_training_files(config),
+            train_data=call(judge_training_files, PARAMS),
             dpo_pairs=[P.PAIRS_FILE.format(policy=p) for p in DPO_POLICIES],
         output:
             metrics=P.REPORT_METRICS,
@@ -74,7 +74,7 @@ if DOWNSTREAM:
             conda:
                 "../envs/cpu.yaml"
             input:
-                predictions=expand(P.EVAL_PREDICTIONS, judge=[m for ms in judge_groups(config).values() for m in ms]),
+                predictions=expand(P.EVAL_PREDICTIONS, judge=[m for ms in call(judge_groups, PARAMS).values() for m in ms]),
                 samples=[P.POLICY_RUN_SAMPLES.format(policy=p, run=r)
                          for p in [NONE_POLICY, *PARAMS.pairs.labelers] for r in policy_runs(p, DPO_SEEDS)],
                 downstream=P.DOWNSTREAM_SUMMARY,

@@ -30,8 +30,8 @@ if LEARNING:
         input:
             train=P.JUDGE_TRAIN,
             solutions=expand(P.VERIFIED_FILE, generator=TRAIN_GENERATORS, subset=JUDGE_POOL),
-            teacher=lambda wc: engines.model_dirs(config, PARAMS.judges[PARAMS.rs.teacher]),
-            student=lambda wc: local_model_dirs(config, [PARAMS.sft.init]),
+            teacher=lambda wc: engines.model_dirs(PARAMS.models, PARAMS.judges[PARAMS.rs.teacher]),
+            student=lambda wc: local_model_dirs(PARAMS.models, [PARAMS.sft.init]),
         output:
             trajectories=P.RS_TRAJECTORIES,
             sft=P.RS_SFT,

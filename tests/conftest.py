@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from librarm.run.settings import ProblemSet
+from librarm.run.settings import ProblemSet, call
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -226,9 +226,9 @@ def build_pairs_into(params, verified, labels, out):
     from librarm.stages.downstream import run_build_pairs
 
     labelers = params["pairs"]["labelers"]
-    return run_build_pairs(params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
-                           {n: out / "raw" / f"{n}.jsonl" for n in labelers},
-                           {c: out / f"{c}.jsonl" for c in curve_policies(PairsSettings.from_params(params))}, out / "stats.json")
+    return call(run_build_pairs, params, verified, labels, {n: out / f"{n}.jsonl" for n in labelers},
+                {n: out / "raw" / f"{n}.jsonl" for n in labelers},
+                {c: out / f"{c}.jsonl" for c in curve_policies(PairsSettings.from_params(params))}, out / "stats.json")
 
 
 # ----------------------------------------------------------------------------- one real ci run
@@ -314,7 +314,7 @@ def smollm2_folder(tmp_path_factory) -> Path:
 
     require_smollm2()
     out = tmp_path_factory.mktemp("smollm2") / "smollm2"
-    run_prepare_model(load_params(REPO / "params.yaml", ["smoke-real"]), "smollm2", out)
+    call(run_prepare_model, load_params(REPO / "params.yaml", ["smoke-real"]), "smollm2", out)
     return out
 
 

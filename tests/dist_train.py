@@ -59,6 +59,7 @@ def record_rewards(path: Path):
 def main(spec_path: str) -> int:
     from librarm.run.io import write_json
     from librarm.run.launch import is_main, rank
+    from librarm.run.settings import call
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
@@ -74,14 +75,14 @@ def main(spec_path: str) -> int:
     elif spec["kind"] == "dpo":
         from librarm.stages.dpo import run_dpo
 
-        log = run_dpo(spec["params"], spec["data"], spec["val"], spec["init"], out / "model", seed=0,
-                      **{k: v for k, v in common.items()})
+        log = call(run_dpo, spec["params"], spec["data"], spec["val"], spec["init"], out / "model", seed=0,
+                   **{k: v for k, v in common.items()})
     else:
         from librarm.stages.train import run_grpo
 
         record_rewards(out / f"rewards-rank{rank()}.jsonl")
-        log = run_grpo(spec["params"], spec["data"], spec["init"], out / "model", rewards=spec["rewards"],
-                       callbacks=callbacks, **common)
+        log = call(run_grpo, spec["params"], spec["data"], spec["init"], out / "model", rewards=spec["rewards"],
+                   callbacks=callbacks, **common)
     if is_main():
         write_json(out / "log.json", log)
     return 0

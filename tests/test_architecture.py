@@ -20,7 +20,9 @@ from librarm.phases import (
     module_file,
     module_imports,
     package_modules,
+    phase_backends,
 )
+from librarm.run.settings import BenchSettings, Judges, PairsSettings, Params, RsSettings, Seed, SettingsError, call
 
 MODULES = sorted(package_modules())
 # Layers, lowest first: a module imports only modules of its own layer or below.
@@ -123,11 +125,11 @@ def test_a_backend_counts_only_in_the_phases_whose_params_use_it(tmp_path):
 
     params = load_params(REPO_ROOT / "params.yaml")
     root = _repo_copy(tmp_path)
-    before = {p: code_hash(p, root, params) for p in PHASES}
+    before = {p: code_hash(p, root, phase_backends(params, p)) for p in PHASES}
     for backend, changed in (("http", set()), ("vllm", set()), ("hf", {"sample", "evaluate", "pairs", "evaluate_policy"})):
         f = root / PKG / "engines" / f"{backend}.py"
         f.write_text(f.read_text() + "\n# an edit\n")
-        after = {p: code_hash(p, root, params) for p in PHASES}
+        after = {p: code_hash(p, root, phase_backends(params, p)) for p in PHASES}
         f.write_text(f.read_text().removesuffix("\n# an edit\n"))
         moved = {p for p in PHASES if before[p] != after[p]}
         assert changed <= moved and (not changed or moved <= changed | {"bootstrap", "judge_data", "rs", "train", "dpo", "report"}), (backend, moved)
@@ -196,3 +198,69 @@ def test_recording_view_notes_leaf_reads_and_defaults(monkeypatch):
     assert log == {"pairs.budget", "pairs.gold_curve", "judges.x.kind", "pairs.labelers"}
     assert reads.covered("pairs.budget", ["pairs"]) and reads.covered("judges.x.kind", ["judges"])
     assert not reads.covered("pairs.budget", ["pairs.labelers", "pair"])
+
+
+# The functions that receive the whole params tree (the params mapping, a view of it, or the
+# Params built from it): config code and the one dispatcher, settings.call. Every other function
+# names the sections it reads as typed parameters, and steps receive them from `call`.
+PARAMS_TREE_FUNCTIONS = {
+    "run.config": {"validate_params", "prune_removed"},        # the schema and the cross-checks
+    "run.settings": {"from_params", "from_dict", "call"},      # sections, all sections, the dispatcher
+    "run.reads": {"recording"},                                # the recording view of a job's params
+    "run.tracking": {"pipeline_context", "preset_of"},         # the pipeline's identity and shown params
+    "phases": {"active_phases", "declared_params", "rule_params", "phase_backends"},  # rules' params
+    "seeds": {"_without_seeds"},                               # a DVC experiment's params, seeds removed
+}
+# A parameter holds the tree when it is named so (`params`, `config`, `tree`) or typed Params, or when
+# it is a `cfg` or `p` of a function (not a one-line lambda's row) that does not type it as
+# something else: such a parameter has to say what it is.
+TREE_NAMES = {"params", "config", "tree"}
+SHORT_NAMES = {"cfg", "p"}
+UNTYPED = {"", "Any", "dict", "dict[str, Any]", "Mapping[str, Any]"}
+
+
+def _params_tree_functions() -> dict[str, set[str]]:
+    import ast
+    import re
+
+    found: dict[str, set[str]] = {}
+    for m, path in package_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            args = node.args
+            for a in args.posonlyargs + args.args + args.kwonlyargs + [x for x in (args.vararg, args.kwarg) if x]:
+                annotation = ast.unparse(a.annotation) if a.annotation is not None else ""
+                if a.arg in TREE_NAMES or re.search(r"(?<![A-Za-z_])Params\b", annotation) or (
+                        a.arg in SHORT_NAMES and annotation in UNTYPED and not isinstance(node, ast.Lambda)):
+                    found.setdefault(m, set()).add(getattr(node, "name", f"<lambda line {node.lineno}>"))
+    return found
+
+
+def test_at_most_15_functions_take_the_whole_params_tree():
+    found = _params_tree_functions()
+    assert found == PARAMS_TREE_FUNCTIONS
+    assert sum(map(len, found.values())) <= 15
+
+
+def _stage_of_sections(a, b=2, *, seed: Seed, bench: BenchSettings, judges: Judges, rs: RsSettings | None,
+                       pairs: PairsSettings | None, plain: int = 5):
+    # what a stage function looks like to the dispatcher (its annotations resolve in this module)
+    return a, b, seed, bench, judges, rs, pairs, plain
+
+
+def test_the_dispatcher_gives_a_function_the_sections_it_names():
+    from librarm.run.config import load_params
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    a, b, seed, bench, judges, rs, pairs, plain = call(_stage_of_sections, params, 1, plain=6)
+    assert (a, b, plain, seed) == (1, 2, 6, params["seed"])
+    assert bench == BenchSettings.from_params(params) and set(judges) == set(params["judges"])
+    assert rs is not None and pairs is not None
+    # an optional section params leave out is None; a given argument is not rebuilt
+    without = {k: v for k, v in params.items() if k != "rs"}
+    assert call(_stage_of_sections, without, 1, pairs=None)[5:7] == (None, None)
+    # the Params built from the tree serve as well (the config checks)
+    assert call(_stage_of_sections, Params.from_dict(params), 1)[3] == bench
+    with pytest.raises(SettingsError, match=r"judges\.nope: not defined \(defined: "):
+        judges["nope"]

@@ -42,11 +42,12 @@ def test_scalar_rm_twice_is_byte_identical_and_another_seed_is_not(scalar_setup)
     """The scalar RM's fresh score head is drawn from torch's RNG when the model is loaded: before
     seed_everything it was unseeded, and two fresh clones got different weights (issue: 7 of 432
     result files differed, all downstream of it)."""
+    from librarm.run.settings import call
     from librarm.stages.train import run_scalar_rm
 
     p, init, tmp = scalar_setup
-    run = lambda params, tag: run_scalar_rm(params, tmp / "train.jsonl", str(init), tmp / tag,  # noqa: E731
-                                            name=f"rm-{tag}", resume_root=tmp / f"resume-{tag}", threads=1)
+    run = lambda params, tag: call(run_scalar_rm, params, tmp / "train.jsonl", str(init), tmp / tag,  # noqa: E731
+                                   name=f"rm-{tag}", resume_root=tmp / f"resume-{tag}", threads=1)
     run(p, "a")
     run(p, "b")
     assert _weights(tmp / "a") == _weights(tmp / "b")
@@ -65,6 +66,7 @@ def test_dpo_of_one_labeler_ignores_a_short_labeler_elsewhere(tmp_path, params):
     from tiny_fixtures import make_random_lm
 
     from librarm.run.io import read_json
+    from librarm.run.settings import call
     from librarm.stages.dpo import run_dpo
 
     p = copy.deepcopy(params)
@@ -84,9 +86,9 @@ def test_dpo_of_one_labeler_ignores_a_short_labeler_elsewhere(tmp_path, params):
         out = tmp_path / f"pairs{forced}"
         build_pairs_into(p, tmp_path / "verified.jsonl", {"scalar": tmp_path / "scalar.jsonl"}, out)
         for name in ("gold", "scalar"):
-            logs[forced, name] = run_dpo(p, out / f"{name}.jsonl", tmp_path / "val.jsonl", str(init),
-                                         tmp_path / f"dpo{forced}-{name}", name=name, seed=0, threads=1,
-                                         resume_root=tmp_path / f"resume{forced}", budget=40)
+            logs[forced, name] = call(run_dpo, p, out / f"{name}.jsonl", tmp_path / "val.jsonl", str(init),
+                                      tmp_path / f"dpo{forced}-{name}", name=name, seed=0, threads=1,
+                                      resume_root=tmp_path / f"resume{forced}", budget=40)
             weights[forced, name] = _weights(tmp_path / f"dpo{forced}-{name}")
         assert read_json(out / "stats.json")["labelers"]["scalar"]["pairs_trained"] == forced
     assert weights[0, "gold"] == weights[37, "gold"]

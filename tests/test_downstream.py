@@ -11,6 +11,7 @@ from conftest import build_pairs_into, resp
 from librarm.run.config import load_params
 from librarm.run.io import read_json, read_jsonl, write_json, write_jsonl
 from librarm.run.labelers import dpo_step_pairs
+from librarm.run.settings import call
 from librarm.stages.downstream import (
     avg_at_k,
     build_pairs,
@@ -186,13 +187,13 @@ def test_policy_eval_on_tiny_model_writes_avg_at_k_and_intervals(tmp_path, param
     probs = [{"id": f"e{i}", "set": "hard", "role": "eval", "problem": f"Compute {i}+1.", "answer": str(i + 1)} for i in range(8)]
     write_jsonl(tmp_path / "hard.jsonl", probs)
     out = tmp_path / "out"
-    m = run_policy_eval({**params, "evaluate_policy": {**params["evaluate_policy"], "k": 3}}, "none", "none",
-                        {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
-                        sampler=PseudoSampler("reference"))
+    m = call(run_policy_eval, {**params, "evaluate_policy": {**params["evaluate_policy"], "k": 3}}, "none", "none",
+             {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
+             sampler=PseudoSampler("reference"))
     assert m["avg_at_k"] == {"hard": 1.0, "all": 1.0} and m["ci95"]["hard"] == [1.0, 1.0]
-    m = run_policy_eval({**params, "evaluate_policy": {**params["evaluate_policy"], "k": 2}}, "none", "none",
-                        {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
-                        sampler=PseudoSampler("reference_wrong"))
+    m = call(run_policy_eval, {**params, "evaluate_policy": {**params["evaluate_policy"], "k": 2}}, "none", "none",
+             {"hard": tmp_path / "hard.jsonl"}, out / "samples.jsonl", out / "eval.json", threads=1,
+             sampler=PseudoSampler("reference_wrong"))
     assert m["avg_at_k"]["all"] == 0.0
     assert len((tmp_path / "out" / "samples.jsonl").read_text().splitlines()) == 16
 
@@ -220,14 +221,14 @@ def test_policy_and_downstream_summaries(tmp_path):
     paths = {}
     for name, spec in (("none", none), ("gold", gold), ("rl", rl)):
         runs = _policy_run(tmp_path, name, spec, ("base",) if name == "none" else ("seed-0",))
-        m = summarize_policy(params, name, runs, tmp_path / "pairs.json", tmp_path / name / "metrics.json",
-                             tmp_path / name / "per_problem.json")
+        m = call(summarize_policy, params, name, runs, tmp_path / "pairs.json", tmp_path / name / "metrics.json",
+                 tmp_path / name / "per_problem.json")
         paths[name] = (tmp_path / name / "metrics.json", tmp_path / name / "per_problem.json")
         if name == "none":
             assert m["pairs"] == 0 and m["label_accuracy"] is None
     gm = read_json(tmp_path / "gold" / "metrics.json")
     assert gm["avg_at_k"]["all"] == 0.5 and gm["pairs"] == 9 and gm["label_accuracy"] == 1.0
-    s = summarize_downstream(params, paths, tmp_path / "summary.json")
+    s = call(summarize_downstream, params, paths, tmp_path / "summary.json")
     assert s["policies"]["gold"]["gain"]["all"] == 0.5
     assert s["policies"]["rl"]["gain"]["all"] == 0.25
     assert s["policies"]["rl"]["gold_gain_recovered"] == 0.5
@@ -243,8 +244,8 @@ def test_seed_average_and_sd(tmp_path):
     for s, k in (("seed-0", 2), ("seed-1", 4)):
         spec = {"s": {p: [1, 1] if i < k else [0, 0] for i, p in enumerate(probs)}}
         runs.update(_policy_run(tmp_path, "gold", spec, (s,)))
-    m = summarize_policy(params, "gold", runs, None, tmp_path / "gold" / "metrics.json",
-                         tmp_path / "gold" / "per_problem.json")
+    m = call(summarize_policy, params, "gold", runs, None, tmp_path / "gold" / "metrics.json",
+             tmp_path / "gold" / "per_problem.json")
     assert m["seeds"] == {"seed-0": {"s": 0.2, "all": 0.2}, "seed-1": {"s": 0.4, "all": 0.4}}
     assert m["avg_at_k"]["all"] == pytest.approx(0.3)
     assert m["sd_over_seeds"]["all"] == pytest.approx(float(np.std([0.2, 0.4], ddof=1)), abs=1e-4)

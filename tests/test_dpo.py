@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from librarm.run.io import write_jsonl
+from librarm.run.settings import call
 
 
 def _arith_pairs(n: int) -> tuple[list[dict], list[dict]]:
@@ -42,7 +43,7 @@ def test_dpo_rows_use_the_samplers_prompt_and_keep_the_thinking(tmp_path, dpo_pa
     model_dir = make_random_lm(tmp_path / "rand", hidden=16)
     pairs, _ = _arith_pairs(2)
     sampler = HFSampler(str(model_dir), SamplingConfig(max_new_tokens=2, temperature=1.0, top_p=1.0, batch_size=64))
-    rows = dpo_rows(pairs, sampler.tok, dpo_params)
+    rows = call(dpo_rows, dpo_params, pairs, sampler.tok)
     want = sampler.encode_prompts([SampleRequest(problem_messages({"problem": pairs[0]["question"]}, None), 0)])[0]
     assert sampler.tok(rows[0]["prompt"], add_special_tokens=False)["input_ids"] == want
     assert rows[0]["chosen"].startswith("<think>") and rows[0]["chosen"] == pairs[0]["chosen"]
@@ -58,8 +59,8 @@ def test_short_dpo_run_lowers_the_loss_and_keeps_the_best_val_checkpoint(tmp_pat
     pairs, val = _arith_pairs(48)
     write_jsonl(tmp_path / "pairs.jsonl", pairs)
     write_jsonl(tmp_path / "val.jsonl", val)
-    log = run_dpo(dpo_params, tmp_path / "pairs.jsonl", tmp_path / "val.jsonl", str(model_dir), tmp_path / "out",
-                  name="t", seed=0, threads=1, resume_root=tmp_path / "resume")
+    log = call(run_dpo, dpo_params, tmp_path / "pairs.jsonl", tmp_path / "val.jsonl", str(model_dir), tmp_path / "out",
+               name="t", seed=0, threads=1, resume_root=tmp_path / "resume")
     assert log["steps"] == DpoSettings.from_params(dpo_params).steps(48) == 24
     losses = [h["loss"] for h in log["loss_curve"]]
     assert losses[0] == pytest.approx(np.log(2), abs=0.02)        # policy == reference at step 1

@@ -79,12 +79,13 @@ def toy_backend():
 
 
 def test_a_backend_registered_by_a_call_scores_a_bench_through_params_alone(toy_backend, tmp_path):
+    from librarm.run.settings import call
     from librarm.stages.evaluate import score_file
 
     params = load_params(REPO / "params.yaml", overlays=[{"judges": {"rule": {"backend": "toy-rule", "kind": "generative"}}}])
     validate_params(params)                                   # the schema's enum takes registered backends
     bench = bench_file(tmp_path / "bench.jsonl")
-    m = score_file(params, "rule", bench, tmp_path / "out")
+    m = call(score_file, params, "rule", bench, tmp_path / "out")
     (judge,) = toy_backend
     # the requests carried the whole item: its ids, question, reference and response
     assert {"index", "question", "response", "reference", "subset", "model"} <= set(judge.items[0])

@@ -7,6 +7,7 @@ from conftest import bench_file
 from tiny_fixtures import make_random_lm, params_with_path_model
 
 from librarm.run.io import read_jsonl
+from librarm.run.settings import call
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_unparsed_verdicts_count_as_wrong_except_in_parsed_only(tmp_path, params
             return out
 
     bench = bench_file(tmp_path / "bench.jsonl")
-    m = run_evaluate(params, "base", bench, tmp_path / "preds.jsonl", tmp_path / "metrics.json", sampler=Scripted())
+    m = call(run_evaluate, params, "base", bench, tmp_path / "preds.jsonl", tmp_path / "metrics.json", sampler=Scripted())
     preds = read_jsonl(tmp_path / "preds.jsonl").records
     assert [p["index"] for p in preds if p["pred"] is None] == [0, 4, 8, 12, 16, 20]
     assert [p["index"] for p in preds if p["pred"] is not None and p["pred"] != p["label"]] == [1, 9, 17]
@@ -100,9 +101,9 @@ def test_scalar_rm_threshold_from_split(tmp_path, params):
     bench = bench_file(tmp_path / "bench.jsonl")
     p["evaluate"]["threshold_split"] = None
     with pytest.raises(ValueError, match="threshold_split"):
-        run_evaluate(p, "scalar", bench, tmp_path / "out" / "predictions.jsonl", tmp_path / "out" / "metrics.json")
+        call(run_evaluate, p, "scalar", bench, tmp_path / "out" / "predictions.jsonl", tmp_path / "out" / "metrics.json")
     p["evaluate"]["threshold_split"] = str(bench_file(tmp_path / "val.jsonl"))
-    m = run_evaluate(p, "scalar", bench, tmp_path / "out" / "predictions.jsonl", tmp_path / "out" / "metrics.json")
+    m = call(run_evaluate, p, "scalar", bench, tmp_path / "out" / "predictions.jsonl", tmp_path / "out" / "metrics.json")
     assert 0.0 <= m["auroc"] <= 1.0 and "threshold" in m and m["unparsed_rate"] == 0
 
 
@@ -132,8 +133,8 @@ def test_status_counts_list_every_status_and_ambiguous_counts_as_unparsed(tmp_pa
                 out.append(SampleResult(text, "stop", 5, 5))
             return out
 
-    m = run_evaluate(params, "base", bench_file(tmp_path / "bench.jsonl"), tmp_path / "p.jsonl", tmp_path / "m.json",
-                     sampler=Planted())
+    m = call(run_evaluate, params, "base", bench_file(tmp_path / "bench.jsonl"), tmp_path / "p.jsonl",
+             tmp_path / "m.json", sampler=Planted())
     assert set(m["status_counts"]) == set(STATUSES)
     assert m["status_counts"]["ambiguous"] == 8 and m["status_counts"]["parsed"] == 16
     assert m["status_counts"]["unterminated"] == 0 and m["unparsed_rate"] == round(8 / 24, 6)
@@ -160,10 +161,10 @@ def test_k_verdicts_keep_the_first_and_add_the_majority(tmp_path, repo):
 
     params = load_params(repo / "params.yaml")
     bench = bench_file(tmp_path / "bench.jsonl")
-    one = run_evaluate(params, "base", bench, tmp_path / "p1.jsonl", tmp_path / "m1.json", sampler=BySeed())
+    one = call(run_evaluate, params, "base", bench, tmp_path / "p1.jsonl", tmp_path / "m1.json", sampler=BySeed())
     k3 = copy.deepcopy(params)
     k3["evaluate"]["samples"] = 3
-    m = run_evaluate(k3, "base", bench, tmp_path / "p3.jsonl", tmp_path / "m3.json", sampler=BySeed())
+    m = call(run_evaluate, k3, "base", bench, tmp_path / "p3.jsonl", tmp_path / "m3.json", sampler=BySeed())
     p1, p3 = read_jsonl(tmp_path / "p1.jsonl").records, read_jsonl(tmp_path / "p3.jsonl").records
     assert [p["pred"] for p in p3] == [p["pred"] for p in p1] and m["libra_score"] == one["libra_score"]
     assert all(len(p["verdicts"]) == 3 and p["verdicts"][0] == p["pred"] for p in p3)

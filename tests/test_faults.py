@@ -36,6 +36,7 @@ from librarm.engines.base import SampleRequest, SamplingConfig
 from librarm.engines.http import HTTPError, HTTPSampler
 from librarm.run.config import load_params
 from librarm.run.io import write_jsonl
+from librarm.run.settings import call
 from librarm.stages.sample import run_sample
 
 pytestmark = pytest.mark.engines
@@ -166,8 +167,8 @@ def chunks(store: Path) -> list[Path]:
 def undisturbed(served, tmp_path_factory) -> bytes:
     """The sample stage's file from a run straight to the server."""
     tmp = tmp_path_factory.mktemp("undisturbed")
-    meta = run_sample(stage_params(served), "served", "tiny", problems(tmp / "p.jsonl"), tmp / "out.jsonl",
-                      tmp / "out.meta.json", store_root=tmp / "store", progress=False)
+    meta = call(run_sample, stage_params(served), "served", "tiny", problems(tmp / "p.jsonl"), tmp / "out.jsonl",
+                            tmp / "out.meta.json", store_root=tmp / "store", progress=False)
     assert meta["generated_now"] == TOTAL and meta["n_records"] == TOTAL
     return (tmp / "out.jsonl").read_bytes()
 
@@ -201,7 +202,7 @@ def test_server_killed_mid_stage_keeps_chunks_and_rerun_makes_only_the_rest(prox
     out, meta_path, store = tmp_path / "out.jsonl", tmp_path / "out.meta.json", tmp_path / "store"
     proxy.down_after(2 * BATCH)                          # killed after two chunks' requests
     with pytest.raises(HTTPError) as err:
-        run_sample(params, "served", "tiny", probs, out, meta_path, store_root=store, progress=False)
+        call(run_sample, params, "served", "tiny", probs, out, meta_path, store_root=store, progress=False)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith(f"{proxy.url}/chat/completions: gave up after 3 attempts; "
                                               "last error: ConnectionError: ")
@@ -210,7 +211,7 @@ def test_server_killed_mid_stage_keeps_chunks_and_rerun_makes_only_the_rest(prox
     assert not out.exists() and not meta_path.exists()  # nothing marked complete
 
     proxy.up()                                           # the server is back
-    meta = run_sample(params, "served", "tiny", probs, out, meta_path, store_root=store, progress=False)
+    meta = call(run_sample, params, "served", "tiny", probs, out, meta_path, store_root=store, progress=False)
     assert (meta["generated_now"], meta["reused"], meta["n_records"]) == (TOTAL - 2 * BATCH, 2 * BATCH, TOTAL)
     assert proxy.relayed == TOTAL                        # every request answered once, none twice
     assert out.read_bytes() == undisturbed

@@ -49,23 +49,24 @@ def test_one_judge_request_builder_seeds_repeats_and_budget(params):
 
     from librarm.judging.judge import build_judge_requests
     from librarm.run.io import stable_seed
+    from librarm.run.settings import JudgeSettings
     from librarm.stages.bootstrap_tiny import build_tokenizer
 
     tok = build_tokenizer()
     items = [{"item_id": f"it{i}", "question": f"Compute {i}+1.", "response": "9" * 2000 if i == 0 else f"\\boxed{{{i + 1}}}"}
              for i in range(3)]
-    b = build_judge_requests(items, params, ("rs",), key="item_id", repeats=2, tok=tok)
+    b = build_judge_requests(items, JudgeSettings.from_params(params), params["seed"], ("rs",), key="item_id", repeats=2, tok=tok)
     assert b.prompt_status == ["truncated", "ok", "ok"]
     assert b.owners == [(i, r) for i in range(3) for r in range(2)]
     assert [r.seed for r in b.requests] == [stable_seed(params["seed"], "rs", f"it{i}", r) for i in range(3) for r in range(2)]
     assert b.requests[0].messages[-1]["content"].count("[...]") == 1 and b.requests[2].problem is items[1]
     skip = copy.deepcopy(params)
     skip["judge"]["overflow"] = "skip"
-    b = build_judge_requests(items, skip, ("judge", "x"), key="item_id", tok=tok)
+    b = build_judge_requests(items, JudgeSettings.from_params(skip), skip["seed"], ("judge", "x"), key="item_id", tok=tok)
     assert b.prompt_status == ["skipped", "ok", "ok"] and b.messages[0] is None
     assert [r.seed for r in b.requests] == [stable_seed(params["seed"], "judge", "x", f"it{i}") for i in (1, 2)]
     # a remote judge without a tokenizer is sent the full prompt
-    assert build_judge_requests(items, skip, key="item_id").prompt_status == ["ok"] * 3
+    assert build_judge_requests(items, JudgeSettings.from_params(skip), skip["seed"], key="item_id").prompt_status == ["ok"] * 3
 
 
 def test_judge_verdict_reads_the_judges_spec_and_keeps_its_reasoning():

@@ -23,6 +23,7 @@ from conftest import REPO
 
 from librarm.engines.base import ContextOverflowError, ContextWindow, SampleRequest, SampleResult, SamplingConfig
 from librarm.run.config import load_params
+from librarm.run.settings import JudgeSettings, call
 
 JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
 
@@ -92,15 +93,15 @@ def test_budgets_over_the_context_are_one_line_naming_the_keys_the_numbers_and_t
     params = judge_params(max_prompt_tokens=4096, max_new_tokens=1024)
     window = ContextWindow(2048, "its config.json max_position_embeddings")
     with pytest.raises(ScoreError) as exc:
-        check_context_budgets(params, Windowed(window), [[{"role": "user", "content": "q"}]], None)
+        call(check_context_budgets, params, Windowed(window), [[{"role": "user", "content": "q"}]], None)
     assert str(exc.value) == ("judge.max_prompt_tokens (4096) + judge.max_new_tokens (1024) = 5120 > the model's "
                               "context 2048 (its config.json max_position_embeddings): lower --max-prompt-tokens or "
                               "--max-new-tokens (or --set judge.max_prompt_tokens=N)")
     # budgets that fit: nothing to say; a judge without a model (rule, pseudo): nothing checked
-    assert check_context_budgets(judge_params(max_prompt_tokens=1024, max_new_tokens=1024), Windowed(window), [], None) is None
-    assert check_context_budgets(params, object(), [], None) is None
+    assert call(check_context_budgets, judge_params(max_prompt_tokens=1024, max_new_tokens=1024), Windowed(window), [], None) is None
+    assert call(check_context_budgets, params, object(), [], None) is None
     # a context nobody gives (transformers serve's /models): one note, no check
-    note = check_context_budgets(params, Windowed(None), [], None)
+    note = call(check_context_budgets, params, Windowed(None), [], None)
     assert note.startswith("note: fake: the model's context is unknown") and "\n" not in note
 
 
@@ -113,18 +114,18 @@ def test_budgets_over_the_context_pass_only_when_every_measured_prompt_fits(tok)
     params = judge_params()
     window = ContextWindow(384, "its config.json max_position_embeddings")
     short = [{"question": "Compute 2+3.", "response": "\\boxed{5}"}]
-    messages, _ = judge_prompts(short, params, tok)
-    note = check_context_budgets(params, Windowed(window), messages, tok)
+    messages, _ = judge_prompts(short, JudgeSettings.from_params(params), tok)
+    note = call(check_context_budgets, params, Windowed(window), messages, tok)
     longest = prompt_tokens(tok, messages[0])
     assert note.startswith("note: judge.max_prompt_tokens (384) + judge.max_new_tokens (160) = 544 > the model's "
                            "context 384 (its config.json max_position_embeddings), but every prompt")
     assert f"(the longest has {longest} tokens)" in note
     long = short + [{"question": "Compute 2+3.", "response": "word " * 600 + "\\boxed{5}"}]
-    messages, status = judge_prompts(long, params, tok)
+    messages, status = judge_prompts(long, JudgeSettings.from_params(params), tok)
     assert status == ["ok", "truncated"]
     with pytest.raises(ScoreError, match=r"= 544 > the model's context 384 .*, and this benchmark's longest prompt "
                                          r"has 38\d tokens: lower --max-prompt-tokens or --max-new-tokens"):
-        check_context_budgets(params, Windowed(window), messages, tok)
+        call(check_context_budgets, params, Windowed(window), messages, tok)
 
 
 def test_an_hf_models_context_comes_from_its_config():
@@ -198,8 +199,8 @@ def test_http_prompts_without_a_tokenizer_are_reported_unchecked_not_zero_trunca
     path = bench(tmp_path / "b.jsonl", n=3, words=600)
     items, info = read_items(path, None, None)
     sampler = Served()
-    summary = score_benchmark(_http_params("org/served-name"), "served", items, bench_identity(path, info, None),
-                              ScoreRun(tmp_path / "out", progress=False), sampler)
+    summary = call(score_benchmark, _http_params("org/served-name"), "served", items, bench_identity(path, info, None),
+                   ScoreRun(tmp_path / "out", progress=False), sampler)
     overflow = summary["metrics"]["prompt_overflow"]
     assert overflow["unchecked"] == 3 and "truncated" not in overflow and "no tokenizer for http model" in overflow["reason"]
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["prompt_overflow"] == overflow
@@ -214,8 +215,8 @@ def test_http_prompts_of_a_served_local_folder_are_held_to_the_budget_as_hf_hold
     path = bench(tmp_path / "b.jsonl", n=2, words=600)
     items, info = read_items(path, None, None)
     sampler = Served()
-    summary = score_benchmark(_http_params(str(JUDGE)), "served", items, bench_identity(path, info, None),
-                              ScoreRun(tmp_path / "out", progress=False), sampler)
+    summary = call(score_benchmark, _http_params(str(JUDGE)), "served", items, bench_identity(path, info, None),
+                   ScoreRun(tmp_path / "out", progress=False), sampler)
     assert summary["metrics"]["prompt_overflow"] == {"truncated": 2, "skipped": 0}
     assert all("[...]" in r.messages[-1]["content"] for r in sampler.sent)
 

@@ -17,7 +17,7 @@ import pytest
 from librarm.run.config import ConfigError, validate_params
 from librarm.run.io import read_jsonl, write_json, write_jsonl
 from librarm.run.launch import LaunchError, batch_problems, launch_command
-from librarm.run.settings import LaunchSettings, Params, SettingsError
+from librarm.run.settings import LaunchSettings, SettingsError, call
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "dist_train.py"
@@ -33,9 +33,9 @@ def test_processes_that_cannot_split_a_batch_are_refused_naming_the_keys(params)
     assert "launch.processes: 3 processes cannot split sft.batch_size 16 evenly" in msg
     assert "dpo.batch_size 16" in msg
     p["launch"]["processes"] = 8          # rl: 32 completions / 8 processes = 4, not a multiple of 8 generations
-    assert any("rl.num_generations 8" in line for line in batch_problems(Params.from_dict(p)))
+    assert any("rl.num_generations 8" in line for line in call(batch_problems, p))
     p["launch"]["processes"] = 2
-    assert batch_problems(Params.from_dict(p)) == []
+    assert call(batch_problems, p) == []
 
 
 def test_launch_settings_and_commands(tmp_path, monkeypatch):

@@ -28,7 +28,8 @@ import pytest
 from conftest import ENV, REPO, free_port, mlflow_server_env, run, serve_on_loopback, stop_group
 from test_model_cards import JUDGES, make_run, small_params
 
-from librarm.run.tracking import flush_spool, make_relocatable, pipeline_params, preset_of, stage_run
+from librarm.run.settings import call
+from librarm.run.tracking import flush_spool, make_relocatable, pipeline_context, preset_of, stage_run
 from librarm.stages.model_cards import MODEL_CARDS, write_model_cards
 
 # the browser fixtures (browser, page): Playwright with the OS's Chromium
@@ -56,8 +57,8 @@ def client_of(root: Path):
 def tracked_report(params: dict, root: Path, headline=HEADLINE) -> None:
     """What the report job leaves in the spool (its headline as metrics, the cards and models.json
     as artifacts), then the import at the run's end."""
-    written = write_model_cards(params, MODEL_CARDS, root, params_hash="h", git_commit="c")
-    with stage_run(params, "report", {"report": params["report"]}) as run:
+    written = call(write_model_cards, params, MODEL_CARDS, root, params_hash="h", git_commit="c")
+    with stage_run(pipeline_context(params), "report", {"report": params["report"]}) as run:
         run.log_metrics(headline)
         for path in written:
             run.log_artifact(os.path.relpath(path, root))
@@ -83,7 +84,7 @@ def test_the_pipeline_run_carries_the_params_and_the_headline(store, params):
     client = client_of(store)
     first, second = pipelines(client)
     for pipe, want, gain in ((first, p, 0.15), (second, beta, 0.2)):
-        assert pipe.data.params == pipeline_params(want)
+        assert pipe.data.params == dict(pipeline_context(want).shown)
         assert pipe.data.params["dpo.beta"] == str(want["dpo"]["beta"])
         assert pipe.data.params["preset"] == "default" and len(pipe.data.params["params_hash"]) == 16
         assert pipe.data.params["judges"] == ",".join(want["judges"])        # a registry by its names
@@ -167,7 +168,7 @@ def _tree(root: Path) -> dict[str, str]:
 def _record(params, stage: str, tmp: Path, text: str) -> None:
     art = tmp / f"{stage}.txt"
     art.write_text(text)
-    with stage_run(params, stage, {"x": 1}) as run:
+    with stage_run(pipeline_context(params), stage, {"x": 1}) as run:
         run.log_metrics({"a": 1.0})
         run.log_artifact(art.relative_to(tmp))
 
@@ -290,7 +291,7 @@ def test_judges_are_registered_once_and_retrained_policies_again(tracked):
 
     root = tracked["root"]
     client = client_of(root)
-    judges = trained_judges(load_params(root / "params.yaml"))
+    judges = call(trained_judges, load_params(root / "params.yaml"))
     for judge in judges:
         (v,) = versions(client, f"libra-judge-{judge}")       # the experiment did not retrain them
         model = client.get_logged_model(v.source.removeprefix("models:/"))
@@ -359,7 +360,7 @@ def test_the_mlflow_models_page_lists_the_registered_judges(mlflow_ui, tracked, 
     from librarm.run.config import load_params
     from librarm.stages.model_cards import trained_judges
 
-    judges = trained_judges(load_params(tracked["root"] / "params.yaml"))
+    judges = call(trained_judges, load_params(tracked["root"] / "params.yaml"))
     page.goto(f"{mlflow_ui}/#/models")
     for judge in judges:
         page.get_by_role("link", name=f"libra-judge-{judge}", exact=True).wait_for(timeout=60_000)

@@ -14,6 +14,7 @@ import pytest
 
 from librarm.run import paths as P
 from librarm.run.io import file_sha256, write_json
+from librarm.run.settings import call
 from librarm.stages.model_cards import (
     MODEL_CARDS,
     collect_models,
@@ -101,7 +102,7 @@ def test_a_card_per_trained_judge_and_policy_outside_the_model_folders(run_root)
 
     root, p, digests = run_root
     out = root / MODEL_CARDS
-    written = write_model_cards(p, out, root, params_hash="0123456789abcdef", git_commit="deadbeef")
+    written = call(write_model_cards, p, out, root, params_hash="0123456789abcdef", git_commit="deadbeef")
     cards = sorted(Path(w).parent.name for w in written[1:])
     # base and teacher are not trained by the pipeline: no card; every DPO policy has one
     assert cards == ["libra-judge-rl", "libra-judge-scalar", "libra-judge-sft", "libra-policy-curve-gold-50",
@@ -135,7 +136,7 @@ def test_a_card_per_trained_judge_and_policy_outside_the_model_folders(run_root)
 
 def test_the_manifest_names_each_models_folder_digest_data_and_scores(run_root):
     root, p, digests = run_root
-    models = {m["card"]: m for m in collect_models(p, root, params_hash="h", git_commit="c")}
+    models = {m["card"]: m for m in call(collect_models, p, root, params_hash="h", git_commit="c")}
     sft = models["libra-judge-sft"]
     assert sft["path"] == "results/train/judge_sft" and sft["weights_sha256"] == digests["judge_sft"]
     assert sft["registered_name"] == "libra-judge-sft" and sft["kind"] == "sft"
@@ -154,7 +155,7 @@ def test_the_manifest_names_each_models_folder_digest_data_and_scores(run_root):
 def test_several_dpo_seeds_give_a_card_each_under_one_registered_name(tmp_path, params):
     p = small_params(params, seeds=(0, 1))
     make_run(tmp_path, p)
-    models = collect_models(p, tmp_path)
+    models = call(collect_models, p, tmp_path)
     rl = [m for m in models if m.get("policy") == "rl"]
     assert [(m["card"], m["registered_name"], m["seed"]) for m in rl] == [
         ("libra-policy-rl-seed-0", "libra-policy-rl", 0), ("libra-policy-rl-seed-1", "libra-policy-rl", 1)]
@@ -163,7 +164,7 @@ def test_several_dpo_seeds_give_a_card_each_under_one_registered_name(tmp_path, 
 
 def test_find_model_by_card_judge_model_or_policy_name(run_root):
     root, p, _ = run_root
-    write_model_cards(p, root / MODEL_CARDS, root)
+    call(write_model_cards, p, root / MODEL_CARDS, root)
     cards = root / MODEL_CARDS
     assert find_model("libra-judge-rl", cards)["card"] == "libra-judge-rl"
     assert find_model("judge_rl", cards)["card"] == "libra-judge-rl"
@@ -230,7 +231,7 @@ def fake_hub(monkeypatch):
 
 def test_push_model_uploads_the_folder_and_its_card_in_one_commit(run_root, fake_hub, monkeypatch):
     root, p, _ = run_root
-    write_model_cards(p, root / MODEL_CARDS, root, params_hash="h", git_commit="c")
+    call(write_model_cards, p, root / MODEL_CARDS, root, params_hash="h", git_commit="c")
     info = push_model("libra-judge-rl", "team/judge", root=root, private=True)
     assert info.oid == "a" * 40
     assert fake_hub.repos == [{"name": "judge", "organization": "team", "visibility": "private"}]
@@ -262,7 +263,7 @@ def test_push_model_refuses_a_missing_folder(run_root, fake_hub):
     import shutil
 
     root, p, _ = run_root
-    write_model_cards(p, root / MODEL_CARDS, root)
+    call(write_model_cards, p, root / MODEL_CARDS, root)
     shutil.rmtree(root / P.TRAINED_MODEL.format(model="judge_sft"))
     with pytest.raises(FileNotFoundError, match="model folder is missing"):
         push_model("sft", "team/judge", root=root)

@@ -46,6 +46,7 @@ def test_trained_model_folder_is_0644(tmp_path, umask_022):
 
 
 def test_dpo_without_pairs_copies_the_base_policy_with_the_umask_mode(tmp_path, umask_022, params):
+    from librarm.run.settings import call
     from librarm.stages.dpo import run_dpo
 
     init = tmp_path / "init"
@@ -56,6 +57,6 @@ def test_dpo_without_pairs_copies_the_base_policy_with_the_umask_mode(tmp_path, 
     pairs.write_text("")
     val.write_text("")
     out = tmp_path / "policy"
-    log = run_dpo(params, str(pairs), str(val), str(init), str(out), name="none", seed=0)
+    log = call(run_dpo, params, str(pairs), str(val), str(init), str(out), name="none", seed=0)
     assert log["pairs"] == 0
     assert _modes(out) == {".": 0o755, "model.safetensors": 0o644}

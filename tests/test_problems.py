@@ -8,7 +8,7 @@ import pytest
 from conftest import SHARED_DATA, SYNTHETIC_SPECS, needs_shared_data
 
 from librarm.run.io import InputError
-from librarm.run.settings import ProblemSet
+from librarm.run.settings import ProblemSet, call
 from librarm.stages.problems import (
     decontaminate,
     load_jsonl_set,
@@ -42,8 +42,8 @@ def test_overlap_check_detects_planted_duplicate():
 def run_problems_into(params, folder):
     """run_problems with every output in one folder (<set>.jsonl, <set>.quarantine.jsonl, stats.json)."""
     names = [s["name"] for s in params["problems"]["sets"]]
-    return run_problems(params, {n: folder / f"{n}.jsonl" for n in names},
-                        {n: folder / f"{n}.quarantine.jsonl" for n in names}, folder / "stats.json")
+    return call(run_problems, params, {n: folder / f"{n}.jsonl" for n in names},
+                {n: folder / f"{n}.quarantine.jsonl" for n in names}, folder / "stats.json")
 
 
 def test_run_problems_writes_sets_and_stats(tmp_path, params):

@@ -13,7 +13,7 @@ from librarm.run import paths as P
 from librarm.run.config import ConfigError, load_params, validate_params
 from librarm.run.io import read_json, write_json, write_jsonl
 from librarm.run.labelers import NONE_POLICY, labeler_kind, policy_runs
-from librarm.run.settings import DpoSettings, PairsSettings
+from librarm.run.settings import DpoSettings, PairsSettings, call
 from librarm.stages.replicates import build_seeds_report, judge_groups, seeds_markdown, verdict
 
 BENCH_SUBSETS = ("tiny_l5", "tiny_aime24", "tiny_aime25")
@@ -50,7 +50,7 @@ def _gain(name: str, k: int, d: int, spread: float) -> float:
 
 def _write_run(tmp_path, params, spread: float = 0.0):
     rng = np.random.default_rng(0)
-    groups = judge_groups(params)
+    groups = call(judge_groups, params)
     preds = {}
     for g, members in groups.items():
         for k, m in enumerate(members):
@@ -92,7 +92,7 @@ def _write_run(tmp_path, params, spread: float = 0.0):
 
 def _report(tmp_path, params, spread=0.0):
     preds, samples, down = _write_run(tmp_path, params, spread)
-    doc = build_seeds_report(params, preds, samples, down, tmp_path / "seeds.json", tmp_path / "seeds.md")
+    doc = call(build_seeds_report, params, preds, samples, down, tmp_path / "seeds.json", tmp_path / "seeds.md")
     assert read_json(tmp_path / "seeds.json") == doc
     # the Markdown is a function of the JSON file (whose keys are sorted): rows keep their order
     assert seeds_markdown(read_json(tmp_path / "seeds.json")) == (tmp_path / "seeds.md").read_text()
@@ -102,7 +102,7 @@ def _report(tmp_path, params, spread=0.0):
 def test_the_seeds_preset_validates_and_pairs_its_replicates():
     params = _params()
     validate_params(params)
-    groups = judge_groups(params)
+    groups = call(judge_groups, params)
     assert groups["rl"] == ["rl", "rl_s1", "rl_s2"] and groups["teacher"] == ["teacher"]
     assert all(len(groups[g]) == 3 for g in ("sft", "nothink", "rl", "rl_from_base", "rl_no_length_penalty", "sft_more"))
     assert DpoSettings.from_params(params).seeds == (0, 1, 2)
@@ -160,7 +160,7 @@ def test_bad_replicates_are_one_line_each(edit, message):
 
 def test_labeler_groups_follow_the_judges():
     params = _params()
-    groups = judge_groups(params)
+    groups = call(judge_groups, params)
     assert labeler_kind("rl", groups) == "judge" and labeler_kind("gold_p70", groups) == "noisy_gold"
 
 

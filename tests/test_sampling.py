@@ -42,6 +42,7 @@ from librarm.engines.vllm import VLLMSampler
 from librarm.judging.think import boxed_spans, split_think
 from librarm.run.config import load_params
 from librarm.run.io import read_jsonl, write_jsonl
+from librarm.run.settings import call
 from librarm.stages.sample import run_sample, sample_seed
 
 FAKES = Path(__file__).resolve().parent / "fakes"
@@ -92,12 +93,12 @@ def test_sample_seed_independent_of_batching(rand_model):
 def test_raising_n_generates_only_new_samples(rand_model, problems_file, tmp_path, params):
     p = params_with_path_model(params, rand_model, n=2, max_new_tokens=10, batch_size=4)
     store = tmp_path / "store"
-    m1 = run_sample(p, "rand", "s", problems_file, tmp_path / "out2.jsonl", tmp_path / "out2.meta.json", store,
-                    progress=False)
+    m1 = call(run_sample, p, "rand", "s", problems_file, tmp_path / "out2.jsonl", tmp_path / "out2.meta.json", store,
+                          progress=False)
     assert m1["generated_now"] == 24
     p["sampling"]["n"] = 3
-    m2 = run_sample(p, "rand", "s", problems_file, tmp_path / "out3.jsonl", tmp_path / "out3.meta.json", store,
-                    progress=False)
+    m2 = call(run_sample, p, "rand", "s", problems_file, tmp_path / "out3.jsonl", tmp_path / "out3.meta.json", store,
+                          progress=False)
     assert m2["generated_now"] == 12 and m2["n_records"] == 36
     old = read_jsonl(tmp_path / "out2.jsonl").records
     new = read_jsonl(tmp_path / "out3.jsonl").records
@@ -137,8 +138,8 @@ def test_resume_after_kill_matches_clean_run(rand_model, problems_file, tmp_path
     subprocess.run(cmd, cwd=tmp_path, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     meta = json.loads(meta_path.read_text())
     assert meta["generated_now"] <= 0.7 * 48
-    clean = run_sample(p, "rand", "s", problems_file, tmp_path / "clean.jsonl", tmp_path / "clean.meta.json",
-                       tmp_path / "clean_store", progress=False)
+    clean = call(run_sample, p, "rand", "s", problems_file, tmp_path / "clean.jsonl", tmp_path / "clean.meta.json",
+                             tmp_path / "clean_store", progress=False)
     assert clean["generated_now"] == 48
     assert out.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
 
@@ -434,8 +435,8 @@ def test_vllm_via_make_sampler_and_sample_stage(fake_vllm, tmp_path):
     params = load_params(REPO / "params.yaml", overlays=[hub_overlay(
         {"backend": "vllm", "tensor_parallel_size": 4, "max_new_tokens": 20}, {"n": 2, "batch_size": 2})])
     probs = write_problems(tmp_path / "probs.jsonl", 3)
-    meta = run_sample(params, "stub_gen", "stubset", probs, tmp_path / "out.jsonl", tmp_path / "out.meta.json",
-                      store_root=tmp_path / "store", progress=False)
+    meta = call(run_sample, params, "stub_gen", "stubset", probs, tmp_path / "out.jsonl", tmp_path / "out.meta.json",
+                            store_root=tmp_path / "store", progress=False)
     (engine,) = fake_vllm.instances
     assert engine.init_kwargs["tensor_parallel_size"] == 4
     assert engine.init_kwargs["seed"] == params["seed"]
@@ -736,13 +737,14 @@ def test_http_api_key_env(stub, monkeypatch):
         http_sampler(stub.base_url, [], api_key_env="LIBRARM_TEST_UNSET_KEY")
     from librarm.engines import make_sampler
     from librarm.engines.base import SamplingConfig
-    from librarm.run.settings import JudgeSpec
+    from librarm.run.settings import JudgeSpec, ModelSpec
 
     params = {"judges": {"api": {"backend": "http", "kind": "generative", "model": "m", "base_url": stub.base_url,
                                  "api_key_env": "LIBRARM_TEST_UNSET_KEY"}},
               "models": {"m": {"source": "hub", "id": "org/m", "revision": "main"}}, "seed": 0}
     with pytest.raises(ValueError, match=r"^judges\.api\.api_key_env: the environment variable LIBRARM_TEST_UNSET_KEY is not set$"):
-        make_sampler(JudgeSpec.of(params, "api"), params, SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=256, batch_size=64))
+        make_sampler(JudgeSpec.registry(params["judges"])["api"], ModelSpec.registry(params["models"]),
+                     SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=256, batch_size=64), params["seed"])
     monkeypatch.setenv(KEY_ENV, "sk-other")
     http_sampler(stub.base_url, []).generate([SampleRequest(msgs("x"), seed=1)])
     http_sampler(stub.base_url, [], api_key_env=None).generate([SampleRequest(msgs("y"), seed=1)])
@@ -756,8 +758,8 @@ def test_http_sample_stage_end_to_end(stub, tmp_path):
         {"n": 2, "batch_size": 2, "max_new_tokens": 64, "system_prompt": "Be brief."})])
     probs = write_problems(tmp_path / "probs.jsonl", 3)
     out = tmp_path / "samples.jsonl"
-    meta = run_sample(params, "stub_gen", "stubset", probs, out, tmp_path / "samples.meta.json",
-                      store_root=tmp_path / "store", progress=False)
+    meta = call(run_sample, params, "stub_gen", "stubset", probs, out, tmp_path / "samples.meta.json",
+                            store_root=tmp_path / "store", progress=False)
 
     recs = read_jsonl(out).records
     assert meta["n_records"] == len(recs) == 6 and meta["generated_now"] == 6 and meta["has_think"] == 6
@@ -780,8 +782,8 @@ def test_http_sample_stage_end_to_end(stub, tmp_path):
 
     # a rerun reuses every stored chunk: no new requests, same file
     before = out.read_bytes()
-    meta2 = run_sample(params, "stub_gen", "stubset", probs, out, tmp_path / "samples.meta.json",
-                       store_root=tmp_path / "store", progress=False)
+    meta2 = call(run_sample, params, "stub_gen", "stubset", probs, out, tmp_path / "samples.meta.json",
+                             store_root=tmp_path / "store", progress=False)
     assert meta2["generated_now"] == 0 and meta2["reused"] == 6
     assert len(stub.log) == 6 and out.read_bytes() == before
 

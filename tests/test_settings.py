@@ -132,7 +132,7 @@ def test_registries_and_nested_sections_build_and_record_their_leaves(params):
     assert isinstance(p.judges["rl"], JudgeSpec) and p.judges["rl"].kind == "generative"
     assert p.problems.names("eval") and all(isinstance(s, ProblemSet) for s in p.problems.sets)
     with pytest.raises(SettingsError, match=r"^models\.nope: not defined"):
-        ModelSpec.of(params, "nope")
+        ModelSpec.registry(params["models"])["nope"]
     log: set[str] = set()
     view = RecordingDict(params, "", log)
     from librarm.run.settings import BenchSettings
@@ -141,7 +141,7 @@ def test_registries_and_nested_sections_build_and_record_their_leaves(params):
     bench.balance.unit
     assert log == {"bench.balance.unit"}
     log.clear()
-    ModelSpec.of(view, "gen_weak").source
+    ModelSpec.registry(view["models"])["gen_weak"].source
     assert log == {"models.gen_weak.source"}
 
 

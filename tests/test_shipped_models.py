@@ -8,7 +8,7 @@ from conftest import REPO
 
 from librarm.run.config import load_params
 from librarm.run.io import read_json, tree_sha256
-from librarm.run.settings import BootstrapSettings
+from librarm.run.settings import BootstrapSettings, call
 from librarm.stages.bootstrap_tiny import bootstrap_hash
 
 WORLDS = [(), ("vllm-cpu",)]
@@ -25,11 +25,11 @@ def _manifest(params):
 @pytest.mark.parametrize("presets", WORLDS, ids=["default", "vllm-cpu"])
 def test_shipped_weights_match_params(presets):
     params = load_params(REPO / "params.yaml", presets)
-    assert _manifest(params)["params_hash"] == bootstrap_hash(params), (
+    assert _manifest(params)["params_hash"] == call(bootstrap_hash, params), (
         f"params that make the tiny models changed: run `librarm train-tiny --ship{''.join(' --preset ' + p for p in presets)}` "
         f"and commit {BootstrapSettings.from_params(params).shipped_dir}")
     # set sizes (the ci preset) do not change the models
-    assert bootstrap_hash(load_params(REPO / "params.yaml", ["ci", *presets])) == _manifest(params)["params_hash"]
+    assert call(bootstrap_hash, load_params(REPO / "params.yaml", ["ci", *presets])) == _manifest(params)["params_hash"]
 
 
 def test_changed_bootstrap_param_is_detected():
@@ -41,7 +41,7 @@ def test_changed_bootstrap_param_is_detected():
                    lambda p: p["judge"].__setitem__("prompt_template", p["judge"]["prompt_template"] + " ")):
         changed = copy.deepcopy(params)
         mutate(changed)
-        assert bootstrap_hash(changed) != _manifest(params)["params_hash"]
+        assert call(bootstrap_hash, changed) != _manifest(params)["params_hash"]
 
 
 @pytest.mark.parametrize("presets", WORLDS, ids=["default", "vllm-cpu"])

@@ -39,7 +39,7 @@ def fixture_report(tmp_path, params):
     from test_report import _fixture_run
 
     from librarm.run.labelers import all_policies
-    from librarm.run.settings import PairsSettings
+    from librarm.run.settings import PairsSettings, call
     from librarm.stages.report import build_report
 
     p = copy.deepcopy(params)
@@ -49,7 +49,7 @@ def fixture_report(tmp_path, params):
     out = tmp_path / P.REPORT
     sources = {"verify": P.VERIFY_STATS, "bench": P.BENCH_STATS, "eval": P.EVAL_SUMMARY, "train": P.TRAIN_STATS,
                "rs": P.RS_STATS, "pairs": P.PAIRS_STATS, "dpo": P.DPO_STATS, "downstream": P.DOWNSTREAM_SUMMARY}
-    summary = build_report(p, sources, {j: P.EVAL_METRICS.format(judge=j) for j in p["evaluate"]["judges"]},
+    summary = call(build_report, p, sources, {j: P.EVAL_METRICS.format(judge=j) for j in p["evaluate"]["judges"]},
                            {n: P.POLICY_PER_PROBLEM.format(policy=n) for n in all_policies(PairsSettings.from_params(p))},
                            metrics_path=out / "metrics.json", summary_path=out / "summary.json",
                            markdown_path=out / "summary.md", plots_dir=out, root=tmp_path)

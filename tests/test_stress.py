@@ -65,6 +65,7 @@ def test_a_judge_that_accepts_everything_is_caught_by_the_stress_set(tmp_path, p
     """Scored with the bench in the same job: an always-"correct" judge has a stress FP rate of
     1.0 while its Libra score stays at chance, and the stress items never enter the bench metrics."""
     from librarm.engines.base import SampleResult
+    from librarm.run.settings import call
     from librarm.stages.evaluate import run_evaluate
 
     class AlwaysCorrect:
@@ -76,9 +77,9 @@ def test_a_judge_that_accepts_everything_is_caught_by_the_stress_set(tmp_path, p
     rows = _bench(12)
     write_jsonl(tmp_path / "bench.jsonl", rows)
     write_jsonl(tmp_path / "stress.jsonl", build_stress_set(rows, CFG, seed=0))
-    m = run_evaluate(params, "base", tmp_path / "bench.jsonl", tmp_path / "preds.jsonl", tmp_path / "metrics.json",
-                     sampler=AlwaysCorrect(), stress_path=tmp_path / "stress.jsonl",
-                     stress_predictions_path=tmp_path / "stress_preds.jsonl")
+    m = call(run_evaluate, params, "base", tmp_path / "bench.jsonl", tmp_path / "preds.jsonl",
+             tmp_path / "metrics.json", sampler=AlwaysCorrect(), stress_path=tmp_path / "stress.jsonl",
+             stress_predictions_path=tmp_path / "stress_preds.jsonl")
     assert m["libra_score"] == 0.5 and m["n_items"] == 12
     assert m["stress"]["content_free"]["false_positive_rate"] == 1.0
     assert m["stress"]["false_claim"] == {"n": 2, "false_positive_rate": 1.0, "without_claim": 1.0}

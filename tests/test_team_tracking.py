@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import ENV, REPO, free_port, mlflow_server_env, run, serve_on_loopback, stop_group
 
-from librarm.run.tracking import flush_spool, pipeline_identity, spool_record
+from librarm.run.tracking import flush_spool, pipeline_context, spool_record
 
 # The cut: three jobs of the ci preset in a copy of the session's ci run (conftest.ci_run, untracked):
 # bootstrap-stats with its stats.json artifact, one sample job and its verify job with the wall-clock
@@ -174,7 +174,7 @@ def test_the_pipeline_run_spans_its_jobs_in_both_stores(stores):
 
 
 def _record(params, stage: str, start_ms: int, end_ms: int) -> dict:
-    return {"experiment": params["tracking"]["experiment"], "pipeline": pipeline_identity(params), "stage": stage,
+    return {"experiment": params["tracking"]["experiment"], "pipeline": pipeline_context(params).identity, "stage": stage,
             "wildcards": {}, "params": {}, "metrics": {"a": 1.0}, "steps": [], "artifacts": [], "status": "FINISHED",
             "start_ms": start_ms, "end_ms": end_ms}
 

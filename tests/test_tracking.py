@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from librarm.run.tracking import SPOOL_DIR, ensure_pipeline_run, flatten, flush_spool, pipeline_identity, stage_run
+from librarm.run.tracking import SPOOL_DIR, ensure_pipeline_run, flatten, flush_spool, pipeline_context, stage_run
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_metrics_in_mlflow_equal_metrics_json(mlflow_here, params):
     from mlflow.tracking import MlflowClient
 
     path = _metrics_file(mlflow_here)
-    with stage_run(params, "evaluate", {"judge": params["judge"]}, {"judge": "base"}) as run:
+    with stage_run(pipeline_context(params), "evaluate", {"judge": params["judge"]}, {"judge": "base"}) as run:
         run.log_metrics(json.loads(path.read_text()))
         run.log_artifact(path)
     path.write_text("{}")                      # the artifact is the file as the job left it
@@ -59,7 +59,7 @@ def test_metrics_in_mlflow_equal_metrics_json(mlflow_here, params):
     assert logged.data.params["judge.max_new_tokens"] == str(params["judge"]["max_new_tokens"])
     assert logged.info.status == "FINISHED"
     parent = logged.data.tags["mlflow.parentRunId"]
-    assert parent == ensure_pipeline_run(params)
+    assert parent == ensure_pipeline_run(pipeline_context(params))
     assert [a.path for a in client.list_artifacts(logged.info.run_id)] == ["metrics.json"]
     local = client.download_artifacts(logged.info.run_id, "metrics.json", str(mlflow_here / "dl"))
     assert json.loads(Path(local).read_text()) == json.loads(_metrics_file(mlflow_here).read_text())
@@ -69,9 +69,9 @@ def test_metrics_in_mlflow_equal_metrics_json(mlflow_here, params):
 
 def test_a_job_never_imports_mlflow_and_an_empty_flush_is_free(mlflow_here, params):
     """The point of the spool: a job's tracking costs a JSON write, not an MLflow import."""
-    code = ("import sys, json; from librarm.run.config import load_params; from librarm.run.tracking import stage_run, flush_spool\n"
+    code = ("import sys, json; from librarm.run.config import load_params; from librarm.run.tracking import pipeline_context, stage_run, flush_spool\n"
             f"p = load_params({str(REPO / 'params.yaml')!r})\n"
-            "with stage_run(p, 'bench', {'bench': p['bench']}) as run: run.log_metrics({'a': 1})\n"
+            "with stage_run(pipeline_context(p), 'bench', {'bench': p['bench']}) as run: run.log_metrics({'a': 1})\n"
             "assert 'mlflow' not in sys.modules, 'a job imported mlflow'\n"
             "import shutil; shutil.move('mlflow/spool', 'held')\n"
             "assert flush_spool() == 0 and 'mlflow' not in sys.modules\n"
@@ -86,7 +86,7 @@ def test_curves_become_step_metrics_once(mlflow_here, params):
     from mlflow.tracking import MlflowClient
 
     hist = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "val_accuracy": 0.6}]
-    with stage_run(params, "train", {}, {"model": "m"}) as run:
+    with stage_run(pipeline_context(params), "train", {}, {"model": "m"}) as run:
         run.log_metrics({"global_step": 2, "log_history": hist, "val_curve": hist[1:]})
     flush_spool()
     (logged,) = _job_runs("train", model="m")
@@ -98,26 +98,26 @@ def test_curves_become_step_metrics_once(mlflow_here, params):
 
 def test_live_mode_imports_when_the_job_ends(mlflow_here, params):
     live = {**params, "tracking": {**params["tracking"], "mode": "live"}}
-    with stage_run(live, "bench", {}):
+    with stage_run(pipeline_context(live), "bench", {}):
         pass
     assert not list((mlflow_here / SPOOL_DIR).glob("*.json"))
     assert len(_job_runs("bench")) == 1
 
 
 def test_pipeline_run_reused_not_duplicated(mlflow_here, params, monkeypatch):
-    first = ensure_pipeline_run(params)
-    assert ensure_pipeline_run(params) == first
+    first = ensure_pipeline_run(pipeline_context(params))
+    assert ensure_pipeline_run(pipeline_context(params)) == first
     changed = json.loads(json.dumps(params))
     changed["sampling"]["n"] += 1
-    assert ensure_pipeline_run(changed) != first             # new params hash: a new pipeline run
+    assert ensure_pipeline_run(pipeline_context(changed)) != first             # new params hash: a new pipeline run
     monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
-    assert pipeline_identity(params)["dvc_exp"] == "exp-1"
-    assert ensure_pipeline_run(params) != first               # a DVC experiment gets its own
+    assert pipeline_context(params).identity["dvc_exp"] == "exp-1"
+    assert ensure_pipeline_run(pipeline_context(params)) != first               # a DVC experiment gets its own
 
 
 def test_failed_job_marked_failed(mlflow_here, params):
     with pytest.raises(RuntimeError):
-        with stage_run(params, "bench", {"bench": params["bench"]}):
+        with stage_run(pipeline_context(params), "bench", {"bench": params["bench"]}):
             raise RuntimeError("boom")
     flush_spool()
     assert [r.info.status for r in _job_runs("bench")] == ["FAILED"]
@@ -126,7 +126,7 @@ def test_failed_job_marked_failed(mlflow_here, params):
 def test_tracking_off(monkeypatch, params, tmp_path):
     monkeypatch.setenv("LIBRARM_TRACKING", "0")
     monkeypatch.chdir(tmp_path)
-    with stage_run(params, "bench", {}) as run:
+    with stage_run(pipeline_context(params), "bench", {}) as run:
         assert not run.active
         run.log_metrics({"a": 1})
     assert not (tmp_path / SPOOL_DIR).exists()
@@ -134,19 +134,19 @@ def test_tracking_off(monkeypatch, params, tmp_path):
 
 def test_rerun_of_failed_job_continues_its_run_and_a_finished_one_does_not(mlflow_here, params):
     with pytest.raises(RuntimeError):
-        with stage_run(params, "train", {}, {"model": "m"}):
+        with stage_run(pipeline_context(params), "train", {}, {"model": "m"}):
             raise RuntimeError("killed")
     flush_spool()
     (first,) = [r.info.run_id for r in _job_runs("train", model="m")]
-    with stage_run(params, "train", {}, {"model": "m"}):
+    with stage_run(pipeline_context(params), "train", {}, {"model": "m"}):
         pass
     flush_spool()
     assert [r.info.run_id for r in _job_runs("train", model="m")] == [first]      # the interrupted job's run goes on
-    with stage_run(params, "train", {}, {"model": "other"}):
+    with stage_run(pipeline_context(params), "train", {}, {"model": "other"}):
         pass
     flush_spool()
     assert first not in [r.info.run_id for r in _job_runs("train", model="other")]  # another job never takes it
-    with stage_run(params, "train", {}, {"model": "m"}):
+    with stage_run(pipeline_context(params), "train", {}, {"model": "m"}):
         pass
     flush_spool()
     assert len(_job_runs("train", model="m")) == 2                                 # a finished job's rerun: a new run
@@ -182,14 +182,14 @@ def test_killed_training_resumes_global_step_and_mlflow_curve_has_no_gap(mlflow_
     cfg = SftSettings(init="rand", steps=10, learning_rate=1e-3, batch_size=4, save_steps=5)
     kw = dict(name="judge_sft", resume_root=mlflow_here / "resume", threads=1, logging_steps=1)
     with pytest.raises(KeyboardInterrupt):
-        with stage_run(params, "train", {}, {"model": "judge_sft"}):
+        with stage_run(pipeline_context(params), "train", {}, {"model": "judge_sft"}):
             run_sft(mlflow_here / "sft.jsonl", str(model_dir), mlflow_here / "out", cfg, callbacks=[Kill()], **kw)
     flush_spool()
     (first,) = _job_runs("train", model="judge_sft")
     assert first.info.status == "FAILED"
     assert sorted(p.name for p in next((mlflow_here / "resume" / "judge_sft").iterdir()).glob("checkpoint-*")) == \
         ["checkpoint-5"]
-    with stage_run(params, "train", {}, {"model": "judge_sft"}) as run:
+    with stage_run(pipeline_context(params), "train", {}, {"model": "judge_sft"}) as run:
         log = run_sft(mlflow_here / "sft.jsonl", str(model_dir), mlflow_here / "out", cfg, callbacks=[Record()], **kw)
         run.log_metrics({"global_step": log["global_step"], "log_history": log["log_history"]})
     flush_spool()

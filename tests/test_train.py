@@ -6,6 +6,7 @@ import random
 import pytest
 
 from librarm.run.io import read_jsonl, write_jsonl
+from librarm.run.settings import call
 from librarm.stages.train import (
     build_judge_items,
     build_rl_pool,
@@ -80,13 +81,13 @@ def test_pass_rate_filter_rates_only_what_grpo_draws_and_keeps_file_order(params
     items = [{**r, "index": i} for i, r in enumerate(build_rl_pool(_verified(60), 1, [], [])[0])]
     rl = replace(RlSettings.from_params(params), steps=5, batch_size=8, num_generations=4)   # 10 prompts
     sampler = _SeededVerdicts()
-    kept, stats = filter_by_pass_rate(items, sampler, params, rl, "judge_rl")
+    kept, stats = call(filter_by_pass_rate, params, items, sampler, rl, "judge_rl")
     assert stats["needed"] == 10 and stats["kept"] >= 10 and stats["rated"] < len(items)
     assert sampler.rated == stats["rated"] * rl.passrate_k
     assert [it["index"] for it in kept] == sorted(it["index"] for it in kept)
     # the same items rated whole: each rated item's rate is unchanged by the chunking
     whole = replace(rl, steps=10_000)
-    kept_all, stats_all = filter_by_pass_rate(items, _SeededVerdicts(), params, whole, "judge_rl")
+    kept_all, stats_all = call(filter_by_pass_rate, params, items, _SeededVerdicts(), whole, "judge_rl")
     assert stats_all["rated"] == len(items)
     assert {it["item_id"] for it in kept} <= {it["item_id"] for it in kept_all}
 
@@ -162,8 +163,8 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
     p["rl"].update({"steps": 30, "batch_size": 16, "num_generations": 8, "max_completion_length": 24,
                     "learning_rate": 5e-4, "passrate_k": 4, "passrate_band": [0.0, 1.0], "l_exp": 24, "l_max": 32,
                     "val_every": 1000})
-    out = run_grpo(p, tmp_path / "items.jsonl", str(tmp_path / "sft"), tmp_path / "rl", name="rl",
-                   rewards={"correctness": 1.0}, resume_root=tmp_path / "resume")
+    out = call(run_grpo, p, tmp_path / "items.jsonl", str(tmp_path / "sft"), tmp_path / "rl", name="rl",
+               rewards={"correctness": 1.0}, resume_root=tmp_path / "resume")
     curve = [c["correctness"] for c in out["reward_curve"] if c["correctness"] is not None]
     first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
     assert last >= first + 0.2, curve
@@ -220,8 +221,8 @@ def test_rs_reads_the_teachers_verdicts_as_its_spec_says_and_keeps_its_reasoning
     items = [{"item_id": f"it{i}", "question": f"Compute {i}+1.", "response": f"\\boxed{{{i + 1}}}", "label": i % 2,
               "model": "gen", "subset": "s"} for i in range(6)]
     write_jsonl(tmp_path / "train.jsonl", items)
-    stats = run_rs(p, tmp_path / "train.jsonl", [], tmp_path / "traj.jsonl", tmp_path / "sft.jsonl", tmp_path / "stats.json",
-                   sampler=Teacher())
+    stats = call(run_rs, p, tmp_path / "train.jsonl", [], tmp_path / "traj.jsonl", tmp_path / "sft.jsonl",
+                 tmp_path / "stats.json", sampler=Teacher())
     trajs = read_jsonl(tmp_path / "traj.jsonl").records
     assert len(trajs) == 12 and all(t["accepted"] and t["status"] == "parsed" for t in trajs)
     assert trajs[0]["completion"] == "<think>checked it0</think>\n\\boxed{incorrect}"
@@ -274,9 +275,9 @@ def test_l_exp_auto_is_a_quantile_of_the_starting_judges_validation_lengths(para
     items = [{"item_id": f"v{i}", "question": "Q", "response": "A", "label": 1} for i in range(8)]   # lengths 10..80
     p = copy.deepcopy(params)
     p["rl"].update(l_exp="auto", l_exp_quantile=0.75, l_max=160)
-    got = length_threshold(Lengths(), items, p, "rl")
+    got = call(length_threshold, p, Lengths(), items, "rl")
     assert got["l_exp"] == 70 and got["val_penalised_share"] == 0.125 and got["val_length_max"] == 80
     p["rl"]["l_max"] = 50
-    assert length_threshold(Lengths(), items, p, "rl")["l_exp"] == 50
+    assert call(length_threshold, p, Lengths(), items, "rl")["l_exp"] == 50
     with pytest.raises(ValueError, match="needs validation items"):
-        length_threshold(Lengths(), [], p, "rl")
+        call(length_threshold, p, Lengths(), [], "rl")

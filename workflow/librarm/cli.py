@@ -13,7 +13,16 @@ from librarm import engines
 from librarm.engines.http import MODELS_MAX_BYTES  # GET /models: the http backend's byte cap, named in errors
 from librarm.run.config import ConfigError, load_params, validate_params
 from librarm.run.paths import BENCHMARKS
-from librarm.run.settings import BootstrapSettings, JudgeSettings, JudgeSpec, ModelSpec
+from librarm.run.settings import (
+    BootstrapSettings,
+    Judges,
+    JudgeSettings,
+    JudgeSpec,
+    LaunchSettings,
+    Models,
+    TrackingSettings,
+    call,
+)
 from librarm.run.tracking import CURVE_KEYS
 
 log = logging.getLogger("librarm")
@@ -26,12 +35,6 @@ def _load_config(path: str) -> dict:
     return cfg
 
 
-def _sections(cfg: Mapping[str, Any], phase: str) -> dict:
-    from librarm.phases import PHASES, lookup
-
-    return {k: lookup(cfg, k) for k in PHASES[phase].params}
-
-
 def _threads(n: int | None) -> int | None:
     if n:
         import os
@@ -40,8 +43,8 @@ def _threads(n: int | None) -> int | None:
     return n
 
 
-# Every `librarm stage` step: the module and function that run it, each `f(params, io) ->
-# (metrics, artifacts)`. Paths, defaults and stage arguments live with the stages; the step's phase
+# Every `librarm stage` step: the module and function that run it, each `f(io, *, <sections>) ->
+# (metrics, artifacts)`, given the params sections it names by `settings.call`. Paths, defaults and stage arguments live with the stages; the step's phase
 # comes from the registry (phases.STEP_PHASE).
 STEPS: dict[str, tuple[str, str]] = {
     "problems": ("stages.problems", "step_problems"),
@@ -92,12 +95,12 @@ def _named(groups: Sequence[Sequence[str]] | None, flag: str) -> dict[str, tuple
 def cmd_stage(a: argparse.Namespace) -> int:
     import importlib
 
-    from librarm.phases import STEP_PHASE
+    from librarm.phases import STEP_PHASE, declared_params
     from librarm.run import launch, reads, tracking
     from librarm.run.io import StageIO
 
     cfg = _load_config(a.config)
-    settings = launch.settings_for_step(cfg, a.step)
+    settings = launch.settings_for_step(LaunchSettings.from_params(cfg), a.step)
     if settings and not launch.inside_launch():
         # a training step in N processes: this process only starts them and returns their status
         return launch.run_launched(settings, a.cli_args, a.threads)
@@ -108,12 +111,13 @@ def cmd_stage(a: argparse.Namespace) -> int:
     step_fn = getattr(importlib.import_module(f"librarm.{module}"), function)
     if not launch.is_main():
         # the other processes of a launched step train alongside rank 0; rank 0 writes and logs
-        step_fn(cfg, io)
+        call(step_fn, cfg, io)
         return 0
-    with tracking.stage_run(cfg, a.step, _sections(cfg, STEP_PHASE[a.step]), wildcards) as run:
+    pipeline = tracking.pipeline_context(cfg) if tracking.enabled(TrackingSettings.from_params(cfg)) else None
+    with tracking.stage_run(pipeline, a.step, declared_params(cfg, STEP_PHASE[a.step]), wildcards) as run:
         # the step sees a recording view of the config when LIBRARM_RECORD_READS is set
         view, log = reads.recording(cfg)
-        metrics, artifacts = step_fn(view, io)
+        metrics, artifacts = call(step_fn, view, io)
         reads.save(a.step, log)
         run.log_metrics(metrics)
         for art in artifacts:
@@ -257,16 +261,16 @@ def served_models(base_url: str, api_key: str | None = None) -> list[str]:
     return ids
 
 
-def check_judge_reachable(params: Mapping[str, Any], judge: str) -> None:
+def check_judge_reachable(judge: str, judges: Judges, models: Models) -> None:
     """Fail before scoring, with one line naming the setting: an unset API-key variable, a server
     that does not answer or does not serve the model, a pipeline model not built yet."""
     from librarm.run.models import model_ref
 
-    spec = JudgeSpec.of(params, judge)
+    spec = judges[judge]
     if not engines.get(spec.backend).needs_model:
         return
-    m = ModelSpec.of(params, spec.model)
-    ref = model_ref(params, spec.model)
+    m = models[spec.model]
+    ref = model_ref(models, spec.model)
     if spec.backend == "http":
         import os
 
@@ -300,7 +304,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 
         a.params = "params.yaml" if Path("params.yaml").exists() else str(REPO_ROOT / "params.yaml")
     cfg = load_params(a.params, presets, [score_overlay(a)])
-    judges = JudgeSpec.registry(cfg)
+    judges = JudgeSpec.registry(cfg.get("judges"))
     if name not in judges:
         raise ConfigError(f"judge {name!r} is not in params 'judges' ({', '.join(judges)}); "
                           "pass --model PATH (or --backend http --base-url URL --model NAME) to score any judge")
@@ -312,9 +316,16 @@ def cmd_score(a: argparse.Namespace) -> int:
     if not engines.get(spec.backend).needs_model and spec.backend == "rule" and not has_reference(info["format"]):
         raise ConfigError(f"--backend rule: {info['format']} has no reference answers to verify against; "
                           "score it with a model judge")
-    check_judge_reachable(cfg, name)
+    call(check_judge_reachable, cfg, name)
     if spec.kind == "scalar":
-        return _score_scalar(cfg, name, bench, info, a)
+        # a scalar reward model: one score per item, thresholded as the evaluate stage does
+        from librarm.stages.evaluate import score_file
+
+        if info["format"] != "libra" or a.samples != 1:
+            raise ConfigError(f"judges.{name}: a scalar judge scores Libra-schema files with --samples 1")
+        print(json.dumps(_headline(call(score_file, cfg, name, bench, a.out, a.threads)), indent=1, sort_keys=True,
+                         default=str))
+        return 0
     j = JudgeSettings.from_params(cfg)
     print(f"budgets ({'+'.join(presets) or 'params.yaml'}): judge.max_prompt_tokens={j.max_prompt_tokens} "
           f"judge.overflow={j.overflow} judge.max_new_tokens={j.max_new_tokens} "
@@ -325,7 +336,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     run = ScoreRun(Path(a.out), samples=a.samples, limit=a.limit, chunk=chunk, overwrite=a.overwrite,
                    threads=a.threads, progress=sys.stderr.isatty() or a.progress)
     try:
-        summary = score_benchmark(cfg, name, items, bench_identity(bench, info, digest), run)
+        summary = call(score_benchmark, cfg, name, items, bench_identity(bench, info, digest), run)
     except ScoreError as exc:
         raise ConfigError(str(exc)) from None
     m, usage = summary["metrics"], summary["usage"]
@@ -351,17 +362,6 @@ def cmd_score(a: argparse.Namespace) -> int:
         from librarm.run.tracking import SCORE_EXPERIMENT, log_scoring_run
 
         print(f"mlflow: run {log_scoring_run(summary, a.out)} in experiment {SCORE_EXPERIMENT}")
-    return 0
-
-
-def _score_scalar(cfg: Mapping[str, Any], name: str, bench: Path, info: Mapping[str, Any], a: argparse.Namespace) -> int:
-    """A scalar reward model: one score per item, thresholded as the evaluate stage does (Libra schema)."""
-    from librarm.stages.evaluate import score_file
-
-    if info["format"] != "libra" or a.samples != 1:
-        raise ConfigError(f"judges.{name}: a scalar judge scores Libra-schema files with --samples 1")
-    metrics = score_file(cfg, name, bench, a.out, a.threads)
-    print(json.dumps(_headline(metrics), indent=1, sort_keys=True, default=str))
     return 0
 
 
@@ -453,7 +453,7 @@ def cmd_train_tiny(a: argparse.Namespace) -> int:
     from librarm.stages.bootstrap_tiny import retrain_tiny
 
     cfg = load_params(a.params, a.preset or ())
-    stats = retrain_tiny(cfg, a.workdir, a.threads, ship=a.ship)
+    stats = call(retrain_tiny, cfg, a.workdir, a.threads, ship=a.ship)
     print(json.dumps({k: v for k, v in stats["models"].items()}, indent=1))
     if a.ship:
         print(f"shipped to {BootstrapSettings.from_params(cfg).shipped_dir}")

@@ -15,7 +15,7 @@ import yaml
 
 from librarm.run import paths as P
 from librarm.run.paths import REPO_ROOT
-from librarm.run.settings import Params
+from librarm.run.settings import EvaluateSettings, Generators, Judges, PairsSettings, RsSettings, call
 
 PKG = "workflow/librarm"
 # Code every phase depends on beyond its import closure: the registry itself (rule params, code
@@ -187,11 +187,16 @@ def active_phases(config: Mapping[str, Any]) -> list[Phase]:
     return [p for p in PHASES.values() if p.optional is None or config.get(p.optional)]
 
 
-def lookup(params: Mapping[str, Any], dotted: str) -> Any:
-    cur: Any = params
-    for part in dotted.split("."):
-        cur = cur.get(part) if isinstance(cur, Mapping) else None
-    return cur
+def declared_params(config: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    """The values of the params keys a phase reads (dotted key -> value; None when absent): its
+    rules' params, its dvc.yaml params and its jobs' MLflow params."""
+    out = {}
+    for dotted in PHASES[phase].params:
+        cur: Any = config
+        for part in dotted.split("."):
+            cur = cur.get(part) if isinstance(cur, Mapping) else None
+        out[dotted] = cur
+    return out
 
 
 def param_name(dotted: str) -> str:
@@ -208,24 +213,34 @@ def phase_backends(config: Mapping[str, Any] | None, phase: str) -> set[str]:
         return set()
     if config is None:
         return set(engines.BUILTIN)
-    return {b for b in ENGINE_SPECS[phase](Params.from_dict(config)) if b}
+    return {b for b in call(ENGINE_SPECS[phase], config) if b}
 
 
-def _pairs_backends(p: Params) -> set[str]:
-    if p.pairs is None:
+def _sample_backends(*, generators: Generators) -> set[str]:
+    return {g.backend for g in generators.values()}
+
+
+def _rs_backends(*, rs: RsSettings | None, judges: Judges) -> set[str]:
+    return {judges[rs.teacher].backend} if rs and rs.teacher in judges else set()
+
+
+def _evaluate_backends(*, evaluate: EvaluateSettings, judges: Judges) -> set[str]:
+    return {judges[j].backend for j in evaluate.judges if j in judges}
+
+
+def _pairs_backends(*, pairs: PairsSettings | None, judges: Judges) -> set[str]:
+    if pairs is None:
         return set()
-    judges = {p.judges[name].backend for name in p.pairs.labelers if name in p.judges}
-    return {p.pairs.backend} | judges
+    return {pairs.backend} | {judges[name].backend for name in pairs.labelers if name in judges}
 
 
-# phase -> the backends its jobs use (generators, judges, the policy's engine)
-ENGINE_SPECS = {
-    "sample": lambda p: {g.backend for g in p.generators.values()},
-    "rs": lambda p: {p.judges[p.rs.teacher].backend} if p.rs and p.rs.teacher in p.judges else set(),
-    "evaluate": lambda p: {p.judges[j].backend for j in p.evaluate.judges if j in p.judges},
-    "pairs": _pairs_backends,
-    "evaluate_policy": lambda p: {p.pairs.backend} if p.pairs else set(),
-}
+def _policy_backends(*, pairs: PairsSettings | None) -> set[str]:
+    return {pairs.backend} if pairs else set()
+
+
+# phase -> the backends its jobs use (generators, judges, the policy's engine), from the sections named
+ENGINE_SPECS = {"sample": _sample_backends, "rs": _rs_backends, "evaluate": _evaluate_backends,
+                "pairs": _pairs_backends, "evaluate_policy": _policy_backends}
 
 
 def backend_files(backends: set[str]) -> list[str]:
@@ -235,16 +250,19 @@ def backend_files(backends: set[str]) -> list[str]:
     return sorted(f"{PKG}/{engines.module_of(b)}.py" for b in backends if engines.module_of(b))
 
 
-def code_files(phase: str, config: Mapping[str, Any] | None = None) -> list[str]:
-    """A phase's code: its import closure, the registry, and the modules of the backends it uses."""
-    return sorted(set(PHASES[phase].code_files) | set(backend_files(phase_backends(config, phase))))
+def code_files(phase: str, backends: set[str] | None = None) -> list[str]:
+    """A phase's code: its import closure, the registry, and the modules of the backends it uses
+    (phase_backends; None: every built-in one)."""
+    if backends is None:
+        backends = phase_backends(None, phase)
+    return sorted(set(PHASES[phase].code_files) | set(backend_files(backends)))
 
 
-def code_hash(phase: str, root: Path = REPO_ROOT, config: Mapping[str, Any] | None = None) -> str:
+def code_hash(phase: str, root: Path = REPO_ROOT, backends: set[str] | None = None) -> str:
     """Hash of the phase's module sources: a Snakemake param, so editing a module reruns the phase
     (DVC sees the same files as deps; with every backend's, being static)."""
     h = hashlib.sha256()
-    for f in code_files(phase, config):
+    for f in code_files(phase, backends):
         h.update(f.encode())
         h.update((root / f).read_bytes())
     return h.hexdigest()[:16]
@@ -252,8 +270,8 @@ def code_hash(phase: str, root: Path = REPO_ROOT, config: Mapping[str, Any] | No
 
 def rule_params(config: Mapping[str, Any], phase: str, **override) -> dict[str, Any]:
     """The `params:` of a phase's rules: each params key it reads, plus the code hash."""
-    out = {param_name(k): _constant(lookup(config, k)) for k in PHASES[phase].params}
-    out["code"] = code_hash(phase, config=config)
+    out = {param_name(k): _constant(v) for k, v in declared_params(config, phase).items()}
+    out["code"] = code_hash(phase, backends=phase_backends(config, phase))
     out.update(override)
     return out
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from librarm.run.io import file_sha256, read_jsonl, write_json, write_jsonl
-from librarm.run.settings import JudgeSpec, seed_of
+from librarm.run.settings import EvaluateSettings, Judges, JudgeSettings, Models, Seed
 
 VERDICTS = "verdicts.jsonl"
 RUN = "run.json"
@@ -94,14 +94,13 @@ def _index_order(index: str):
     return (0, int(index), "") if index.lstrip("-").isdigit() else (1, 0, index)
 
 
-def run_identity(params: Mapping[str, Any], judge: str) -> dict[str, Any]:
+def run_identity(judge: str, *, judges: Judges, models: Models, judge_settings: JudgeSettings) -> dict[str, Any]:
     """The judge as a request sees it: backend, model (path or served name, revision) and decoding."""
     from librarm.run.models import model_ref
-    from librarm.run.settings import JudgeSettings
 
-    spec = JudgeSpec.of(params, judge)
-    j = JudgeSettings.from_params(params)
-    model = model_ref(params, spec.model) if spec.model else {"path": None, "revision": None}
+    spec = judges[judge]
+    j = judge_settings
+    model = model_ref(models, spec.model) if spec.model else {"path": None, "revision": None}
     return {"backend": spec.backend, "model": model["path"], "revision": model["revision"],
             "temperature": j.temperature, "top_p": j.top_p, "max_new_tokens": j.max_new_tokens,
             "prompt_template": j.prompt_template, "system_prompt": j.system_prompt,
@@ -144,8 +143,9 @@ def _progress(total: int, enabled: bool):
                 dynamic_ncols=True)
 
 
-def collect_verdicts(params: Mapping[str, Any], judge: str, items: Sequence[Mapping[str, Any]], run: ScoreRun,
-                     sampler, prompts: tuple[list, list[str]] | None = None
+def collect_verdicts(judge: str, items: Sequence[Mapping[str, Any]], run: ScoreRun,
+                     sampler, prompts: tuple[list, list[str]] | None = None, *, seed: Seed, judges: Judges,
+                     models: Models, judge_settings: JudgeSettings
                      ) -> tuple[dict[tuple[int, int], dict], list[str], dict[str, Any]]:
     """Every (item position, k) verdict: reused from the store when its request matches, else sent
     in chunks and appended as each chunk returns. `prompts`: judge_prompts' (messages, status) when
@@ -154,11 +154,10 @@ def collect_verdicts(params: Mapping[str, Any], judge: str, items: Sequence[Mapp
     from librarm.judging.judge import judge_prompts, judge_verdict, with_reasoning
     from librarm.run.io import stable_seed
 
-    spec = JudgeSpec.of(params, judge)
-    seed = seed_of(params)
+    spec = judges[judge]
     stream = ("judge", judge)
-    identity = run_identity(params, judge)
-    messages, status = prompts or judge_prompts(items, params, getattr(sampler, "tok", None))
+    identity = run_identity(judge, judges=judges, models=models, judge_settings=judge_settings)
+    messages, status = prompts or judge_prompts(items, judge_settings, getattr(sampler, "tok", None))
     store = VerdictStore(run.out / VERDICTS)
     done: dict[tuple[int, int], dict] = {}
     pending: list[tuple[int, int, str, Any]] = []
@@ -228,42 +227,43 @@ def item_predictions(items: Sequence[Mapping[str, Any]], verdicts: Mapping[tuple
     return out
 
 
-def score_benchmark(params: Mapping[str, Any], judge: str, items: Sequence[Mapping[str, Any]],
-                    bench: Mapping[str, Any], run: ScoreRun, sampler=None) -> dict[str, Any]:
+def score_benchmark(judge: str, items: Sequence[Mapping[str, Any]], bench: Mapping[str, Any], run: ScoreRun,
+                    sampler=None, *, seed: Seed, judges: Judges, models: Models, judge_settings: JudgeSettings,
+                    evaluate: EvaluateSettings) -> dict[str, Any]:
     """Score `items` (read by bench_formats) with a generative judge into run.out; returns the summary."""
     from librarm import engines
     from librarm.judging.judge import judge_prompts, judge_sampler
     from librarm.judging.verdict_metrics import score_verdicts
-    from librarm.run.settings import EvaluateSettings
     from librarm.stages.evaluate import score_predictions
 
-    spec = JudgeSpec.of(params, judge)
+    spec = judges[judge]
     if spec.kind != "generative":
         raise ScoreError(f"judges.{judge}: a scalar judge scores one score per item (use --samples 1 and a "
                          "Libra-schema file: the pipeline's evaluate stage)")
-    identity = run_identity(params, judge)
+    identity = run_identity(judge, judges=judges, models=models, judge_settings=judge_settings)
     doc = {"judge": judge, "identity": identity, "samples": run.samples, "limit": run.limit,
-           "seed": seed_of(params), "benchmark": dict(bench)}
+           "seed": seed, "benchmark": dict(bench)}
     refuse_out_dir(run, doc)                 # before the model loads
-    sampler = sampler or judge_sampler(spec, params, run.threads)
+    sampler = sampler or judge_sampler(spec, models, judge_settings, seed, run.threads)
     tok = prompt_tokenizer(sampler, identity["model"] if spec.backend == "http" else None)
-    messages, status = judge_prompts(items, params, tok)
+    messages, status = judge_prompts(items, judge_settings, tok)
     # before OUT is claimed: budgets that do not fit leave no run.json that a corrected rerun would
     # have to --overwrite
-    note = check_context_budgets(params, sampler, messages, tok)
+    note = check_context_budgets(sampler, messages, tok, judge=judge_settings)
     if note:
         print(note, file=sys.stderr, flush=True)
     claim_out_dir(run, doc)
-    verdicts, status, usage = collect_verdicts(params, judge, items, run, sampler, (messages, status))
+    verdicts, status, usage = collect_verdicts(judge, items, run, sampler, (messages, status), seed=seed,
+                                               judges=judges, models=models, judge_settings=judge_settings)
     preds = item_predictions(items, verdicts, status, run.samples)
     write_jsonl(run.out / PREDICTIONS, preds)
-    resamples = EvaluateSettings.from_params(params).bootstrap_resamples
-    metrics = score_verdicts(preds, resamples=resamples, seed=seed_of(params))
+    resamples = evaluate.bootstrap_resamples
+    metrics = score_verdicts(preds, resamples=resamples, seed=seed)
     legacy: dict[str, Any] = {}
     if bench.get("format") == "libra":
         # the evaluate stage's metrics on the first verdict (the paper's single sample): the Libra
         # score, its subset and generator views, the confusion and their intervals
-        legacy = score_predictions(preds, resamples, seed_of(params))
+        legacy = score_predictions(preds, resamples, seed)
         metrics["libra_score"] = legacy["libra_score"]
         metrics["libra_score_ci"] = (legacy.get("ci95") or {}).get("libra_score")
     metrics["status_counts"] = {s: sum(p["status"] == s for p in preds) for s in sorted({p["status"] for p in preds})}
@@ -301,7 +301,7 @@ def prompt_tokenizer(sampler, served_folder: str | None = None):
         return None
 
 
-def check_context_budgets(params: Mapping[str, Any], sampler, messages: Sequence[Any], tok) -> str | None:
+def check_context_budgets(sampler, messages: Sequence[Any], tok, *, judge: JudgeSettings) -> str | None:
     """Before the first request: judge.max_prompt_tokens + judge.max_new_tokens against the model's
     context (the sampler's context_window(): a model's config, vLLM's max_model_len, a server's
     /models max_model_len). Budgets that do not fit raise ScoreError naming the keys, the numbers
@@ -310,13 +310,12 @@ def check_context_budgets(params: Mapping[str, Any], sampler, messages: Sequence
     models under its 384 + 160 budgets): then the run goes on and the returned note says so.
     Returns a note for stderr (also when the context is unknown), or None."""
     from librarm.judging.judge import prompt_tokens
-    from librarm.run.settings import JudgeSettings
 
     window_of = getattr(sampler, "context_window", None)
     if window_of is None:                   # a judge without a model (rule, pseudo)
         return None
     window = window_of()
-    j = JudgeSettings.from_params(params)
+    j = judge
     total = j.max_prompt_tokens + j.max_new_tokens
     if window is None:
         return (f"note: {sampler.name}: the model's context is unknown (no max_model_len in the server's /models, "

@@ -138,8 +138,8 @@ def per_problem_accuracy(graded: Sequence[Mapping[str, Any]]) -> dict[str, dict[
 
 
 # ----------------------------------------------------------------------------- paired judge comparison
-def item_correct(p: Mapping[str, Any]) -> int:
-    return int(p["pred"] is not None and p["pred"] == p["label"])
+def item_correct(pred: Mapping[str, Any]) -> int:
+    return int(pred["pred"] is not None and pred["pred"] == pred["label"])
 
 
 def paired_comparison(preds_a: Sequence[Mapping[str, Any]], preds_b: Sequence[Mapping[str, Any]],

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from librarm.engines.base import Sampler, SamplingConfig
-    from librarm.run.settings import EngineSpec
+    from librarm.run.settings import EngineSpec, Models
 
 # The backends that ship with the package: name -> module (imported on first use).
 BUILTIN = {"hf": "librarm.engines.hf", "vllm": "librarm.engines.vllm", "http": "librarm.engines.http",
@@ -88,12 +88,11 @@ def check(spec: "EngineSpec", where: str) -> list[str]:
     return backend.check(spec, where) if backend.check else []
 
 
-def make_sampler(spec: "EngineSpec", params: Mapping[str, Any], cfg: "SamplingConfig",
+def make_sampler(spec: "EngineSpec", models: "Models", cfg: "SamplingConfig", seed: int,
                  threads: int | None = None, model_path: str | None = None) -> "Sampler":
     """The sampler of a generator or judge spec: its model (`models.<spec.model>`, or the folder
-    model_path, e.g. a DPO run's policy) behind its backend."""
+    model_path, e.g. a DPO run's policy) behind its backend; `seed` is the run's."""
     from librarm.run.models import model_ref
-    from librarm.run.settings import seed_of
 
     backend = get(spec.backend)
     if not backend.needs_model:
@@ -101,14 +100,14 @@ def make_sampler(spec: "EngineSpec", params: Mapping[str, Any], cfg: "SamplingCo
     elif model_path:
         ref = ModelRef(model_path)
     else:
-        m = model_ref(params, spec.model)
+        m = model_ref(models, spec.model)
         ref = ModelRef(m["path"], m["revision"])
-    return backend.make(spec, ref, cfg, threads, seed_of(params))
+    return backend.make(spec, ref, cfg, threads, seed)
 
 
-def model_dirs(params: Mapping[str, Any], spec: "EngineSpec") -> list[str]:
+def model_dirs(models: "Models", spec: "EngineSpec") -> list[str]:
     """The model folder a generator or judge reads, when its backend reads a model the pipeline
     makes (a rule's input)."""
     from librarm.run.models import local_model_dirs
 
-    return local_model_dirs(params, [spec.model]) if get(spec.backend).needs_model else []
+    return local_model_dirs(models, [spec.model]) if get(spec.backend).needs_model else []

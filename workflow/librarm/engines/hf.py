@@ -43,11 +43,11 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_se
                 "n_ctx")
 
 
-def config_context_window(config) -> ContextWindow | None:
+def config_context_window(model_config) -> ContextWindow | None:
     """A model's context length from its transformers config (a multimodal config's text part),
     named by the field it comes from; None when the config has none of CONTEXT_KEYS."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for cfg in (text, config):
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for cfg in (text, model_config):
         for key in CONTEXT_KEYS:
             value = getattr(cfg, key, None)
             if is_positive_int(value):

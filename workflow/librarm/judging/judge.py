@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from librarm.judging.think import CLOSE, OPEN, mask_quoted
 from librarm.run.io import stable_seed
-from librarm.run.settings import JudgeSpec, seed_of
+from librarm.run.settings import JudgeSettings, JudgeSpec, Models
 
 # A verdict is \boxed{correct|incorrect} (or yes/no, true/false) or "Verdict: correct"; a negation
 # inside it ("\boxed{not correct}", "Verdict: not correct") is read by _read_verdict.
@@ -219,14 +219,12 @@ class JudgeRequests:
     owners: list[tuple[int, int]]        # (item position, repeat) of each request
 
 
-def judge_prompts(items: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
+def judge_prompts(items: Sequence[Mapping[str, Any]], judge: JudgeSettings,
                   tok=None) -> tuple[list[list[dict] | None], list[str]]:
     """The judging messages of items with `question` and `response` (judge.prompt_template,
     judge.system_prompt), held to judge.max_prompt_tokens (judge.overflow) when a tokenizer is
     given (a remote judge without one is sent as is): (messages or None, ok|truncated|skipped)."""
-    from librarm.run.settings import JudgeSettings
-
-    j = JudgeSettings.from_params(params)
+    j = judge
     messages: list[list[dict] | None] = []
     status: list[str] = []
     for it in items:
@@ -240,15 +238,14 @@ def judge_prompts(items: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
     return messages, status
 
 
-def build_judge_requests(items: Sequence[Mapping[str, Any]], params: Mapping[str, Any], stream: Sequence[Any] = (),
+def build_judge_requests(items: Sequence[Mapping[str, Any]], judge: JudgeSettings, seed: int, stream: Sequence[Any] = (),
                          *, key: str = "index", repeats: int | None = None, tok=None) -> JudgeRequests:
     """The requests of judge_prompts: each request's seed is stable_seed(seed, *stream, item[key])
     or, with repeats, stable_seed(seed, *stream, item[key], r) for r < repeats. The item rides
     along in each request for data-built (pseudo) judges."""
     from librarm.engines.base import SampleRequest
 
-    messages, status = judge_prompts(items, params, tok)
-    seed = seed_of(params)
+    messages, status = judge_prompts(items, judge, tok)
     requests, owners = [], []
     for i, (it, msgs) in enumerate(zip(items, messages)):
         if msgs is None:
@@ -271,28 +268,27 @@ def with_reasoning(result) -> str:
     return result.text if result.reasoning is None else f"<think>{result.reasoning}</think>\n{result.text}"
 
 
-def judge_sampler(spec: JudgeSpec, params: Mapping[str, Any], threads: int | None = None):
+def judge_sampler(spec: JudgeSpec, models: Models, judge: JudgeSettings, seed: int, threads: int | None = None):
     """A generative judge's sampler, decoding as `judge` says (temperature, top_p, budgets)."""
     from librarm.engines import make_sampler
 
-    return make_sampler(spec, params, judge_sampling(params), threads)
+    return make_sampler(spec, models, judge_sampling(judge), seed, threads)
 
 
-def judge_sampling(params: Mapping[str, Any]):
+def judge_sampling(judge: JudgeSettings):
     """The SamplingConfig a generative judge decodes with (the `judge` section)."""
     from librarm.engines.base import SamplingConfig
-    from librarm.run.settings import JudgeSettings
 
-    j = JudgeSettings.from_params(params)
+    j = judge
     return SamplingConfig(temperature=j.temperature, top_p=j.top_p, max_new_tokens=j.max_new_tokens,
                           batch_size=j.batch_size)
 
 
-def run_generative(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], judge_name: str,
+def run_generative(items: Sequence[Mapping[str, Any]], sampler, judge: JudgeSettings, seed: int, judge_name: str,
                    stream: Sequence[Any] | None = None, prompt_opens_think: bool = False) -> list[dict]:
     """Judge every item with `sampler` (judge_sampler); returns one prediction record per item (same
     order). Seeds come from (seed, *stream, item index); stream defaults to ("judge", judge_name)."""
-    batch = build_judge_requests(items, params, stream or ("judge", judge_name), tok=getattr(sampler, "tok", None))
+    batch = build_judge_requests(items, judge, seed, stream or ("judge", judge_name), tok=getattr(sampler, "tok", None))
     results = dict(zip((i for i, _ in batch.owners), sampler.generate(batch.requests))) if batch.requests else {}
     out = []
     for i, it in enumerate(items):

@@ -11,7 +11,30 @@ import yaml
 from librarm import engines
 from librarm.run.launch import batch_problems
 from librarm.run.paths import PRESETS_DIR, SCHEMA_PATH
-from librarm.run.settings import EngineSpec, Params, SettingsError, stress_template_problems
+from librarm.run.settings import (
+    BootstrapSettings,
+    CompareSettings,
+    DpoSettings,
+    EngineSpec,
+    EvaluatePolicySettings,
+    EvaluateSettings,
+    Generators,
+    JudgeDataSettings,
+    Judges,
+    Models,
+    PairsSettings,
+    Params,
+    ProblemsSettings,
+    ReportSettings,
+    RlSettings,
+    RsSettings,
+    ScalarRmSettings,
+    SettingsError,
+    SftSettings,
+    StressSettings,
+    call,
+    stress_template_problems,
+)
 
 
 class ConfigError(ValueError):
@@ -119,16 +142,17 @@ def validate_params(params: Mapping[str, Any], source: str = "params") -> None:
         typed = Params.from_dict(params)           # the typed sections' own checks (settings.py)
     except SettingsError as exc:
         raise ConfigError(f"{source} is invalid:\n  {exc}") from None
-    problems = _cross_check(typed) + batch_problems(typed)
+    problems = [line for check in CROSS_CHECKS for line in call(check, typed)]
     if problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
 
 
-def check_replicates(p: Params) -> list[str]:
+def check_replicates(*, report: ReportSettings | None, evaluate: EvaluateSettings, pairs: PairsSettings | None,
+                     compare: CompareSettings | None) -> list[str]:
     """Config problems of report.replicates, one line each (config.validate_params reports them)."""
-    rep = p.report.replicates if p.report else {}
-    judges = set(p.evaluate.judges)
-    labelers = set(p.pairs.labelers) if p.pairs else set()
+    rep = report.replicates if report else {}
+    judges = set(evaluate.judges)
+    labelers = set(pairs.labelers) if pairs else set()
     problems, seen = [], {}
     for g, members in rep.items():
         for m in members:
@@ -143,37 +167,42 @@ def check_replicates(p: Params) -> list[str]:
         if g not in members and g in judges:
             problems.append(f"report.replicates.{g}: the group is named after judge {g!r}, which is not a member")
     sizes = {**{j: 1 for j in judges}, **{g: len(m) for g, m in rep.items()}}
-    for a, b in (p.compare.pairs if p.compare else ()):
+    for a, b in (compare.pairs if compare else ()):
         na, nb = sizes.get(a, 1), sizes.get(b, 1)
         if na != nb and 1 not in (na, nb):
             problems.append(f"compare.pairs [{a}, {b}]: {na} and {nb} seeds cannot be paired (equal counts or one)")
     return problems
 
 
-def _cross_check(p: Params) -> list[str]:
-    """What refers to something that does not exist, or misses a key its kind needs."""
-    problems: list[str] = []
-    models = p.models
-    names = p.problems.names()
+def _check_problem_sets(*, problems: ProblemsSettings, stress: StressSettings | None) -> list[str]:
+    """Problem sets that cannot be loaded or named, and stress templates that cannot work."""
+    out: list[str] = []
+    names = problems.names()
     for dup in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"problems.sets: duplicate set name {dup!r}")
-    if not p.problems.names("eval"):
-        problems.append("problems.sets: at least one set needs role 'eval'")
-    if p.stress:
-        problems += stress_template_problems(p.stress)
-    problems += check_replicates(p)
-    for i, s in enumerate(p.problems.sets):
+        out.append(f"problems.sets: duplicate set name {dup!r}")
+    if not problems.names("eval"):
+        out.append("problems.sets: at least one set needs role 'eval'")
+    if stress:
+        out += stress_template_problems(stress)
+    for i, s in enumerate(problems.sets):
         key = f"problems.sets.{i}"
         if s.source == "synthetic":
             for need in ("n", "steps"):
                 if getattr(s, need) is None:
-                    problems.append(f"{key}.{need}: required for source 'synthetic'")
+                    out.append(f"{key}.{need}: required for source 'synthetic'")
         elif s.source == "jsonl" and s.path is None:
-            problems.append(f"{key}.path: required for source 'jsonl'")
+            out.append(f"{key}.path: required for source 'jsonl'")
         elif s.source == "hf":
             for need in ("hf_id", "revision"):
                 if getattr(s, need) is None:
-                    problems.append(f"{key}.{need}: required for source 'hf' (pin a revision)")
+                    out.append(f"{key}.{need}: required for source 'hf' (pin a revision)")
+    return out
+
+
+def _check_models_and_engines(*, models: Models, generators: Generators, judges: Judges, evaluate: EvaluateSettings,
+                              bootstrap: BootstrapSettings | None) -> list[str]:
+    """What refers to a model, judge or backend that does not exist, or misses a key its kind needs."""
+    problems: list[str] = []
     for name, m in models.items():
         key = f"models.{name}"
         if m.source == "hub" and (m.id is None or m.revision is None):
@@ -186,19 +215,17 @@ def _cross_check(p: Params) -> list[str]:
             problems.append(f"{key}.step_noise: required for a tiny {m.role}")
         if m.source == "tiny" and m.role == "judge" and m.init not in models:
             problems.append(f"{key}.init: must name a model in 'models', got {m.init!r}")
-    if any(m.source == "tiny" for m in models.values()) and p.bootstrap is None:
+    if any(m.source == "tiny" for m in models.values()) and bootstrap is None:
         problems.append("bootstrap: required when a model has source 'tiny'")
-    for section, registry in (("generators", p.generators), ("judges", p.judges)):
+    for section, registry in (("generators", generators), ("judges", judges)):
         for name, g in registry.items():
             if g.backend in engines.names() and engines.get(g.backend).needs_model and g.model not in models:
                 problems.append(f"{section}.{name}.model: {g.model!r} is not a key of 'models'")
                 continue
             _check_engine(g, f"{section}.{name}", "backend", problems)
-    for j in p.evaluate.judges:
-        if j not in p.judges:
+    for j in evaluate.judges:
+        if j not in judges:
             problems.append(f"evaluate.judges: {j!r} is not a key of 'judges'")
-    _cross_check_learning(p, problems)
-    _cross_check_downstream(p, problems)
     return problems
 
 
@@ -212,95 +239,109 @@ def _check_engine(g: EngineSpec, where: str, backend_key: str, problems: list[st
     problems.extend(engines.check(g, where))
 
 
-def _cross_check_learning(p: Params, problems: list[str]) -> None:
-    models = p.models
+def _cross_check_learning(*, models: Models, generators: Generators, judges: Judges, problems: ProblemsSettings,
+                          evaluate: EvaluateSettings, judge_data: JudgeDataSettings | None, rs: RsSettings | None,
+                          sft: SftSettings | None, rl: RlSettings | None, scalar_rm: ScalarRmSettings | None,
+                          compare: CompareSettings | None) -> list[str]:
+    """What the learning-to-think sections (judge_data, rs, sft, rl, scalar_rm) refer to that does not exist."""
+    found: list[str] = []
     trained = {n: m for n, m in models.items() if m.source == "trained"}
-    if trained and p.judge_data is None:
-        problems.append("judge_data: required when a model has source 'trained'")
+    if trained and judge_data is None:
+        found.append("judge_data: required when a model has source 'trained'")
     for n, m in trained.items():
         if m.train is None:
-            problems.append(f"models.{n}.train: required for source 'trained' (sft | nothink | rl | scalar)")
-        elif m.train == "rl" and n not in (p.rl.variants if p.rl else {}):
-            problems.append(f"models.{n}: an rl model must be a key of rl.variants")
-        elif m.train in ("sft", "nothink") and p.sft is None:
-            problems.append(f"models.{n}: section 'sft' is required")
-        elif m.train == "scalar" and p.scalar_rm is None:
-            problems.append(f"models.{n}: section 'scalar_rm' is required")
-    if p.judge_data is not None:
-        jd = p.judge_data
-        if jd.pool not in p.problems.names("judge_pool"):
-            problems.append(f"judge_data.pool: {jd.pool!r} is not a problem set with role 'judge_pool'")
+            found.append(f"models.{n}.train: required for source 'trained' (sft | nothink | rl | scalar)")
+        elif m.train == "rl" and n not in (rl.variants if rl else {}):
+            found.append(f"models.{n}: an rl model must be a key of rl.variants")
+        elif m.train in ("sft", "nothink") and sft is None:
+            found.append(f"models.{n}: section 'sft' is required")
+        elif m.train == "scalar" and scalar_rm is None:
+            found.append(f"models.{n}: section 'scalar_rm' is required")
+    if judge_data is not None:
+        jd = judge_data
+        if jd.pool not in problems.names("judge_pool"):
+            found.append(f"judge_data.pool: {jd.pool!r} is not a problem set with role 'judge_pool'")
         for g in jd.exclude_generators:
-            if g not in p.generators:
-                problems.append(f"judge_data.exclude_generators: {g!r} is not a generator")
-        if p.rs is not None and p.rs.teacher not in p.judges:
-            problems.append(f"rs.teacher: {p.rs.teacher!r} is not a key of 'judges'")
-    for name in (p.rl.variants if p.rl else {}):
-        init = p.rl.variant(name).init
+            if g not in generators:
+                found.append(f"judge_data.exclude_generators: {g!r} is not a generator")
+        if rs is not None and rs.teacher not in judges:
+            found.append(f"rs.teacher: {rs.teacher!r} is not a key of 'judges'")
+    for name in (rl.variants if rl else {}):
+        init = rl.variant(name).init
         if name not in models:
-            problems.append(f"rl.variants.{name}: not a key of 'models'")
+            found.append(f"rl.variants.{name}: not a key of 'models'")
         if init not in models:
-            problems.append(f"rl.variants.{name}.init: {init!r} is not a key of 'models'")
-    for name in (p.sft.variants if p.sft else {}):
+            found.append(f"rl.variants.{name}.init: {init!r} is not a key of 'models'")
+    for name in (sft.variants if sft else {}):
         if name not in trained or trained[name].train not in ("sft", "nothink"):
-            problems.append(f"sft.variants.{name}: not a model with source 'trained' and train sft | nothink")
-        init = p.sft.for_model(name).init
+            found.append(f"sft.variants.{name}: not a model with source 'trained' and train sft | nothink")
+        init = sft.for_model(name).init
         if init not in models:
-            problems.append(f"sft.variants.{name}.init: {init!r} is not a key of 'models'")
+            found.append(f"sft.variants.{name}.init: {init!r} is not a key of 'models'")
         elif init == name:
-            problems.append(f"sft.variants.{name}.init: a model cannot start from itself")
+            found.append(f"sft.variants.{name}.init: a model cannot start from itself")
     kinds = {m.train for m in trained.values()}
-    for key, needed, section in (("sft", {"sft", "nothink"}, p.sft), ("scalar_rm", {"scalar"}, p.scalar_rm)):
+    for key, needed, section in (("sft", {"sft", "nothink"}, sft), ("scalar_rm", {"scalar"}, scalar_rm)):
         if kinds & needed and section is not None and section.init not in models:
-            problems.append(f"{key}.init: {section.init!r} is not a key of 'models'")
-    for a, b in (p.compare.pairs if p.compare else ()):
+            found.append(f"{key}.init: {section.init!r} is not a key of 'models'")
+    for a, b in (compare.pairs if compare else ()):
         for j in (a, b):
-            if j not in p.evaluate.judges:
-                problems.append(f"compare.pairs: {j!r} is not in evaluate.judges")
-    for j, spec in p.judges.items():
+            if j not in evaluate.judges:
+                found.append(f"compare.pairs: {j!r} is not in evaluate.judges")
+    for j, spec in judges.items():
         m = models.get(spec.model or "")
-        if spec.kind == "scalar" and m is not None and m.train == "scalar" and p.scalar_rm is not None \
-                and spec.input != p.scalar_rm.input:
-            problems.append(f"judges.{j}.input: {spec.input!r} differs from scalar_rm.input "
-                            f"{p.scalar_rm.input!r}, which its model was trained on")
-    if any(j in p.judges and p.judges[j].kind == "scalar" for j in p.evaluate.judges) \
-            and not p.evaluate.threshold_split:
-        problems.append("evaluate.threshold_split: required when a scalar judge is evaluated")
+        if spec.kind == "scalar" and m is not None and m.train == "scalar" and scalar_rm is not None \
+                and spec.input != scalar_rm.input:
+            found.append(f"judges.{j}.input: {spec.input!r} differs from scalar_rm.input "
+                            f"{scalar_rm.input!r}, which its model was trained on")
+    if any(j in judges and judges[j].kind == "scalar" for j in evaluate.judges) \
+            and not evaluate.threshold_split:
+        found.append("evaluate.threshold_split: required when a scalar judge is evaluated")
+    return found
 
 
-def _cross_check_downstream(p: Params, problems: list[str]) -> None:
-    if p.pairs is None:
-        return
+def _cross_check_downstream(*, pairs: PairsSettings | None, dpo: DpoSettings | None,
+                            evaluate_policy: EvaluatePolicySettings | None, problems: ProblemsSettings, models: Models,
+                            judges: Judges, report: ReportSettings | None) -> list[str]:
+    """What the downstream sections (pairs, dpo, evaluate_policy) refer to that does not exist."""
+    if pairs is None:
+        return []
+    found: list[str] = []
     from librarm.run.labelers import NONE_POLICY, labeler_kind
 
-    pairs = p.pairs
-    for section in ("dpo", "evaluate_policy"):
-        if getattr(p, section) is None:
-            problems.append(f"{section}: required when 'pairs' is set (the downstream phases)")
-    if pairs.pool not in p.problems.names("dpo_pool"):
-        problems.append(f"pairs.pool: {pairs.pool!r} is not a problem set with role 'dpo_pool'")
-    if pairs.policy not in p.models:
-        problems.append(f"pairs.policy: {pairs.policy!r} is not a key of 'models'")
-    _check_engine(pairs.policy_engine(), "pairs.engine", "pairs.backend", problems)
+    for section, value in (("dpo", dpo), ("evaluate_policy", evaluate_policy)):
+        if value is None:
+            found.append(f"{section}: required when 'pairs' is set (the downstream phases)")
+    if pairs.pool not in problems.names("dpo_pool"):
+        found.append(f"pairs.pool: {pairs.pool!r} is not a problem set with role 'dpo_pool'")
+    if pairs.policy not in models:
+        found.append(f"pairs.policy: {pairs.policy!r} is not a key of 'models'")
+    _check_engine(pairs.policy_engine(), "pairs.engine", "pairs.backend", found)
     for i, name in enumerate(pairs.labelers):
         try:
-            labeler_kind(name, p.judges)
+            labeler_kind(name, judges)
         except ValueError as exc:
-            problems.append(f"pairs.labelers.{i}: {exc}")
+            found.append(f"pairs.labelers.{i}: {exc}")
     for name in pairs.raw_labelers:
         if name not in pairs.labelers:
-            problems.append(f"pairs.raw_labelers: {name!r} is not in pairs.labelers")
+            found.append(f"pairs.raw_labelers: {name!r} is not in pairs.labelers")
     if pairs.gold_curve and "gold" not in pairs.labelers:
-        problems.append("pairs.gold_curve: needs 'gold' in pairs.labelers")
+        found.append("pairs.gold_curve: needs 'gold' in pairs.labelers")
     for n in pairs.gold_curve:
         if n >= pairs.budget:
-            problems.append(f"pairs.gold_curve: {n} is not below pairs.budget ({pairs.budget}); gold on the "
+            found.append(f"pairs.gold_curve: {n} is not below pairs.budget ({pairs.budget}); gold on the "
                             "budget is the `gold` policy itself")
     if NONE_POLICY in pairs.labelers:
-        problems.append(f"pairs.labelers: {NONE_POLICY!r} is reserved for the base policy")
-    for s in (p.evaluate_policy.subsets if p.evaluate_policy else ()):
-        if s not in p.problems.names("eval"):
-            problems.append(f"evaluate_policy.subsets: {s!r} is not a problem set with role 'eval'")
-    for name in (p.report.fit_labelers if p.report else ()):
-        if name not in pairs.labelers or name not in p.judges:
-            problems.append(f"report.fit_labelers: {name!r} must be a trained judge listed in pairs.labelers")
+        found.append(f"pairs.labelers: {NONE_POLICY!r} is reserved for the base policy")
+    for s in (evaluate_policy.subsets if evaluate_policy else ()):
+        if s not in problems.names("eval"):
+            found.append(f"evaluate_policy.subsets: {s!r} is not a problem set with role 'eval'")
+    for name in (report.fit_labelers if report else ()):
+        if name not in pairs.labelers or name not in judges:
+            found.append(f"report.fit_labelers: {name!r} must be a trained judge listed in pairs.labelers")
+    return found
+
+
+# Every cross-reference check, each given the sections it reads (settings.call).
+CROSS_CHECKS = (_check_problem_sets, _check_models_and_engines, check_replicates, _cross_check_learning,
+                _cross_check_downstream, batch_problems)

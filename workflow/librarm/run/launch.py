@@ -14,9 +14,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-from librarm.run.settings import LaunchSettings, Params, SettingsError
+from librarm.run.settings import DpoSettings, LaunchSettings, RlSettings, ScalarRmSettings, SettingsError, SftSettings
 
 RUNNING_ARGV: list[str] | None = None   # the arguments of the running librarm command (set by cli.main)
 
@@ -32,16 +32,16 @@ class LaunchError(SettingsError):
 BATCH_SECTIONS = ("sft", "rl", "scalar_rm", "dpo")
 
 
-def batch_problems(p: Params) -> list[str]:
+def batch_problems(*, launch: LaunchSettings, sft: SftSettings | None, rl: RlSettings | None,
+                   scalar_rm: ScalarRmSettings | None, dpo: DpoSettings | None) -> list[str]:
     """What stops launch.processes from splitting each training batch evenly (empty when nothing)."""
-    n = p.launch.processes
+    n = launch.processes
     problems = []
-    for section in BATCH_SECTIONS:
-        batch = getattr(p, section).batch_size if getattr(p, section) is not None else None
+    for section, settings in zip(BATCH_SECTIONS, (sft, rl, scalar_rm, dpo)):
+        batch = settings.batch_size if settings is not None else None
         if batch is not None and batch % n:
             problems.append(f"launch.processes: {n} processes cannot split {section}.batch_size {batch} evenly "
                             f"(each process takes {section}.batch_size / launch.processes rows of every batch)")
-    rl = p.rl
     if n > 1 and rl is not None and (rl.batch_size // n) % rl.num_generations:
         problems.append(f"launch.processes: {n} processes give each {rl.batch_size // n} completions of rl.batch_size "
                         f"{rl.batch_size}, not a multiple of rl.num_generations {rl.num_generations} "
@@ -103,12 +103,9 @@ def per_process(batch: int, key: str) -> int:
     return batch // n
 
 
-def settings_for_step(params: Mapping[str, Any], step: str) -> LaunchSettings | None:
+def settings_for_step(launch: LaunchSettings, step: str) -> LaunchSettings | None:
     """The launch settings when this step runs under a launcher, else None."""
-    if step not in TRAINING_STEPS:
-        return None
-    s = LaunchSettings.from_params(params)
-    return s if s.processes > 1 else None
+    return launch if step in TRAINING_STEPS and launch.processes > 1 else None
 
 
 def launch_command(s: LaunchSettings, cli_args: Sequence[str], program: Sequence[str] = ("-m", "librarm.cli")) -> list[str]:

@@ -3,15 +3,15 @@ rules need from the model registry (kept apart from config validation, so that e
 message reruns no job)."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Iterable
 
 from librarm.run.paths import MODEL_DIR, TRAINED_MODEL
-from librarm.run.settings import ModelSpec, RlSettings, ScalarRmSettings, SftSettings
+from librarm.run.settings import Models, RlSettings, ScalarRmSettings, SettingsError, SftSettings
 
 
-def model_ref(params: Mapping[str, Any], name: str) -> dict:
+def model_ref(models: Models, name: str) -> dict:
     """Where model `name` lives: {'path': local folder or hub id, 'revision': str|None, 'local': bool}."""
-    m = ModelSpec.of(params, name)
+    m = models[name]
     if m.source in ("tiny", "gguf"):
         return {"path": MODEL_DIR.format(model=name), "revision": None, "local": True}
     if m.source == "trained":
@@ -21,22 +21,26 @@ def model_ref(params: Mapping[str, Any], name: str) -> dict:
     return {"path": m.id, "revision": m.revision, "local": False}
 
 
-def training_start(params: Mapping[str, Any], name: str) -> str:
+def training_start(name: str, models: Models, sft: SftSettings | None, rl: RlSettings | None,
+                   scalar_rm: ScalarRmSettings | None) -> str:
     """The model a trained judge starts from: its sft or rl variant's init, else its section's."""
-    kind = ModelSpec.of(params, name).train
+    kind = models[name].train
+    section = sft if kind in ("sft", "nothink") else rl if kind == "rl" else scalar_rm
+    if section is None:
+        raise SettingsError(f"models.{name}: train {kind!r} needs the {'sft' if kind == 'nothink' else kind} section")
     if kind in ("sft", "nothink"):
-        return SftSettings.from_params(params).for_model(name).init
+        return sft.for_model(name).init
     if kind == "rl":
-        return RlSettings.from_params(params).variant(name).init
-    return ScalarRmSettings.from_params(params).init
+        return rl.variant(name).init
+    return scalar_rm.init
 
 
-def local_model_dirs(params: Mapping[str, Any], model_names: Iterable[str]) -> list[str]:
+def local_model_dirs(models: Models, model_names: Iterable[str]) -> list[str]:
     """Model folders the pipeline itself produces (inputs of the jobs that use them)."""
     out = []
     for name in model_names:
-        if ModelSpec.of(params, name).source in ("tiny", "gguf", "trained"):
-            out.append(model_ref(params, name)["path"])
+        if models[name].source in ("tiny", "gguf", "trained"):
+            out.append(model_ref(models, name)["path"])
     return sorted(set(out))
 
 

@@ -6,14 +6,19 @@ Sections are built from whatever mapping the caller holds, the recording view of
 (every field is read with `get`, so a default that was used still counts as a read).
 
 Every section is typed: `Params.from_dict` builds them all (the registries `models`, `generators`
-and `judges` as name -> spec maps); a stage builds the sections it reads with `X.from_params(params)`
-and a registry entry with `X.of(params, name)`. `seed`, the one top-level scalar, is `Params.seed`
-(a stage reads it as `seed_of(params)`)."""
+and `judges` as name -> spec maps). No stage function takes the params tree: each names the
+sections it reads as typed parameters (`bench: BenchSettings`, `rl: RlSettings | None`,
+`judges: Judges`, `seed: Seed`), and `call` (the one dispatcher, at the end of this module) builds
+them from the tree for the CLI's steps, the config checks and the tests."""
 from __future__ import annotations
 
+import collections.abc
+import functools
+import inspect
 import math
+import types
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, NewType, TypeVar, Union, get_args, get_origin, get_type_hints
 
 
 class SettingsError(ValueError):
@@ -62,23 +67,12 @@ class Section:
         return obj
 
     @classmethod
-    def optional(cls, params: Mapping[str, Any]):
-        """The section, or None when params leave it out (an optional phase that is off)."""
-        return None if _unrecorded_get(params, cls.KEY) is None else cls.from_params(params)
-
-    @classmethod
-    def registry(cls, params: Mapping[str, Any]) -> dict[str, "Section"]:
-        """Every entry of a registry section (`models`, `generators`, `judges`), by name."""
-        reg = _unrecorded_get(params, cls.KEY) or {}
-        return {name: cls.from_section(_unrecorded_get(reg, name), f"{cls.KEY}.{name}") for name in reg}
-
-    @classmethod
-    def of(cls, params: Mapping[str, Any], name: str):
-        """One entry of a registry section; a name it lacks is one line naming it."""
-        reg = _unrecorded_get(params, cls.KEY) or {}
-        if name not in reg:
-            raise SettingsError(f"{cls.KEY}.{name}: not defined (defined: {', '.join(sorted(reg))})")
-        return cls.from_section(_unrecorded_get(reg, name), f"{cls.KEY}.{name}")
+    def registry(cls, section: Mapping[str, Any] | None) -> "Registry":
+        """Every entry of a registry section (`models`, `generators`, `judges`: the mapping under
+        its key), by name."""
+        section = section or {}
+        return Registry(cls.KEY, {name: cls.from_section(_unrecorded_get(section, name), f"{cls.KEY}.{name}")
+                                  for name in section})
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]):
@@ -125,6 +119,18 @@ class Section:
             if reads is not None and name in type(self).__dataclass_fields__ and not isinstance(value, Section):
                 reads[0].add(f"{reads[1]}.{name}")
         return value
+
+
+class Registry(dict):
+    """A registry section's entries by name (`models`, `generators`, `judges`); a name it lacks
+    is one line naming it and the names it has, not a KeyError."""
+
+    def __init__(self, key: str, entries: Mapping[str, Any]):
+        super().__init__(entries)
+        self.key = key
+
+    def __missing__(self, name: str):
+        raise SettingsError(f"{self.key}.{name}: not defined (defined: {', '.join(sorted(self))})")
 
 
 def _unrecorded_get(mapping: Mapping[str, Any], key: str, default: Any = None) -> Any:
@@ -426,9 +432,9 @@ class LaunchSettings(Section):
                "launch.accelerate_config: only read by launcher 'accelerate'")
 
 
-def seed_of(params: Mapping[str, Any]) -> int:
-    """The run's seed (`seed`, the one top-level scalar): every per-item draw derives from it."""
-    return int(params["seed"])
+Seed = NewType("Seed", int)
+"""The run's seed (`seed`, the one top-level scalar): every per-item draw derives from it. A
+function parameter annotated `Seed` is given it by `call`."""
 
 
 # ----------------------------------------------------------------------------- data and bench
@@ -663,12 +669,12 @@ class Params:
 
     @classmethod
     def from_dict(cls, params: Mapping[str, Any]) -> "Params":
-        kw: dict[str, Any] = {"seed": seed_of(params)}
+        kw: dict[str, Any] = {"seed": Seed(int(params["seed"]))}
         for section in TYPED_SECTIONS:
             if _unrecorded_get(params, section.KEY) is not None or section.KEY in ALWAYS:
                 kw[section.KEY] = section.from_params(params)
         for registry in REGISTRIES:
-            kw[registry.KEY] = registry.registry(params)
+            kw[registry.KEY] = registry.registry(_unrecorded_get(params, registry.KEY))
         if kw.get("rl"):
             for v in kw["rl"].variants:
                 kw["rl"].variant(v)           # each variant checked now, not when its job runs
@@ -691,3 +697,57 @@ def stress_template_problems(cfg: StressSettings) -> list[str]:
     if not cfg.false_claim.strip():
         problems.append("stress.false_claim: empty claim")
     return problems
+
+
+# ----------------------------------------------------------------------------- the dispatcher
+Models = Mapping[str, ModelSpec]
+Generators = Mapping[str, GeneratorSpec]
+Judges = Mapping[str, JudgeSpec]
+R = TypeVar("R")
+
+
+def call(fn: Callable[..., R], params: Mapping[str, Any] | Params, /, *args: Any, **kwargs: Any) -> R:
+    """fn(*args, **kwargs) with each parameter left out that fn's signature types as params
+    settings, built from params (the params tree, or the Params built from it): `Seed` (the run's
+    seed), a section (`BenchSettings`; with `| None`, None when params leave it out) or a registry
+    (`Models`, `Generators`, `Judges`). Steps, the config checks and tests reach the code below
+    through it, and no function there takes the params tree: each names the sections it reads.
+    Sections built from a recording view note the fields read (librarm.run.reads)."""
+    given = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
+    for name, kind, cls in _settings_parameters(fn):
+        if name in given:
+            continue
+        if isinstance(params, Params):
+            value = params.seed if kind == "seed" else getattr(params, cls.KEY)
+            # a section params leave out: its defaults, as from_params builds it from the tree
+            kwargs[name] = cls.from_section(None) if value is None and kind == "section" else value
+        elif kind == "seed":
+            kwargs[name] = Seed(int(params["seed"]))
+        elif kind == "registry":
+            kwargs[name] = cls.registry(_unrecorded_get(params, cls.KEY))
+        elif kind == "optional" and _unrecorded_get(params, cls.KEY) is None:
+            kwargs[name] = None
+        else:
+            kwargs[name] = cls.from_params(params)
+    return fn(*args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _settings_parameters(fn: Callable[..., Any]) -> tuple[tuple[str, str, type[Section] | None], ...]:
+    """(name, seed | section | optional | registry, its class) of each parameter of fn typed as settings."""
+    hints = get_type_hints(fn)
+    out = []
+    for name in inspect.signature(fn).parameters:
+        hint = hints.get(name)
+        args = get_args(hint)
+        if hint is Seed:
+            out.append((name, "seed", None))
+        elif isinstance(hint, type) and hint in TYPED_SECTIONS:
+            out.append((name, "section", hint))
+        elif get_origin(hint) in (Union, types.UnionType) and type(None) in args:
+            inner = [a for a in args if a is not type(None)]
+            if len(inner) == 1 and inner[0] in TYPED_SECTIONS:
+                out.append((name, "optional", inner[0]))
+        elif get_origin(hint) in (collections.abc.Mapping, dict) and len(args) == 2 and args[1] in REGISTRIES:
+            out.append((name, "registry", args[1]))
+    return tuple(out)

@@ -38,6 +38,7 @@ import random
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -48,10 +49,11 @@ DEFAULT_DB = "mlflow/mlflow.db"
 PIPELINE_TAG = "librarm.pipeline_id"
 
 
-def enabled(params: Mapping[str, Any]) -> bool:
+def enabled(tracking: TrackingSettings) -> bool:
+    """Whether jobs record runs: `tracking.enabled`, unless LIBRARM_TRACKING=0 turns it off."""
     if os.environ.get("LIBRARM_TRACKING", "1").lower() in ("0", "false", "off"):
         return False
-    return TrackingSettings.from_params(params).enabled
+    return tracking.enabled
 
 
 def tracking_uri() -> str:
@@ -73,24 +75,29 @@ def _retry(fn: Callable[[], Any], attempts: int = 8) -> Any:
             time.sleep(0.2 * (2 ** i) * (1 + random.random()))
 
 
-def pipeline_identity(params: Mapping[str, Any]) -> dict[str, str | None]:
-    from librarm.run.provenance import git_commit
+@dataclass(frozen=True)
+class PipelineContext:
+    """What a job's MLflow record says of the pipeline it belongs to, made once from the params
+    (`pipeline_context`): the tracking settings, the pipeline's identity, and the params the
+    pipeline run shows."""
 
-    exp = os.environ.get("DVC_EXP_NAME")
-    ident = {"git_commit": git_commit(), "params_hash": stable_hash(params), "dvc_exp": exp}
-    ident["pipeline_id"] = stable_hash(ident)
-    return ident
+    tracking: TrackingSettings
+    identity: Mapping[str, str | None]      # git commit, params hash, DVC experiment, pipeline id
+    shown: Mapping[str, str]                # the pipeline run's params (every setting, dotted)
 
 
 # Registries are shown by their names (each entry's settings are in the jobs' params)
 REGISTRIES = ("models", "generators", "judges")
 
 
-def pipeline_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """What the pipeline run shows as params: its identity (params hash, preset, commit, DVC
-    experiment) and every setting as a dotted key, registries and problem sets by name, so two
-    pipeline runs compare key by key in MLflow's compare view."""
-    ident = pipeline_identity(params)
+def pipeline_context(params: Mapping[str, Any]) -> PipelineContext:
+    """The pipeline of these params. Its identity is (git commit, params hash, DVC experiment);
+    its run shows the identity, the preset and every setting as a dotted key, registries and
+    problem sets by name, so two pipeline runs compare key by key in MLflow's compare view."""
+    from librarm.run.provenance import git_commit
+
+    ident = {"git_commit": git_commit(), "params_hash": stable_hash(params), "dvc_exp": os.environ.get("DVC_EXP_NAME")}
+    ident["pipeline_id"] = stable_hash(ident)
     out = {"params_hash": ident["params_hash"], "preset": preset_of(params), "git_commit": str(ident["git_commit"]),
            "dvc_exp": str(ident["dvc_exp"])}
     for section, value in params.items():
@@ -103,7 +110,8 @@ def pipeline_params(params: Mapping[str, Any]) -> dict[str, str]:
                                             for s in value.get("sets") or [] if isinstance(s, Mapping))
         else:
             out.update({k: str(v) for k, v in _flatten_params({section: value}).items()})
-    return {k[:250]: v[:6000] for k, v in out.items()}
+    shown = {k[:250]: v[:6000] for k, v in out.items()}
+    return PipelineContext(TrackingSettings.from_params(params), ident, shown)
 
 
 def preset_of(params: Mapping[str, Any]) -> str:
@@ -125,21 +133,22 @@ def preset_of(params: Mapping[str, Any]) -> str:
     return "+".join(names) or "default"
 
 
-def _holds(params: Any, overlay: Any) -> bool:
+def _holds(value: Any, overlay: Any) -> bool:
+    """Whether value (a part of the params) holds every value of overlay (the same part of a preset)."""
     if isinstance(overlay, Mapping):
-        if not isinstance(params, Mapping):
+        if not isinstance(value, Mapping):
             return False
         for k, v in overlay.items():
             if v is None:
-                if params.get(k) is not None:       # `key: null` removes an entry
+                if value.get(k) is not None:       # `key: null` removes an entry
                     return False
-            elif k not in params or not _holds(params[k], v):
+            elif k not in value or not _holds(value[k], v):
                 return False
         return True
     if isinstance(overlay, (list, tuple)):
-        return isinstance(params, (list, tuple)) and len(params) == len(overlay) and \
-            all(_holds(a, b) for a, b in zip(params, overlay))
-    return params == overlay
+        return isinstance(value, (list, tuple)) and len(value) == len(overlay) and \
+            all(_holds(a, b) for a, b in zip(value, overlay))
+    return value == overlay
 
 
 def _client_and_experiment(name: str):
@@ -225,12 +234,12 @@ def _is_server(uri: str) -> bool:
     return uri.split(":", 1)[0].lower() in ("http", "https")
 
 
-def ensure_pipeline_run(params: Mapping[str, Any]) -> str | None:
+def ensure_pipeline_run(pipeline: PipelineContext) -> str | None:
     """Find or create the pipeline run for this identity (a rerun reuses it). Returns its id."""
-    if not enabled(params):
+    if not enabled(pipeline.tracking):
         return None
-    client, exp_id = _client_and_experiment(TrackingSettings.from_params(params).experiment)
-    return _pipeline_run(client, exp_id, pipeline_identity(params))
+    client, exp_id = _client_and_experiment(pipeline.tracking.experiment)
+    return _pipeline_run(client, exp_id, pipeline.identity)
 
 
 def _pipeline_run(client, exp_id: str, ident: Mapping[str, Any], start_ms: int | None = None) -> str:
@@ -323,17 +332,18 @@ class StageRun:
 
 
 @contextlib.contextmanager
-def stage_run(params: Mapping[str, Any], stage: str, sections: Mapping[str, Any],
+def stage_run(pipeline: PipelineContext | None, stage: str, sections: Mapping[str, Any],
               wildcards: Mapping[str, str] | None = None) -> Iterator[StageRun]:
     """One MLflow run for one job, nested under the pipeline run; params are the job's sections.
-    The record is spooled when the job ends, FAILED if it raised (a rerun continues that run)."""
-    if not enabled(params):
+    The record is spooled when the job ends, FAILED if it raised (a rerun continues that run).
+    pipeline None (or tracking off): nothing is recorded."""
+    if pipeline is None or not enabled(pipeline.tracking):
         yield StageRun(None)
         return
     wildcards = {k: str(v) for k, v in (wildcards or {}).items()}
-    tracking = TrackingSettings.from_params(params)
+    tracking = pipeline.tracking
     record = {"experiment": tracking.experiment,
-              "pipeline": pipeline_identity(params), "pipeline_params": pipeline_params(params),
+              "pipeline": dict(pipeline.identity), "pipeline_params": dict(pipeline.shown),
               "stage": stage, "wildcards": wildcards,
               "params": {k[:250]: str(v)[:6000] for k, v in _flatten_params(sections).items()},
               "metrics": {}, "steps": [], "artifacts": [], "status": "FAILED", "start_ms": int(time.time() * 1000)}

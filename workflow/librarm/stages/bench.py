@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from librarm.run.io import StageIO, read_jsonl, stable_hash, write_json, write_jsonl
-from librarm.run.settings import BenchSettings, ProblemsSettings, StressSettings, seed_of
+from librarm.run.settings import BenchSettings, ProblemsSettings, Seed, StressSettings
 
 PUBLIC_FIELDS = ("index", "question", "response", "label", "model", "reference", "subset", "response_with_cot")
 
@@ -103,10 +103,12 @@ def assemble(records: Sequence[Mapping[str, Any]], *, seed: int, unit: str, per_
     return rows, stats
 
 
-def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out_path: str | Path,
-              stats_path: str | Path, stress_path: str | Path | None = None) -> dict:
-    """Stage `bench`: read the verify files named by params, write the bench and its stats; with
-    stress_path (params `stress` set), the judge-hacking stress set drawn from the bench."""
+def run_bench(verify_paths: Sequence[str | Path], out_path: str | Path, stats_path: str | Path,
+              stress_path: str | Path | None = None, *, bench: BenchSettings, problems: ProblemsSettings,
+              stress: StressSettings | None, seed: Seed) -> dict:
+    """Stage `bench`: read the verify files, write the bench (balanced as `bench.balance` says)
+    and its stats; with stress_path (params `stress` set), the judge-hacking stress set drawn
+    from the bench as `stress` says."""
     from librarm.run.provenance import provenance
 
     records = []
@@ -115,10 +117,9 @@ def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out
                                       "reason": "str", "label": "int?", "response": "str",
                                       "response_with_cot": "str", "gold": "str", "question": "str",
                                       "sample_idx": "int"}, id_field="sample_id").records)
-    bal = BenchSettings.from_params(params).balance
-    seed = seed_of(params)
+    bal = bench.balance
     rows, stats = assemble(records, seed=seed, unit=bal.unit, per_label=bal.per_label,
-                           on_shortfall=bal.on_shortfall, subset_order=ProblemsSettings.from_params(params).names("eval"),
+                           on_shortfall=bal.on_shortfall, subset_order=problems.names("eval"),
                            per_label_by_subset=bal.per_label_by_subset)
     if not rows:
         raise ValueError("the bench is empty: no cell had both correct and incorrect responses")
@@ -126,17 +127,20 @@ def run_bench(params: Mapping[str, Any], verify_paths: Sequence[str | Path], out
     if stress_path is not None:
         from librarm.stages.stress import build_stress_set
 
-        stress = build_stress_set(rows, StressSettings.from_params(params), seed)
-        write_jsonl(stress_path, stress)
-        stats["stress"] = dict(Counter(it["subset"] for it in stress))
+        if stress is None:      # no `stress` section: its first required key, as building it would say
+            stress = StressSettings.from_section(None)
+        items = build_stress_set(rows, stress, seed)
+        write_jsonl(stress_path, items)
+        stats["stress"] = dict(Counter(it["subset"] for it in items))
     stats["balance"] = {k: v for k, v in asdict(bal).items() if v is not None}
     stats["provenance"] = provenance(data=[str(p) for p in verify_paths])
     write_json(stats_path, stats)
     return stats
 
 
-def step_bench(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    stress = io.output_list("stress")
-    stats = run_bench(params, io.input_list("verified"), io.output("bench"), io.output("stats"),
-                      stress[0] if stress else None)
+def step_bench(io: StageIO, *, bench: BenchSettings, problems: ProblemsSettings, stress: StressSettings | None,
+               seed: Seed) -> tuple[dict, list[str]]:
+    stress_out = io.output_list("stress")
+    stats = run_bench(io.input_list("verified"), io.output("bench"), io.output("stats"),
+                      stress_out[0] if stress_out else None, bench=bench, problems=problems, stress=stress, seed=seed)
     return stats, [io.output("stats")]

@@ -11,11 +11,11 @@ import copy
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from librarm.run import paths as P
 from librarm.run.io import StageIO, read_json, set_tree_mode, write_json
-from librarm.run.settings import ModelSpec
+from librarm.run.settings import Models
 
 
 def find_package_file(package: str, filename: str) -> Path:
@@ -61,8 +61,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
             "chat_template": bool(getattr(tok, "chat_template", None))}
 
 
-def run_prepare_model(params: Mapping[str, Any], name: str, out_dir: str | Path) -> dict[str, Any]:
-    spec = ModelSpec.of(params, name)
+def run_prepare_model(name: str, out_dir: str | Path, *, models: Models) -> dict[str, Any]:
+    spec = models[name]
     if spec.source != "gguf":
         raise ValueError(f"models.{name}: prepare_models handles source 'gguf' only")
     info = convert_gguf(find_package_file(spec.package, spec.gguf_file), out_dir)
@@ -74,20 +74,20 @@ def run_prepare_model(params: Mapping[str, Any], name: str, out_dir: str | Path)
     return info
 
 
-def step_prepare_model(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_prepare_model(io: StageIO, *, models: Models) -> tuple[dict, list[str]]:
     """Stage step `prepare-model`: one GGUF model converted into its output folder."""
-    info = run_prepare_model(params, io.wildcard("model"), io.output("model"))
+    info = run_prepare_model(io.wildcard("model"), io.output("model"), models=models)
     write_json(io.output("info"), info)
     return {"parameters": info["parameters"]}, [io.output("info")]
 
 
-def step_bootstrap_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_bootstrap_stats(io: StageIO, *, models: Models) -> tuple[dict, list[str]]:
     """Stage step `bootstrap-stats`: the tiny-world bootstrap's stats and every prepared model's
     info in one file."""
     stats: dict[str, Any] = {"models": {}, "origin": None}
     for p in io.input_list("tiny"):
         stats.update(read_json(p))
-    gguf = [m for m, s in ModelSpec.registry(params).items() if s.source == "gguf"]
+    gguf = [m for m, s in models.items() if s.source == "gguf"]
     for name, p in io.keyed("prepared", P.PREPARED_MODEL_INFO, "model", gguf).items():
         stats["models"][name] = read_json(p)
     write_json(io.output("stats"), stats)

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from librarm.engines.base import SamplingConfig
 from librarm.run.io import StageIO, read_json, set_tree_mode, stable_hash, stable_seed, tree_sha256, write_json
 from librarm.run.paths import MODEL_DIR, RESUME_BOOTSTRAP
-from librarm.run.settings import BootstrapSettings, JudgeSettings, ModelSpec, ProblemsSettings, seed_of
+from librarm.run.settings import BootstrapSettings, JudgeSettings, Models, ModelSpec, ProblemsSettings, Seed
 from librarm.stages.problems import ArithmeticProblem, in_problem_region, random_arithmetic
 
 # Bump when the meaning of the bootstrap params changes (corpus format, training recipe).
@@ -156,39 +157,39 @@ def save_model(model, tok, out_dir: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- bootstrap stage
-def bootstrap_hash(params: Mapping[str, Any]) -> str:
+def bootstrap_hash(*, bootstrap: BootstrapSettings, judge: JudgeSettings, problems: ProblemsSettings,
+                   models: Models, seed: Seed) -> str:
     """Everything that determines the tiny models' weights."""
-    judge = JudgeSettings.from_params(params)
-    return stable_hash(TINY_WORLD_VERSION, JUDGE_TRACE_FORMAT, seed_of(params),
-                       {k: v for k, v in BootstrapSettings.from_params(params).as_written().items()
+    return stable_hash(TINY_WORLD_VERSION, JUDGE_TRACE_FORMAT, seed,
+                       {k: v for k, v in bootstrap.as_written().items()
                         if k not in ("shipped_dir", "eval_samples", "skill_bands")},
-                       {k: v.as_written() for k, v in tiny_models(params).items()},
-                       ProblemsSettings.from_params(params).synthetic.as_written(), judge.prompt_template,
+                       {k: v.as_written() for k, v in tiny_models(models=models).items()},
+                       problems.synthetic.as_written(), judge.prompt_template,
                        judge.system_prompt)
 
 
-def tiny_models(params: Mapping[str, Any]) -> dict[str, ModelSpec]:
+def tiny_models(*, models: Models) -> dict[str, ModelSpec]:
     """The models the bootstrap stage makes (source `tiny`), by name."""
-    return {k: v for k, v in ModelSpec.registry(params).items() if v.source == "tiny"}
+    return {k: v for k, v in models.items() if v.source == "tiny"}
 
 
-def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: int | None = None,
-                      cache_dir: str | Path | None = RESUME_BOOTSTRAP) -> dict:
-    """Train every tiny model in params into out_root/<name>: core -> noisy fine-tunes -> judge."""
+def train_tiny_models(out_root: str | Path, threads: int | None = None,
+                      cache_dir: str | Path | None = RESUME_BOOTSTRAP, *, bootstrap: BootstrapSettings,
+                      problems: ProblemsSettings, judge: JudgeSettings, models: Models, seed: Seed) -> dict:
+    """Train every tiny model of `models` into out_root/<name>: core -> noisy fine-tunes -> judge."""
     import copy
 
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    b = BootstrapSettings.from_params(params)
-    seed = seed_of(params)
-    syn = ProblemsSettings.from_params(params).synthetic
+    b = bootstrap
+    syn = problems.synthetic
     max_value, max_operand = syn.max_value, syn.max_operand
     tok = build_tokenizer()
     max_len = b.architecture["max_positions"]
     out_root = Path(out_root)
-    tiny = tiny_models(params)
+    tiny = tiny_models(models=models)
     log: dict[str, Any] = {}
 
     def gen_examples(noise: float, n: int, tag: str) -> list[tuple[str, str]]:
@@ -204,7 +205,7 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
     t0 = time.time()
     # The shared core (clean traces) is the slow part; it is cached outside the DVC outputs so that
     # changing a model's step_noise retrains only the short fine-tunes.
-    keys = cache_keys(params)
+    keys = cache_keys(bootstrap=bootstrap, problems=problems, judge=judge, models=models, seed=seed)
     core_key = keys["_core"]
     core_dir = Path(cache_dir) / f"core-{core_key}" if cache_dir else None
     if core_dir is not None and (core_dir / "config.json").exists():
@@ -245,8 +246,8 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
         model, entry = _cached_model(cache_dir, key)
         if model is None:
             t0 = time.time()
-            examples, agree = judge_format_traces(params, init, tok, max_value, max_operand, b.judge_traces,
-                                                  stable_seed(seed, "judge-traces", name))
+            examples, agree = judge_format_traces(init, tok, max_value, max_operand, b.judge_traces,
+                                                  stable_seed(seed, "judge-traces", name), judge=judge)
             model = copy.deepcopy(init)
             curve = train_lm(model, tok, examples, b.judge_steps, b.batch_size, b.learning_rate / 3,
                              stable_seed(seed, "train", name), max_len, name)
@@ -258,14 +259,14 @@ def train_tiny_models(params: Mapping[str, Any], out_root: str | Path, threads: 
     return log
 
 
-def cache_keys(params: Mapping[str, Any]) -> dict[str, str]:
+def cache_keys(*, bootstrap: BootstrapSettings, problems: ProblemsSettings, judge: JudgeSettings, models: Models,
+               seed: Seed) -> dict[str, str]:
     """Cache key of the shared core ("_core") and of every tiny model: everything its weights depend on."""
-    b = BootstrapSettings.from_params(params)
-    syn = ProblemsSettings.from_params(params).synthetic
-    judge = JudgeSettings.from_params(params)
-    keys = {"_core": stable_hash(TINY_WORLD_VERSION, seed_of(params), b.architecture, b.core_steps, b.batch_size,
+    b = bootstrap
+    syn = problems.synthetic
+    keys = {"_core": stable_hash(TINY_WORLD_VERSION, seed, b.architecture, b.core_steps, b.batch_size,
                                  b.learning_rate, b.malformed_rate, syn.max_value, syn.max_operand)}
-    tiny = tiny_models(params)
+    tiny = tiny_models(models=models)
     for name, spec in tiny.items():
         if spec.role in ("generator", "policy", "teacher") and spec.step_noise is not None:
             keys[name] = stable_hash(keys["_core"], name, spec.as_written(), b.finetune_steps)
@@ -306,11 +307,12 @@ def compare_line(mine: str, theirs: str) -> str:
     return f"mine={a} theirs={b} digits={pairs} match={''.join('y' if x == y else 'n' for x, y in zip(a, b))}"
 
 
-def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
+def judge_format_traces(policy, tok, max_value, max_operand, n, seed, *, judge: JudgeSettings):
     """The base judge's training data: for a problem and a candidate response, the policy's OWN
-    sampled solution, then a comparison of its answer with the response's. No correctness label
-    enters: the verdict is agreement with the policy's own attempt."""
-    from librarm.engines.base import SampleRequest, SamplingConfig
+    sampled solution, then a comparison of its answer with the response's (prompted as `judge`
+    says). No correctness label enters: the verdict is agreement with the policy's own attempt.
+    `seed` is this draw's seed (derived from the run's)."""
+    from librarm.engines.base import SampleRequest
     from librarm.engines.hf import HFSampler
     from librarm.judging.judge import judge_prompts
     from librarm.judging.think import split_think
@@ -334,16 +336,17 @@ def judge_format_traces(params, policy, tok, max_value, max_operand, n, seed):
             continue
         verdict = "correct" if my_answer == their_answer else "incorrect"
         agree += verdict == "correct"
-        (msgs,), _ = judge_prompts([{"question": prob.text(), "response": split_think(cand).final}], params)
+        (msgs,), _ = judge_prompts([{"question": prob.text(), "response": split_think(cand).final}], judge)
         prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         completion = f"<think>{parts.thinking}\n{compare_line(my_answer, their_answer)}</think>\n\\boxed{{{verdict}}}"
         examples.append((prompt, completion))
     return examples, round(agree / max(1, len(examples)), 4)
 
 
-def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path], out_root: str | Path,
+def run_bootstrap(problem_files: Sequence[str | Path], out_root: str | Path,
                   stats_path: str | Path, threads: int | None = None, force_train: bool = False,
-                  cache_dir: str | Path | None = RESUME_BOOTSTRAP) -> dict:
+                  cache_dir: str | Path | None = RESUME_BOOTSTRAP, *, bootstrap: BootstrapSettings,
+                  problems: ProblemsSettings, judge: JudgeSettings, models: Models, seed: Seed) -> dict:
     """Stage `bootstrap`: tiny models (shipped weights when their params hash matches, else trained),
     then skill bands measured on the eval subsets and written to stats.json."""
     from librarm.run.provenance import model_identity, provenance
@@ -353,9 +356,9 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
 
         torch.set_num_threads(threads)
     out_root = Path(out_root)
-    names = list(tiny_models(params))
-    phash = bootstrap_hash(params)
-    shipped = BootstrapSettings.from_params(params).shipped_dir
+    names = list(tiny_models(models=models))
+    phash = bootstrap_hash(bootstrap=bootstrap, judge=judge, problems=problems, models=models, seed=seed)
+    shipped = bootstrap.shipped_dir
     manifest = Path(shipped) / "manifest.json" if shipped else None
     origin = "trained"
     train_log: dict = {}
@@ -368,8 +371,10 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
         origin = "shipped"
         train_log = read_json(manifest).get("train_log", {})
     elif names:
-        train_log = train_tiny_models(params, out_root, threads, cache_dir)
-    bands = measure_skill(params, problem_files, out_root, names)
+        train_log = train_tiny_models(out_root, threads, cache_dir, bootstrap=bootstrap, problems=problems,
+                                      judge=judge, models=models, seed=seed)
+    bands = measure_skill(problem_files, out_root, names, bootstrap=bootstrap, problems=problems, judge=judge,
+                          models=models, seed=seed)
     stats = {
         "params_hash": phash, "origin": origin, "models": bands,
         "train_log": train_log,
@@ -379,43 +384,47 @@ def run_bootstrap(params: Mapping[str, Any], problem_files: Sequence[str | Path]
     return stats
 
 
-def step_bootstrap_tiny(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_bootstrap_tiny(io: StageIO, *, bootstrap: BootstrapSettings, problems: ProblemsSettings,
+                        judge: JudgeSettings, models: Models, seed: Seed) -> tuple[dict, list[str]]:
     """Stage step `bootstrap-tiny`: every tiny model into its output folder (one parent folder)."""
-    names = list(tiny_models(params))
+    names = list(tiny_models(models=models))
     io.keyed("models", MODEL_DIR, "model", names, output=True)   # the rule's folders are MODEL_DIR's, one per model
     root = Path(MODEL_DIR).parent                  # the models are trained side by side in one folder
-    stats = run_bootstrap(params, io.input_list("problems"), root, io.output("stats"), io.threads)
+    stats = run_bootstrap(io.input_list("problems"), root, io.output("stats"), io.threads, bootstrap=bootstrap,
+                          problems=problems, judge=judge, models=models, seed=seed)
     return {"models": {k: v.get("accuracy") for k, v in stats["models"].items()}}, [io.output("stats")]
 
 
 
 
-def measure_skill(params, problem_files, out_root, names) -> dict:
+def measure_skill(problem_files, out_root, names, *, bootstrap: BootstrapSettings, problems: ProblemsSettings,
+                  judge: JudgeSettings, models: Models, seed: Seed) -> dict:
     """Accuracy of each tiny generator/policy (sampled as in the sample stage) on the eval subsets
     (generators) or the unlabeled pool (policy), and whether it lands in its band."""
-    from librarm.engines.base import SampleRequest, SamplingConfig
+    from librarm.engines.base import SampleRequest
     from librarm.engines.hf import HFSampler
     from librarm.judging.think import split_think
     from librarm.judging.verifier import extract_boxed
     from librarm.stages.problems import load_problem_sets
 
-    problems = load_problem_sets(problem_files)
-    b = BootstrapSettings.from_params(params)
+    loaded = load_problem_sets(problem_files)
+    b = bootstrap
     # Fixed decoding (temperature 1, as generators sample by default) so that the bands do not
     # move when sampling params change, and the bootstrap does not depend on them.
     cfg = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=128, batch_size=128)
     out = {}
     for name in names:
-        role = ModelSpec.of(params, name).role
+        role = models[name].role
         if role == "judge":
-            out[name] = {"role": role, **measure_judge(params, Path(out_root) / name, cfg)}
+            out[name] = {"role": role, **measure_judge(Path(out_root) / name, cfg, problems=problems, judge=judge,
+                                                       seed=seed)}
             continue
         if role not in ("generator", "policy", "teacher"):
             out[name] = {"role": role}
             continue
         want_role = "dpo_pool" if role == "policy" else "eval"
         by_set: dict[str, list[dict]] = {}
-        for rec in problems.values():
+        for rec in loaded.values():
             if rec["role"] == want_role:
                 by_set.setdefault(rec["set"], []).append(rec)
         sampler = HFSampler(str(Path(out_root) / name), cfg)
@@ -423,7 +432,7 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
         for set_name, recs in sorted(by_set.items()):
             recs = recs[: b.eval_samples]
             res = sampler.generate([SampleRequest([{"role": "user", "content": r["problem"]}],
-                                                  stable_seed(seed_of(params), "skill", name, r["id"])) for r in recs])
+                                                  stable_seed(seed, "skill", name, r["id"])) for r in recs])
             ok = 0
             for r, s in zip(recs, res):
                 parts = split_think(s.text)
@@ -436,15 +445,16 @@ def measure_skill(params, problem_files, out_root, names) -> dict:
     return out
 
 
-def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
+def measure_judge(model_dir, cfg: SamplingConfig, n: int = 200, *, problems: ProblemsSettings, judge: JudgeSettings,
+                  seed: Seed) -> dict:
     """A tiny judge's accuracy on balanced synthetic items from the corpus region (never an eval
     or pool problem): half the candidate answers right, half off by a small slip. Labels are used
     only to measure here, never to train."""
     from librarm.engines.hf import HFSampler
     from librarm.judging.judge import build_judge_requests, judge_verdict
 
-    syn = ProblemsSettings.from_params(params).synthetic
-    rng = random.Random(stable_seed(seed_of(params), "judge-skill"))
+    syn = problems.synthetic
+    rng = random.Random(stable_seed(seed, "judge-skill"))
     items = []
     for i in range(n):
         prob = corpus_problem(rng, syn.max_value, syn.max_operand)
@@ -452,7 +462,7 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
         answer = prob.answer if label else prob.answer + rng.choice([-2, -1, 1, 2])
         items.append({"index": i, "question": prob.text(), "response": f"\\boxed{{{answer}}}", "label": label})
     sampler = HFSampler(str(model_dir), cfg)
-    batch = build_judge_requests(items, params, ("judge-skill",), tok=sampler.tok)
+    batch = build_judge_requests(items, judge, seed, ("judge-skill",), tok=sampler.tok)
     verdicts: list[int | None] = [None] * n
     for (i, _), s in zip(batch.owners, sampler.generate(batch.requests)):
         verdicts[i] = judge_verdict(s).value
@@ -460,8 +470,9 @@ def measure_judge(params, model_dir, cfg, n: int = 200) -> dict:
     return {"judge_accuracy_synthetic": round(acc, 4), "unparsed_rate": round(sum(v is None for v in verdicts) / n, 4)}
 
 
-def retrain_tiny(params: Mapping[str, Any], workdir: str | Path | None, threads: int | None,
-                 ship: bool = False) -> dict:
+def retrain_tiny(workdir: str | Path | None, threads: int | None, ship: bool = False, *,
+                 bootstrap: BootstrapSettings, problems: ProblemsSettings, judge: JudgeSettings, models: Models,
+                 seed: Seed) -> dict:
     """`librarm train-tiny`: the problem sets and the tiny models trained from scratch in workdir
     (a fresh temporary folder when None); with ship, stored as bootstrap.shipped_dir."""
     import tempfile
@@ -469,27 +480,31 @@ def retrain_tiny(params: Mapping[str, Any], workdir: str | Path | None, threads:
     from librarm.stages.problems import run_problems
 
     work = Path(workdir or tempfile.mkdtemp(prefix="librarm-tiny-"))
-    names = ProblemsSettings.from_params(params).names()
+    names = problems.names()
     sets = {n: work / "problems" / f"{n}.jsonl" for n in names}
-    run_problems(params, sets, {n: work / "problems" / f"{n}.quarantine.jsonl" for n in names},
-                 work / "problems" / "stats.json")
-    stats = run_bootstrap(params, [str(p) for p in sets.values()], work / "models", work / "stats.json", threads,
-                          force_train=True, cache_dir=work / "cache")
+    run_problems(sets, {n: work / "problems" / f"{n}.quarantine.jsonl" for n in names},
+                 work / "problems" / "stats.json", problems=problems, seed=seed)
+    stats = run_bootstrap([str(p) for p in sets.values()], work / "models", work / "stats.json", threads,
+                          force_train=True, cache_dir=work / "cache", bootstrap=bootstrap, problems=problems,
+                          judge=judge, models=models, seed=seed)
     if ship:
-        ship_models(params, work / "models", stats["train_log"])
+        ship_models(work / "models", stats["train_log"], bootstrap=bootstrap, judge=judge, problems=problems,
+                    models=models, seed=seed)
     return stats
 
 
-def ship_models(params: Mapping[str, Any], trained_root: str | Path, train_log: Mapping[str, Any]) -> None:
+def ship_models(trained_root: str | Path, train_log: Mapping[str, Any], *, bootstrap: BootstrapSettings,
+                judge: JudgeSettings, problems: ProblemsSettings, models: Models, seed: Seed) -> None:
     """Copy trained tiny models into bootstrap.shipped_dir with a manifest naming their params hash."""
-    shipped = Path(BootstrapSettings.from_params(params).shipped_dir)
-    names = list(tiny_models(params))
+    shipped = Path(bootstrap.shipped_dir)
+    names = list(tiny_models(models=models))
     if shipped.exists():
         shutil.rmtree(shipped)
     shipped.mkdir(parents=True)
     for n in names:
         shutil.copytree(Path(trained_root) / n, shipped / n)
     write_json(shipped / "manifest.json", {
-        "params_hash": bootstrap_hash(params), "tiny_world_version": TINY_WORLD_VERSION,
+        "params_hash": bootstrap_hash(bootstrap=bootstrap, judge=judge, problems=problems, models=models, seed=seed),
+        "tiny_world_version": TINY_WORLD_VERSION,
         "models": {n: tree_sha256(shipped / n) for n in names}, "train_log": train_log,
     })

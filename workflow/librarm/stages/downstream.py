@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from librarm.engines.base import SamplingConfig
 from librarm.run import paths as P
 from librarm.run.io import StageIO, read_json, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from librarm.run.labelers import (
@@ -26,12 +27,16 @@ from librarm.run.labelers import (
 from librarm.run.settings import (
     DpoSettings,
     EvaluatePolicySettings,
-    JudgeSpec,
+    EvaluateSettings,
+    Generators,
+    Judges,
+    JudgeSettings,
+    Models,
     PairsSettings,
     ReportSettings,
     SamplingSettings,
+    Seed,
     VerifySettings,
-    seed_of,
 )
 from librarm.stats import bootstrap_means, per_problem_accuracy, sign_flip_p
 
@@ -66,37 +71,39 @@ def split_pool(problems: Sequence[Mapping[str, Any]], seed: int, val_fraction: f
     return [p for p in problems if p["id"] not in val_ids], [p for p in problems if p["id"] in val_ids]
 
 
-def run_pool_split(params: Mapping[str, Any], pool_path: str | Path, train_path: str | Path,
-                   val_path: str | Path) -> dict:
+def run_pool_split(pool_path: str | Path, train_path: str | Path, val_path: str | Path, *,
+                   pairs: PairsSettings, seed: Seed) -> dict:
     """Stage step `pairs-split`: the pool's problems that are paired (train) and those whose
     answers only pick the DPO checkpoint (val)."""
     problems = read_jsonl(pool_path, {"id": "str", "problem": "str", "answer": "str"}, id_field="id").records
-    train, val = split_pool(problems, seed_of(params), PairsSettings.from_params(params).val_fraction)
+    train, val = split_pool(problems, seed, pairs.val_fraction)
     write_jsonl(train_path, train)
     write_jsonl(val_path, val)
     return {"train_problems": len(train), "val_problems": len(val)}
 
 
-def step_pairs_split(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    return run_pool_split(params, io.input("pool"), io.output("train"), io.output("val")), []
+def step_pairs_split(io: StageIO, *, pairs: PairsSettings, seed: Seed) -> tuple[dict, list[str]]:
+    return run_pool_split(io.input("pool"), io.output("train"), io.output("val"), pairs=pairs, seed=seed), []
 
 
-def step_pairs_sample(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_pairs_sample(io: StageIO, *, pairs: PairsSettings, sampling: SamplingSettings, seed: Seed,
+                      generators: Generators, models: Models) -> tuple[dict, list[str]]:
     """Stage step `pairs-sample`: the policy samples `pairs.n` responses per pool problem."""
     from librarm.stages.sample import run_sample
 
-    pc = PairsSettings.from_params(params)
+    pc = pairs
     # the generators' code path with the policy's own engine, response count and temperature
-    sampling = SamplingSettings.from_params(params).replace(n=pc.n, temperature=pc.temperature)
-    meta = run_sample(params, "policy", pc.pool, io.input("problems"), io.output("samples"), io.output("meta"),
-                      threads=io.threads, progress=False, spec=pc.policy_engine(), sampling=sampling)
+    policy_sampling = sampling.replace(n=pc.n, temperature=pc.temperature)
+    meta = run_sample("policy", pc.pool, io.input("problems"), io.output("samples"), io.output("meta"),
+                      threads=io.threads, progress=False, spec=pc.policy_engine(), sampling=policy_sampling,
+                      seed=seed, generators=generators, models=models)
     return {k: meta[k] for k in ("n_records", "generated_now", "reused", "tokens_per_s")}, []
 
 
-def step_pairs_verify(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_pairs_verify(io: StageIO, *, verify: VerifySettings) -> tuple[dict, list[str]]:
     from librarm.stages.verify import run_verify
 
-    v = VerifySettings.from_params(params)
+    v = verify
     meta = run_verify(io.input("samples"), io.input_list("problems"), io.output("verified"), io.output("meta"),
                       workers=io.threads or 1, timeout_s=v.timeout_s, memory_mb=v.memory_mb, progress=False)
     return {"accuracy": meta["accuracy"], "reasons": meta["reasons"]}, []
@@ -111,15 +118,17 @@ def judge_items(verified: Sequence[Mapping[str, Any]]) -> list[dict]:
              "sample_id": r["sample_id"]} for i, r in enumerate(verified)]
 
 
-def run_judge_labels(params: Mapping[str, Any], labeler: str, verified_path: str | Path, out_path: str | Path,
-                     threads: int | None = None, sampler=None) -> dict:
+def run_judge_labels(labeler: str, verified_path: str | Path, out_path: str | Path,
+                     threads: int | None = None, sampler=None, *, judges: Judges, evaluate: EvaluateSettings,
+                     judge: JudgeSettings, models: Models, seed: Seed) -> dict:
     """Stage step `pairs-label`: one trained judge labels every policy response (verdict or None)."""
     from librarm.stages.evaluate import predict
 
     verified = read_jsonl(verified_path).records
     items = judge_items(verified)
     t0 = time.time()
-    preds, extra = predict(params, labeler, items, threads, sampler)
+    preds, extra = predict(labeler, items, threads, sampler, judges=judges, evaluate=evaluate, judge=judge,
+                           models=models, seed=seed)
     rows = [{"sample_id": it["sample_id"], "pred": p["pred"], "status": p["status"]} for it, p in zip(items, preds)]
     write_jsonl(out_path, rows)
     acc = label_accuracy([r["pred"] for r in rows], [it["label"] for it in items])
@@ -127,8 +136,10 @@ def run_judge_labels(params: Mapping[str, Any], labeler: str, verified_path: str
             **{k: v for k, v in extra.items() if k in ("status_counts", "threshold")}}
 
 
-def step_pairs_label(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    return run_judge_labels(params, io.wildcard("judge"), io.input("verified"), io.output("labels"), io.threads), []
+def step_pairs_label(io: StageIO, *, judges: Judges, evaluate: EvaluateSettings, judge: JudgeSettings,
+                     models: Models, seed: Seed) -> tuple[dict, list[str]]:
+    return run_judge_labels(io.wildcard("judge"), io.input("verified"), io.output("labels"), io.threads,
+                            judges=judges, evaluate=evaluate, judge=judge, models=models, seed=seed), []
 
 
 def label_accuracy(labels: Sequence[int | None], gold: Sequence[int]) -> float | None:
@@ -220,15 +231,14 @@ def take_budget(pairs: Sequence[dict], budget: int, seed: int, labeler: str) -> 
     return [p for p in pairs if p["pair_id"] in ids]
 
 
-def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_paths: Mapping[str, str | Path],
+def run_build_pairs(verified_path: str | Path, label_paths: Mapping[str, str | Path],
                     pairs_paths: Mapping[str, str | Path], raw_paths: Mapping[str, str | Path],
-                    curve_paths: Mapping[str, str | Path], stats_path: str | Path) -> dict:
+                    curve_paths: Mapping[str, str | Path], stats_path: str | Path, *,
+                    pairs: PairsSettings, judges: Judges, seed: Seed) -> dict:
     """Stage step `pairs-build`: per labeler, its DPO training set (pairs_paths: at most
     `pairs.budget` pairs; a labeler with fewer is "short" and keeps all it has) and every pair it
     gives (raw_paths); the gold curve (curve_paths, keyed by policy name); the stats."""
-    cfg = PairsSettings.from_params(params)
-    judges = JudgeSpec.registry(params)
-    seed = seed_of(params)
+    cfg = pairs
     verified = read_jsonl(verified_path).records
     gold = [gold_label(r) for r in verified]
     sids = [r["sample_id"] for r in verified]
@@ -246,8 +256,8 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
             labels = [by_id[s] for s in sids]
         else:
             labels = builtin_labels(name, gold, sids, seed)
-        pairs, st = build_pairs(verified, labels, labeler=name, seed=seed, per_problem=cfg.per_problem)
-        raw[name] = pairs
+        made, st = build_pairs(verified, labels, labeler=name, seed=seed, per_problem=cfg.per_problem)
+        raw[name] = made
         stats["labelers"][name] = {"kind": kind, "label_accuracy": label_accuracy(labels, gold),
                                    "judged_correct_share": round(sum(lab == 1 for lab in labels) / len(labels), 4)
                                    if labels else None, **st}
@@ -275,13 +285,14 @@ def run_build_pairs(params: Mapping[str, Any], verified_path: str | Path, label_
     return stats
 
 
-def step_pairs_build(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    pc = PairsSettings.from_params(params)
-    judges = [n for n in pc.labelers if labeler_kind(n, JudgeSpec.registry(params)) == "judge"]
-    stats = run_build_pairs(params, io.input("verified"), io.keyed("labels", P.PAIRS_LABELS, "judge", judges),
+def step_pairs_build(io: StageIO, *, pairs: PairsSettings, judges: Judges, seed: Seed) -> tuple[dict, list[str]]:
+    pc = pairs
+    judge_labelers = [n for n in pc.labelers if labeler_kind(n, judges) == "judge"]
+    stats = run_build_pairs(io.input("verified"), io.keyed("labels", P.PAIRS_LABELS, "judge", judge_labelers),
                             io.keyed("pairs", P.PAIRS_FILE, "policy", list(pc.labelers), output=True),
                             io.keyed("raw", P.PAIRS_RAW, "labeler", list(pc.labelers), output=True),
-                            io.keyed("curve", P.PAIRS_FILE, "policy", curve_policies(pc), output=True), io.output("stats"))
+                            io.keyed("curve", P.PAIRS_FILE, "policy", curve_policies(pc), output=True), io.output("stats"),
+                            pairs=pairs, judges=judges, seed=seed)
     return {name: {k: v[k] for k in ("pairs_raw", "pairs_trained", "short", "label_accuracy")}
             for name, v in stats["labelers"].items()}, [io.output("stats")]
 
@@ -296,25 +307,24 @@ def avg_at_k(per_problem: Mapping[str, Mapping[str, float]]) -> dict[str, float]
     return out
 
 
-def policy_decoding(params: Mapping[str, Any]):
+def policy_decoding(*, evaluate_policy: EvaluatePolicySettings, sampling: SamplingSettings):
     """How a policy decodes when it is evaluated (and validated during DPO): evaluate_policy's
     temperature, top_p and budget (else sampling.max_new_tokens), sampling's batch size."""
-    from librarm.engines.base import SamplingConfig
 
-    ev, sampling = EvaluatePolicySettings.from_params(params), SamplingSettings.from_params(params)
+    ev = evaluate_policy
     return SamplingConfig(temperature=ev.temperature, top_p=ev.top_p, batch_size=sampling.batch_size,
                           max_new_tokens=ev.max_new_tokens or sampling.max_new_tokens)
 
 
 def sample_and_grade(sampler, problems: Sequence[Mapping[str, Any]], k: int, seed: int, tag: str,
-                     params: Mapping[str, Any], pool) -> list[dict]:
+                     pool, *, sampling: SamplingSettings) -> list[dict]:
     """k samples per problem, graded by math-verify against the problem's answer. Seeds depend on
     (tag, problem, sample index) only, so every policy sees the same random numbers (paired)."""
     from librarm.engines.base import SampleRequest
     from librarm.judging.think import split_think
     from librarm.stages.sample import problem_messages
 
-    scfg = SamplingSettings.from_params(params)
+    scfg = sampling
     reqs = [SampleRequest(problem_messages(p, scfg.system_prompt, scfg.problem_template),
                           stable_seed(seed, tag, p["id"], j), p)
             for p in problems for j in range(k)]
@@ -331,28 +341,30 @@ def sample_and_grade(sampler, problems: Sequence[Mapping[str, Any]], k: int, see
     return out
 
 
-def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, problem_paths: Mapping[str, str | Path],
+def run_policy_eval(policy: str, model_path: str, problem_paths: Mapping[str, str | Path],
                     samples_path: str | Path, eval_path: str | Path, threads: int | None = None,
-                    sampler=None) -> dict:
+                    sampler=None, *, evaluate_policy: EvaluatePolicySettings, sampling: SamplingSettings,
+                    verify: VerifySettings, pairs: PairsSettings, models: Models, seed: Seed) -> dict:
     """Stage step `policy-eval`: one policy's avg@k on the hard eval subsets (problem_paths:
     {subset: file}); its graded samples and metrics."""
     from librarm.judging.verifier import VerifierPool
     from librarm.run.provenance import model_identity, provenance
     from librarm.stages.problems import load_problem_sets
 
-    ev = EvaluatePolicySettings.from_params(params)
+    ev = evaluate_policy
     problems = []
     for subset, path in problem_paths.items():
         problems += [dict(p, subset=subset) for p in load_problem_sets([path]).values()]
     t0 = time.time()
     if sampler is None:
-        sampler = _policy_sampler(params, model_path, policy_decoding(params), threads)
-    v = VerifySettings.from_params(params)
+        sampler = _policy_sampler(model_path, policy_decoding(evaluate_policy=evaluate_policy, sampling=sampling),
+                                  threads, pairs=pairs, models=models, seed=seed)
+    v = verify
     with VerifierPool(max(1, threads or 1), v.timeout_s, v.memory_mb) as pool:
-        graded = sample_and_grade(sampler, problems, ev.k, seed_of(params), "policy-eval", params, pool)
+        graded = sample_and_grade(sampler, problems, ev.k, seed, "policy-eval", pool, sampling=sampling)
     per_problem = per_problem_accuracy(graded)
     metrics = {"policy": policy, "k": ev.k, "avg_at_k": avg_at_k(per_problem),
-               "ci95": bootstrap_means(per_problem, ev.bootstrap_resamples, seed_of(params)),
+               "ci95": bootstrap_means(per_problem, ev.bootstrap_resamples, seed),
                "problems": {s: len(v) for s, v in per_problem.items()},
                "no_answer_share": round(sum(r["pred"] is None for r in graded) / max(1, len(graded)), 4),
                "mean_completion_tokens": round(float(np.mean([r["completion_tokens"] for r in graded])), 1) if graded else None,
@@ -363,38 +375,42 @@ def run_policy_eval(params: Mapping[str, Any], policy: str, model_path: str, pro
     return metrics
 
 
-def policy_folder(params: Mapping[str, Any], local: Sequence[str]) -> str:
+def policy_folder(local: Sequence[str], *, pairs: PairsSettings, models: Models) -> str:
     """A policy to load: the folder its rule passes (one the pipeline made), else the base policy
     `pairs.policy` names (a hub id or a path, which is not a rule input)."""
     from librarm.run.models import model_ref
 
-    return local[0] if local else model_ref(params, PairsSettings.from_params(params).policy)["path"]
+    return local[0] if local else model_ref(models, pairs.policy)["path"]
 
 
-def step_policy_eval(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_policy_eval(io: StageIO, *, evaluate_policy: EvaluatePolicySettings, sampling: SamplingSettings,
+                     verify: VerifySettings, pairs: PairsSettings, models: Models, seed: Seed) -> tuple[dict, list[str]]:
     """Stage step `policy-eval`: the base policy (a hub id or the folder the pipeline made) or a
     DPO policy's run (its `model` input)."""
     policy = io.wildcard("policy")
-    model_path = policy_folder(params, io.input_list("model"))
-    problems = io.keyed("problems", P.PROBLEM_SET, "subset", list(EvaluatePolicySettings.from_params(params).subsets))
-    m = run_policy_eval(params, policy, model_path, problems, io.output("samples"), io.output("metrics"), io.threads)
+    model_path = policy_folder(io.input_list("model"), pairs=pairs, models=models)
+    problems = io.keyed("problems", P.PROBLEM_SET, "subset", list(evaluate_policy.subsets))
+    m = run_policy_eval(policy, model_path, problems, io.output("samples"), io.output("metrics"), io.threads,
+                        evaluate_policy=evaluate_policy, sampling=sampling, verify=verify, pairs=pairs, models=models,
+                        seed=seed)
     return {"avg_at_k": m["avg_at_k"], "seconds": m["seconds"]}, [io.output("metrics")]
 
 
-def _policy_sampler(params, model_path, cfg, threads):
+def _policy_sampler(model_path, cfg: SamplingConfig, threads, *, pairs: PairsSettings, models: Models, seed: int):
     """The policy at model_path behind the backend `pairs.backend` names (the generators' factory)."""
     from librarm.engines import make_sampler
 
-    return make_sampler(PairsSettings.from_params(params).policy_engine(), params, cfg, threads, model_path=model_path)
+    return make_sampler(pairs.policy_engine(), models, cfg, seed, threads, model_path=model_path)
 
 
-def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, tuple[str | Path, str | Path]],
-                     pairs_stats_path: str | Path | None, out_path: str | Path, per_problem_path: str | Path) -> dict:
+def summarize_policy(policy: str, runs: Mapping[str, tuple[str | Path, str | Path]],
+                     pairs_stats_path: str | Path | None, out_path: str | Path, per_problem_path: str | Path, *,
+                     evaluate_policy: EvaluatePolicySettings, seed: Seed) -> dict:
     """A policy's metrics: avg@k averaged over DPO seeds (per-problem accuracies are averaged
     first, then bootstrapped), the per-seed values and their sd, and the labeler's pair count and
     label accuracy (0 / null for `none`); runs maps each run to its (eval, samples) files. The
     mean per-problem accuracies go to per_problem_path (the paired gain tests read them)."""
-    ev = EvaluatePolicySettings.from_params(params)
+    ev = evaluate_policy
     seeds: dict[str, dict] = {}
     per_seed_problem: list[dict] = []
     for run, (eval_path, samples_path) in runs.items():
@@ -411,7 +427,7 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
     raw = kind == "raw"
     metrics = {"policy": policy, "labeler": labeler, "k": ev.k,
                "avg_at_k": avg_at_k(mean_pp),
-               "ci95": bootstrap_means(mean_pp, ev.bootstrap_resamples, seed_of(params)),
+               "ci95": bootstrap_means(mean_pp, ev.bootstrap_resamples, seed),
                "seeds": seeds,
                "sd_over_seeds": ({s: round(float(np.std([v[s] for v in seeds.values()], ddof=1)), 4)
                                   for s in next(iter(seeds.values()))} if len(seeds) > 1 else None),
@@ -425,26 +441,26 @@ def summarize_policy(params: Mapping[str, Any], policy: str, runs: Mapping[str, 
     return metrics
 
 
-def step_policy_metrics(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_policy_metrics(io: StageIO, *, dpo: DpoSettings, evaluate_policy: EvaluatePolicySettings,
+                        seed: Seed) -> tuple[dict, list[str]]:
     policy = io.wildcard("policy")
-    names = policy_runs(policy, DpoSettings.from_params(params).seeds)
+    names = policy_runs(policy, dpo.seeds)
     evals = io.keyed("evals", P.POLICY_RUN_EVAL, "run", names, policy=policy)
     samples = io.keyed("samples", P.POLICY_RUN_SAMPLES, "run", names, policy=policy)
     pairs = io.input_list("pairs_stats")
-    m = summarize_policy(params, policy, {r: (evals[r], samples[r]) for r in names}, pairs[0] if pairs else None,
-                         io.output("metrics"), io.output("per_problem"))
+    m = summarize_policy(policy, {r: (evals[r], samples[r]) for r in names}, pairs[0] if pairs else None,
+                         io.output("metrics"), io.output("per_problem"), evaluate_policy=evaluate_policy, seed=seed)
     return {"avg_at_k": m["avg_at_k"], "pairs": m["pairs"], "label_accuracy": m["label_accuracy"]}, \
         [io.output("metrics")]
 
 
-def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, tuple[str | Path, str | Path]],
-                         out_path: str | Path) -> dict:
+def summarize_downstream(policy_files: Mapping[str, tuple[str | Path, str | Path]], out_path: str | Path, *,
+                         evaluate_policy: EvaluatePolicySettings, report: ReportSettings, seed: Seed) -> dict:
     """The downstream summary: every policy's avg@k, and its gain over `none` with a paired (same
     problems, same sampling seeds) bootstrap interval and sign-flip p-value; the share of the gold
     labeler's gain each labeler recovers. policy_files maps each policy to its (metrics,
     per-problem) files."""
-    ev = EvaluatePolicySettings.from_params(params)
-    seed = seed_of(params)
+    ev = evaluate_policy
     metrics, per_problem = {}, {}
     for metrics_path, per_problem_path in policy_files.values():
         m = read_json(metrics_path)
@@ -463,7 +479,7 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
             row["gain"] = {s: round(m["avg_at_k"][s] - metrics[NONE_POLICY]["avg_at_k"][s], 4) for s in m["avg_at_k"]}
             row["gain_ci95"] = bootstrap_means(diff, ev.bootstrap_resamples, seed)
             flat = np.array([v for s in sorted(diff) for v in diff[s].values()])
-            row["gain_p_value"] = sign_flip_p(flat, ReportSettings.from_params(params).permutations, seed)
+            row["gain_p_value"] = sign_flip_p(flat, report.permutations, seed)
         out["policies"][name] = row
     curve = {policy_parts(n)[2]: r for n, r in out["policies"].items() if policy_parts(n)[0] == "curve"}
     for name, row in out["policies"].items():
@@ -484,10 +500,12 @@ def summarize_downstream(params: Mapping[str, Any], policy_files: Mapping[str, t
     return out
 
 
-def step_downstream_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    policies = all_policies(PairsSettings.from_params(params))
+def step_downstream_summary(io: StageIO, *, pairs: PairsSettings, evaluate_policy: EvaluatePolicySettings,
+                            report: ReportSettings, seed: Seed) -> tuple[dict, list[str]]:
+    policies = all_policies(pairs)
     metrics = io.keyed("metrics", P.POLICY_METRICS, "policy", policies)
     per_problem = io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", policies)
-    s = summarize_downstream(params, {p: (metrics[p], per_problem[p]) for p in policies}, io.output("summary"))
+    s = summarize_downstream({p: (metrics[p], per_problem[p]) for p in policies}, io.output("summary"),
+                             evaluate_policy=evaluate_policy, report=report, seed=seed)
     return {"gain_all": {k: v["gain"].get("all") for k, v in s["policies"].items() if v.get("gain")}}, \
         [io.output("summary")]

@@ -11,30 +11,41 @@ from typing import Any, Mapping
 from librarm.run.io import StageIO, read_json, read_jsonl, set_tree_mode, write_json
 from librarm.run.launch import barrier, is_main, per_process, shared_on_disk, world_size
 from librarm.run.paths import RESUME_TRAIN
-from librarm.run.settings import DpoSettings, PairsSettings, SamplingSettings, VerifySettings, seed_of
+from librarm.run.settings import (
+    DpoSettings,
+    EvaluatePolicySettings,
+    Models,
+    PairsSettings,
+    SamplingSettings,
+    Seed,
+    VerifySettings,
+)
 from librarm.stages.train import device_args, latest_checkpoint, resume_dir_for, seed_everything
 
 
-def dpo_rows(pairs, tok, params: Mapping[str, Any]) -> list[dict]:
+def dpo_rows(pairs, tok, *, sampling: SamplingSettings) -> list[dict]:
     """Prompt = the policy's rendered chat prompt (as the sampler renders it); chosen/rejected = the
     raw responses including their thinking (TRL appends EOS), so no template can strip it."""
     from librarm.engines.hf import render_chat
     from librarm.stages.sample import problem_messages
 
-    scfg = SamplingSettings.from_params(params)
+    scfg = sampling
     return [{"prompt": render_chat(tok, problem_messages({"problem": p["question"]}, scfg.system_prompt,
                                                          scfg.problem_template)),
              "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
 
-def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
+def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: str,
             out_dir: str | Path, *, name: str, seed: int, threads: int | None = None,
-            resume_root: str | Path = RESUME_TRAIN, budget: int | None = None) -> dict:
+            resume_root: str | Path = RESUME_TRAIN, budget: int | None = None, dpo: DpoSettings,
+            sampling: SamplingSettings, evaluate_policy: EvaluatePolicySettings, verify: VerifySettings,
+            run_seed: Seed) -> dict:
     """Train one DPO policy for the steps `budget` pairs take (see `labelers.dpo_step_pairs`;
     None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
     the untrained policy (step 0), every `val_every` steps and at the end. Selection reads the
     gold answers of the pool's held-out validation problems (declared in every table). Resumes
-    from the last checkpoint under resume_root."""
+    from the last checkpoint under resume_root. `seed` is this DPO run's (training) seed;
+    `run_seed` is the run's seed (params `seed`), which seeds the validation samples."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -44,7 +55,7 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     from librarm.run.labelers import dpo_step_pairs
     from librarm.stages.downstream import policy_decoding
 
-    cfg = DpoSettings.from_params(params)
+    cfg = dpo
     seed_everything(seed, threads)
     pairs = read_jsonl(pairs_path).records
     if not pairs:
@@ -52,14 +63,13 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     val_problems = [dict(p, subset="val") for p in read_jsonl(val_problems_path).records]
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
-    ds = Dataset.from_list(dpo_rows(pairs, tok, params))
+    ds = Dataset.from_list(dpo_rows(pairs, tok, sampling=sampling))
     step_pairs = len(pairs) if budget is None else dpo_step_pairs(name, len(pairs), budget)
     steps = cfg.steps(step_pairs)
-    sampling = SamplingSettings.from_params(params)
     resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path,
                                 {k: v for k, v in asdict(cfg).items() if k != "seeds"}, seed, steps,
                                 sampling.system_prompt, sampling.problem_template)
-    vcfg = policy_decoding(params)
+    vcfg = policy_decoding(evaluate_policy=evaluate_policy, sampling=sampling)
     if world_size() > 1:
         ds = shared_on_disk(ds, resume_dir / f"rows-{world_size()}")
         if len(pairs) % cfg.batch_size and is_main():
@@ -70,11 +80,10 @@ def run_dpo(params: Mapping[str, Any], pairs_path: str | Path, val_problems_path
     # read by every process before any writes it (then they agree on whether step 0 is validated)
     started_with_best = best_path.exists()
     barrier()
-    verify = VerifySettings.from_params(params)
     pool = VerifierPool(1, verify.timeout_s, verify.memory_mb)
 
-    select = select_on_val(TrainerCallback, vcfg, val_problems, cfg, seed_of(params), params, pool, resume_dir,
-                           best_path, started_with_best)
+    select = select_on_val(TrainerCallback, vcfg, val_problems, cfg, run_seed, pool, resume_dir,
+                           best_path, started_with_best, sampling=sampling)
 
     args = DPOConfig(
         **device_args(),
@@ -107,8 +116,8 @@ def _unchanged_policy(init_model: str, out_dir: Path, name: str, seed: int, pair
             "note": f"{pairs_path} has no pair: the base policy, unchanged"}
 
 
-def select_on_val(callback_base, vcfg, val_problems, cfg, seed: int, params, pool, resume_dir: Path, best_path: Path,
-                  started_with_best: bool):
+def select_on_val(callback_base, vcfg, val_problems, cfg: DpoSettings, seed: int, pool, resume_dir: Path, best_path: Path,
+                  started_with_best: bool, *, sampling: SamplingSettings):
     """The trainer callback that validates avg@k on the untrained policy (step 0), every val_every
     steps and at the end, and keeps the best state beside the checkpoints (with its score, so a
     resumed run keeps comparing against it)."""
@@ -121,7 +130,7 @@ def select_on_val(callback_base, vcfg, val_problems, cfg, seed: int, params, poo
             was_training = model.training
             model.eval()
             sampler = HFSampler("live", vcfg, model=model, tokenizer=tok)
-            graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed, "policy-val", params, pool)
+            graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed, "policy-val", pool, sampling=sampling)
             if was_training:
                 model.train()
             acc = avg_at_k(per_problem_accuracy(graded))["all"]
@@ -179,22 +188,25 @@ def _summary(state, ds, tok, name: str, seed: int, n_pairs: int, step_pairs: int
             "val_curve": [{"step": h["step"], "val_avg_at_k": h["val_avg_at_k"]} for h in hist if "val_avg_at_k" in h]}
 
 
-def step_dpo(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_dpo(io: StageIO, *, dpo: DpoSettings, pairs: PairsSettings, sampling: SamplingSettings,
+             evaluate_policy: EvaluatePolicySettings, verify: VerifySettings, models: Models,
+             seed: Seed) -> tuple[dict, list[str]]:
     """Stage step `dpo`: one policy (the `policy` wildcard) and DPO seed, from the `init` input (the
     policy folder the pipeline made) or the hub policy `pairs.policy` names."""
     from librarm.stages.downstream import policy_folder
 
-    init = policy_folder(params, io.input_list("init"))
-    log = run_dpo(params, io.input("pairs"), io.input("val"), init, io.output("model"),
+    init = policy_folder(io.input_list("init"), pairs=pairs, models=models)
+    log = run_dpo(io.input("pairs"), io.input("val"), init, io.output("model"),
                   name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
-                  budget=PairsSettings.from_params(params).budget)
+                  budget=pairs.budget, dpo=dpo, sampling=sampling, evaluate_policy=evaluate_policy, verify=verify,
+                  run_seed=seed)
     if is_main():
         write_json(io.output("log"), log)
     return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",
                                 "tokens_per_s", "loss_curve", "val_curve")}, [io.output("log")]
 
 
-def step_dpo_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_dpo_stats(io: StageIO) -> tuple[dict, list[str]]:
     """Stage step `dpo-stats`: every DPO run's log in one file, keyed <policy>/seed-<seed>."""
     stats = {}
     for p in io.input_list("logs"):

@@ -8,7 +8,15 @@ from librarm.judging.bench_formats import read_bench
 from librarm.judging.metrics import auroc, best_threshold, problem_prior_predictions, summarize
 from librarm.run import paths as P
 from librarm.run.io import StageIO, read_json, write_json, write_jsonl, write_text
-from librarm.run.settings import CompareSettings, EvaluateSettings, JudgeDataSettings, JudgeSpec, seed_of
+from librarm.run.settings import (
+    CompareSettings,
+    EvaluateSettings,
+    JudgeDataSettings,
+    Judges,
+    JudgeSettings,
+    Models,
+    Seed,
+)
 from librarm.stats import bootstrap_intervals
 
 
@@ -21,9 +29,10 @@ def score_predictions(preds: Sequence[Mapping[str, Any]], resamples: int, seed: 
     return metrics
 
 
-def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[str, Any]],
+def predict(judge_name: str, items: Sequence[Mapping[str, Any]],
             threads: int | None = None, sampler=None, stream: Sequence[Any] | None = None,
-            samples: int = 1) -> tuple[list[dict], dict[str, Any]]:
+            samples: int = 1, *, judges: Judges, evaluate: EvaluateSettings, judge: JudgeSettings,
+            models: Models, seed: Seed) -> tuple[list[dict], dict[str, Any]]:
     """One judge's verdicts on items (index, subset, model, label, question, response): one
     prediction record per item, plus judge-kind extras (status counts; a scalar RM's threshold,
     chosen on `evaluate.threshold_split`, never on the items). A generative judge's seeds come
@@ -31,15 +40,16 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     from librarm.judging.judge import STATUSES, judge_sampler, run_generative, scalar_scores
     from librarm.run.models import model_ref
 
-    spec = JudgeSpec.of(params, judge_name)
-    ev = EvaluateSettings.from_params(params)
+    spec = judges[judge_name]
+    ev = evaluate
     extra: dict[str, Any] = {}
     if spec.kind == "generative":
-        sampler = sampler or judge_sampler(spec, params, threads)
-        preds = run_generative(items, sampler, params, judge_name, stream, spec.prompt_opens_think)
+        sampler = sampler or judge_sampler(spec, models, judge, seed, threads)
+        preds = run_generative(items, sampler, judge, seed, judge_name, stream, spec.prompt_opens_think)
         if samples > 1:
-            more_verdicts(items, sampler, params, stream or ("judge", judge_name), spec.prompt_opens_think, samples, preds)
-            extra["samples"] = _k_verdict_metrics(preds, ev, seed_of(params))
+            more_verdicts(items, sampler, stream or ("judge", judge_name), spec.prompt_opens_think, samples, preds,
+                          judge=judge, seed=seed)
+            extra["samples"] = _k_verdict_metrics(preds, ev, seed)
         # every status, zeros included (judge.STATUSES: `ambiguous` and `unterminated` count as unparsed)
         extra["status_counts"] = {s: sum(p["status"] == s for p in preds)
                                   for s in sorted(set(STATUSES) | {p["status"] for p in preds})}
@@ -50,7 +60,7 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     if not ev.threshold_split:
         raise ValueError(f"judge {judge_name!r} is a scalar RM: set evaluate.threshold_split to labeled items "
                          "that are not the bench (its threshold is chosen there)")
-    ref = model_ref(params, spec.model)
+    ref = model_ref(models, spec.model)
     field = spec.input
     held = read_bench(ev.threshold_split)
     held_scores = scalar_scores(held, ref["path"], ref["revision"], ev.scalar_batch_size, threads=threads, field=field)
@@ -65,14 +75,15 @@ def predict(params: Mapping[str, Any], judge_name: str, items: Sequence[Mapping[
     return preds, extra
 
 
-def more_verdicts(items, sampler, params, stream, prompt_opens_think: bool, samples: int, out: list[dict]) -> None:
+def more_verdicts(items, sampler, stream, prompt_opens_think: bool, samples: int, out: list[dict], *,
+                  judge: JudgeSettings, seed: Seed) -> None:
     """Verdicts 1..samples-1 of every item (seeds (seed, *stream, index, r); verdict 0 is the
     single-verdict run's), added to each prediction as `verdicts` with the majority (a tie: None)
     and P(correct); `pred` stays the first verdict."""
     from librarm.judging.judge import build_judge_requests, judge_verdict
     from librarm.judging.verdict_metrics import aggregate
 
-    batch = build_judge_requests(items, params, stream, repeats=samples, tok=getattr(sampler, "tok", None))
+    batch = build_judge_requests(items, judge, seed, stream, repeats=samples, tok=getattr(sampler, "tok", None))
     keep = [n for n, (_i, r) in enumerate(batch.owners) if r > 0]
     results = sampler.generate([batch.requests[n] for n in keep]) if keep else []
     more: dict[int, list] = {}
@@ -97,9 +108,11 @@ def _k_verdict_metrics(preds: Sequence[Mapping[str, Any]], ev: EvaluateSettings,
     return out
 
 
-def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, predictions_path: str | Path,
+def run_evaluate(judge_name: str, bench_path: str | Path, predictions_path: str | Path,
                  metrics_path: str | Path, threads: int | None = None, sampler=None,
-                 stress_path: str | Path | None = None, stress_predictions_path: str | Path | None = None) -> dict[str, Any]:
+                 stress_path: str | Path | None = None, stress_predictions_path: str | Path | None = None, *,
+                 judges: Judges, evaluate: EvaluateSettings, judge: JudgeSettings, models: Models,
+                 seed: Seed) -> dict[str, Any]:
     """Stage `evaluate`: one judge on one benchmark file -> its predictions and metrics; with
     stress_path, also on the judge-hacking stress set (its false-positive rates go to
     metrics["stress"], apart from every bench metric)."""
@@ -109,14 +122,15 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     from librarm.run.models import model_ref
     from librarm.run.provenance import model_identity, provenance
 
-    spec = JudgeSpec.of(params, judge_name)
+    spec = judges[judge_name]
+    sections = dict(judges=judges, evaluate=evaluate, judge=judge, models=models, seed=seed)
     items = read_bench(bench_path)
     t0 = time.time()
     if sampler is None and spec.kind == "generative":
-        sampler = judge_sampler(spec, params, threads)          # one model load for both sets
+        sampler = judge_sampler(spec, models, judge, seed, threads)          # one model load for both sets
     # k verdicts per item on the bench (evaluate.samples), one on the stress set
-    preds, extra = predict(params, judge_name, items, threads, sampler, samples=EvaluateSettings.from_params(params).samples)
-    metrics = score_predictions(preds, EvaluateSettings.from_params(params).bootstrap_resamples, seed_of(params))
+    preds, extra = predict(judge_name, items, threads, sampler, samples=evaluate.samples, **sections)
+    metrics = score_predictions(preds, evaluate.bootstrap_resamples, seed)
     metrics.update(extra)
     metrics["judge"] = judge_name
     elapsed = time.time() - t0
@@ -124,16 +138,17 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     tokens = sum(p.get("completion_tokens", 0) for p in preds)
     # from the unrounded time: a fast scripted judge can finish in under 5 ms (seconds 0.0)
     metrics["tokens_per_s"] = round(tokens / elapsed, 1) if tokens and elapsed > 0 else None
-    models = []
+    identities = []
     if spec.model:
-        ref = model_ref(params, spec.model)
-        models.append(model_identity(ref["path"], ref["revision"]))
-    metrics["provenance"] = provenance(models=models, data=[str(bench_path)])
+        ref = model_ref(models, spec.model)
+        identities.append(model_identity(ref["path"], ref["revision"]))
+    metrics["provenance"] = provenance(models=identities, data=[str(bench_path)])
     if stress_path is not None:
         from librarm.stages.stress import stress_metrics
 
         stress_items = read_bench(stress_path)
-        stress_preds, _ = predict(params, judge_name, stress_items, threads, sampler, stream=("judge-stress", judge_name))
+        stress_preds, _ = predict(judge_name, stress_items, threads, sampler, stream=("judge-stress", judge_name),
+                                  **sections)
         metrics["stress"] = stress_metrics(stress_preds, stress_items, preds)
         write_jsonl(stress_predictions_path, stress_preds)
     write_jsonl(predictions_path, preds)
@@ -141,19 +156,22 @@ def run_evaluate(params: Mapping[str, Any], judge_name: str, bench_path: str | P
     return metrics
 
 
-def score_file(params: Mapping[str, Any], judge_name: str, bench_path: str | Path, out_dir: str | Path,
-               threads: int | None = None) -> dict[str, Any]:
+def score_file(judge_name: str, bench_path: str | Path, out_dir: str | Path,
+               threads: int | None = None, *, judges: Judges, evaluate: EvaluateSettings, judge: JudgeSettings,
+               models: Models, seed: Seed) -> dict[str, Any]:
     """`librarm score`: a judge on any bench-schema file, into out_dir (predictions.jsonl, metrics.json)."""
     out_dir = Path(out_dir)
-    return run_evaluate(params, judge_name, bench_path, out_dir / "predictions.jsonl", out_dir / "metrics.json",
-                        threads)
+    return run_evaluate(judge_name, bench_path, out_dir / "predictions.jsonl", out_dir / "metrics.json",
+                        threads, judges=judges, evaluate=evaluate, judge=judge, models=models, seed=seed)
 
 
-def step_evaluate(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_evaluate(io: StageIO, *, judges: Judges, evaluate: EvaluateSettings, judge: JudgeSettings,
+                  models: Models, seed: Seed) -> tuple[dict, list[str]]:
     stress, stress_preds = io.input_list("stress"), io.output_list("stress_predictions")
-    metrics = run_evaluate(params, io.wildcard("judge"), io.input("bench"), io.output("predictions"),
+    metrics = run_evaluate(io.wildcard("judge"), io.input("bench"), io.output("predictions"),
                            io.output("metrics"), io.threads, stress_path=stress[0] if stress else None,
-                           stress_predictions_path=stress_preds[0] if stress_preds else None)
+                           stress_predictions_path=stress_preds[0] if stress_preds else None,
+                           judges=judges, evaluate=evaluate, judge=judge, models=models, seed=seed)
     return metrics, [io.output("metrics"), io.output("predictions")]
 
 
@@ -163,8 +181,9 @@ def _fmt_ci(ci: Sequence[float] | None) -> str:
 
 def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Mapping[str, str | Path],
                    out_json: str | Path, out_md: str | Path, out_comparisons: str | Path, *,
-                   params: Mapping[str, Any], bench_path: str | Path | None = None,
-                   judge_train_path: str | Path | None = None, train_stats_path: str | Path | None = None) -> dict:
+                   bench_path: str | Path | None = None,
+                   judge_train_path: str | Path | None = None, train_stats_path: str | Path | None = None,
+                   judge_data: JudgeDataSettings | None, compare: CompareSettings, seed: Seed) -> dict:
     """The eval summary (JSON), its table (Markdown) and the comparisons: one row per judge
     (reward-bench style), paired comparisons, seen vs held-out generators, the shortcut probe,
     training stats. metric_paths and prediction_paths map each judge to its files."""
@@ -173,10 +192,7 @@ def summarize_eval(metric_paths: Mapping[str, str | Path], prediction_paths: Map
 
     rows = {name: read_json(p) for name, p in metric_paths.items()}
     preds = {name: read_jsonl(prediction_paths[name]).records for name in metric_paths}
-    judge_data = JudgeDataSettings.optional(params)
     heldout = list(judge_data.exclude_generators) if judge_data else []
-    compare = CompareSettings.from_params(params)
-    seed = seed_of(params)
     extra_rows: dict[str, dict] = {}
     if bench_path and judge_train_path:
         probe = shortcut_probe(read_jsonl(judge_train_path).records, read_bench(bench_path))
@@ -300,12 +316,14 @@ def _judges_summary(all_rows: Mapping[str, Mapping[str, Any]], seen_held: Mappin
     return summary
 
 
-def step_eval_summary(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    judges = list(EvaluateSettings.from_params(params).judges)
+def step_eval_summary(io: StageIO, *, evaluate: EvaluateSettings, judge_data: JudgeDataSettings | None,
+                      compare: CompareSettings, seed: Seed) -> tuple[dict, list[str]]:
+    judges = list(evaluate.judges)
     train, stats = io.input_list("judge_train"), io.input_list("train_stats")
     summary = summarize_eval(io.keyed("metrics", P.EVAL_METRICS, "judge", judges),
                              io.keyed("predictions", P.EVAL_PREDICTIONS, "judge", judges),
-                             io.output("summary"), io.output("table"), io.output("comparisons"), params=params,
+                             io.output("summary"), io.output("table"), io.output("comparisons"),
                              bench_path=io.input("bench"), judge_train_path=train[0] if train else None,
-                             train_stats_path=stats[0] if stats else None)
+                             train_stats_path=stats[0] if stats else None, judge_data=judge_data,
+                             compare=compare, seed=seed)
     return summary, [io.output("summary"), io.output("table"), io.output("comparisons")]

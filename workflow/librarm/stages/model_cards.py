@@ -20,7 +20,15 @@ from typing import Any, Iterable, Mapping
 from librarm.run import paths as P
 from librarm.run.io import file_sha256, read_json, write_json, write_text
 from librarm.run.labelers import downstream_policies, labeler_kind, policy_parts
-from librarm.run.settings import JudgeSpec, ModelSpec, PairsSettings
+from librarm.run.settings import (
+    DpoSettings,
+    EvaluateSettings,
+    Judges,
+    Models,
+    PairsSettings,
+    RlSettings,
+    SettingsError,
+)
 
 MODEL_CARDS = f"{P.REPORT}/model_cards"
 CARD = f"{MODEL_CARDS}/{{card}}/README.md"
@@ -43,27 +51,21 @@ def policy_card_name(policy: str, seed: int, several_seeds: bool) -> str:
 
 
 # ----------------------------------------------------------------------------- what a run trained
-def trained_judges(params: Mapping[str, Any]) -> dict[str, str]:
+def trained_judges(*, judges: Judges, models: Models, evaluate: EvaluateSettings) -> dict[str, str]:
     """{judge: trained model} for the scored judges whose model the pipeline trains."""
-    from librarm.run.settings import EvaluateSettings
-
-    judges = JudgeSpec.registry(params)
-    models = ModelSpec.registry(params)
     out = {}
-    for j in EvaluateSettings.from_params(params).judges:
+    for j in evaluate.judges:
         model = judges[j].model if j in judges else None
         if model and model in models and models[model].source == "trained":
             out[j] = model
     return out
 
 
-def dpo_policies(params: Mapping[str, Any], root: str | Path | None = None) -> list[tuple[str, int]]:
-    """(policy, seed) of every DPO policy the params ask for. With `root`, the seeds are those of
-    the run's DPO stats (<policy>/seed-<s> keys) when it has them: the report reads the DAG's
-    shape from its inputs, not from dpo.seeds."""
-    from librarm.run.settings import DpoSettings
-
-    pairs = PairsSettings.optional(params)
+def dpo_policies(root: str | Path | None = None, *, pairs: PairsSettings | None,
+                 dpo: DpoSettings | None) -> list[tuple[str, int]]:
+    """(policy, seed) of every DPO policy the params ask for (none without `pairs`). With `root`,
+    the seeds are those of the run's DPO stats (<policy>/seed-<s> keys) when it has them: the
+    report reads the DAG's shape from its inputs, not from dpo.seeds."""
     if pairs is None:
         return []
     stats = Path(root) / P.DPO_STATS if root is not None else None
@@ -72,25 +74,32 @@ def dpo_policies(params: Mapping[str, Any], root: str | Path | None = None) -> l
         runs = [k.rsplit("/seed-", 1) for k in read_json(stats)]
         return sorted(((p, int(s)) for p, s in runs if p in policies),
                       key=lambda ps: (policies.index(ps[0]), ps[1]))
-    seeds = [int(s) for s in DpoSettings.from_params(params).seeds]
+    seeds = [int(s) for s in _needed(dpo, "dpo").seeds]
     return [(p, s) for p in policies for s in seeds]
 
 
-def model_dir(params: Mapping[str, Any], name: str) -> str:
+def _needed(section, key: str):
+    """A section the downstream models need: `pairs` is set, so validated params hold it."""
+    if section is None:
+        raise SettingsError(f"{key}: required when 'pairs' is set (the downstream phases)")
+    return section
+
+
+def model_dir(name: str, *, models: Models) -> str:
     from librarm.run.models import model_ref
 
-    return model_ref(params, name)["path"]
+    return model_ref(models, name)["path"]
 
 
-def _model_name_of(path: str, models: Mapping[str, ModelSpec], params: Mapping[str, Any]) -> str | None:
+def _model_name_of(path: str, models: Models) -> str | None:
     """The models entry whose folder (or hub id) is `path` (a train log's `init`)."""
     for name in models:
-        if model_dir(params, name) == path:
+        if model_dir(name, models=models) == path:
             return name
     return None
 
 
-def _origin(name: str | None, models: Mapping[str, ModelSpec]) -> dict[str, Any]:
+def _origin(name: str | None, models: Models) -> dict[str, Any]:
     """Where a model that the pipeline does not train comes from."""
     if name is None or name not in models:
         return {"source": "unknown"}
@@ -105,22 +114,21 @@ def _origin(name: str | None, models: Mapping[str, ModelSpec]) -> dict[str, Any]
     return out
 
 
-def _lineage(model: str, params: Mapping[str, Any], root: Path) -> list[dict[str, Any]]:
+def _lineage(model: str, root: Path, *, models: Models) -> list[dict[str, Any]]:
     """The chain of starting points of a trained model, nearest first, ending at a model the
     pipeline does not train (its origin: tiny, gguf, hub or path)."""
-    models = ModelSpec.registry(params)
     chain: list[dict[str, Any]] = []
     seen = {model}
     current = model
     while models.get(current) is not None and models[current].source == "trained":
         log = root / P.TRAIN_LOG.format(model=current)
         init = read_json(log).get("init") if log.exists() else None
-        parent = _model_name_of(init, models, params) if init else None
+        parent = _model_name_of(init, models) if init else None
         if parent is None or parent in seen:
             chain.append({"path": init, "source": "unknown"})
             break
         seen.add(parent)
-        entry = {"name": parent, "path": model_dir(params, parent)}
+        entry = {"name": parent, "path": model_dir(parent, models=models)}
         if models[parent].source != "trained":
             entry.update(_origin(parent, models))
         else:
@@ -160,14 +168,19 @@ def _judge_training_data(kind: str, rl_items: str | None) -> list[str]:
     return [P.JUDGE_TRAIN]
 
 
-def judge_training_files(params: Mapping[str, Any]) -> list[str]:
+def judge_training_files(*, judges: Judges, models: Models, evaluate: EvaluateSettings,
+                         rl: RlSettings | None) -> list[str]:
     """The training data files the trained judges' cards name (inputs of the report rule)."""
-    from librarm.run.settings import RlSettings
-
-    models = ModelSpec.registry(params)
-    kinds = {models[m].train for m in trained_judges(params).values()}
-    rl_items = RlSettings.from_params(params).items if "rl" in kinds else None
+    kinds = {models[m].train for m in trained_judges(judges=judges, models=models, evaluate=evaluate).values()}
+    rl_items = _rl_items(rl) if "rl" in kinds else None
     return sorted({f for k in kinds for f in _judge_training_data(k, rl_items)})
+
+
+def _rl_items(rl: RlSettings | None) -> str:
+    """rl.items, which an rl judge trains on (validated params hold `rl` when a model trains with it)."""
+    if rl is None:
+        raise SettingsError("rl: required when a model has train 'rl'")
+    return rl.items
 
 
 def _bench_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,35 +192,34 @@ def _bench_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
             "ci95": {k: ci[k] for k in vals if ci.get(k)}, "n_items": m.get("n_items")}
 
 
-def collect_models(params: Mapping[str, Any], root: str | Path = ".", *, params_hash: str | None = None,
-                   git_commit: str | None = None, dvc_exp: str | None = None) -> list[dict[str, Any]]:
+def collect_models(root: str | Path = ".", *, params_hash: str | None = None, git_commit: str | None = None,
+                   dvc_exp: str | None = None, judges: Judges, models: Models, evaluate: EvaluateSettings,
+                   pairs: PairsSettings | None, dpo: DpoSettings | None,
+                   rl: RlSettings | None) -> list[dict[str, Any]]:
     """Every trained judge and DPO policy of the run, as the card and the MLflow import need it."""
-    from librarm.run.settings import RlSettings
-
     root = Path(root)
-    models = ModelSpec.registry(params)
     run = {"params_hash": params_hash, "git_commit": git_commit, "dvc_exp": dvc_exp}
     bench = _data_file(P.BENCH_FILE, root)
     bench_ds = {"name": BENCH_DATASET, "path": P.BENCH_FILE, "sha256": bench["sha256"], "records": bench["records"]}
     eval_path = root / P.EVAL_SUMMARY
     judge_scores = read_json(eval_path).get("judges", {}) if eval_path.exists() else {}
     out: list[dict[str, Any]] = []
-    judges = trained_judges(params)
-    rl_items = RlSettings.from_params(params).items if any(
-        models[m].train == "rl" for m in judges.values()) else None
-    for judge, model in judges.items():
-        path = model_dir(params, model)
+    trained = trained_judges(judges=judges, models=models, evaluate=evaluate)
+    rl_items = _rl_items(rl) if any(
+        models[m].train == "rl" for m in trained.values()) else None
+    for judge, model in trained.items():
+        path = model_dir(model, models=models)
         log_path = root / P.TRAIN_LOG.format(model=model)
         log = read_json(log_path) if log_path.exists() else {}
         kind = models[model].train or log.get("kind")
         metrics_path = root / P.EVAL_METRICS.format(judge=judge)
         m = read_json(metrics_path) if metrics_path.exists() else {}
         prov = m.get("provenance") or {}
-        lineage = _lineage(model, params, root)
+        lineage = _lineage(model, root, models=models)
         out.append({
             "card": judge_card_name(judge), "registered_name": judge_card_name(judge), "type": "judge",
             "judge": judge, "model": model, "kind": kind, "path": path,
-            "scoring": JudgeSpec.registry(params)[judge].kind,
+            "scoring": judges[judge].kind,
             **_weights(path, root, prov.get("models") or ()),
             "lineage": lineage, "base": lineage[-1] if lineage else {"source": "unknown"},
             "training_data": [_data_file(f, root) for f in _judge_training_data(kind, rl_items)],
@@ -215,18 +227,14 @@ def collect_models(params: Mapping[str, Any], root: str | Path = ".", *, params_
             "dataset": bench_ds, "metrics": _bench_metrics(m),
             "run": {**run, "eval_commit": prov.get("git_commit")},
         })
-    pairs = PairsSettings.optional(params)
     if pairs is not None:
-        from librarm.run.settings import DpoSettings
-
-        dpo = DpoSettings.from_params(params)
-        runs = dpo_policies(params, root)
+        dpo = _needed(dpo, "dpo")
+        runs = dpo_policies(root, pairs=pairs, dpo=dpo)
         several = len({s for _, s in runs}) > 1
         base = _origin(pairs.policy, models)
-        base["path"] = model_dir(params, pairs.policy)
+        base["path"] = model_dir(pairs.policy, models=models)
         down_path = root / P.DOWNSTREAM_SUMMARY
         down = read_json(down_path).get("policies", {}) if down_path.exists() else {}
-        registry = JudgeSpec.registry(params)
         for policy, seed in runs:
             path = P.DPO_MODEL.format(policy=policy, seed=seed)
             _kind, labeler, n_pairs = policy_parts(policy)
@@ -243,7 +251,7 @@ def collect_models(params: Mapping[str, Any], root: str | Path = ".", *, params_
             if not several and summary.get("gain"):
                 values["gain"] = summary["gain"].get("all")
                 ci["gain"] = (summary.get("gain_ci95") or {}).get("all")
-            lk = labeler_kind(labeler, registry) if labeler else None
+            lk = labeler_kind(labeler, judges) if labeler else None
             labeler_score = judge_scores.get(labeler, {}).get("libra_score") if lk == "judge" else None
             out.append({
                 "card": policy_card_name(policy, seed, several), "registered_name": policy_registered_name(policy),
@@ -417,15 +425,17 @@ def render_card(entry: Mapping[str, Any]) -> str:
     return f"---\n{meta}\n---\n\n" + "\n".join(lines) + "\n"
 
 
-def write_model_cards(params: Mapping[str, Any], out_dir: str | Path = MODEL_CARDS, root: str | Path = ".", *,
+def write_model_cards(out_dir: str | Path = MODEL_CARDS, root: str | Path = ".", *,
                       params_hash: str | None = None, git_commit: str | None = None,
-                      dvc_exp: str | None = None) -> list[str]:
+                      dvc_exp: str | None = None, judges: Judges, models: Models, evaluate: EvaluateSettings,
+                      pairs: PairsSettings | None, dpo: DpoSettings | None, rl: RlSettings | None) -> list[str]:
     """Write every card and models.json under out_dir (emptied first: a model no longer in the
     params must not keep its card). Returns the written paths, models.json first."""
     import shutil
 
     out = Path(out_dir)
-    entries = collect_models(params, root, params_hash=params_hash, git_commit=git_commit, dvc_exp=dvc_exp)
+    entries = collect_models(root, params_hash=params_hash, git_commit=git_commit, dvc_exp=dvc_exp, judges=judges,
+                             models=models, evaluate=evaluate, pairs=pairs, dpo=dpo, rl=rl)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -489,7 +499,8 @@ def push_model(name: str, repo_id: str, *, root: str | Path = ".", cards_dir: st
                                                                  f"with its model card (librarm push-model)")
 
 
-def write_step_cards(params: Mapping[str, Any], io) -> list[str]:
+def write_step_cards(io, *, judges: Judges, models: Models, evaluate: EvaluateSettings,
+                     pairs: PairsSettings | None, dpo: DpoSettings | None, rl: RlSettings | None) -> list[str]:
     """The report step's model cards (its rule's output `cards`, a folder), with the run's params
     hash (of the effective config the jobs read), commit and DVC experiment."""
     import os
@@ -500,6 +511,7 @@ def write_step_cards(params: Mapping[str, Any], io) -> list[str]:
     if not io.outputs.get("cards"):
         return []
     effective = Path(P.EFFECTIVE_CONFIG)
-    return write_model_cards(params, io.output("cards"),
+    return write_model_cards(io.output("cards"),
                              params_hash=stable_hash(read_json(effective)) if effective.exists() else None,
-                             git_commit=git_commit(), dvc_exp=os.environ.get("DVC_EXP_NAME"))
+                             git_commit=git_commit(), dvc_exp=os.environ.get("DVC_EXP_NAME"), judges=judges,
+                             models=models, evaluate=evaluate, pairs=pairs, dpo=dpo, rl=rl)

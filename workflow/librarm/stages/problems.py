@@ -21,7 +21,7 @@ from librarm.run.io import (
     write_json,
     write_jsonl,
 )
-from librarm.run.settings import ProblemSet, ProblemsSettings, seed_of
+from librarm.run.settings import ProblemSet, ProblemsSettings, Seed
 
 PROBLEM_SCHEMA = {"id": "str", "set": "str", "role": "str", "problem": "str", "answer": "str"}
 SOURCE_SCHEMA = {"id": "str", "problem": "str", "answer": "str"}
@@ -231,14 +231,13 @@ def decontaminate(pool: list[dict], against: list[dict], ngram: int = 13) -> tup
 
 
 # ----------------------------------------------------------------------------- stage
-def run_problems(params: Mapping[str, Any], set_paths: Mapping[str, str | Path],
-                 quarantine_paths: Mapping[str, str | Path], stats_path: str | Path) -> dict:
+def run_problems(set_paths: Mapping[str, str | Path], quarantine_paths: Mapping[str, str | Path],
+                 stats_path: str | Path, *, problems: ProblemsSettings, seed: Seed) -> dict:
     """Stage `problems`: write every set (set_paths[name]), its quarantined lines
     (quarantine_paths[name]) and the stats."""
     from librarm.run.provenance import provenance
 
-    pcfg = ProblemsSettings.from_params(params)
-    seed = seed_of(params)
+    pcfg = problems
     specs = pcfg.sets
     synthetic = synthesize_sets([s for s in specs if s.source == "synthetic"], seed,
                                 pcfg.synthetic.max_value, pcfg.synthetic.max_operand)
@@ -310,10 +309,11 @@ def _empty_set_message(spec: ProblemSet, quarantined: Sequence[Mapping[str, Any]
             + (f" ({'; '.join(why)})" if why else " (no problem in it)"))
 
 
-def step_problems(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    names = ProblemsSettings.from_params(params).names()
-    stats = run_problems(params, io.keyed("sets", P.PROBLEM_SET, "subset", names, output=True),
-                         io.keyed("quarantine", P.PROBLEM_QUARANTINE, "subset", names, output=True), io.output("stats"))
+def step_problems(io: StageIO, *, problems: ProblemsSettings, seed: Seed) -> tuple[dict, list[str]]:
+    names = problems.names()
+    stats = run_problems(io.keyed("sets", P.PROBLEM_SET, "subset", names, output=True),
+                         io.keyed("quarantine", P.PROBLEM_QUARANTINE, "subset", names, output=True), io.output("stats"),
+                         problems=problems, seed=seed)
     return stats, [io.output("stats")]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from librarm.run import paths as P
 from librarm.run.io import StageIO, read_json, read_jsonl, write_json, write_text
 from librarm.run.labelers import NONE_POLICY, keep_probability, labeler_kind, policy_runs
-from librarm.run.settings import CompareSettings, DpoSettings, EvaluateSettings, PairsSettings, ReportSettings, seed_of
+from librarm.run.settings import CompareSettings, DpoSettings, EvaluateSettings, PairsSettings, ReportSettings, Seed
 from librarm.stats import (
     draw_seed_indices,
     draw_summary,
@@ -40,13 +40,13 @@ CLAIMS = ("gold is the best labeler", "random is not above any trained judge", "
 
 
 # ----------------------------------------------------------------------------- groups
-def judge_groups(params: Mapping[str, Any]) -> dict[str, list[str]]:
+def judge_groups(*, report: ReportSettings, evaluate: EvaluateSettings) -> dict[str, list[str]]:
     """Every evaluated judge's group, in seed order: report.replicates' groups, and every other
     judge alone (one seed)."""
-    rep = ReportSettings.from_params(params).replicates
+    rep = report.replicates
     group_of = {m: g for g, members in rep.items() for m in members}
     out: dict[str, list[str]] = {}
-    for j in EvaluateSettings.from_params(params).judges:      # in the order evaluate.judges lists them
+    for j in evaluate.judges:      # in the order evaluate.judges lists them
         g = group_of.get(j, j)
         if g not in out:
             out[g] = list(rep.get(g, [j]))
@@ -262,16 +262,13 @@ def correlation(data: SeedData, fit: Sequence[str], label_acc: Mapping[str, Sequ
 
 
 # ----------------------------------------------------------------------------- stage
-def build_seeds_report(params: Mapping[str, Any], pred_paths: Mapping[str, str | Path],
-                       sample_paths: Mapping[str, Mapping[str, str | Path]], downstream_summary: str | Path,
-                       json_path: str | Path, md_path: str | Path) -> dict:
+def build_seeds_report(pred_paths: Mapping[str, str | Path], sample_paths: Mapping[str, Mapping[str, str | Path]],
+                       downstream_summary: str | Path, json_path: str | Path, md_path: str | Path, *,
+                       report: ReportSettings, evaluate: EvaluateSettings, pairs: PairsSettings,
+                       compare: CompareSettings | None, dpo: DpoSettings, seed: Seed) -> dict:
     """Stage `seeds`: read every judge's bench predictions and every policy's per-seed samples,
     write seeds.json (every estimate with its interval) and seeds.md (its tables)."""
-    rep = ReportSettings.from_params(params)
-    groups = judge_groups(params)
-    pairs = PairsSettings.from_params(params)
-    compare = CompareSettings.optional(params)
-    seed = seed_of(params)
+    groups = judge_groups(report=report, evaluate=evaluate)
     correct, counts = bench_arrays(pred_paths)
     policies = policy_arrays(sample_paths)
     # labeler groups: a replicated judge's group name stands for all its members
@@ -280,13 +277,13 @@ def build_seeds_report(params: Mapping[str, Any], pred_paths: Mapping[str, str |
         g = next((g for g, ms in groups.items() if n in ms), n)
         if g not in labelers:
             labelers.append(g)
-    data = SeedData(groups, correct, counts, policies, rep.resamples, seed)
+    data = SeedData(groups, correct, counts, policies, report.resamples, seed)
     down = read_json(downstream_summary)["policies"]
     judge_labelers = [n for n in labelers if labeler_kind(n, groups) == "judge" and n in groups]
     short = {g for g in labelers if any((down.get(m) or {}).get("short") for m in groups.get(g, [g]))}
 
     doc: dict[str, Any] = {
-        "groups": groups, "dpo_seeds": list(DpoSettings.from_params(params).seeds), "resamples": rep.resamples,
+        "groups": groups, "dpo_seeds": list(dpo.seeds), "resamples": report.resamples,
         "judges": {g: data.libra(g) for g in groups},
         "judge_differences": {f"{a} - {b}": data.libra_diff(a, b) for a, b in (compare.pairs if compare else ())},
         "gains": {n: data.gain(n) for n in labelers},
@@ -296,10 +293,10 @@ def build_seeds_report(params: Mapping[str, Any], pred_paths: Mapping[str, str |
     doc["order"] = {"judges": list(doc["judges"]), "judge_differences": list(doc["judge_differences"]),
                     "gains": list(doc["gains"])}
     doc["claims"] = claims(data, judge_labelers, [n for n in labelers if n not in short])
-    fit = [g for g in rep.fit_labelers if g in labelers and g not in short]
+    fit = [g for g in report.fit_labelers if g in labelers and g not in short]
     label_acc = {g: [down[m]["label_accuracy"] for m in groups.get(g, [g])] for g in fit}
     pair_acc = {g: [down[m]["pair_accuracy"] for m in groups.get(g, [g])] for g in fit}
-    doc["correlation"] = correlation(data, fit, label_acc, pair_acc, rep.permutations)
+    doc["correlation"] = correlation(data, fit, label_acc, pair_acc, report.permutations)
     write_json(json_path, doc)
     write_text(md_path, seeds_markdown(doc))
     return doc
@@ -376,20 +373,21 @@ def seeds_markdown(doc: Mapping[str, Any]) -> str:
     return "\n".join(md) + "\n"
 
 
-def step_replicates(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_replicates(io: StageIO, *, report: ReportSettings, evaluate: EvaluateSettings, pairs: PairsSettings,
+                    compare: CompareSettings | None, dpo: DpoSettings, seed: Seed) -> tuple[dict, list[str]]:
     """Stage step `seeds`: the rule lists every judge's predictions and every policy run's samples."""
-    pairs = PairsSettings.from_params(params)
-    judges = [m for ms in judge_groups(params).values() for m in ms]
+    judges = [m for ms in judge_groups(report=report, evaluate=evaluate).values() for m in ms]
     preds = io.keyed("predictions", P.EVAL_PREDICTIONS, "judge", judges)
     files = set(io.input_list("samples"))
-    runs = DpoSettings.from_params(params).seeds
+    runs = dpo.seeds
     samples = {}
     for policy in [NONE_POLICY, *pairs.labelers]:
         samples[policy] = {r: P.POLICY_RUN_SAMPLES.format(policy=policy, run=r) for r in policy_runs(policy, runs)}
         missing = [p for p in samples[policy].values() if p not in files]
         if missing:
             raise ValueError(f"input 'samples': missing {missing}")
-    doc = build_seeds_report(params, preds, samples, io.input("downstream"), io.output("json"), io.output("markdown"))
+    doc = build_seeds_report(preds, samples, io.input("downstream"), io.output("json"), io.output("markdown"),
+                             report=report, evaluate=evaluate, pairs=pairs, compare=compare, dpo=dpo, seed=seed)
     headline = {f"libra.{g}": e["mean"] for g, e in doc["judges"].items()}
     headline.update({f"gain.{n}": e["mean"] for n, e in doc["gains"].items()})
     return headline, [io.output("json"), io.output("markdown")]

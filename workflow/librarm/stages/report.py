@@ -15,7 +15,16 @@ import numpy as np
 from librarm.run import paths as P
 from librarm.run.io import StageIO, read_json, write_json, write_text
 from librarm.run.labelers import NONE_POLICY, RAW_PREFIX, all_policies, curve_policy, labeler_kind, policy_parts
-from librarm.run.settings import EvaluateSettings, JudgeSpec, PairsSettings, ReportSettings, seed_of
+from librarm.run.settings import (
+    DpoSettings,
+    EvaluateSettings,
+    Judges,
+    Models,
+    PairsSettings,
+    ReportSettings,
+    RlSettings,
+    Seed,
+)
 from librarm.stats import gain_correlation
 
 # The phase files the report reads (its rule passes each by this name; train and rs only when the
@@ -103,51 +112,49 @@ def ci(file: str, path: tuple, **kw) -> tuple[Num, Num]:
 
 
 # ----------------------------------------------------------------------------- report
-def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_metrics: Mapping[str, str],
-                 per_problem_paths: Mapping[str, str], *, metrics_path: str | Path, summary_path: str | Path,
-                 markdown_path: str | Path, plots_dir: str | Path, root: str | Path = ".") -> dict:
+def build_report(sources: Mapping[str, str], eval_metrics: Mapping[str, str], per_problem_paths: Mapping[str, str], *,
+                 metrics_path: str | Path, summary_path: str | Path, markdown_path: str | Path, plots_dir: str | Path,
+                 root: str | Path = ".", evaluate: EvaluateSettings, report: ReportSettings,
+                 pairs: PairsSettings | None, judges: Judges, seed: Seed) -> dict:
     """Stage `report`: read every phase's file (sources, keyed as SOURCE_KEYS; each judge's bench
     metrics; each policy's per-problem accuracies), write the headline (metrics_path), the summary
     with every table's sources, the Markdown, and the plots (PNG + CSV) and curves in plots_dir.
-    Paths are relative to root."""
+    Paths are relative to root. Without `pairs` (no downstream phase) there are no labelers."""
     root = Path(root)
     out_dir = Path(plots_dir)
     summary_path = Path(summary_path)
     summary_source = str(summary_path.resolve().relative_to(root.resolve()))
     docs = {k: read_json(root / sources[k]) for k in SOURCE_KEYS if k in sources and (root / sources[k]).exists()}
-    if "eval" in docs:       # judges in the order params lists them (summary.json sorts its keys)
-        want = list(EvaluateSettings.from_params(params).judges)
+    if "eval" in docs:       # judges in the order evaluate.judges lists them (summary.json sorts its keys)
+        want = list(evaluate.judges)
         js = docs["eval"]["judges"]
         docs["eval"]["judges"] = {j: js[j] for j in sorted(js, key=lambda j: want.index(j) if j in want else len(want))}
     down = docs.get("downstream", {"policies": {}})
-    rep = ReportSettings.from_params(params)
-    pairs = PairsSettings.optional(params)
     labelers = list(pairs.labelers) if pairs else []
     pair_stats = docs.get("pairs", {}).get("labelers", {})
     # a short labeler (fewer pairs than the budget) is reported but never fitted
-    fit = [n for n in rep.fit_labelers if n in labelers and not pair_stats.get(n, {}).get("short")]
+    fit = [n for n in report.fit_labelers if n in labelers and not pair_stats.get(n, {}).get("short")]
     curve = [curve_policy(n) for n in sorted(pairs.gold_curve if pairs else ())]
     order = [NONE_POLICY] + labelers + curve + [RAW_PREFIX + n for n in labelers]
     policies = down.get("policies", {})
     policies = {n: policies[n] for n in sorted(policies, key=lambda n: order.index(n) if n in order else len(order))}
     per_problem = {n: read_json(root / per_problem_paths[n]) for n in policies
                    if n in per_problem_paths and (root / per_problem_paths[n]).exists()}
-    judges = docs.get("eval", {}).get("judges", {})
-    libra = {n: judges[n]["libra_score"] for n in labelers if n in judges}
+    scores = docs.get("eval", {}).get("judges", {})
+    libra = {n: scores[n]["libra_score"] for n in labelers if n in scores}
     lab_acc = {n: policies[n]["label_accuracy"] for n in labelers if n in policies}
     pair_acc = {n: policies[n].get("pair_accuracy") for n in labelers if n in policies}
-    seed = seed_of(params)
     corr = {}
     if NONE_POLICY in per_problem and fit:
         for key, x in (("libra_score", libra), ("label_accuracy", lab_acc), ("pair_accuracy", pair_acc)):
-            corr[key] = gain_correlation(x, per_problem, fit, rep.resamples, rep.permutations, seed)
+            corr[key] = gain_correlation(x, per_problem, fit, report.resamples, report.permutations, seed)
     summary: dict[str, Any] = {"correlation": corr, "fit_labelers": fit,
                                "short_labelers": [n for n in labelers if pair_stats.get(n, {}).get("short")]}
     # the report's own numbers go to summary.json first, so tables can cite them like any source
     write_json(summary_path, summary)
     docs["report"] = summary
-    tables = _tables(docs, params, labelers, policies, fit, order)
-    artifacts = _plots(docs, params, root, out_dir, labelers, policies, corr, eval_metrics)
+    tables = _tables(docs, labelers, policies, fit, order, report=report)
+    artifacts = _plots(docs, root, out_dir, labelers, policies, corr, eval_metrics, judges=judges)
     md = ["# Libra run report", "",
           f"Every number below is read from the metrics file named in `{summary_source}` "
           "(`tables`); percentages unless marked.", ""]
@@ -158,7 +165,7 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
     summary["tables"] = [{"title": t.title, "columns": t.columns, "rows": t.sources(), "note": t.note} for t in tables]
     summary["sources"] = {k: str(sources[k]) for k in docs if k in sources}
     summary["sources"]["report"] = summary_source
-    summary["headline"] = _headline(policies, corr, judges, docs.get("bench", {}), docs.get("pairs", {}))
+    summary["headline"] = _headline(policies, corr, scores, docs.get("bench", {}), docs.get("pairs", {}))
     summary["artifacts"] = artifacts
     write_json(summary_path, summary)
     # the DVC metrics file: the headline numbers only (summary.json also holds the table sources)
@@ -166,23 +173,25 @@ def build_report(params: Mapping[str, Any], sources: Mapping[str, str], eval_met
     return summary
 
 
-def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_report(io: StageIO, *, evaluate: EvaluateSettings, report: ReportSettings, pairs: PairsSettings,
+                judges: Judges, models: Models, dpo: DpoSettings | None, rl: RlSettings | None,
+                seed: Seed) -> tuple[dict, list[str]]:
     """Stage step `report`: the plots and curves go beside the summary (their set depends on the
     run's data, so they are the folder's undeclared outputs)."""
     sources = {k: io.input(k) for k in SOURCE_KEYS if io.inputs.get(k)}
-    summary = build_report(params, sources, io.keyed("eval_metrics", P.EVAL_METRICS, "judge",
-                                                     list(EvaluateSettings.from_params(params).judges)),
-                           io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", all_policies(PairsSettings.from_params(params))),
+    summary = build_report(sources, io.keyed("eval_metrics", P.EVAL_METRICS, "judge", list(evaluate.judges)),
+                           io.keyed("per_problem", P.POLICY_PER_PROBLEM, "policy", all_policies(pairs)),
                            metrics_path=io.output("metrics"), summary_path=io.output("summary"),
-                           markdown_path=io.output("markdown"), plots_dir=Path(io.output("summary")).parent)
+                           markdown_path=io.output("markdown"), plots_dir=Path(io.output("summary")).parent,
+                           evaluate=evaluate, report=report, pairs=pairs, judges=judges, seed=seed)
     # for `snakemake --report` (pages, the Libra-score plot) and the trained models' cards
     from librarm.stages.model_cards import write_step_cards
     from librarm.stages.report_pages import write_step_outputs
 
-    extra = write_step_outputs(params, io, summary["headline"]) + write_step_cards(params, io)
-    extra += write_pipeline_leaderboard(params, io.keyed("eval_metrics", P.EVAL_METRICS, "judge",
-                                                         list(EvaluateSettings.from_params(params).judges)),
-                                        Path(io.output("summary")).parent / LEADERBOARD_DIR)
+    extra = write_step_outputs(io, summary["headline"], evaluate=evaluate) \
+        + write_step_cards(io, judges=judges, models=models, evaluate=evaluate, pairs=pairs, dpo=dpo, rl=rl)
+    extra += write_pipeline_leaderboard(io.keyed("eval_metrics", P.EVAL_METRICS, "judge", list(evaluate.judges)),
+                                        Path(io.output("summary")).parent / LEADERBOARD_DIR, judges=judges)
     return summary["headline"], [io.output("metrics"), io.output("summary"), io.output("markdown")] \
         + summary["artifacts"] + extra
 
@@ -190,7 +199,7 @@ def step_report(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]
 LEADERBOARD_DIR = "leaderboard"     # beside the summary: the pipeline's judges as a leaderboard
 
 
-def write_pipeline_leaderboard(params: Mapping[str, Any], eval_metrics: Mapping[str, str], out_dir: Path) -> list[str]:
+def write_pipeline_leaderboard(eval_metrics: Mapping[str, str], out_dir: Path, *, judges: Judges) -> list[str]:
     """The pipeline's judges on Libra Bench as a leaderboard (the report's leaderboard/ folder: the
     CSV, Markdown and sortable HTML page that `librarm leaderboard` writes for scoring runs)."""
     from librarm.judging.leaderboard import write_leaderboard
@@ -199,7 +208,7 @@ def write_pipeline_leaderboard(params: Mapping[str, Any], eval_metrics: Mapping[
     for judge, path in eval_metrics.items():
         if not Path(path).exists():
             continue
-        m, spec = read_json(path), JudgeSpec.of(params, judge)
+        m, spec = read_json(path), judges[judge]
         ci = m.get("ci95") or {}
         per_subset = {s: {"accuracy": v, "accuracy_ci": ci.get(f"subset_accuracy.{s}")}
                       for s, v in (m.get("subset_accuracy") or {}).items()}
@@ -233,11 +242,11 @@ def _headline(policies, corr, judges, bench, pairs) -> dict:
     return h
 
 
-def _tables(docs, params, labelers, policies, fit, order) -> list[Table]:
+def _tables(docs, labelers, policies, fit, order, *, report: ReportSettings) -> list[Table]:
     """Every table of the report, section by section (each present when its phase ran)."""
     return (_verify_tables(docs) + _bench_tables(docs) + _eval_tables(docs) + _train_tables(docs)
             + _rs_tables(docs) + _pairs_tables(docs, labelers) + _dpo_tables(docs, order)
-            + _downstream_tables(docs, policies, params) + _gold_curve_tables(policies)
+            + _downstream_tables(docs, policies, report=report) + _gold_curve_tables(policies)
             + _correlation_tables(docs))
 
 
@@ -389,7 +398,7 @@ def _dpo_tables(docs, order) -> list[Table]:
     return tables
 
 
-def _downstream_tables(docs, policies, params) -> list[Table]:
+def _downstream_tables(docs, policies, *, report: ReportSettings) -> list[Table]:
     tables: list[Table] = []
     if policies:
         subsets = docs["downstream"]["subsets"]
@@ -409,7 +418,7 @@ def _downstream_tables(docs, policies, params) -> list[Table]:
                   Num("downstream", src + ("gain", "all"), signed=True) if p.get("gain") else "",
                   ci("downstream", src + ("gain_ci95", "all"), signed=True) if p.get("gain") else "",
                   Num("downstream", src + ("gain_p_value",),
-                      p_resamples=ReportSettings.from_params(params).permutations) if p.get("gain") else "",
+                      p_resamples=report.permutations) if p.get("gain") else "",
                   Num("downstream", src + ("gold_gain_recovered",), scale=100, digits=0)
                   if p.get("gold_gain_recovered") is not None else "")
         tables.append(t)
@@ -516,7 +525,7 @@ class _PlotWriter:
         self.arts.append(str(p))
 
 
-def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, eval_metrics) -> list[str]:
+def _plots(docs, root: Path, out_dir: Path, labelers, policies, corr, eval_metrics, *, judges: Judges) -> list[str]:
     w = _PlotWriter(out_dir)
     ev = {j: read_json(root / eval_metrics[j]) for j in docs.get("eval", {}).get("judges", {})
           if j in eval_metrics and (root / eval_metrics[j]).exists()}
@@ -527,7 +536,7 @@ def _plots(docs, params, root: Path, out_dir: Path, labelers, policies, corr, ev
     if "dpo" in docs:
         _dpo_plots(w, docs["dpo"])
     if policies and corr:
-        _gain_plots(w, docs, params, labelers, policies, corr)
+        _gain_plots(w, docs, labelers, policies, corr, judges=judges)
     return w.arts
 
 
@@ -608,19 +617,18 @@ def _dpo_plots(w: _PlotWriter, dpo: Mapping[str, Any]) -> None:
     w.save(fig, "dpo_loss.png")
 
 
-def _gain_plots(w: _PlotWriter, docs, params, labelers, policies, corr) -> None:
+def _gain_plots(w: _PlotWriter, docs, labelers, policies, corr, *, judges: Judges) -> None:
     rows = []
     fit = set(docs["report"]["fit_labelers"])
-    judges = docs.get("eval", {}).get("judges", {})
-    registry = JudgeSpec.registry(params)
+    scores = docs.get("eval", {}).get("judges", {})
     for n in labelers:
         p = policies.get(n)
         if not p or not p.get("gain"):
             continue
         lo, hi = p["gain_ci95"]["all"]
-        rows.append([n, judges.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
+        rows.append([n, scores.get(n, {}).get("libra_score", ""), p.get("label_accuracy"), p["gain"]["all"], lo, hi,
                      "fitted" if n in fit else ("short" if p.get("short") else
-                                                "judge" if labeler_kind(n, registry) == "judge"
+                                                "judge" if labeler_kind(n, judges) == "judge"
                                                 else "anchor"), p.get("pair_accuracy")])
     w.arts.append(write_csv(w.out_dir / "downstream_gain.csv",
                           ["labeler", "libra_score", "label_accuracy", "gain", "gain_ci_lo", "gain_ci_hi", "role",
@@ -640,7 +648,7 @@ def _gain_plots(w: _PlotWriter, docs, params, labelers, policies, corr) -> None:
             ax.annotate(r[0], (r[col], r[3]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         # the noisy-gold curve (gold kept with probability p, flipped otherwise, and gold itself):
         # at equal label accuracy, a trained judge above it errs more cheaply than symmetric noise
-        curve = sorted((r for r in pts if labeler_kind(r[0], registry) in ("gold", "noisy_gold")), key=lambda r: r[col])
+        curve = sorted((r for r in pts if labeler_kind(r[0], judges) in ("gold", "noisy_gold")), key=lambda r: r[col])
         if key != "libra_score" and len(curve) > 1:
             ax.plot([r[col] for r in curve], [r[3] for r in curve], color="C3", lw=1, ls=":",
                     label="noisy-gold curve")

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from librarm.run import paths as P
 from librarm.run.io import read_json, write_text
+from librarm.run.settings import EvaluateSettings
 
 SUMMARY_HTML = f"{P.REPORT}/summary.html"
 TABLES_DIR = f"{P.REPORT}/tables"
@@ -180,17 +181,16 @@ def ensure_plots(paths: Iterable[str | Path]) -> list[str]:
     return made
 
 
-def write_step_outputs(params: Mapping[str, Any], io, headline: Mapping[str, Any]) -> list[str]:
+def write_step_outputs(io, headline: Mapping[str, Any], *, evaluate: EvaluateSettings) -> list[str]:
     """The report step's pages and plots for `snakemake --report` (the outputs its rule declares
-    under these names: html, tables, libra_plot, plots). Returns the files written."""
-    from librarm.run.settings import EvaluateSettings
-
+    under these names: html, tables, libra_plot, plots; the plot's judges in evaluate.judges'
+    order). Returns the files written."""
     out: list[str] = []
     if io.outputs.get("html"):
         pages = {Path(p).stem: p for p in io.outputs.get("tables", ())}
         out += write_pages(io.output("markdown"), io.output("html"), pages, headline)
     if io.outputs.get("libra_plot"):
-        out.append(libra_score_plot(io.input("eval"), io.output("libra_plot"), EvaluateSettings.from_params(params).judges))
+        out.append(libra_score_plot(io.input("eval"), io.output("libra_plot"), evaluate.judges))
     if io.outputs.get("plots"):
         out += ensure_plots(io.output_list("plots"))
     return out

@@ -16,7 +16,7 @@ from librarm.engines.base import Sampler, SampleRequest, SampleResult, SamplingC
 from librarm.judging.think import split_think
 from librarm.run.io import StageIO, read_jsonl, stable_hash, stable_seed, write_json, write_jsonl
 from librarm.run.paths import RESUME_SAMPLES
-from librarm.run.settings import GeneratorSpec, SamplingSettings, seed_of
+from librarm.run.settings import Generators, GeneratorSpec, Models, SamplingSettings, Seed
 
 
 # ----------------------------------------------------------------------------- sample stage
@@ -30,26 +30,26 @@ def sample_seed(seed: int, generator: str, problem_id: str, idx: int) -> int:
     return stable_seed(seed, "sample", generator, problem_id, idx)
 
 
-def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_path: str | Path,
+def run_sample(generator: str, subset: str, problems_path: str | Path,
                out_path: str | Path, meta_path: str | Path, store_root: str | Path = RESUME_SAMPLES,
                threads: int | None = None, sampler: Sampler | None = None,
-               progress: bool = True, spec: GeneratorSpec | None = None,
-               sampling: SamplingSettings | None = None) -> dict:
+               progress: bool = True, spec: GeneratorSpec | None = None, *,
+               sampling: SamplingSettings, seed: Seed, generators: Generators, models: Models) -> dict:
     """Stage `sample`: n samples per problem for one (generator, subset) to out_path; counts,
     speed and provenance to meta_path.
 
     Work is cut into fixed chunks (a block of `batch_size` problems x one sample index). A finished
     chunk is stored atomically under `store_root` (outside the DVC outputs), keyed by everything
     that changes a sample except `n`; so a rerun after an interruption, or after raising n, only
-    generates the missing chunks, and the final file is the same as a clean run's. spec and
-    sampling default to `generators.<generator>` and `sampling` (the policy passes its own).
+    generates the missing chunks, and the final file is the same as a clean run's. spec defaults
+    to `generators[generator]`; `sampling` is the `sampling` section, or the caller's own (the
+    policy passes its own).
     """
     from tqdm import tqdm
 
     from librarm.run.provenance import model_identity, provenance
-    gspec = spec or GeneratorSpec.of(params, generator)
-    scfg = sampling or SamplingSettings.from_params(params)
-    seed = seed_of(params)
+    gspec = spec or generators[generator]
+    scfg = sampling
     cfg = SamplingConfig(temperature=scfg.temperature, top_p=scfg.top_p, batch_size=scfg.batch_size,
                          max_new_tokens=gspec.max_new_tokens or scfg.max_new_tokens)
     n = scfg.n
@@ -59,7 +59,7 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
     else:
         from librarm.run.models import model_ref
 
-        ref = model_ref(params, gspec.model)
+        ref = model_ref(models, gspec.model)
         ident = model_identity(ref["path"], ref["revision"])
     system_prompt = scfg.system_prompt
     template = scfg.problem_template
@@ -74,7 +74,7 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
     generated = 0
     gen_tokens = 0
     if todo:
-        sampler = sampler or engines.make_sampler(gspec, params, cfg, threads)
+        sampler = sampler or engines.make_sampler(gspec, models, cfg, seed, threads)
         for g, k in tqdm(todo, desc=f"sample {generator}/{subset}", disable=not progress):
             block = problems[g:g + bs]
             reqs = [SampleRequest(problem_messages(p, system_prompt, template),
@@ -105,13 +105,15 @@ def run_sample(params: Mapping[str, Any], generator: str, subset: str, problems_
     return meta
 
 
-def step_sample(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    meta = run_sample(params, io.wildcard("generator"), io.wildcard("subset"), io.input("problems"),
-                      io.output("samples"), io.output("meta"), threads=io.threads)
+def step_sample(io: StageIO, *, sampling: SamplingSettings, seed: Seed, generators: Generators,
+                models: Models) -> tuple[dict, list[str]]:
+    meta = run_sample(io.wildcard("generator"), io.wildcard("subset"), io.input("problems"),
+                      io.output("samples"), io.output("meta"), threads=io.threads, sampling=sampling, seed=seed,
+                      generators=generators, models=models)
     return meta, []
 
 
-def _sample_record(problem, idx, req, res: SampleResult, generator, subset, cfg, gspec) -> dict:
+def _sample_record(problem, idx, req, res: SampleResult, generator, subset, cfg: SamplingConfig, gspec) -> dict:
     parts = split_think(res.text, prompt_opens_think=gspec.prompt_opens_think, reasoning=res.reasoning)
     with_cot = res.text if res.reasoning is None else f"<think>{res.reasoning}</think>\n{res.text}"
     return {
@@ -138,5 +140,5 @@ def summarize_samples(meta_paths: Sequence[str | Path], out_path: str | Path) ->
     return stats
 
 
-def step_sample_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_sample_stats(io: StageIO) -> tuple[dict, list[str]]:
     return summarize_samples(io.input_list("meta"), io.output("stats")), [io.output("stats")]

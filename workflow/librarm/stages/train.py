@@ -24,16 +24,16 @@ from librarm.run.io import (
 from librarm.run.launch import barrier, is_main, per_process, rank
 from librarm.run.settings import (
     JudgeDataSettings,
+    Judges,
     JudgeSettings,
-    JudgeSpec,
-    ModelSpec,
+    Models,
     ProblemsSettings,
     RlSettings,
     RsSettings,
     SamplingSettings,
     ScalarRmSettings,
+    Seed,
     SftSettings,
-    seed_of,
 )
 
 
@@ -67,7 +67,7 @@ def build_judge_items(records: Sequence[Mapping[str, Any]], seed: int, val_fract
                       unit: str = "subset_generator") -> tuple[list[dict], list[dict], dict]:
     """`judging_items`, split train/validation by problem (all items of a problem on one side)."""
     items, stats = judging_items(records, seed, exclude_generators, per_label, unit)
-    problems = sorted({it["problem_id"] for it in items}, key=lambda p: stable_hash(seed, "judge-split", p))
+    problems = sorted({it["problem_id"] for it in items}, key=lambda pid: stable_hash(seed, "judge-split", pid))
     n_val = max(1, int(round(val_fraction * len(problems)))) if problems else 0
     val_problems = set(problems[:n_val])
     train = _indexed([it for it in items if it["problem_id"] not in val_problems])
@@ -93,13 +93,14 @@ def build_rl_pool(records: Sequence[Mapping[str, Any]], seed: int, exclude_gener
                   "label_balance": dict(Counter(i["label"] for i in pool))}
 
 
-def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path], problem_paths: Sequence[str | Path],
-                   train_path: str | Path, val_path: str | Path, rl_pool_path: str | Path, stats_path: str | Path) -> dict:
+def run_judge_data(verify_paths: Sequence[str | Path], problem_paths: Sequence[str | Path],
+                   train_path: str | Path, val_path: str | Path, rl_pool_path: str | Path, stats_path: str | Path, *,
+                   judge_data: JudgeDataSettings, problems: ProblemsSettings, seed: Seed) -> dict:
     """Stage `judge_data`: the judge-training items (train, val), GRPO's item pool and stats, with
     the disjointness check."""
     from librarm.stages.problems import load_problem_sets, overlap_report
 
-    cfg = JudgeDataSettings.from_params(params)
+    cfg = judge_data
     records = []
     for p in verify_paths:
         records.extend(read_jsonl(p).records)
@@ -107,15 +108,15 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
     sets: dict[str, list] = defaultdict(list)
     for rec in load_problem_sets(problem_paths).values():
         sets[rec["set"]].append(rec)
-    pools = ProblemsSettings.from_params(params).names("judge_pool")
+    pools = problems.names("judge_pool")
     overlaps = {k: v for k, v in overlap_report(sets).items() if set(k.split("|")) & set(pools) and v["exact"]}
     if overlaps:
         raise ValueError(f"judge pool overlaps other sets: {overlaps}")
-    train, val, stats = build_judge_items(records, seed_of(params), cfg.val_fraction, list(cfg.exclude_generators),
+    train, val, stats = build_judge_items(records, seed, cfg.val_fraction, list(cfg.exclude_generators),
                                           cfg.per_label, cfg.unit)
     if not train or not val:
         raise ValueError(f"judge_data: empty split (train={len(train)}, val={len(val)})")
-    rl_pool, stats["rl_pool"] = build_rl_pool(records, seed_of(params), list(cfg.exclude_generators), val, cfg.unit)
+    rl_pool, stats["rl_pool"] = build_rl_pool(records, seed, list(cfg.exclude_generators), val, cfg.unit)
     write_jsonl(train_path, train)
     write_jsonl(val_path, val)
     write_jsonl(rl_pool_path, rl_pool)
@@ -124,16 +125,19 @@ def run_judge_data(params: Mapping[str, Any], verify_paths: Sequence[str | Path]
     return stats
 
 
-def step_judge_data(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    stats = run_judge_data(params, io.input_list("verified"), io.input_list("problems"), io.output("train"),
-                           io.output("val"), io.output("rl_pool"), io.output("stats"))
+def step_judge_data(io: StageIO, *, judge_data: JudgeDataSettings, problems: ProblemsSettings,
+                    seed: Seed) -> tuple[dict, list[str]]:
+    stats = run_judge_data(io.input_list("verified"), io.input_list("problems"), io.output("train"),
+                           io.output("val"), io.output("rl_pool"), io.output("stats"),
+                           judge_data=judge_data, problems=problems, seed=seed)
     return stats, [io.output("stats")]
 
 
 # ----------------------------------------------------------------------------- rejection sampling
-def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: Sequence[str | Path],
+def run_rs(train_path: str | Path, solutions_paths: Sequence[str | Path],
            trajectories_path: str | Path, sft_path: str | Path, stats_path: str | Path,
-           threads: int | None = None, sampler=None) -> dict:
+           threads: int | None = None, sampler=None, *, rs: RsSettings, judge: JudgeSettings, sft: SftSettings,
+           sampling: SamplingSettings, judges: Judges, models: Models, seed: Seed) -> dict:
     """Stage `rs`: the teacher judges each training item k times; trajectories whose verdict
     matches the label are accepted (at most m per item); labels are rebalanced after filtering;
     verified-correct solutions are mixed in at `mix_ratio`. Writes every trajectory (with
@@ -144,23 +148,23 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     from librarm.judging.judge import build_judge_requests, judge_verdict, with_reasoning
     from librarm.stages.sample import problem_messages
 
-    cfg = RsSettings.from_params(params)
-    jcfg = JudgeSettings.from_params(params)
+    cfg = rs
+    jcfg = judge
     items = read_jsonl(train_path).records
-    teacher = JudgeSpec.of(params, cfg.teacher)
+    teacher = judges[cfg.teacher]
     scfg = SamplingConfig(temperature=cfg.temperature, top_p=1.0,
                           max_new_tokens=jcfg.max_new_tokens, batch_size=jcfg.batch_size)
-    sampler = sampler or make_sampler(teacher, params, scfg, threads)
+    sampler = sampler or make_sampler(teacher, models, scfg, seed, threads)
     # SFT prompts are rendered with the STUDENT's chat template (the teacher may be an API model
     # or have another template).
     from transformers import AutoTokenizer
 
     from librarm.run.models import model_ref
 
-    student = model_ref(params, SftSettings.from_params(params).init)
+    student = model_ref(models, sft.init)
     tok = AutoTokenizer.from_pretrained(student["path"], revision=student["revision"])
     # the teacher's prompts are held to judge.max_prompt_tokens in the teacher's own tokens
-    batch = build_judge_requests(items, params, ("rs",), key="item_id", repeats=cfg.k,
+    batch = build_judge_requests(items, judge, seed, ("rs",), key="item_id", repeats=cfg.k,
                                  tok=getattr(sampler, "tok", None))
     results = sampler.generate(batch.requests)
     trajs = []
@@ -179,7 +183,7 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     by_label = {0: [t for t in trajs if t["kept"] and t["label"] == 0], 1: [t for t in trajs if t["kept"] and t["label"] == 1]}
     n_bal = min(len(by_label[0]), len(by_label[1]))
     for lab in (0, 1):
-        ranked = sorted(by_label[lab], key=lambda t: stable_hash(seed_of(params), "rs-balance", t["item_id"], t["k"]))
+        ranked = sorted(by_label[lab], key=lambda t: stable_hash(seed, "rs-balance", t["item_id"], t["k"]))
         for t in ranked[n_bal:]:
             t["kept"] = False
     judging = [t for t in trajs if t["kept"]]
@@ -190,9 +194,8 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     sols = []
     for p in solutions_paths:
         sols.extend(r for r in read_jsonl(p).records if r["reason"] == "correct")
-    sols.sort(key=lambda r: stable_hash(seed_of(params), "rs-mix", r["sample_id"]))
+    sols.sort(key=lambda r: stable_hash(seed, "rs-mix", r["sample_id"]))
     n_mix = min(len(sols), int(round(cfg.mix_ratio * len(judging))))
-    sampling = SamplingSettings.from_params(params)
     mixture = []
     for r in sols[:n_mix]:
         msgs = problem_messages({"problem": r["question"]}, sampling.system_prompt, sampling.problem_template)
@@ -209,9 +212,11 @@ def run_rs(params: Mapping[str, Any], train_path: str | Path, solutions_paths: S
     return stats
 
 
-def step_rs(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    stats = run_rs(params, io.input("train"), io.input_list("solutions"), io.output("trajectories"),
-                   io.output("sft"), io.output("stats"), io.threads)
+def step_rs(io: StageIO, *, rs: RsSettings, judge: JudgeSettings, sft: SftSettings, sampling: SamplingSettings,
+            judges: Judges, models: Models, seed: Seed) -> tuple[dict, list[str]]:
+    stats = run_rs(io.input("train"), io.input_list("solutions"), io.output("trajectories"),
+                   io.output("sft"), io.output("stats"), io.threads, rs=rs, judge=judge, sft=sft, sampling=sampling,
+                   judges=judges, models=models, seed=seed)
     return stats, [io.output("stats")]
 
 
@@ -283,7 +288,7 @@ def device_args() -> dict:
 
 
 def latest_checkpoint(resume_dir: Path) -> str | None:
-    ckpts = sorted(resume_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = sorted(resume_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     return str(ckpts[-1]) if ckpts else None
 
 
@@ -315,7 +320,7 @@ def verdict_only(completion: str) -> str:
     return "\\boxed{correct}" if v.value == 1 else "\\boxed{incorrect}"
 
 
-def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: SftSettings, *,
+def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, sft: SftSettings, *,
             name: str, verdict_only_targets: bool = False, resume_root: str | Path = P.RESUME_TRAIN,
             threads: int | None = None, callbacks: Sequence = (), logging_steps: int = 5) -> dict:
     """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
@@ -326,37 +331,38 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, cfg: Sf
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    seed_everything(cfg.seed, threads)
+    seed_everything(sft.seed, threads)
     rows = read_jsonl(data_path).records
     if verdict_only_targets:
         rows = [dict(r, completion=verdict_only(r["completion"])) if r["kind"] == "judging" else r for r in rows]
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
-    resume_dir = resume_dir_for(resume_root, name, init_model, data_path, asdict(cfg), verdict_only_targets)
+    resume_dir = resume_dir_for(resume_root, name, init_model, data_path, asdict(sft), verdict_only_targets)
     args = SFTConfig(
         **device_args(),
-        output_dir=str(resume_dir), max_steps=cfg.steps, per_device_train_batch_size=per_process(cfg.batch_size, "sft.batch_size"),
-        learning_rate=cfg.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, cfg.steps // 20),
-        logging_steps=logging_steps, save_steps=cfg.save_steps, save_total_limit=1, seed=cfg.seed,
-        max_length=cfg.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
+        output_dir=str(resume_dir), max_steps=sft.steps, per_device_train_batch_size=per_process(sft.batch_size, "sft.batch_size"),
+        learning_rate=sft.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, sft.steps // 20),
+        logging_steps=logging_steps, save_steps=sft.save_steps, save_total_limit=1, seed=sft.seed,
+        max_length=sft.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
-    tokens = int(tokens * trainer.state.global_step * cfg.batch_size / max(1, len(rows)))
+    tokens = int(tokens * trainer.state.global_step * sft.batch_size / max(1, len(rows)))
     return _finish(trainer, tok, Path(out_dir), started, tokens)
 
 
 # ----------------------------------------------------------------------------- GRPO
-def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], k: int, name: str) -> list[float]:
+def pass_rates(items: Sequence[Mapping[str, Any]], sampler, k: int, name: str, *, judge: JudgeSettings,
+               seed: Seed) -> list[float]:
     """Fraction of k sampled verdicts that match each item's label (for filtering); an item whose
     prompt is over the budget has rate 0 (never trained on)."""
     from librarm.judging.judge import build_judge_requests, judge_verdict
 
-    batch = build_judge_requests(items, params, ("passrate", name), key="item_id", repeats=k,
+    batch = build_judge_requests(items, judge, seed, ("passrate", name), key="item_id", repeats=k,
                                  tok=getattr(sampler, "tok", None))
     hits = [0] * len(items)
     for (i, _), r in zip(batch.owners, sampler.generate(batch.requests)):
@@ -364,21 +370,21 @@ def pass_rates(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str,
     return [h / k for h in hits]
 
 
-def filter_by_pass_rate(items: Sequence[Mapping[str, Any]], sampler, params: Mapping[str, Any], rl: RlSettings,
-                        name: str) -> tuple[list[Mapping[str, Any]], dict]:
+def filter_by_pass_rate(items: Sequence[Mapping[str, Any]], sampler, rl: RlSettings, name: str, *,
+                        judge: JudgeSettings, seed: Seed) -> tuple[list[Mapping[str, Any]], dict]:
     """The items whose pass rate is inside rl.passrate_band, in their file order. GRPO draws
     steps x batch_size / num_generations prompts, so items are rated in chunks of that size, in a
     seeded order, until that many are in the band (a pool several times larger than training uses
     is not rated whole). An item's verdicts are seeded by its id: the chunking changes no rate."""
     need = rl.steps * rl.batch_size // rl.num_generations
-    order = sorted(range(len(items)), key=lambda i: stable_hash(seed_of(params), "passrate-order", name,
-                                                                 items[i]["item_id"]))
+    order = sorted(range(len(items)), key=lambda i: stable_hash(seed, "passrate-order", name, items[i]["item_id"]))
     lo, hi = rl.passrate_band
     rated: dict[int, float] = {}
     in_band = 0
     for start in range(0, len(order), need):
         chunk = order[start:start + need]
-        for i, r in zip(chunk, pass_rates([items[i] for i in chunk], sampler, params, rl.passrate_k, name)):
+        for i, r in zip(chunk, pass_rates([items[i] for i in chunk], sampler, rl.passrate_k, name,
+                                          judge=judge, seed=seed)):
             rated[i] = r
             in_band += lo <= r <= hi
         if in_band >= need:
@@ -420,17 +426,17 @@ def sampler_rollout(sampler, seed: int):
     return rollout
 
 
-def length_threshold(sampler, val_items: Sequence[Mapping[str, Any]], params: Mapping[str, Any], name: str) -> dict:
+def length_threshold(sampler, val_items: Sequence[Mapping[str, Any]], name: str, *, rl: RlSettings,
+                     judge: JudgeSettings, seed: Seed) -> dict:
     """rl.l_exp when it is `auto`: the rl.l_exp_quantile quantile of the starting judge's completion
     lengths (tokens) on the validation items, so that the length penalty bites on about
     1 - quantile of the rollouts (a fixed L_exp above every trajectory makes the no-length-penalty
     ablation null by construction). Capped at rl.l_max."""
     from librarm.judging.judge import build_judge_requests
 
-    rl = RlSettings.from_params(params)
     if not val_items:
         raise ValueError("rl.l_exp: auto needs validation items (judge_data val) to measure lengths on")
-    batch = build_judge_requests(val_items, params, ("l_exp", name), key="item_id", tok=getattr(sampler, "tok", None))
+    batch = build_judge_requests(val_items, judge, seed, ("l_exp", name), key="item_id", tok=getattr(sampler, "tok", None))
     lengths = sorted(r.completion_tokens for r in sampler.generate(batch.requests))
     q = float(rl.l_exp_quantile)
     l_exp = min(int(lengths[min(len(lengths) - 1, int(q * len(lengths)))]), int(rl.l_max))
@@ -439,9 +445,10 @@ def length_threshold(sampler, val_items: Sequence[Mapping[str, Any]], params: Ma
             "val_penalised_share": round(sum(n > l_exp for n in lengths) / len(lengths), 4)}
 
 
-def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
+def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
              name: str, rewards: Mapping[str, float], val_items: Sequence[Mapping[str, Any]] = (),
-             resume_root: str | Path = P.RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = ()) -> dict:
+             resume_root: str | Path = P.RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = (),
+             rl: RlSettings, judge: JudgeSettings, seed: Seed) -> dict:
     """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
     right or always wrong give no gradient: they are filtered by pass rate first."""
     import torch
@@ -454,23 +461,24 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     from librarm.judging.judge import judge_prompts
     from librarm.judging.rewards import build_reward_funcs
 
-    rl = RlSettings.from_params(params).for_model(name)
+    section = rl
+    rl = rl.for_model(name)
     seed_everything(rl.seed, threads)
-    jcfg = JudgeSettings.from_params(params)
+    jcfg = judge
     items = read_jsonl(train_path).records
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
     sampler = HFSampler(init_model, SamplingConfig(temperature=rl.temperature, max_new_tokens=rl.max_completion_length,
                                                    batch_size=jcfg.batch_size, top_p=1.0), model=model, tokenizer=tok)
-    kept, filt = filter_by_pass_rate(items, sampler, params, rl, name)
+    kept, filt = filter_by_pass_rate(items, sampler, rl, name, judge=judge, seed=seed)
     if not kept:
         raise ValueError(f"rl: no item with pass rate in {list(rl.passrate_band)} ({filt})")
     # an item over the prompt budget (rate 0) is kept only by a band that starts at 0: dropped here
-    prompts, _ = judge_prompts(kept, params, tok)
+    prompts, _ = judge_prompts(kept, judge, tok)
     rows = [{"prompt": render_chat(tok, msgs), "label": it["label"], "item_id": it["item_id"]}
             for it, msgs in zip(kept, prompts) if msgs is not None]
     if rl.l_exp == "auto":
-        length = length_threshold(sampler, val_items[: rl.val_items], params, name)
+        length = length_threshold(sampler, val_items[: rl.val_items], name, rl=section, judge=judge, seed=seed)
     else:
         length = {"l_exp": int(rl.l_exp)}
     funcs, weights = build_reward_funcs(dict(rewards), length["l_exp"], rl.l_max)
@@ -487,7 +495,7 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=list(callbacks),
-                          rollout_func=sampler_rollout(sampler, stable_seed(seed_of(params), "grpo", name)))
+                          rollout_func=sampler_rollout(sampler, stable_seed(seed, "grpo", name)))
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     hist = trainer.state.log_history
@@ -506,21 +514,21 @@ def run_grpo(params: Mapping[str, Any], train_path: str | Path, init_model: str,
 
 
 # ----------------------------------------------------------------------------- validation curve
-def val_accuracy(model, tok, items: Sequence[Mapping[str, Any]], params: Mapping[str, Any], tag: str) -> float:
+def val_accuracy(model, tok, items: Sequence[Mapping[str, Any]], tag: str, *, judge: JudgeSettings, seed: Seed) -> float:
     """Judge accuracy (no verdict = wrong) of a live model on validation items."""
     from librarm.engines.hf import HFSampler
     from librarm.judging.judge import judge_sampling, run_generative
 
-    sampler = HFSampler("live", judge_sampling(params), model=model, tokenizer=tok)
+    sampler = HFSampler("live", judge_sampling(judge), model=model, tokenizer=tok)
     was_training = model.training
     model.eval()
-    preds = run_generative(items, sampler, params, f"val-{tag}")
+    preds = run_generative(items, sampler, judge, seed, f"val-{tag}")
     if was_training:
         model.train()
     return round(sum(p["pred"] == p["label"] for p in preds) / max(1, len(preds)), 4)
 
 
-def make_val_callback(items, params, every: int, tag: str):
+def make_val_callback(items, every: int, tag: str, *, judge: JudgeSettings, seed: Seed):
     """A TrainerCallback that records validation accuracy every `every` steps (and at the end)."""
     from transformers import TrainerCallback
 
@@ -530,7 +538,7 @@ def make_val_callback(items, params, every: int, tag: str):
 
         def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
             if state.global_step % every == 0 or state.global_step == state.max_steps:
-                acc = val_accuracy(model, processing_class, items, params, tag)
+                acc = val_accuracy(model, processing_class, items, tag, judge=judge, seed=seed)
                 self.curve.append({"step": state.global_step, "val_accuracy": acc})
                 state.log_history.append({"step": state.global_step, "val_accuracy": acc})
 
@@ -555,9 +563,9 @@ def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int
     return pairs
 
 
-def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model: str, out_dir: str | Path, *,
+def run_scalar_rm(train_path: str | Path, init_model: str, out_dir: str | Path, *,
                   name: str, resume_root: str | Path = P.RESUME_TRAIN,
-                  threads: int | None = None) -> dict:
+                  threads: int | None = None, scalar_rm: ScalarRmSettings, seed: Seed) -> dict:
     """TRL RewardTrainer (Bradley-Terry on correct-vs-incorrect pairs of the same problem) from the
     base judge's weights with a fresh 1-logit head: the paper's non-thinking baseline family.
     Its decision threshold is chosen later, on the validation split."""
@@ -566,10 +574,10 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    cfg = ScalarRmSettings.from_params(params)
+    cfg = scalar_rm
     seed_everything(cfg.seed, threads)
     items = read_jsonl(train_path).records
-    pairs = reward_pairs(items, seed_of(params), cfg.pairs_per_problem, cfg.input)
+    pairs = reward_pairs(items, seed, cfg.pairs_per_problem, cfg.input)
     if not pairs:
         raise ValueError("scalar_rm: no (correct, incorrect) pair of the same problem in the training items")
     tok = AutoTokenizer.from_pretrained(init_model)
@@ -597,27 +605,31 @@ def run_scalar_rm(params: Mapping[str, Any], train_path: str | Path, init_model:
 
 
 # ----------------------------------------------------------------------------- stage entry points
-def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Mapping[str, str], out_dir: str | Path,
-                log_path: str | Path, threads: int | None = None) -> dict:
+def train_judge(kind: str, model_name: str, data: Mapping[str, str], out_dir: str | Path,
+                log_path: str | Path, threads: int | None = None, *, models: Models, sft: SftSettings | None,
+                rl: RlSettings | None, scalar_rm: ScalarRmSettings | None, judge: JudgeSettings, seed: Seed) -> dict:
     """One training job of the `train` phase: kind in sft | nothink | rl | scalar. Writes the final
-    model to out_dir (a DVC output) and a log JSON (curves, tokens/s) to log_path."""
+    model to out_dir (a DVC output) and a log JSON (curves, tokens/s) to log_path. The kind's
+    section (sft, rl or scalar_rm) must be given; the others may be None."""
     from librarm.run.models import model_ref, training_start
 
     val = read_jsonl(data["val"]).records
-    init = model_ref(params, training_start(params, model_name))["path"]
+    init = model_ref(models, training_start(model_name, models, sft, rl, scalar_rm))["path"]
     if kind in ("sft", "nothink"):
-        cfg = SftSettings.from_params(params).for_model(model_name)
+        cfg = sft.for_model(model_name)
         out = run_sft(data["sft"], init, out_dir, cfg, name=model_name, verdict_only_targets=kind == "nothink",
                       threads=threads,
-                      callbacks=[make_val_callback(val[: cfg.val_items], params, cfg.val_every, model_name)])
+                      callbacks=[make_val_callback(val[: cfg.val_items], cfg.val_every, model_name,
+                                                   judge=judge, seed=seed)])
     elif kind == "rl":
-        rl = RlSettings.from_params(params)
-        out = run_grpo(params, data["train"], init, out_dir, name=model_name, rewards=rl.rewards_of(model_name),
+        out = run_grpo(data["train"], init, out_dir, name=model_name, rewards=rl.rewards_of(model_name),
                        val_items=val, threads=threads,
-                       callbacks=[make_val_callback(val[: rl.val_items], params, rl.val_every, model_name)])
+                       callbacks=[make_val_callback(val[: rl.val_items], rl.val_every, model_name,
+                                                    judge=judge, seed=seed)],
+                       rl=rl, judge=judge, seed=seed)
     elif kind == "scalar":
-        out = run_scalar_rm(params, data["train"], init, out_dir, name=model_name,
-                            threads=threads)
+        out = run_scalar_rm(data["train"], init, out_dir, name=model_name,
+                            threads=threads, scalar_rm=scalar_rm, seed=seed)
     else:
         raise ValueError(f"unknown training kind {kind!r}")
     out.update({"kind": kind, "model": model_name, "init": init})
@@ -627,24 +639,25 @@ def train_judge(params: Mapping[str, Any], kind: str, model_name: str, data: Map
     return out
 
 
-def step_train(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_train(io: StageIO, *, models: Models, sft: SftSettings | None, rl: RlSettings | None,
+               scalar_rm: ScalarRmSettings | None, judge: JudgeSettings, seed: Seed) -> tuple[dict, list[str]]:
     """Stage step `train`: one judge (the `model` wildcard), of the kind its models entry names."""
     from librarm.run.tracking import CURVE_KEYS
 
     name = io.wildcard("model")
-    sft = io.input_list("sft")
-    data = {"train": io.input("train"), "val": io.input("val"), **({"sft": sft[0]} if sft else {})}
-    log = train_judge(params, ModelSpec.of(params, name).train, name, data, io.output("model"), io.output("log"),
-                      io.threads)
+    sft_data = io.input_list("sft")
+    data = {"train": io.input("train"), "val": io.input("val"), **({"sft": sft_data[0]} if sft_data else {})}
+    log = train_judge(models[name].train, name, data, io.output("model"), io.output("log"), io.threads,
+                      models=models, sft=sft, rl=rl, scalar_rm=scalar_rm, judge=judge, seed=seed)
     # the curves go to the job's MLflow run as step metrics (tracking.curve_points)
     return {k: log[k] for k in ("global_step", "seconds", "tokens_per_s", *CURVE_KEYS) if k in log} | \
         {"final_val_accuracy": (log["val_curve"][-1]["val_accuracy"] if log.get("val_curve") else None)}, \
         [io.output("log")]
 
 
-def step_train_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_train_stats(io: StageIO, *, models: Models) -> tuple[dict, list[str]]:
     """Stage step `train-stats`: every trained judge's log, curves kept, in one file."""
-    trained = [m for m, s in ModelSpec.registry(params).items() if s.source == "trained"]
+    trained = [m for m, s in models.items() if s.source == "trained"]
     stats = {}
     for name, p in io.keyed("logs", P.TRAIN_LOG, "model", trained).items():
         d = read_json(p)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 from librarm.judging.verifier import LABELS, REASONS, VerifierPool, final_answer_text, precheck
 from librarm.run.io import StageIO, read_jsonl, write_json, write_jsonl
+from librarm.run.settings import VerifySettings
 
 
 # ----------------------------------------------------------------------------- stage
@@ -55,10 +56,8 @@ def run_verify(samples_path: str | Path, problems_paths: Sequence[str | Path], o
     return meta
 
 
-def step_verify(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
-    from librarm.run.settings import VerifySettings
-
-    v = VerifySettings.from_params(params)
+def step_verify(io: StageIO, *, verify: VerifySettings) -> tuple[dict, list[str]]:
+    v = verify
     meta = run_verify(io.input("samples"), io.input_list("problems"), io.output("labels"), io.output("meta"),
                       workers=io.threads or 1, timeout_s=v.timeout_s, memory_mb=v.memory_mb)
     return meta, []
@@ -91,5 +90,5 @@ def summarize_verify(paths: Iterable[str | Path], out_path: str | Path) -> dict:
     return stats
 
 
-def step_verify_stats(params: Mapping[str, Any], io: StageIO) -> tuple[dict, list[str]]:
+def step_verify_stats(io: StageIO) -> tuple[dict, list[str]]:
     return summarize_verify(io.input_list("labels"), io.output("stats")), [io.output("stats")]

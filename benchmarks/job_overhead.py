@@ -72,11 +72,11 @@ def training_seconds(steps: int, settings: dict, work: Path) -> float:
     train.device_args = lambda: settings
     try:
         tag = "-".join(f"{k}={v}" for k, v in settings.items())
-        from librarm.run.settings import SftSettings
+        from librarm.run.settings import LaunchSettings, SftSettings
 
         cfg = SftSettings(init="tiny", steps=steps, learning_rate=5e-4, batch_size=16, save_steps=10 * steps)
         out = train.run_sft(rows, str(ROOT / "workflow/tiny_models/judge_base"), work / f"out-{tag}", cfg, name=tag,
-                            resume_root=work / "resume", threads=1, logging_steps=steps)
+                            resume_root=work / "resume", threads=1, logging_steps=steps, launch=LaunchSettings())
     finally:
         train.device_args = original
     return out["seconds"]

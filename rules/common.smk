@@ -102,7 +102,7 @@ def rule_env(backends=()):
 
 
 SAMPLE_ENV = rule_env({g.backend for g in PARAMS.generators.values()})
-# Training jobs on GPUs (launch.gpus_per_process > 0) use the CUDA training env (accelerate, deepspeed).
+# Training jobs on GPUs (launch.gpus_per_process > 0) use the CUDA training env (torch, accelerate).
 TRAIN_ENV = "../envs/gpu-train.yaml" if TRAIN_GPUS else "../envs/cpu.yaml"
 EVAL_ENV = rule_env({PARAMS.judges[j].backend for j in JUDGES})
 

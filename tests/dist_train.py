@@ -59,13 +59,15 @@ def record_rewards(path: Path):
 def main(spec_path: str) -> int:
     from librarm.run.io import write_json
     from librarm.run.launch import is_main, rank
-    from librarm.run.settings import call
+    from librarm.run.settings import LaunchSettings, call
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     callbacks = [kill_after_save(spec["kill_after_save"])] if spec.get("kill_after_save") else []
-    common = dict(name="t", resume_root=spec["resume_root"], threads=1)
+    # launch.sharding of the run (the processes come from the launcher that started this one)
+    common = dict(name="t", resume_root=spec["resume_root"], threads=1,
+                  launch=LaunchSettings(sharding=spec.get("sharding", "none")))
     if spec["kind"] == "sft":
         from librarm.run.settings import SftSettings
         from librarm.stages.train import run_sft

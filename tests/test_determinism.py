@@ -122,7 +122,7 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path, monkeypatch):
     recomputed forward is the same arithmetic, so the trained weights are the same bytes."""
     from tiny_fixtures import make_random_lm
 
-    from librarm.run.settings import SftSettings
+    from librarm.run.settings import LaunchSettings, SftSettings
     from librarm.stages import train
     from librarm.stages.train import run_sft
 
@@ -134,7 +134,7 @@ def test_gradient_checkpointing_changes_no_weight(tmp_path, monkeypatch):
     for on in (True, False):
         monkeypatch.setattr(train, "device_args", lambda on=on: {"bf16": False, "gradient_checkpointing": on})
         run_sft(tmp_path / "sft.jsonl", str(model_dir), tmp_path / f"out-{on}", cfg, name=f"sft-{on}",
-                resume_root=tmp_path / "resume", threads=1)
+                resume_root=tmp_path / "resume", threads=1, launch=LaunchSettings())
         hashes[on] = _weights(tmp_path / f"out-{on}")
     assert hashes[True] == hashes[False]
 

@@ -6,7 +6,7 @@ import yaml
 from conftest import REPO
 
 # Packages that only a GPU env has (not in the CPU lock).
-GPU_ONLY = {"vllm", "deepspeed"}
+GPU_ONLY = {"vllm"}
 
 
 def lock_pins() -> dict[str, str]:

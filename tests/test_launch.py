@@ -53,25 +53,10 @@ def test_launch_settings_and_commands(tmp_path, monkeypatch):
     with pytest.raises(LaunchError, match="launch.accelerate_config: .*nope.yaml is not a file"):
         launch_command(LaunchSettings(processes=2, launcher="accelerate", accelerate_config=str(tmp_path / "nope.yaml")),
                        ["stage", "train"])
-    cfg = REPO / "workflow" / "accelerate" / "fsdp2.yaml"
+    cfg = tmp_path / "accelerate.yaml"
+    cfg.write_text("distributed_type: MULTI_GPU\n")
     cmd = launch_command(LaunchSettings(processes=8, launcher="accelerate", accelerate_config=str(cfg)), ["stage", "dpo"])
     assert cmd[:6] == ["/usr/bin/accelerate", "launch", "--num_processes", "8", "--config_file", str(cfg)]
-
-
-@pytest.mark.parametrize("name", ["fsdp2.yaml", "deepspeed_zero3.yaml"])
-def test_shipped_accelerate_configs_parse_as_accelerate_configs(name):
-    """The paper preset's launcher configs are real accelerate config files (accelerate's own
-    loader reads them) and shard the model across the processes."""
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    cfg = load_config_from_file(str(REPO / "workflow" / "accelerate" / name))
-    assert cfg.mixed_precision == "bf16" and cfg.num_machines == 1
-    if name == "fsdp2.yaml":
-        assert cfg.distributed_type.value == "FSDP"
-        assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_reshard_after_forward"] is True
-    else:
-        assert cfg.distributed_type.value == "DEEPSPEED"
-        assert cfg.deepspeed_config["zero_stage"] == 3
 
 
 def test_paper_preset_launches_training_on_gpus():
@@ -79,8 +64,7 @@ def test_paper_preset_launches_training_on_gpus():
 
     p = load_params(REPO / "params.yaml", ["paper"])
     s = LaunchSettings.from_params(p)
-    assert s.launcher == "accelerate" and s.processes > 1 and s.gpus_per_process == 1
-    assert Path(REPO / s.accelerate_config).is_file()
+    assert s.launcher == "torchrun" and s.processes > 1 and s.gpus_per_process == 1 and s.sharding == "fsdp2"
 
 
 @pytest.mark.engines
@@ -170,31 +154,47 @@ def _sft_spec(tmp: Path, init: Path, tag: str, **cfg) -> dict:
             "cfg": {"steps": 10, "learning_rate": 1e-3, "batch_size": 4, "save_steps": 5, "max_length": 128, **cfg}}
 
 
+def _close(a: dict, b: dict, atol: float) -> float:
+    """The largest weight difference of two state dicts with the same keys and shapes."""
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    gap = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert gap <= atol, gap
+    return gap
+
+
 @pytest.mark.slow
 @pytest.mark.engines
 def test_sft_in_two_processes_matches_one_process_and_resumes_after_a_kill(tmp_path, rand_lm):
     """Completions have different lengths, so the per-process token counts differ: the loss is
     averaged over the tokens of the GLOBAL batch (transformers' average_tokens_across_devices),
-    which is what makes the two runs agree. The same 2-process run killed after its step-5
-    checkpoint resumes to the uninterrupted run's weights, bit for bit."""
+    which is what makes the runs agree, data parallel (launch.sharding none) and sharded (fsdp2:
+    every process holds half of each weight). The sharded run's saved model is full weights. The
+    sharded run killed after its step-5 checkpoint (each process's shard, in
+    pytorch_model_fsdp_0/) resumes to the uninterrupted sharded run's weights, bit for bit."""
     import torch
 
-    for n in (1, 2):
-        _ok(_run(_sft_spec(tmp_path, rand_lm, f"sft{n}"), tmp_path, n, f"sft{n}"))
-    one, two = _losses(tmp_path / "sft1"), _losses(tmp_path / "sft2")
-    assert sorted(one) == sorted(two) == list(range(1, 11))
-    gaps = {s: abs(one[s] - two[s]) for s in one}
-    print(f"sft: max |loss(1 process) - loss(2 processes)| over 10 steps = {max(gaps.values()):.1e}")
-    assert max(gaps.values()) <= 1e-4, gaps
+    runs = {"one": (1, "none"), "ddp": (2, "none"), "fsdp2": (2, "fsdp2")}
+    for tag, (n, sharding) in runs.items():
+        _ok(_run({**_sft_spec(tmp_path, rand_lm, tag), "sharding": sharding}, tmp_path, n, tag))
+    one = _losses(tmp_path / "one")
+    assert sorted(one) == list(range(1, 11))
+    for tag in ("ddp", "fsdp2"):
+        two = _losses(tmp_path / tag)
+        assert sorted(two) == sorted(one)
+        gaps = {s: abs(one[s] - two[s]) for s in one}
+        print(f"sft, {tag}: max |loss(1 process) - loss(2 processes)| over 10 steps = {max(gaps.values()):.1e}")
+        assert max(gaps.values()) <= 1e-4, (tag, gaps)
+    print(f"sft, fsdp2: max |weight - 1 process| = {_close(_weights(tmp_path / 'fsdp2' / 'model'), _weights(tmp_path / 'one' / 'model'), 1e-4):.1e}")
 
-    spec = _sft_spec(tmp_path, rand_lm, "killed")
+    spec = {**_sft_spec(tmp_path, rand_lm, "killed"), "sharding": "fsdp2"}
     killed = _run({**spec, "kill_after_save": 5}, tmp_path, 2, "killed")
     assert killed.returncode != 0 and not (tmp_path / "killed" / "model").exists()
-    ckpts = [p.name for p in Path(spec["resume_root"]).glob("*/*/checkpoint-*")]
-    assert ckpts == ["checkpoint-5"], ckpts
+    ckpts = list(Path(spec["resume_root"]).glob("*/*/checkpoint-*"))
+    assert [c.name for c in ckpts] == ["checkpoint-5"], ckpts
+    assert (ckpts[0] / "pytorch_model_fsdp_0").is_dir() and (ckpts[0] / "model.safetensors").is_file()
     _ok(_run(spec, tmp_path, 2, "resumed"))
     assert _losses(tmp_path / "killed").keys() == set(range(1, 11))
-    a, b = _weights(tmp_path / "sft2" / "model"), _weights(tmp_path / "killed" / "model")
+    a, b = _weights(tmp_path / "fsdp2" / "model"), _weights(tmp_path / "killed" / "model")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -206,9 +206,14 @@ def test_dpo_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm
     of 2, which one process trains on alone, while 2 processes pad it to a full batch with repeated
     pairs (accelerate's even_batches): steps 1-2 still agree, step 3 (the short batch) does not.
     That is the cause of the gap; with a pair count divisible by dpo.batch_size it is gone, and a
-    multi-process run says so in its log when it is not."""
+    multi-process run says so in its log when it is not. The 12-pair run is also trained sharded
+    (launch.sharding fsdp2), with the same losses and full, equal weights in every saved folder."""
+    import torch
+
     p = copy.deepcopy(params)
-    p["dpo"].update(learning_rate=0.003, beta=0.1, epochs=epochs, batch_size=4, val_every=100, val_k=1, max_length=96)
+    # 12 pairs: validated (and checkpointed) at steps 3 and 6, so the sharded run saves trained weights
+    p["dpo"].update(learning_rate=0.003, beta=0.1, epochs=epochs, batch_size=4, val_every=3 if n_pairs == 12 else 100,
+                    val_k=1, max_length=96)
     p["evaluate_policy"]["max_new_tokens"] = 8
     pairs = [{"pair_id": f"p{i}", "problem_id": f"q{i}", "question": f"Compute {i % 9}+{i % 4}.",
               "chosen": f"<think>{i % 9}+{i % 4}</think>\\boxed{{{i % 9 + i % 4}}}" + " " * (i % 3),
@@ -217,11 +222,16 @@ def test_dpo_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm
     write_jsonl(tmp_path / "val.jsonl", [{"id": f"v{i}", "problem": f"Compute {i}+1.", "answer": str(i + 1)}
                                          for i in range(2)])
     out = {}
-    for n in (1, 2):
+    # the sharded run (fsdp2) on the pair count every process splits evenly
+    runs = [(1, "none"), (2, "none")] + ([(2, "fsdp2")] if n_pairs % 4 == 0 else [])
+    for n, sharding in runs:
+        tag = f"dpo{n}" + ("-fsdp2" if sharding == "fsdp2" else "")
         spec = {"kind": "dpo", "params": p, "data": str(tmp_path / "pairs.jsonl"), "val": str(tmp_path / "val.jsonl"),
-                "init": str(rand_lm), "out": str(tmp_path / f"dpo{n}"), "resume_root": str(tmp_path / f"resume{n}")}
-        out[n] = _run(spec, tmp_path, n, f"dpo{n}")
-        _ok(out[n])
+                "init": str(rand_lm), "out": str(tmp_path / tag), "resume_root": str(tmp_path / f"resume-{tag}"),
+                "sharding": sharding}
+        out[tag] = _run(spec, tmp_path, n, tag)
+        _ok(out[tag])
+    out[2] = out["dpo2"]
     one, two = _losses(tmp_path / "dpo1"), _losses(tmp_path / "dpo2")
     steps = epochs * -(-n_pairs // 4)
     assert sorted(one) == sorted(two) == list(range(1, steps + 1))
@@ -230,6 +240,22 @@ def test_dpo_in_two_processes_matches_one_process_step_by_step(tmp_path, rand_lm
     if n_pairs % 4 == 0:
         assert max(gaps.values()) <= 1e-4, gaps
         assert "padded" not in out[2].stdout + out[2].stderr
+        # sharded: the same losses; the best checkpoint (gathered by every process, written by rank
+        # 0), the published policy and the last resume checkpoint's weights are full models with
+        # the 1-process weights
+        sharded = _losses(tmp_path / "dpo2-fsdp2")
+        assert max(abs(one[s] - sharded[s]) for s in one) <= 1e-4, sharded
+        folders = {}
+        for tag in ("dpo1", "dpo2-fsdp2"):
+            (best,) = Path(tmp_path / f"resume-{tag}").glob("*/*/best")
+            (last,) = Path(tmp_path / f"resume-{tag}").glob("*/*/checkpoint-6")
+            folders[tag] = {"best": best, "policy": tmp_path / tag / "model", "checkpoint-6": last}
+        assert (folders["dpo2-fsdp2"]["checkpoint-6"] / "pytorch_model_fsdp_0").is_dir()
+        for name, folder in folders["dpo2-fsdp2"].items():
+            gap = _close(_weights(folder), _weights(folders["dpo1"][name]), 1e-4)
+            print(f"dpo, fsdp2: max |weight - 1 process| in {name} = {gap:.1e}")
+        trained, init = _weights(folders["dpo2-fsdp2"]["checkpoint-6"]), _weights(rand_lm)
+        assert any(not torch.equal(trained[k], init[k]) for k in init)
     else:
         assert max(gaps[1], gaps[2]) <= 1e-4 and gaps[3] > 1e-3, gaps
         assert "not a multiple of dpo.batch_size" in out[2].stdout + out[2].stderr
@@ -252,10 +278,11 @@ def test_grpo_in_two_processes_gives_the_same_rewards_to_the_same_completions(tm
                     "learning_rate": 1e-4, "passrate_k": 2, "passrate_band": [0.0, 1.0], "l_exp": 8, "l_max": 12,
                     "val_every": 1000})
     rewards = {"correctness": 1.0, "format": 0.2, "length": 0.5}
-    for n in (1, 2):
+    for tag, n, sharding in (("grpo1", 1, "none"), ("grpo2", 2, "none"), ("grpo2-fsdp2", 2, "fsdp2")):
         spec = {"kind": "grpo", "params": p, "data": str(tmp_path / "items.jsonl"), "init": str(rand_lm),
-                "out": str(tmp_path / f"grpo{n}"), "resume_root": str(tmp_path / f"resume{n}"), "rewards": rewards}
-        _ok(_run(spec, tmp_path, n, f"grpo{n}"))
+                "out": str(tmp_path / tag), "resume_root": str(tmp_path / f"resume-{tag}"), "rewards": rewards,
+                "sharding": sharding}
+        _ok(_run(spec, tmp_path, n, tag))
     recs = {n: [r for f in sorted((tmp_path / f"grpo{n}").glob("rewards-rank*.jsonl")) for r in read_jsonl(f).records]
             for n in (1, 2)}
     assert len(list((tmp_path / "grpo2").glob("rewards-rank*.jsonl"))) == 2       # both processes scored
@@ -270,18 +297,25 @@ def test_grpo_in_two_processes_gives_the_same_rewards_to_the_same_completions(tm
         assert again == [r["reward"]], r
     key = lambda r: (r["func"], r["item_id"], r["completion"], r["reward"])   # noqa: E731
     assert sorted(map(key, recs[1])) == sorted(map(key, recs[2]))
+    # sharded (fsdp2): each process decodes its own prompts on gathered weights; the same rollouts
+    # and rewards, and the saved model is full weights
+    sharded = [r for f in sorted((tmp_path / "grpo2-fsdp2").glob("rewards-rank*.jsonl")) for r in read_jsonl(f).records]
+    assert sorted(map(key, sharded)) == sorted(map(key, recs[1]))
+    print(f"grpo, fsdp2: max |weight - 1 process| = "
+          f"{_close(_weights(tmp_path / 'grpo2-fsdp2' / 'model'), _weights(tmp_path / 'grpo1' / 'model'), 1e-4):.1e}")
 
 
 @pytest.mark.slow
 @pytest.mark.engines
 def test_stage_train_runs_under_torchrun_when_launch_processes_is_two(tmp_path, rand_lm, params):
-    """The real `librarm stage train` step with launch.processes 2: the CLI re-runs itself under
-    torchrun, both processes train, rank 0 writes the model and the log."""
+    """The real `librarm stage train` step with launch.processes 2, sharded (launch.sharding
+    fsdp2): the CLI re-runs itself under torchrun, both processes train, the validation callback
+    decodes on gathered weights in both, rank 0 writes the model (full weights) and the log."""
     p = copy.deepcopy(params)
     p["models"]["rand"] = {"source": "path", "path": str(rand_lm), "role": "judge"}
     p["sft"].update(init="rand", steps=4, batch_size=4, val_items=2, val_every=1000, save_steps=2, max_length=128)
     p["judge"]["max_new_tokens"] = 8
-    p["launch"]["processes"] = 2
+    p["launch"].update(processes=2, sharding="fsdp2")
     write_json(tmp_path / "config.json", p)
     spec = _sft_spec(tmp_path, rand_lm, "unused")
     val = [{"question": f"Compute {i}+1.", "response": f"\\boxed{{{i + 1}}}", "label": 1, "item_id": f"v{i}",
@@ -297,4 +331,6 @@ def test_stage_train_runs_under_torchrun_when_launch_processes_is_two(tmp_path, 
     assert "2 processes under torchrun" in res.stdout
     assert res.stdout.count("librarm train model=judge_sft:") == 1          # rank 0 alone reports
     log = json.loads((tmp_path / "log.json").read_text())
-    assert log["global_step"] == 4 and (tmp_path / "judge_sft" / "model.safetensors").exists()
+    assert log["global_step"] == 4 and [h["step"] for h in log["val_curve"]] == [4]
+    saved, init = _weights(tmp_path / "judge_sft"), _weights(rand_lm)
+    assert saved.keys() == init.keys() and all(saved[k].shape == init[k].shape for k in init)

@@ -162,7 +162,7 @@ def test_killed_training_resumes_global_step_and_mlflow_curve_has_no_gap(mlflow_
     from transformers import TrainerCallback
 
     from librarm.run.io import write_jsonl
-    from librarm.run.settings import SftSettings
+    from librarm.run.settings import LaunchSettings, SftSettings
     from librarm.stages.train import run_sft
 
     class Kill(TrainerCallback):
@@ -180,7 +180,8 @@ def test_killed_training_resumes_global_step_and_mlflow_curve_has_no_gap(mlflow_
     write_jsonl(mlflow_here / "sft.jsonl", [{"prompt": f"<|user|>q{i}<|assistant|>", "completion": f"<think>{i}</think>ok",
                                              "kind": "judging"} for i in range(16)])
     cfg = SftSettings(init="rand", steps=10, learning_rate=1e-3, batch_size=4, save_steps=5)
-    kw = dict(name="judge_sft", resume_root=mlflow_here / "resume", threads=1, logging_steps=1)
+    kw = dict(name="judge_sft", resume_root=mlflow_here / "resume", threads=1, logging_steps=1,
+              launch=LaunchSettings())
     with pytest.raises(KeyboardInterrupt):
         with stage_run(pipeline_context(params), "train", {}, {"model": "judge_sft"}):
             run_sft(mlflow_here / "sft.jsonl", str(model_dir), mlflow_here / "out", cfg, callbacks=[Kill()], **kw)

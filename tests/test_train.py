@@ -143,7 +143,7 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
 
     from tiny_fixtures import make_random_lm
 
-    from librarm.run.settings import SftSettings
+    from librarm.run.settings import LaunchSettings, SftSettings
     from librarm.stages.train import run_grpo, run_sft
 
     base = make_random_lm(tmp_path / "rand", hidden=64, layers=2)
@@ -154,7 +154,7 @@ def test_grpo_learns_trivial_judging_task_and_rewards_stay_aligned(tmp_path, par
                      "kind": "judging", "item_id": str(i), "label": i % 2})
     write_jsonl(tmp_path / "sft.jsonl", rows)
     run_sft(tmp_path / "sft.jsonl", str(base), tmp_path / "sft", SftSettings(init="rand", steps=100, learning_rate=3e-3, batch_size=16),
-            name="sft", resume_root=tmp_path / "resume")
+            name="sft", resume_root=tmp_path / "resume", launch=LaunchSettings())
     items = [{"question": f"Compute {i}+1.", "response": f"\\boxed{{{i + 1}}}", "label": 1, "item_id": f"it{i}",
               "index": i} for i in range(32)]
     write_jsonl(tmp_path / "items.jsonl", items)

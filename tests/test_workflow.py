@@ -253,10 +253,8 @@ def ci_copy(ci_run):
 
 # Keys a phase declares that its jobs never read in the ci run, each with the reason.
 _DAG_SHAPE = "read by rules/common.smk to list the phase's jobs (adding one must rerun the stage)"
-_LAUNCH = "read by the CLI before the step runs: it decides whether the step re-runs under a launcher"
 DECLARED_UNREAD = {
-    "train": {"launch": _LAUNCH},
-    "dpo": {"launch": _LAUNCH, "pairs.labelers": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE, "pairs.gold_curve": _DAG_SHAPE,
+    "dpo": {"pairs.labelers": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE, "pairs.gold_curve": _DAG_SHAPE,
             # the policy folder is the `init` input when the pipeline makes it (ci); a hub or path
             # policy is found through its models entry
             "pairs.policy": "read only for a starting policy the pipeline does not make",

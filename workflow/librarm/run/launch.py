@@ -1,5 +1,6 @@
-"""Training steps under N processes. `launch` in params says how many and under which launcher
-(torchrun, or `accelerate launch` with a config file: FSDP or DeepSpeed ZeRO-3 on GPUs). The
+"""Training steps under N processes. `launch` in params says how many, under which launcher
+(torchrun, or `accelerate launch` with a config file) and how they hold the model (data parallel,
+or sharded with FSDP2: `launch.sharding`, the same path on GPUs and on the CPU). The
 `librarm stage` process of a training step re-runs itself under the launcher; each process runs
 the step, the trainers (TRL / transformers) split every global batch across them (gloo on the CPU,
 NCCL on GPUs), and only rank 0 writes the step's files and its MLflow run.
@@ -9,12 +10,13 @@ batch_size / processes rows of every batch, so N processes train on what one pro
 (tests/test_launch.py compares the per-step losses)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from librarm.run.settings import DpoSettings, LaunchSettings, RlSettings, ScalarRmSettings, SettingsError, SftSettings
 
@@ -133,3 +135,109 @@ def run_launched(s: LaunchSettings, cli_args: Sequence[str], threads: int | None
     env = {**os.environ, INSIDE: "1", "OMP_NUM_THREADS": str(max(1, (threads or 1) // s.processes))}
     print(f"librarm: {s.processes} processes under {s.launcher}: {' '.join(cmd)}", flush=True)
     return subprocess.run(cmd, env=env).returncode
+
+
+# ----------------------------------------------------------------------------- FSDP2
+# launch.sharding fsdp2 shards each decoder layer and the root with torch's fully_shard (FSDP2),
+# through the trainers' own FSDP support: the same arguments on GPUs (NCCL) and on the CPU (gloo).
+# Two gaps are closed here. accelerate 1.15 keeps an FSDP plugin only for GPU-like process groups
+# (AcceleratorState drops it for MULTI_CPU without a word), so on the CPU the trainer's accelerator
+# is switched to FSDP after it is built. And with sharded checkpoints (what resume reads) the
+# trainers' save_model writes nothing, so saving gathers the full weights instead.
+def sharding_args(launch: LaunchSettings, model) -> dict:
+    """The trainer arguments that shard `model` across this job's processes (launch.sharding
+    fsdp2, more than one process), else none: each decoder layer (the model's _no_split_modules)
+    is one FSDP2 unit, and resume checkpoints are sharded (each process writes its shard)."""
+    if launch.sharding != "fsdp2" or world_size() == 1:
+        return {}
+    layers = list(getattr(model, "_no_split_modules", None) or ())
+    if not layers:
+        raise LaunchError(f"launch.sharding: fsdp2 needs the model's decoder layer class ({type(model).__name__} "
+                          "names no _no_split_modules)")
+    return {"fsdp": True, "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": layers,
+                                          "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"}}
+
+
+def sharded(trainer_cls: type) -> type:
+    """trainer_cls (a transformers / TRL trainer) that runs FSDP2 on the CPU as on GPUs and saves
+    full weights under sharded checkpoints. Without sharding arguments it is trainer_cls itself."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    class Sharded(trainer_cls):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            state = self.accelerator.state
+            if self.args.fsdp_plugin_args is not None and state.distributed_type == DistributedType.MULTI_CPU:
+                state.distributed_type = DistributedType.FSDP
+                # every AcceleratorState() re-reads PartialState's shared dict: set it there too
+                PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+                state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+                if state.mixed_precision != "no":
+                    state.fsdp_plugin.set_mixed_precision(state.mixed_precision)
+                self.is_fsdp_enabled = True
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+                # every process gathers (a collective); the trainer's _save writes on rank 0 alone
+                state_dict = retied(self.model, self.accelerator.get_state_dict(self.model))
+                self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+                return
+            super().save_model(output_dir, _internal_call)
+
+    Sharded.__name__ = Sharded.__qualname__ = f"Sharded{trainer_cls.__name__}"
+    return Sharded
+
+
+def _fsdp_units(model) -> tuple[object | None, list]:
+    from torch.distributed.fsdp import FSDPModule
+
+    root = model if isinstance(model, FSDPModule) else None
+    return root, [m for m in model.modules() if isinstance(m, FSDPModule) and m is not root]
+
+
+@contextlib.contextmanager
+def gathered_for_decoding(model) -> Iterator[None]:
+    """The full weights held in every process while it decodes on its own. A sharded forward
+    all-gathers each layer from every process, so processes that decode different prompts (a
+    different number of steps each) would wait on each other forever; gathered once here, their
+    forwards need no other process. Costs the full model's memory while it lasts; no-op unsharded."""
+    root, inner = _fsdp_units(model)
+    if root is None and not inner:
+        yield
+        return
+    for m in inner:
+        m.set_reshard_after_forward(False)
+    for m in inner + ([root] if root is not None else []):
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in inner + ([root] if root is not None else []):
+            m.reshard()
+        for m in inner:
+            m.set_reshard_after_forward(True)
+
+
+def full_state_dict(model) -> dict | None:
+    """The full weights of a sharded model, gathered on rank 0 (every process must call it: a
+    collective); None when the model is not sharded (its own state_dict is full)."""
+    root, inner = _fsdp_units(model)
+    if root is None and not inner:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return retied(model, get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+
+
+def retied(model, state_dict: dict) -> dict:
+    """A gathered state dict whose tied weights (one parameter under two names, e.g. an
+    lm_head tied to the embeddings) are one tensor again, as in the model's own state_dict: the
+    gather copies each name apart, and save_pretrained drops a tied name only when the tensors
+    share storage, so the saved folder is the one an unsharded model saves."""
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        source = first.setdefault(id(param), name)
+        if source != name and name in state_dict and source in state_dict:
+            state_dict[name] = state_dict[source]
+    return state_dict

@@ -412,6 +412,7 @@ class ReportSettings(Section):
 
 
 LAUNCHERS = ("torchrun", "accelerate")
+SHARDINGS = ("none", "fsdp2")
 
 
 @dataclass(frozen=True)
@@ -423,10 +424,12 @@ class LaunchSettings(Section):
     launcher: str = "torchrun"
     accelerate_config: str | None = None
     gpus_per_process: int = 0
+    sharding: str = "none"
 
     def __post_init__(self):
         super().__post_init__()
         _check(self.processes >= 1, f"launch.processes: must be >= 1, got {self.processes}")
+        _check(self.sharding in SHARDINGS, f"launch.sharding: {self.sharding!r} is not one of {', '.join(SHARDINGS)}")
         _check(self.launcher in LAUNCHERS, f"launch.launcher: {self.launcher!r} is not one of {', '.join(LAUNCHERS)}")
         _check(not self.accelerate_config or self.launcher == "accelerate",
                "launch.accelerate_config: only read by launcher 'accelerate'")

@@ -9,11 +9,22 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from librarm.run.io import StageIO, read_json, read_jsonl, set_tree_mode, write_json
-from librarm.run.launch import barrier, is_main, per_process, shared_on_disk, world_size
+from librarm.run.launch import (
+    barrier,
+    full_state_dict,
+    gathered_for_decoding,
+    is_main,
+    per_process,
+    sharded,
+    sharding_args,
+    shared_on_disk,
+    world_size,
+)
 from librarm.run.paths import RESUME_TRAIN
 from librarm.run.settings import (
     DpoSettings,
     EvaluatePolicySettings,
+    LaunchSettings,
     Models,
     PairsSettings,
     SamplingSettings,
@@ -39,7 +50,7 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
             out_dir: str | Path, *, name: str, seed: int, threads: int | None = None,
             resume_root: str | Path = RESUME_TRAIN, budget: int | None = None, dpo: DpoSettings,
             sampling: SamplingSettings, evaluate_policy: EvaluatePolicySettings, verify: VerifySettings,
-            run_seed: Seed) -> dict:
+            run_seed: Seed, launch: LaunchSettings) -> dict:
     """Train one DPO policy for the steps `budget` pairs take (see `labelers.dpo_step_pairs`;
     None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
     the untrained policy (step 0), every `val_every` steps and at the end. Selection reads the
@@ -86,14 +97,14 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
                            best_path, started_with_best, sampling=sampling)
 
     args = DPOConfig(
-        **device_args(),
+        **device_args(), **sharding_args(launch, model),
         output_dir=str(resume_dir), max_steps=steps, per_device_train_batch_size=per_process(cfg.batch_size, "dpo.batch_size"),
         learning_rate=cfg.learning_rate, beta=cfg.beta, loss_type=[cfg.loss_type], lr_scheduler_type="constant",
         logging_steps=1, save_steps=cfg.val_every, save_total_limit=1, seed=seed, max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs, use_cpu=not torch.cuda.is_available(),
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[select])
+    trainer = sharded(DPOTrainer)(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[select])
     started = time.time()
     with pool:
         trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
@@ -130,17 +141,21 @@ def select_on_val(callback_base, vcfg, val_problems, cfg: DpoSettings, seed: int
             was_training = model.training
             model.eval()
             sampler = HFSampler("live", vcfg, model=model, tokenizer=tok)
-            graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed, "policy-val", pool, sampling=sampling)
+            with gathered_for_decoding(model):
+                graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed, "policy-val", pool, sampling=sampling)
             if was_training:
                 model.train()
             acc = avg_at_k(per_problem_accuracy(graded))["all"]
             state.log_history.append({"step": state.global_step, "val_avg_at_k": acc})
-            # every process validates the same weights the same way; rank 0 keeps the best
-            best = read_json(best_path) if is_main() and best_path.exists() else None
-            if is_main() and (best is None or acc > best["val_avg_at_k"]):
+            # every process validates the same weights the same way and reads the best so far
+            # (before rank 0 rewrites it: the gather below is a collective); rank 0 keeps the best
+            best = read_json(best_path) if best_path.exists() else None
+            improved = best is None or acc > best["val_avg_at_k"]
+            weights = full_state_dict(model) if improved else None    # sharded: gathered by all
+            if is_main() and improved:
                 tmp = resume_dir / "best.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
-                model.save_pretrained(str(tmp))
+                model.save_pretrained(str(tmp), state_dict=weights)
                 shutil.rmtree(resume_dir / "best", ignore_errors=True)
                 tmp.rename(resume_dir / "best")
                 write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
@@ -190,7 +205,7 @@ def _summary(state, ds, tok, name: str, seed: int, n_pairs: int, step_pairs: int
 
 def step_dpo(io: StageIO, *, dpo: DpoSettings, pairs: PairsSettings, sampling: SamplingSettings,
              evaluate_policy: EvaluatePolicySettings, verify: VerifySettings, models: Models,
-             seed: Seed) -> tuple[dict, list[str]]:
+             seed: Seed, launch: LaunchSettings) -> tuple[dict, list[str]]:
     """Stage step `dpo`: one policy (the `policy` wildcard) and DPO seed, from the `init` input (the
     policy folder the pipeline made) or the hub policy `pairs.policy` names."""
     from librarm.stages.downstream import policy_folder
@@ -199,7 +214,7 @@ def step_dpo(io: StageIO, *, dpo: DpoSettings, pairs: PairsSettings, sampling: S
     log = run_dpo(io.input("pairs"), io.input("val"), init, io.output("model"),
                   name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
                   budget=pairs.budget, dpo=dpo, sampling=sampling, evaluate_policy=evaluate_policy, verify=verify,
-                  run_seed=seed)
+                  run_seed=seed, launch=launch)
     if is_main():
         write_json(io.output("log"), log)
     return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",

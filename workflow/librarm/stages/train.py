@@ -21,11 +21,12 @@ from librarm.run.io import (
     write_json,
     write_jsonl,
 )
-from librarm.run.launch import barrier, is_main, per_process, rank
+from librarm.run.launch import barrier, gathered_for_decoding, is_main, per_process, rank, sharded, sharding_args
 from librarm.run.settings import (
     JudgeDataSettings,
     Judges,
     JudgeSettings,
+    LaunchSettings,
     Models,
     ProblemsSettings,
     RlSettings,
@@ -299,7 +300,7 @@ def _finish(trainer, tok, out_dir: Path, started: float, tokens: int) -> dict:
     if is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     barrier()
-    trainer.save_model(str(tmp))      # every process: FSDP / ZeRO-3 gather the weights; rank 0 writes
+    trainer.save_model(str(tmp))      # every process: sharded (FSDP2) weights are gathered; rank 0 writes
     if is_main():
         tok.save_pretrained(str(tmp))
         set_tree_mode(tmp)            # safetensors writes 0600; every output gets the umask's mode
@@ -322,7 +323,8 @@ def verdict_only(completion: str) -> str:
 
 def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, sft: SftSettings, *,
             name: str, verdict_only_targets: bool = False, resume_root: str | Path = P.RESUME_TRAIN,
-            threads: int | None = None, callbacks: Sequence = (), logging_steps: int = 5) -> dict:
+            threads: int | None = None, callbacks: Sequence = (), logging_steps: int = 5,
+            launch: LaunchSettings) -> dict:
     """TRL SFTTrainer on prompt/completion rows: the prompt is the rendered chat prompt, the
     completion the raw trajectory (TRL appends EOS), so no chat template can strip the thinking.
     Loss on completion tokens only. Resumes from the last checkpoint under resume_root/name."""
@@ -340,14 +342,14 @@ def run_sft(data_path: str | Path, init_model: str, out_dir: str | Path, sft: Sf
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
     resume_dir = resume_dir_for(resume_root, name, init_model, data_path, asdict(sft), verdict_only_targets)
     args = SFTConfig(
-        **device_args(),
+        **device_args(), **sharding_args(launch, model),
         output_dir=str(resume_dir), max_steps=sft.steps, per_device_train_batch_size=per_process(sft.batch_size, "sft.batch_size"),
         learning_rate=sft.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, sft.steps // 20),
         logging_steps=logging_steps, save_steps=sft.save_steps, save_total_limit=1, seed=sft.seed,
         max_length=sft.max_length, completion_only_loss=True, packing=False, use_cpu=not torch.cuda.is_available(),
         report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
+    trainer = sharded(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=list(callbacks))
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
@@ -415,7 +417,8 @@ def sampler_rollout(sampler, seed: int):
             sampler.model = model
             # seeded by the position in the step's global batch: process r holds its r-th share
             first = rank() * len(prompt_ids)
-            res = sampler.generate_ids(prompt_ids, [stable_seed(seed, step, first + i) for i in range(len(prompt_ids))])
+            with gathered_for_decoding(model):       # each process decodes its own prompts
+                res = sampler.generate_ids(prompt_ids, [stable_seed(seed, step, first + i) for i in range(len(prompt_ids))])
         finally:
             model.train(was_training)
         # finish_reason reaches the reward functions: a completion cut at the length limit earns
@@ -448,7 +451,7 @@ def length_threshold(sampler, val_items: Sequence[Mapping[str, Any]], name: str,
 def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
              name: str, rewards: Mapping[str, float], val_items: Sequence[Mapping[str, Any]] = (),
              resume_root: str | Path = P.RESUME_TRAIN, threads: int | None = None, callbacks: Sequence = (),
-             rl: RlSettings, judge: JudgeSettings, seed: Seed) -> dict:
+             rl: RlSettings, judge: JudgeSettings, seed: Seed, launch: LaunchSettings) -> dict:
     """TRL GRPOTrainer on judging prompts with rule rewards. Items the initial judge always gets
     right or always wrong give no gradient: they are filtered by pass rate first."""
     import torch
@@ -485,7 +488,7 @@ def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
     resume_dir = resume_dir_for(resume_root, name, init_model, train_path, asdict(rl), dict(rewards),
                                 jcfg.prompt_template)
     args = GRPOConfig(
-        **device_args(),
+        **device_args(), **sharding_args(launch, model),
         output_dir=str(resume_dir), max_steps=rl.steps, per_device_train_batch_size=per_process(rl.batch_size, "rl.batch_size"),
         num_generations=rl.num_generations, max_completion_length=rl.max_completion_length,
         learning_rate=rl.learning_rate, beta=rl.beta, temperature=rl.temperature, seed=rl.seed,
@@ -493,7 +496,7 @@ def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
         use_cpu=not torch.cuda.is_available(), report_to=[],
         disable_tqdm=True, shuffle_dataset=True, lr_scheduler_type="constant",
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
+    trainer = sharded(GRPOTrainer)(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=list(callbacks),
                           rollout_func=sampler_rollout(sampler, stable_seed(seed, "grpo", name)))
     started = time.time()
@@ -522,7 +525,8 @@ def val_accuracy(model, tok, items: Sequence[Mapping[str, Any]], tag: str, *, ju
     sampler = HFSampler("live", judge_sampling(judge), model=model, tokenizer=tok)
     was_training = model.training
     model.eval()
-    preds = run_generative(items, sampler, judge, seed, f"val-{tag}")
+    with gathered_for_decoding(model):
+        preds = run_generative(items, sampler, judge, seed, f"val-{tag}")
     if was_training:
         model.train()
     return round(sum(p["pred"] == p["label"] for p in preds) / max(1, len(preds)), 4)
@@ -565,7 +569,7 @@ def reward_pairs(items: Sequence[Mapping[str, Any]], seed: int, per_problem: int
 
 def run_scalar_rm(train_path: str | Path, init_model: str, out_dir: str | Path, *,
                   name: str, resume_root: str | Path = P.RESUME_TRAIN,
-                  threads: int | None = None, scalar_rm: ScalarRmSettings, seed: Seed) -> dict:
+                  threads: int | None = None, scalar_rm: ScalarRmSettings, seed: Seed, launch: LaunchSettings) -> dict:
     """TRL RewardTrainer (Bradley-Terry on correct-vs-incorrect pairs of the same problem) from the
     base judge's weights with a fresh 1-logit head: the paper's non-thinking baseline family.
     Its decision threshold is chosen later, on the validation split."""
@@ -591,12 +595,12 @@ def run_scalar_rm(train_path: str | Path, init_model: str, out_dir: str | Path, 
     ds = Dataset.from_list([{"chosen": chat(p["question"], p["chosen"]), "rejected": chat(p["question"], p["rejected"])}
                             for p in pairs])
     resume_dir = resume_dir_for(resume_root, name, init_model, train_path, asdict(cfg))
-    args = RewardConfig(**device_args(), output_dir=str(resume_dir), max_steps=cfg.steps,
+    args = RewardConfig(**device_args(), **sharding_args(launch, model), output_dir=str(resume_dir), max_steps=cfg.steps,
                         per_device_train_batch_size=per_process(cfg.batch_size, "scalar_rm.batch_size"),
                         learning_rate=cfg.learning_rate, logging_steps=5, save_steps=50, save_total_limit=1,
                         seed=cfg.seed, use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
                         report_to=[], max_length=512)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    trainer = sharded(RewardTrainer)(model=model, args=args, train_dataset=ds, processing_class=tok)
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     out = _finish(trainer, tok, Path(out_dir), started, 0)
@@ -607,7 +611,8 @@ def run_scalar_rm(train_path: str | Path, init_model: str, out_dir: str | Path, 
 # ----------------------------------------------------------------------------- stage entry points
 def train_judge(kind: str, model_name: str, data: Mapping[str, str], out_dir: str | Path,
                 log_path: str | Path, threads: int | None = None, *, models: Models, sft: SftSettings | None,
-                rl: RlSettings | None, scalar_rm: ScalarRmSettings | None, judge: JudgeSettings, seed: Seed) -> dict:
+                rl: RlSettings | None, scalar_rm: ScalarRmSettings | None, judge: JudgeSettings, seed: Seed,
+                launch: LaunchSettings) -> dict:
     """One training job of the `train` phase: kind in sft | nothink | rl | scalar. Writes the final
     model to out_dir (a DVC output) and a log JSON (curves, tokens/s) to log_path. The kind's
     section (sft, rl or scalar_rm) must be given; the others may be None."""
@@ -618,7 +623,7 @@ def train_judge(kind: str, model_name: str, data: Mapping[str, str], out_dir: st
     if kind in ("sft", "nothink"):
         cfg = sft.for_model(model_name)
         out = run_sft(data["sft"], init, out_dir, cfg, name=model_name, verdict_only_targets=kind == "nothink",
-                      threads=threads,
+                      threads=threads, launch=launch,
                       callbacks=[make_val_callback(val[: cfg.val_items], cfg.val_every, model_name,
                                                    judge=judge, seed=seed)])
     elif kind == "rl":
@@ -626,10 +631,10 @@ def train_judge(kind: str, model_name: str, data: Mapping[str, str], out_dir: st
                        val_items=val, threads=threads,
                        callbacks=[make_val_callback(val[: rl.val_items], rl.val_every, model_name,
                                                     judge=judge, seed=seed)],
-                       rl=rl, judge=judge, seed=seed)
+                       rl=rl, judge=judge, seed=seed, launch=launch)
     elif kind == "scalar":
         out = run_scalar_rm(data["train"], init, out_dir, name=model_name,
-                            threads=threads, scalar_rm=scalar_rm, seed=seed)
+                            threads=threads, scalar_rm=scalar_rm, seed=seed, launch=launch)
     else:
         raise ValueError(f"unknown training kind {kind!r}")
     out.update({"kind": kind, "model": model_name, "init": init})
@@ -640,7 +645,8 @@ def train_judge(kind: str, model_name: str, data: Mapping[str, str], out_dir: st
 
 
 def step_train(io: StageIO, *, models: Models, sft: SftSettings | None, rl: RlSettings | None,
-               scalar_rm: ScalarRmSettings | None, judge: JudgeSettings, seed: Seed) -> tuple[dict, list[str]]:
+               scalar_rm: ScalarRmSettings | None, judge: JudgeSettings, seed: Seed,
+               launch: LaunchSettings) -> tuple[dict, list[str]]:
     """Stage step `train`: one judge (the `model` wildcard), of the kind its models entry names."""
     from librarm.run.tracking import CURVE_KEYS
 
@@ -648,7 +654,7 @@ def step_train(io: StageIO, *, models: Models, sft: SftSettings | None, rl: RlSe
     sft_data = io.input_list("sft")
     data = {"train": io.input("train"), "val": io.input("val"), **({"sft": sft_data[0]} if sft_data else {})}
     log = train_judge(models[name].train, name, data, io.output("model"), io.output("log"), io.threads,
-                      models=models, sft=sft, rl=rl, scalar_rm=scalar_rm, judge=judge, seed=seed)
+                      models=models, sft=sft, rl=rl, scalar_rm=scalar_rm, judge=judge, seed=seed, launch=launch)
     # the curves go to the job's MLflow run as step metrics (tracking.curve_points)
     return {k: log[k] for k in ("global_step", "seconds", "tokens_per_s", *CURVE_KEYS) if k in log} | \
         {"final_val_accuracy": (log["val_curve"][-1]["val_accuracy"] if log.get("val_curve") else None)}, \

@@ -185,6 +185,10 @@ def test_sft_in_two_processes_matches_one_process_and_resumes_after_a_kill(tmp_p
         print(f"sft, {tag}: max |loss(1 process) - loss(2 processes)| over 10 steps = {max(gaps.values()):.1e}")
         assert max(gaps.values()) <= 1e-4, (tag, gaps)
     print(f"sft, fsdp2: max |weight - 1 process| = {_close(_weights(tmp_path / 'fsdp2' / 'model'), _weights(tmp_path / 'one' / 'model'), 1e-4):.1e}")
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp2" / "model").num_parameters() == \
+        AutoModelForCausalLM.from_pretrained(rand_lm).num_parameters()
 
     spec = {**_sft_spec(tmp_path, rand_lm, "killed"), "sharding": "fsdp2"}
     killed = _run({**spec, "kill_after_save": 5}, tmp_path, 2, "killed")
@@ -301,6 +305,8 @@ def test_grpo_in_two_processes_gives_the_same_rewards_to_the_same_completions(tm
     # and rewards, and the saved model is full weights
     sharded = [r for f in sorted((tmp_path / "grpo2-fsdp2").glob("rewards-rank*.jsonl")) for r in read_jsonl(f).records]
     assert sorted(map(key, sharded)) == sorted(map(key, recs[1]))
+    one, two = _losses(tmp_path / "grpo1"), _losses(tmp_path / "grpo2-fsdp2")
+    assert sorted(one) == sorted(two) == [1, 2, 3] and max(abs(one[s] - two[s]) for s in one) <= 1e-4, (one, two)
     print(f"grpo, fsdp2: max |weight - 1 process| = "
           f"{_close(_weights(tmp_path / 'grpo2-fsdp2' / 'model'), _weights(tmp_path / 'grpo1' / 'model'), 1e-4):.1e}")
 

@@ -7,6 +7,9 @@ Prints, in one run:
   * decode tokens/s at batch 64 against the HBM roofline: each decode step reads every weight once
     (2 bytes a parameter in bf16) plus the KV cache so far, so the roofline is
     batch * bandwidth / bytes per step.
+    Three decoders: the pipeline's hf sampler, a bare forward+argmax loop (the model's own rate),
+    and transformers' generate with a static KV cache, which on a GPU compiles the forward with
+    torch.compile into CUDA graphs (the first call, the compilation, is left out).
 
 `--cpu --tiny` runs the same code path on a tiny model on the CPU in well under a minute (a test
 runs it, so the script cannot rot); MFU and the roofline are "n/a" there.
@@ -169,6 +172,7 @@ def run_decode(model, tok, n_params: int, a, bandwidth: float | None) -> dict:
     dt = time.perf_counter() - t
     tokens = sum(r.completion_tokens for r in res)
     bare = bare_decode_tokens_per_s(model, sampler.encode_prompts(reqs), new, tok.pad_token_id)
+    static, compiled = static_cache_tokens_per_s(model, sampler.encode_prompts(reqs), new, tok.pad_token_id)
     cfg = model.config
     # bytes read per decode step: weights (2 bytes each in bf16) + the KV cache at mid-generation
     kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2 \
@@ -178,7 +182,42 @@ def run_decode(model, tok, n_params: int, a, bandwidth: float | None) -> dict:
     return {"batch": 64, "new_tokens": new, "tokens": tokens, "seconds": round(dt, 2),
             "tokens_per_s": round(tokens / dt, 1), "roofline_tokens_per_s": round(roofline, 1) if roofline else None,
             "share_of_roofline": round(tokens / dt / roofline, 3) if roofline else None,
-            "bytes_per_step": int(per_step), "bare_loop_tokens_per_s": round(bare, 1)}
+            "bytes_per_step": int(per_step), "bare_loop_tokens_per_s": round(bare, 1),
+            "static_cache_tokens_per_s": round(static, 1), "static_cache_compiled": compiled,
+            "static_cache_share_of_roofline": round(static / roofline, 3) if roofline else None}
+
+
+def _left_padded(prompt_ids, pad: int, device):
+    import torch
+
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def static_cache_tokens_per_s(model, prompt_ids, new: int, pad: int) -> tuple[float, bool]:
+    """transformers' generate with a static KV cache (fixed shapes), greedy, exactly `new` tokens
+    a row. On a GPU generate compiles the forward with torch.compile (mode reduce-overhead: CUDA
+    graphs) for a static cache by itself; the first call pays the compilation and is left out.
+    On the CPU the static cache runs uncompiled. Returns (tokens/s, whether it was compiled)."""
+    import torch
+
+    ids, mask = _left_padded(prompt_ids, pad, model.device)
+    kw = dict(attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+              cache_implementation="static", pad_token_id=pad)
+    with torch.inference_mode():
+        model.generate(ids, **kw)                       # compilation (GPU) and warm-up
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(ids, **kw)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+    return len(prompt_ids) * new / (time.perf_counter() - t), model.device.type == "cuda"
 
 
 def bare_decode_tokens_per_s(model, prompt_ids, new: int, pad: int) -> float:
@@ -188,13 +227,7 @@ def bare_decode_tokens_per_s(model, prompt_ids, new: int, pad: int) -> float:
     import torch
 
     dev = model.device
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompt_ids):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    ids, mask = ids.to(dev), mask.to(dev)
+    ids, mask = _left_padded(prompt_ids, pad, dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
         if dev.type == "cuda":
@@ -281,6 +314,10 @@ def main() -> int:
         print(f"decode (hf backend, batch 64, {d['new_tokens']} new tokens): {d['tokens_per_s']} tokens/s; "
               f"HBM roofline = 64 * bandwidth / {d['bytes_per_step']} bytes per step = {roof}; "
               f"the bare forward+argmax loop at the same batch: {d['bare_loop_tokens_per_s']} tokens/s")
+        share = "" if d["static_cache_share_of_roofline"] is None else \
+            f" ({100 * d['static_cache_share_of_roofline']:.1f}% of the roofline)"
+        print(f"decode with transformers' static KV cache{' compiled (CUDA graphs)' if d['static_cache_compiled'] else ''}, "
+              f"greedy, batch 64: {d['static_cache_tokens_per_s']} tokens/s{share}")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(out, fh, indent=1)

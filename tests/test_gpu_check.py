@@ -22,4 +22,5 @@ def test_gpu_check_cpu_tiny(tmp_path):
     for stage in ("sft", "grpo", "dpo"):
         assert out[stage]["steps"] == 2 and out[stage]["tokens_per_s"] > 0
     assert out["decode"]["batch"] == 64 and out["decode"]["tokens"] > 0
+    assert out["decode"]["static_cache_tokens_per_s"] > 0 and out["decode"]["static_cache_compiled"] is False
     assert "| sft |" in res.stdout and "HBM roofline" in res.stdout

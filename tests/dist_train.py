@@ -56,6 +56,43 @@ def record_rewards(path: Path):
     rewards.build_reward_funcs = recording_build
 
 
+def record_rollouts(path: Path):
+    """Wrap the rollout functions run_grpo builds so each completion's step, prompt ids, seed and
+    completion ids are logged (the vLLM test replays them on a fresh engine)."""
+    import librarm.stages.train as train
+
+    make = train._rollout_func
+
+    def recording(decode, seed):
+        def recorded(trainer, prompt_ids, seeds):
+            res = decode(trainer, prompt_ids, seeds)
+            with open(path, "a") as fh:
+                for ids, s, r in zip(prompt_ids, seeds, res):
+                    fh.write(json.dumps({"step": trainer.state.global_step, "prompt_ids": list(ids), "seed": s,
+                                         "completion_ids": list(r.token_ids)}) + "\n")
+            return res
+        return make(recorded, seed)
+
+    train._rollout_func = recording
+
+
+def replay(spec: dict, out: Path) -> int:
+    """Decode one step's recorded rollouts again on a fresh engine of the rollout backend, loaded
+    from spec["folder"]; writes which completions came out the same."""
+    from librarm import engines
+    from librarm.engines.base import SamplingConfig
+    from librarm.run.io import read_jsonl, write_json
+    from librarm.run.settings import GeneratorSpec
+
+    recs = [r for r in read_jsonl(spec["records"]).records if r["step"] == spec["step"]]
+    engine = engines.get("vllm").make(GeneratorSpec(backend="vllm", vllm_args=spec["vllm_args"]),
+                                      engines.ModelRef(spec["folder"]), SamplingConfig(**spec["sampling"]), None, 0)
+    res = engine.generate_ids([r["prompt_ids"] for r in recs], [r["seed"] for r in recs])
+    write_json(out / "replay.json", {"n": len(recs), "same": sum(list(x.token_ids) == r["completion_ids"]
+                                                                 for x, r in zip(res, recs))})
+    return 0
+
+
 def main(spec_path: str) -> int:
     from librarm.run.io import write_json
     from librarm.run.launch import is_main, rank
@@ -64,6 +101,8 @@ def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
+    if spec["kind"] == "replay":
+        return replay(spec, out)
     callbacks = [kill_after_save(spec["kill_after_save"])] if spec.get("kill_after_save") else []
     # launch.sharding of the run (the processes come from the launcher that started this one)
     common = dict(name="t", resume_root=spec["resume_root"], threads=1,
@@ -83,6 +122,7 @@ def main(spec_path: str) -> int:
         from librarm.stages.train import run_grpo
 
         record_rewards(out / f"rewards-rank{rank()}.jsonl")
+        record_rollouts(out / f"rollouts-rank{rank()}.jsonl")
         log = call(run_grpo, spec["params"], spec["data"], spec["init"], out / "model", rewards=spec["rewards"],
                    callbacks=callbacks, **common)
     if is_main():

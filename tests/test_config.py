@@ -34,6 +34,16 @@ def test_engine_presets_stack_on_ci(repo, engine):
     assert both["pairs"]["backend"] == backend
 
 
+def test_grpo_judges_served_by_vllm_need_vllm_rollouts(repo):
+    """A GRPO judge on vLLM trains with vLLM rollouts: the hf sampler is no fallback (the engine
+    presets set rl.rollout_backend)."""
+    both = load_params(repo / "params.yaml", ["ci", "vllm-cpu"])
+    assert both["rl"]["rollout_backend"] == "vllm"
+    both["rl"]["rollout_backend"] = "hf"
+    with pytest.raises(ConfigError, match=r"rl.rollout_backend: 'hf', but judges.rl runs GRPO model 'judge_rl' on vllm"):
+        validate_params(both)
+
+
 def test_http_policy_needs_a_base_url(params):
     p = copy.deepcopy(params)
     p["pairs"]["backend"] = "http"

@@ -104,16 +104,19 @@ def _run(spec: dict, tmp: Path, processes: int, tag: str) -> subprocess.Complete
 def _run_here(spec_path: Path) -> subprocess.CompletedProcess:
     """The 1-process reference run in this test process, which has torch, transformers and TRL
     imported already (a fresh process spends about 9 s of one core importing them). What the driver
-    changes in the process (torch's thread count, the GRPO reward recorder) is put back."""
+    changes in the process (torch's thread count, the GRPO reward and rollout recorders) is put back."""
     import dist_train
     import torch
 
     import librarm.judging.rewards as rewards
+    import librarm.stages.train as train
 
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LIBRARM_TRACKING", "0")
-        mp.setattr(rewards, "build_reward_funcs", rewards.build_reward_funcs)   # restored on exit (dist_train wraps it)
+        # restored on exit: dist_train wraps them to record what each process scored and decoded
+        mp.setattr(rewards, "build_reward_funcs", rewards.build_reward_funcs)
+        mp.setattr(train, "_rollout_func", train._rollout_func)
         try:
             rc = dist_train.main(str(spec_path))
         finally:

@@ -156,3 +156,53 @@ def test_a_prompt_over_the_servers_context_is_one_line_with_the_fix(vllm_server)
                                                    r"model's context of 384 tokens: shorten the prompts") as exc:
         sampler.generate([SampleRequest([{"role": "user", "content": "word " * 600}], seed=1)])
     assert "\n" not in str(exc.value) and str(exc.value).endswith("(attempt 1; not retried)")
+
+
+def test_grpo_rollouts_come_from_vllm_with_the_trained_weights(tmp_path):
+    """rl.rollout_backend vllm: a 2-step GRPO in the vLLM environment whose rollouts a vLLM engine
+    decodes, reloaded from the trained weights after the first optimizer step (vLLM on CPU cannot
+    load weights in place). The second step's rollouts are what a fresh engine loaded from the
+    step-1 weights decodes for the same prompts and seeds (not compared with hf, whose numerics
+    differ); the initial weights decode other completions for them."""
+    import subprocess
+
+    import torch
+    from safetensors.torch import load_file
+
+    items = [{"question": f"Compute {i % 9}+{i % 4}.", "response": f"\\boxed{{{i % 9 + i % 4 + i % 2}}}",
+              "label": 1 - i % 2, "item_id": f"it{i}", "index": i} for i in range(16)]
+    write_jsonl(tmp_path / "items.jsonl", items)
+    engine_args = {**VLLM_ARGS, "max_num_batched_tokens": 98304}
+    p = load_params(REPO / "params.yaml")
+    p["judge"].update(batch_size=16)
+    p["rl"].update({"steps": 2, "batch_size": 8, "num_generations": 4, "max_completion_length": 128,
+                    "learning_rate": 2e-3, "passrate_k": 2, "passrate_band": [0.0, 1.0], "l_exp": 96, "l_max": 128,
+                    "val_every": 1000, "rollout_backend": "vllm", "rollout_vllm_args": engine_args, "sync_every": 1})
+    init = REPO / "workflow" / "tiny_models" / "judge_base"
+    env = {**os.environ, **ENGINE_ENV, "PYTHONPATH": f"{REPO / 'workflow'}:{REPO / 'tests'}", "LIBRARM_TRACKING": "0",
+           "OMP_NUM_THREADS": "1"}
+    spec = {"kind": "grpo", "params": p, "data": str(tmp_path / "items.jsonl"), "init": str(init),
+            "out": str(tmp_path / "grpo"), "resume_root": str(tmp_path / "resume"),
+            "rewards": {"correctness": 1.0, "format": 0.2, "length": 0.5}}
+    (tmp_path / "grpo.json").write_text(json.dumps(spec))
+    driver = str(REPO / "tests" / "dist_train.py")
+    res = subprocess.run([str(VLLM_PYTHON), driver, str(tmp_path / "grpo.json")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    recs = read_jsonl(tmp_path / "grpo" / "rollouts-rank0.jsonl").records
+    assert sorted({r["step"] for r in recs}) == [0, 1] and len(recs) == 16
+    (folder,) = (tmp_path / "resume").glob("*/*/rollout-weights/step-1")     # the engine's last weights
+    synced, start = load_file(str(folder / "model.safetensors")), load_file(str(init / "model.safetensors"))
+    assert any(not torch.equal(synced[k], start[k]) for k in start), "step 1 trained nothing"
+    replay = {"kind": "replay", "records": str(tmp_path / "grpo" / "rollouts-rank0.jsonl"), "step": 1,
+              "vllm_args": engine_args,
+              "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 128, "batch_size": 16}}
+    same = {}
+    # the step-1 weights decode the second step's rollouts again; the initial weights do not
+    for tag, weights in (("synced", folder), ("initial", init)):
+        (tmp_path / f"{tag}.json").write_text(json.dumps({**replay, "folder": str(weights), "out": str(tmp_path / tag)}))
+        res = subprocess.run([str(VLLM_PYTHON), driver, str(tmp_path / f"{tag}.json")], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        same[tag] = json.loads((tmp_path / tag / "replay.json").read_text())
+    assert same["synced"] == {"n": 8, "same": 8} and same["initial"]["same"] < 8, same

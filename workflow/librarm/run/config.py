@@ -266,6 +266,12 @@ def _cross_check_learning(*, models: Models, generators: Generators, judges: Jud
                 found.append(f"judge_data.exclude_generators: {g!r} is not a generator")
         if rs is not None and rs.teacher not in judges:
             found.append(f"rs.teacher: {rs.teacher!r} is not a key of 'judges'")
+    for j, spec in judges.items():
+        # a GRPO judge served by vLLM trains with vLLM rollouts, not the hf sampler's
+        if rl and spec.model in rl.variants and spec.backend == "vllm" and rl.rollout_backend == "hf":
+            found.append(f"rl.rollout_backend: 'hf', but judges.{j} runs GRPO model {spec.model!r} on vllm: its "
+                         "rollouts would fall back to the hf sampler (set rl.rollout_backend: vllm and "
+                         "rl.rollout_vllm_args)")
     for name in (rl.variants if rl else {}):
         init = rl.variant(name).init
         if name not in models:

@@ -17,7 +17,7 @@ import functools
 import inspect
 import math
 import types
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Callable, ClassVar, Mapping, NewType, TypeVar, Union, get_args, get_origin, get_type_hints
 
 
@@ -256,11 +256,26 @@ class RlSettings(Section):
     seed: int = 0
     items: str = "train"
     variants: Mapping[str, Any] = field(default_factory=dict)
+    rollout_backend: str = "hf"
+    rollout_vllm_args: Mapping[str, Any] = field(default_factory=dict)
+    sync_every: int = 1
 
     def __post_init__(self):
         super().__post_init__()
         _check(self.l_exp == "auto" or isinstance(self.l_exp, int), "rl.l_exp: an integer or 'auto'")
         _check(self.items in ("train", "pool"), f"rl.items: 'train' or 'pool', got {self.items!r}")
+        _check(self.rollout_backend in ("hf", "vllm"), f"rl.rollout_backend: 'hf' or 'vllm', got {self.rollout_backend!r}")
+        _check(self.sync_every >= 1, f"rl.sync_every: must be >= 1, got {self.sync_every}")
+
+    def run_key(self) -> dict:
+        """What a GRPO run's resume folder is keyed by: every setting, less the rollout engine's
+        when rollouts come from the hf sampler (the key runs had before vLLM rollouts existed, so
+        their checkpoints and saved files stay the same)."""
+        key = asdict(self)
+        if self.rollout_backend == "hf":
+            for k in ("rollout_backend", "rollout_vllm_args", "sync_every"):
+                key.pop(k)
+        return key
 
     def variant(self, name: str) -> RlVariant:
         return RlVariant.from_section(self.variants[name], f"rl.variants.{name}")

@@ -4,12 +4,14 @@ teacher judge, SFT (TRL SFTTrainer), GRPO (TRL GRPOTrainer) and a scalar reward 
 """
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from librarm import engines
 from librarm.run import paths as P
 from librarm.run.io import (
     StageIO,
@@ -21,8 +23,18 @@ from librarm.run.io import (
     write_json,
     write_jsonl,
 )
-from librarm.run.launch import barrier, gathered_for_decoding, is_main, per_process, rank, sharded, sharding_args
+from librarm.run.launch import (
+    barrier,
+    full_state_dict,
+    gathered_for_decoding,
+    is_main,
+    per_process,
+    rank,
+    sharded,
+    sharding_args,
+)
 from librarm.run.settings import (
+    GeneratorSpec,
     JudgeDataSettings,
     Judges,
     JudgeSettings,
@@ -143,7 +155,6 @@ def run_rs(train_path: str | Path, solutions_paths: Sequence[str | Path],
     matches the label are accepted (at most m per item); labels are rebalanced after filtering;
     verified-correct solutions are mixed in at `mix_ratio`. Writes every trajectory (with
     `accepted` and `kept` flags), the SFT set (prompt/completion) and stats."""
-    from librarm.engines import make_sampler
     from librarm.engines.base import SamplingConfig
     from librarm.engines.hf import render_chat
     from librarm.judging.judge import build_judge_requests, judge_verdict, with_reasoning
@@ -155,7 +166,7 @@ def run_rs(train_path: str | Path, solutions_paths: Sequence[str | Path],
     teacher = judges[cfg.teacher]
     scfg = SamplingConfig(temperature=cfg.temperature, top_p=1.0,
                           max_new_tokens=jcfg.max_new_tokens, batch_size=jcfg.batch_size)
-    sampler = sampler or make_sampler(teacher, models, scfg, seed, threads)
+    sampler = sampler or engines.make_sampler(teacher, models, scfg, seed, threads)
     # SFT prompts are rendered with the STUDENT's chat template (the teacher may be an API model
     # or have another template).
     from transformers import AutoTokenizer
@@ -400,27 +411,68 @@ def filter_by_pass_rate(items: Sequence[Mapping[str, Any]], sampler, rl: RlSetti
 
 def sampler_rollout(sampler, seed: int):
     """GRPO completions from the pipeline's own sampler instead of `model.generate`: the same
-    decoding loop as every other stage, and each completion seeded by (step, position in the
-    step's batch), so a resumed run draws what an uninterrupted one draws."""
+    decoding loop as every other stage, on the live model (always the current weights), and each
+    completion seeded by (step, position in the step's batch), so a resumed run draws what an
+    uninterrupted one draws."""
+    def decode(trainer, prompt_ids, seeds):
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        was_training = model.training
+        model.eval()
+        try:
+            sampler.model = model
+            with gathered_for_decoding(model):       # each process decodes its own prompts
+                return sampler.generate_ids(prompt_ids, seeds)
+        finally:
+            model.train(was_training)
+
+    return _rollout_func(decode, seed)
+
+
+def synced_rollout(make_engine, weights_dir: str | Path, every: int, seed: int):
+    """GRPO completions from an engine that holds its own copy of the weights (vLLM): before the
+    first rollout and then every `every` optimizer steps, the trained weights are saved to
+    weights_dir/step-<step> (gathered when sharded) and the engine is rebuilt from them
+    (make_engine(folder)); vLLM on the CPU cannot load weights into a running engine. Seeds as
+    sampler_rollout's. The latest folder is kept (the one the engine holds)."""
+    import gc
+
+    held: dict[str, Any] = {"engine": None, "step": None, "folder": None}
+
+    def decode(trainer, prompt_ids, seeds):
+        step = trainer.state.global_step
+        if held["engine"] is None or step - held["step"] >= every:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            weights = full_state_dict(model)
+            folder = Path(weights_dir) / f"step-{step}"
+            if is_main():
+                shutil.rmtree(folder, ignore_errors=True)
+                model.save_pretrained(str(folder), state_dict=weights)
+                trainer.processing_class.save_pretrained(str(folder))
+            barrier()
+            held["engine"] = None
+            gc.collect()
+            held["engine"] = make_engine(str(folder))
+            if is_main() and held["folder"] is not None:
+                shutil.rmtree(held["folder"], ignore_errors=True)
+            held["step"], held["folder"] = step, folder
+        return held["engine"].generate_ids(prompt_ids, seeds)
+
+    return _rollout_func(decode, seed)
+
+
+def _rollout_func(decode, seed: int):
+    """TRL's rollout_func around decode(trainer, prompt_ids, seeds) -> SampleResults."""
     import os
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")    # rollout_func is experimental in TRL
 
     def rollout(prompts, trainer) -> dict:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        was_training = model.training
-        model.eval()
-        try:
-            # Tokenized exactly as TRL tokenizes plain-text prompts for its own generation.
-            prompt_ids = trainer.processing_class(text=list(prompts))["input_ids"]
-            step = trainer.state.global_step
-            sampler.model = model
-            # seeded by the position in the step's global batch: process r holds its r-th share
-            first = rank() * len(prompt_ids)
-            with gathered_for_decoding(model):       # each process decodes its own prompts
-                res = sampler.generate_ids(prompt_ids, [stable_seed(seed, step, first + i) for i in range(len(prompt_ids))])
-        finally:
-            model.train(was_training)
+        # Tokenized exactly as TRL tokenizes plain-text prompts for its own generation.
+        prompt_ids = trainer.processing_class(text=list(prompts))["input_ids"]
+        step = trainer.state.global_step
+        # seeded by the position in the step's global batch: process r holds its r-th share
+        first = rank() * len(prompt_ids)
+        res = decode(trainer, prompt_ids, [stable_seed(seed, step, first + i) for i in range(len(prompt_ids))])
         # finish_reason reaches the reward functions: a completion cut at the length limit earns
         # no correctness or format reward (rewards.py)
         return {"prompt_ids": prompt_ids, "completion_ids": [r.token_ids for r in res], "logprobs": None,
@@ -466,6 +518,8 @@ def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
 
     section = rl
     rl = rl.for_model(name)
+    if rl.rollout_backend != "hf" and engines.get(rl.rollout_backend).prepare:
+        engines.get(rl.rollout_backend).prepare()      # vllm: the job may start over in vLLM's environment
     seed_everything(rl.seed, threads)
     jcfg = judge
     items = read_jsonl(train_path).records
@@ -485,7 +539,7 @@ def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
     else:
         length = {"l_exp": int(rl.l_exp)}
     funcs, weights = build_reward_funcs(dict(rewards), length["l_exp"], rl.l_max)
-    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, asdict(rl), dict(rewards),
+    resume_dir = resume_dir_for(resume_root, name, init_model, train_path, rl.run_key(), dict(rewards),
                                 jcfg.prompt_template)
     args = GRPOConfig(
         **device_args(), **sharding_args(launch, model),
@@ -498,7 +552,7 @@ def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
     )
     trainer = sharded(GRPOTrainer)(model=model, reward_funcs=funcs, args=args, train_dataset=Dataset.from_list(rows),
                           processing_class=tok, callbacks=list(callbacks),
-                          rollout_func=sampler_rollout(sampler, stable_seed(seed, "grpo", name)))
+                          rollout_func=_rollouts(rl, sampler, resume_dir, stable_seed(seed, "grpo", name)))
     started = time.time()
     trainer.train(resume_from_checkpoint=latest_checkpoint(resume_dir))
     hist = trainer.state.log_history
@@ -514,6 +568,21 @@ def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
     length["rollout_penalised_share"] = round(sum(shares) / len(shares), 4) if shares else None
     out["length_penalty"] = length
     return out
+
+
+def _rollouts(rl: RlSettings, sampler, resume_dir: Path, seed: int):
+    """GRPO's rollout function for rl.rollout_backend: the live model through the hf sampler, or a
+    vLLM engine synced every rl.sync_every steps."""
+    if rl.rollout_backend == "hf":
+        return sampler_rollout(sampler, seed)
+    from librarm.engines.base import SamplingConfig
+
+    backend = engines.get(rl.rollout_backend)
+    spec = GeneratorSpec(backend=rl.rollout_backend, vllm_args=dict(rl.rollout_vllm_args))
+    cfg = SamplingConfig(temperature=rl.temperature, max_new_tokens=rl.max_completion_length,
+                         batch_size=sampler.cfg.batch_size, top_p=1.0)
+    return synced_rollout(lambda folder: backend.make(spec, engines.ModelRef(folder), cfg, None, rl.seed),
+                          resume_dir / "rollout-weights", rl.sync_every, seed)
 
 
 # ----------------------------------------------------------------------------- validation curve

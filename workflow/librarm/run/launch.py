@@ -180,8 +180,7 @@ def sharded(trainer_cls: type) -> type:
         def save_model(self, output_dir=None, _internal_call=False):
             if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
                 # every process gathers (a collective); the trainer's _save writes on rank 0 alone
-                state_dict = retied(self.model, self.accelerator.get_state_dict(self.model))
-                self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+                self._save(output_dir or self.args.output_dir, state_dict=full_state_dict(self.model))
                 return
             super().save_model(output_dir, _internal_call)
 

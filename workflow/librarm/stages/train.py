@@ -518,8 +518,9 @@ def run_grpo(train_path: str | Path, init_model: str, out_dir: str | Path, *,
 
     section = rl
     rl = rl.for_model(name)
-    if rl.rollout_backend != "hf" and engines.get(rl.rollout_backend).prepare:
-        engines.get(rl.rollout_backend).prepare()      # vllm: the job may start over in vLLM's environment
+    prepare = engines.get(rl.rollout_backend).prepare if rl.rollout_backend != "hf" else None
+    if prepare:
+        prepare()      # vllm: the job may start over in vLLM's environment
     seed_everything(rl.seed, threads)
     jcfg = judge
     items = read_jsonl(train_path).records

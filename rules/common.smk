@@ -13,7 +13,7 @@ from librarm.run.config import prune_removed, validate_params
 from librarm import engines
 from librarm.run.models import local_model_dirs, training_start
 from librarm.run.io import atomic_path
-from librarm.phases import PHASES, active_phases, rule_params
+from librarm.phases import PHASES, active_phases, phase_backends, rule_params
 from librarm.run.settings import Params, call
 from librarm.run.tracking import flush_at_end
 from librarm.run.warm import start_for_workflow, stop_for_workflow
@@ -102,8 +102,20 @@ def rule_env(backends=()):
 
 
 SAMPLE_ENV = rule_env({g.backend for g in PARAMS.generators.values()})
-# Training jobs on GPUs (launch.gpus_per_process > 0) use the CUDA training env (torch, accelerate).
-TRAIN_ENV = "../envs/gpu-train.yaml" if TRAIN_GPUS else "../envs/cpu.yaml"
+
+
+def train_env(phase):
+    """Training jobs on GPUs (launch.gpus_per_process > 0) use the CUDA training env (torch,
+    accelerate, TRL), with vLLM when the phase's jobs decode through it (GRPO rollouts, DPO
+    validation); on the CPU a vLLM job re-runs itself under LIBRARM_VLLM_PYTHON."""
+    if not TRAIN_GPUS:
+        return "../envs/cpu.yaml"
+    vllm = any(engines.get(b).vllm_env for b in phase_backends(config, phase))
+    return "../envs/gpu-train-vllm.yaml" if vllm else "../envs/gpu-train.yaml"
+
+
+TRAIN_ENV = train_env("train")
+DPO_ENV = train_env("dpo")
 EVAL_ENV = rule_env({PARAMS.judges[j].backend for j in JUDGES})
 
 

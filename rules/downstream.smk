@@ -112,7 +112,7 @@ if DOWNSTREAM:
 
     rule dpo:
         conda:
-            TRAIN_ENV
+            DPO_ENV
         priority: 30
         input:
             pairs=P.PAIRS_FILE,

@@ -6,6 +6,7 @@ history; for GRPO every process writes the rewards it gave each completion.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -76,6 +77,48 @@ def record_rollouts(path: Path):
     train._rollout_func = recording
 
 
+@contextlib.contextmanager
+def record_validations(path: Path):
+    """While in the block, DPO validation's sample_and_grade logs each validation's responses in
+    order (the vLLM test decodes them again on a fresh engine)."""
+    import librarm.stages.downstream as downstream
+
+    grade = downstream.sample_and_grade
+
+    def recording(sampler, *a, **kw):
+        graded = grade(sampler, *a, **kw)
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"sampler": type(sampler).__name__,
+                                 "responses": [g["response_with_cot"] for g in graded]}) + "\n")
+        return graded
+
+    downstream.sample_and_grade = recording
+    try:
+        yield
+    finally:
+        downstream.sample_and_grade = grade
+
+
+def replay_validation(spec: dict, out: Path) -> int:
+    """DPO validation again, on a fresh engine of the policy's backend loaded from spec["folder"]
+    (the decoder and seeds a DPO job uses); writes the responses."""
+    from librarm.judging.verifier import VerifierPool
+    from librarm.run.io import read_jsonl, write_json
+    from librarm.run.settings import DpoSettings, PairsSettings, call
+    from librarm.stages.downstream import policy_decoding, sample_and_grade
+    from librarm.stages.dpo import validation_decoder, validation_engine
+
+    p = spec["params"]
+    problems = [dict(r, subset="val") for r in read_jsonl(spec["val"]).records]
+    vcfg = call(policy_decoding, p)
+    policy_engine = validation_engine(PairsSettings.from_params(p), DpoSettings.from_params(p))
+    engine = validation_decoder(policy_engine, vcfg, None, p["seed"])(spec["folder"])
+    with VerifierPool(1, 10.0, 1024) as pool:
+        graded = call(sample_and_grade, p, engine, problems, p["dpo"]["val_k"], p["seed"], "policy-val", pool)
+    write_json(out / "replay.json", {"responses": [g["response_with_cot"] for g in graded]})
+    return 0
+
+
 def replay(spec: dict, out: Path) -> int:
     """Decode one step's recorded rollouts again on a fresh engine of the rollout backend, loaded
     from spec["folder"]; writes which completions came out the same."""
@@ -93,16 +136,33 @@ def replay(spec: dict, out: Path) -> int:
     return 0
 
 
+def weights_folder(pattern: str) -> str:
+    """The one folder a path pattern names (a resume folder's name is a hash the test does not know)."""
+    found = sorted(Path("/").glob(pattern.lstrip("/")))
+    assert len(found) == 1, (pattern, found)
+    return str(found[0])
+
+
 def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    rc = run_spec(spec)
+    # replays after the run, in this process: each a fresh engine (vLLM's imports paid once)
+    for then in spec.get("then", []):
+        rc = rc or run_spec({**then, "folder": weights_folder(then["folder"])})
+    return rc
+
+
+def run_spec(spec: dict) -> int:
     from librarm.run.io import write_json
     from librarm.run.launch import is_main, rank
     from librarm.run.settings import LaunchSettings, call
 
-    spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     if spec["kind"] == "replay":
         return replay(spec, out)
+    if spec["kind"] == "replay_validation":
+        return replay_validation(spec, out)
     callbacks = [kill_after_save(spec["kill_after_save"])] if spec.get("kill_after_save") else []
     # launch.sharding of the run (the processes come from the launcher that started this one)
     common = dict(name="t", resume_root=spec["resume_root"], threads=1,
@@ -116,8 +176,9 @@ def main(spec_path: str) -> int:
     elif spec["kind"] == "dpo":
         from librarm.stages.dpo import run_dpo
 
-        log = call(run_dpo, spec["params"], spec["data"], spec["val"], spec["init"], out / "model", seed=0,
-                   **{k: v for k, v in common.items()})
+        with record_validations(out / f"validations-rank{rank()}.jsonl"):
+            log = call(run_dpo, spec["params"], spec["data"], spec["val"], spec["init"], out / "model", seed=0,
+                       **{k: v for k, v in common.items()})
     else:
         from librarm.stages.train import run_grpo
 

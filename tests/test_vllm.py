@@ -40,6 +40,10 @@ JUDGE = REPO / "workflow" / "tiny_models" / "judge_teacher"
 VLLM_ARGS = {"dtype": "float32", "gpu_memory_utilization": 0.1, "enforce_eager": True,
              "distributed_executor_backend": "uni"}
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# An engine beside training (GRPO rollouts, DPO validation) is given its KV cache's size: vLLM on
+# CPU otherwise sizes it as gpu_memory_utilization x RAM minus this process's resident memory, which
+# a training process (torch, TRL, the model) exceeds at 0.1 ("requested memory for kv (-0.06/2.35 GiB)")
+KV_CACHE_BYTES = 1 << 29
 N_PROBLEMS = 12
 
 pytestmark = [pytest.mark.slow, pytest.mark.engines,
@@ -172,7 +176,7 @@ def test_grpo_rollouts_come_from_vllm_with_the_trained_weights(tmp_path):
     items = [{"question": f"Compute {i % 9}+{i % 4}.", "response": f"\\boxed{{{i % 9 + i % 4 + i % 2}}}",
               "label": 1 - i % 2, "item_id": f"it{i}", "index": i} for i in range(16)]
     write_jsonl(tmp_path / "items.jsonl", items)
-    engine_args = {**VLLM_ARGS, "max_num_batched_tokens": 98304}
+    engine_args = {**VLLM_ARGS, "max_num_batched_tokens": 98304, "kv_cache_memory_bytes": KV_CACHE_BYTES}
     p = load_params(REPO / "params.yaml")
     p["judge"].update(batch_size=16)
     p["rl"].update({"steps": 2, "batch_size": 8, "num_generations": 4, "max_completion_length": 128,
@@ -181,9 +185,17 @@ def test_grpo_rollouts_come_from_vllm_with_the_trained_weights(tmp_path):
     init = REPO / "workflow" / "tiny_models" / "judge_base"
     env = {**os.environ, **ENGINE_ENV, "PYTHONPATH": f"{REPO / 'workflow'}:{REPO / 'tests'}", "LIBRARM_TRACKING": "0",
            "OMP_NUM_THREADS": "1"}
+    replay = {"kind": "replay", "records": str(tmp_path / "grpo" / "rollouts-rank0.jsonl"), "step": 1,
+              "vllm_args": engine_args,
+              "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 128, "batch_size": 16}}
+    # after training, in the same process, a fresh engine on each of: the step-1 weights (they
+    # decode the second step's rollouts again) and the initial weights (they do not)
     spec = {"kind": "grpo", "params": p, "data": str(tmp_path / "items.jsonl"), "init": str(init),
             "out": str(tmp_path / "grpo"), "resume_root": str(tmp_path / "resume"),
-            "rewards": {"correctness": 1.0, "format": 0.2, "length": 0.5}}
+            "rewards": {"correctness": 1.0, "format": 0.2, "length": 0.5},
+            "then": [{**replay, "folder": str(tmp_path / "resume" / "*" / "*" / "rollout-weights" / "step-1"),
+                      "out": str(tmp_path / "synced")},
+                     {**replay, "folder": str(init), "out": str(tmp_path / "initial")}]}
     (tmp_path / "grpo.json").write_text(json.dumps(spec))
     driver = str(REPO / "tests" / "dist_train.py")
     res = subprocess.run([str(VLLM_PYTHON), driver, str(tmp_path / "grpo.json")], cwd=tmp_path, env=env,
@@ -194,15 +206,56 @@ def test_grpo_rollouts_come_from_vllm_with_the_trained_weights(tmp_path):
     (folder,) = (tmp_path / "resume").glob("*/*/rollout-weights/step-1")     # the engine's last weights
     synced, start = load_file(str(folder / "model.safetensors")), load_file(str(init / "model.safetensors"))
     assert any(not torch.equal(synced[k], start[k]) for k in start), "step 1 trained nothing"
-    replay = {"kind": "replay", "records": str(tmp_path / "grpo" / "rollouts-rank0.jsonl"), "step": 1,
-              "vllm_args": engine_args,
-              "sampling": {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 128, "batch_size": 16}}
-    same = {}
-    # the step-1 weights decode the second step's rollouts again; the initial weights do not
-    for tag, weights in (("synced", folder), ("initial", init)):
-        (tmp_path / f"{tag}.json").write_text(json.dumps({**replay, "folder": str(weights), "out": str(tmp_path / tag)}))
-        res = subprocess.run([str(VLLM_PYTHON), driver, str(tmp_path / f"{tag}.json")], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        same[tag] = json.loads((tmp_path / tag / "replay.json").read_text())
+    same = {tag: json.loads((tmp_path / tag / "replay.json").read_text()) for tag in ("synced", "initial")}
     assert same["synced"] == {"n": 8, "same": 8} and same["initial"]["same"] < 8, same
+
+
+def test_dpo_validation_decodes_the_trained_weights_on_vllm(tmp_path):
+    """pairs.backend vllm: DPO's checkpoint selection decodes the validation problems on a vLLM
+    engine built on the weights being validated (saved to a folder: vLLM on CPU cannot load them
+    in place): the untrained policy at step 0, the trained one at step 2. A fresh engine loaded
+    from the final checkpoint decodes the step-2 responses again, and the published policy is the
+    checkpoint whose score was best."""
+    import subprocess
+
+    import torch
+    from safetensors.torch import load_file
+
+    p = load_params(REPO / "params.yaml")
+    p["pairs"].update(backend="vllm", engine={"vllm_args": {**VLLM_ARGS, "max_num_batched_tokens": 98304}}, budget=8)
+    p["dpo"].update(learning_rate=0.003, epochs=1, batch_size=4, val_every=2, val_k=2, max_length=128, seeds=[0],
+                    val_vllm_args={"kv_cache_memory_bytes": KV_CACHE_BYTES})
+    p["evaluate_policy"]["max_new_tokens"] = 48
+    pairs = [{"pair_id": f"p{i}", "problem_id": f"q{i}", "question": f"Compute {i % 9}+{i % 4}.",
+              "chosen": f"<think>add</think>\\boxed{{{i % 9 + i % 4}}}",
+              "rejected": f"<think>no</think>\\boxed{{{i % 9 + i % 4 + 1}}}"} for i in range(8)]
+    write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    write_jsonl(tmp_path / "val.jsonl", [{"id": f"v{i}", "problem": f"Compute {i}+1.", "answer": str(i + 1)}
+                                         for i in range(6)])
+    init = REPO / "workflow" / "tiny_models" / "policy"
+    env = {**os.environ, **ENGINE_ENV, "PYTHONPATH": f"{REPO / 'workflow'}:{REPO / 'tests'}", "LIBRARM_TRACKING": "0",
+           "OMP_NUM_THREADS": "1"}
+    # after training, in the same process: a fresh engine on the final checkpoint validates again
+    spec = {"kind": "dpo", "params": p, "data": str(tmp_path / "pairs.jsonl"), "val": str(tmp_path / "val.jsonl"),
+            "init": str(init), "resume_root": str(tmp_path / "resume"), "out": str(tmp_path / "dpo"),
+            "then": [{"kind": "replay_validation", "params": p, "val": str(tmp_path / "val.jsonl"),
+                      "folder": str(tmp_path / "resume" / "*" / "*" / "checkpoint-2"), "out": str(tmp_path / "replay")}]}
+    (tmp_path / "dpo.json").write_text(json.dumps(spec))
+    res = subprocess.run([str(VLLM_PYTHON), str(REPO / "tests" / "dist_train.py"), str(tmp_path / "dpo.json")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    log = json.loads((tmp_path / "dpo" / "log.json").read_text())
+    assert [v["step"] for v in log["val_curve"]] == [0, 2], log["val_curve"]
+    validations = read_jsonl(tmp_path / "dpo" / "validations-rank0.jsonl").records
+    assert [v["sampler"] for v in validations] == ["VLLMSampler", "VLLMSampler"]
+    (final,) = (tmp_path / "resume").glob("*/*/checkpoint-2")
+    trained, start = load_file(str(final / "model.safetensors")), load_file(str(init / "model.safetensors"))
+    assert any(not torch.equal(trained[k], start[k]) for k in start), "DPO trained nothing"
+    again = json.loads((tmp_path / "replay" / "replay.json").read_text())["responses"]
+    assert again == validations[1]["responses"], "a fresh engine on the step-2 weights decodes other responses"
+    assert validations[0]["responses"] != validations[1]["responses"], "step 0 and step 2 decode alike"
+    best = log["selected_step"]
+    published = load_file(str(tmp_path / "dpo" / "model" / "model.safetensors"))
+    expected = start if best == 0 else trained
+    common = set(published) & set(expected)
+    assert common and all(torch.equal(published[k], expected[k]) for k in common), f"published != step {best}"

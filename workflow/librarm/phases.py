@@ -159,7 +159,7 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
           steps=("pairs-split", "pairs-sample", "pairs-verify", "pairs-label", "pairs-build")),
     Phase("dpo", P.DPO_STATS, P.DPO,
           ("seed", "dpo", "sampling", "evaluate_policy", "verify", "pairs.labelers", "pairs.raw_labelers",
-           "pairs.budget", "pairs.gold_curve", "pairs.policy", "models", "launch"),
+           "pairs.budget", "pairs.gold_curve", "pairs.policy", "pairs.backend", "pairs.engine", "models", "launch"),
           ("stages.dpo",),
           ("pairs", "bootstrap"), "rules/downstream.smk", optional="pairs", steps=("dpo", "dpo-stats")),
     Phase("evaluate_policy", P.DOWNSTREAM_SUMMARY, P.DOWNSTREAM,
@@ -238,6 +238,16 @@ def _policy_backends(*, pairs: PairsSettings | None) -> set[str]:
     return {pairs.backend} if pairs else set()
 
 
+def _dpo_backends(*, pairs: PairsSettings | None) -> set[str]:
+    # validation decodes saved weights on pairs.backend when it loads them, else the live policy on
+    # hf (the phase's own code)
+    from librarm import engines
+
+    if pairs is None or pairs.backend not in engines.names() or not engines.get(pairs.backend).loads_saved_weights:
+        return set()
+    return {pairs.backend}
+
+
 def _train_backends(*, rl: RlSettings | None) -> set[str]:
     # the hf sampler is the train phase's own code; another backend decodes GRPO's rollouts
     return {rl.rollout_backend} - {"hf"} if rl else set()
@@ -245,7 +255,8 @@ def _train_backends(*, rl: RlSettings | None) -> set[str]:
 
 # phase -> the backends its jobs use (generators, judges, the policy's engine), from the sections named
 ENGINE_SPECS = {"sample": _sample_backends, "rs": _rs_backends, "evaluate": _evaluate_backends,
-                "pairs": _pairs_backends, "evaluate_policy": _policy_backends, "train": _train_backends}
+                "pairs": _pairs_backends, "evaluate_policy": _policy_backends, "train": _train_backends,
+                "dpo": _dpo_backends}
 
 
 def backend_files(backends: set[str]) -> list[str]:

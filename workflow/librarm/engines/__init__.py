@@ -40,6 +40,9 @@ class Backend:
     needs_model: bool = True             # reads `models.<spec.model>`
     vllm_env: bool = False               # runs in the vLLM environment (rules' conda env, venv re-exec)
     reads_labels: bool = False           # built from the data's labels (pseudo): never scores a benchmark
+    # decodes weights a job saves to a local folder mid-training (vLLM): GRPO rollouts and DPO
+    # validation of a model being trained go through it (hf decodes the live model instead)
+    loads_saved_weights: bool = False
     # (spec, where) -> problems with its params, one line each, naming the key
     check: Callable[["EngineSpec", str], list[str]] | None = None
     # called before a job that uses it does any work (vllm: the job starts over under

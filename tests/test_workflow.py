@@ -256,8 +256,7 @@ _DAG_SHAPE = "read by rules/common.smk to list the phase's jobs (adding one must
 DECLARED_UNREAD = {
     "dpo": {"pairs.labelers": _DAG_SHAPE, "pairs.raw_labelers": _DAG_SHAPE, "pairs.gold_curve": _DAG_SHAPE,
             # the policy folder is the `init` input when the pipeline makes it (ci); a hub or path
-            # policy is found through its models entry
-            "pairs.policy": "read only for a starting policy the pipeline does not make",
+            # policy is found through its models entry (pairs.policy is read: the policy's engine)
             "models": "read only for a starting policy the pipeline does not make"},
     # the base policy's folder is an input when the pipeline makes it (ci); a hub or path policy is
     # found through its models entry

@@ -82,6 +82,30 @@ def run_through_server(argv: Sequence[str]) -> int | None:
     path = os.environ.get(SOCKET_ENV)
     if not path or not enabled() or not os.path.exists(path):
         return None
+    # The handlers are in place before the request: the job may start (and a TERM arrive) before
+    # the reply naming its pid does; a signal meanwhile waits for the pid (or, declined, is re-raised).
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.getsignal(sig) for sig in forwarded}
+    held: dict[str, Any] = {"child": None, "pending": []}
+
+    def forward(signum, frame):
+        if held["child"] is None:
+            held["pending"].append(signum)
+            return
+        try:
+            os.killpg(held["child"], signum)
+        except ProcessLookupError:
+            pass
+
+    def declined() -> None:
+        sock.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in held["pending"]:
+            signal.raise_signal(signum)
+
+    for sig in forwarded:
+        signal.signal(sig, forward)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(path)
@@ -89,21 +113,14 @@ def run_through_server(argv: Sequence[str]) -> int | None:
         socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
         reply = json.loads(sock.recv(MAX_MESSAGE) or b"{}")
     except OSError:
-        sock.close()
+        declined()
         return None
     if "pid" not in reply:          # declined (reply names why) or the server went away
-        sock.close()
+        declined()
         return None
-    child = int(reply["pid"])
-
-    def forward(signum, frame):
-        try:
-            os.killpg(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    held["child"] = int(reply["pid"])
+    for signum in held["pending"]:
+        forward(signum, None)
     try:
         while True:
             try:

@@ -226,6 +226,8 @@ def bare_decode_tokens_per_s(model, prompt_ids, new: int, pad: int) -> float:
     sampler's per-step host work."""
     import torch
 
+    from librarm.engines.hf import cache_argument
+
     dev = model.device
     ids, mask = _left_padded(prompt_ids, pad, dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -237,7 +239,8 @@ def bare_decode_tokens_per_s(model, prompt_ids, new: int, pad: int) -> float:
         past, nxt, pos = res.past_key_values, res.logits[:, -1:].argmax(-1), pos[:, -1:] + 1
         for _ in range(new - 1):
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-            res = model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=past, use_cache=True)
+            res = model(input_ids=nxt, attention_mask=mask, position_ids=pos, **{cache_argument(model): past},
+                        use_cache=True)
             past, nxt, pos = res.past_key_values, res.logits[:, -1:].argmax(-1), pos + 1
         if dev.type == "cuda":
             torch.cuda.synchronize()

@@ -144,10 +144,20 @@ def weights_folder(pattern: str) -> str:
 
 
 def main(spec_path: str) -> int:
+    from librarm.run.launch import is_main
+
     spec = json.loads(Path(spec_path).read_text())
     rc = run_spec(spec)
-    # replays after the run, in this process: each a fresh engine (vLLM's imports paid once)
-    for then in spec.get("then", []):
+    if not spec.get("then"):
+        return rc
+    # replays after the run, in the main process, out of the process group (an engine beside one
+    # runs its core in a process of its own): each a fresh engine, vLLM's imports paid once
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:       # the launcher's group, not vLLM's own
+        dist.barrier()
+        dist.destroy_process_group()
+    for then in spec["then"] if is_main() else ():
         rc = rc or run_spec({**then, "folder": weights_folder(then["folder"])})
     return rc
 

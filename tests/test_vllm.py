@@ -167,7 +167,9 @@ def test_grpo_rollouts_come_from_vllm_with_the_trained_weights(tmp_path):
     decodes, reloaded from the trained weights after the first optimizer step (vLLM on CPU cannot
     load weights in place). The second step's rollouts are what a fresh engine loaded from the
     step-1 weights decodes for the same prompts and seeds (not compared with hf, whose numerics
-    differ); the initial weights decode other completions for them."""
+    differ); the initial weights decode other completions for them. (The same in 2 processes
+    sharded with FSDP2 took 131 s here, engines starting in processes of their own: checked by
+    hand, docs/scaling.md.)"""
     import subprocess
 
     import torch
@@ -197,9 +199,8 @@ def test_grpo_rollouts_come_from_vllm_with_the_trained_weights(tmp_path):
                       "out": str(tmp_path / "synced")},
                      {**replay, "folder": str(init), "out": str(tmp_path / "initial")}]}
     (tmp_path / "grpo.json").write_text(json.dumps(spec))
-    driver = str(REPO / "tests" / "dist_train.py")
-    res = subprocess.run([str(VLLM_PYTHON), driver, str(tmp_path / "grpo.json")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run([str(VLLM_PYTHON), str(REPO / "tests" / "dist_train.py"), str(tmp_path / "grpo.json")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     recs = read_jsonl(tmp_path / "grpo" / "rollouts-rank0.jsonl").records
     assert sorted({r["step"] for r in recs}) == [0, 1] and len(recs) == 16
@@ -259,3 +260,31 @@ def test_dpo_validation_decodes_the_trained_weights_on_vllm(tmp_path):
     expected = start if best == 0 else trained
     common = set(published) & set(expected)
     assert common and all(torch.equal(published[k], expected[k]) for k in common), f"published != step {best}"
+
+
+HF_GREEDY = """
+import json, sys
+from librarm.engines.base import SampleRequest, SamplingConfig
+from librarm.engines.hf import HFSampler
+
+sampler = HFSampler(sys.argv[1], SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=48, batch_size=4))
+reqs = [SampleRequest([{"role": "user", "content": f"Judge the answer.\\nQ: Compute {i}+{i % 5}.\\nA: \\\\boxed{{{i}}}"}], i)
+        for i in range(4)]
+print(json.dumps([r.text for r in sampler.generate(reqs)]))
+"""
+
+
+def test_the_hf_sampler_decodes_alike_in_the_vllm_environment():
+    """The train jobs of a vLLM preset run in the vLLM environment (an older transformers), where
+    the hf sampler still filters GRPO's items by pass rate and measures L_exp. Its forward once
+    passed the KV cache under a name that transformers does not know (swallowed by **kwargs):
+    without the cache it decoded garbage there, and GRPO found no item in the pass-rate band."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "workflow")}
+    texts = {}
+    for tag, python in (("main", sys.executable), ("vllm", str(VLLM_PYTHON))):
+        res = subprocess.run([python, "-c", HF_GREEDY, str(JUDGE)], env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        texts[tag] = json.loads(res.stdout.strip().splitlines()[-1])
+    assert texts["main"] == texts["vllm"] and all(t.startswith("<think>") for t in texts["main"]), texts

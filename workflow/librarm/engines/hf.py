@@ -55,6 +55,16 @@ def config_context_window(model_config) -> ContextWindow | None:
     return None
 
 
+def cache_argument(model) -> str:
+    """The name of the KV cache in the model's forward: `cache` since a transformers 5 release,
+    `past_key_values` before (the vLLM environment pins an older transformers). The other name is
+    swallowed by the forward's **kwargs, and decoding without the cache, one token of context a
+    step, produced garbage there."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class HFSampler:
     """Batched sampling with a KV cache and one torch.Generator per row (per-sample seeds)."""
 
@@ -148,7 +158,7 @@ class HFSampler:
                 step = torch.tensor([[t] for t in tokens], dtype=torch.long, device=dev)
                 mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=dev)], dim=1)
                 res = self.model(input_ids=step, attention_mask=mask, position_ids=next_pos,
-                                 cache=past, use_cache=True)
+                                 **{cache_argument(self.model): past}, use_cache=True)
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float().cpu()
                 next_pos = next_pos + 1

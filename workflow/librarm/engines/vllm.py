@@ -68,6 +68,12 @@ def own_ipc_folder() -> None:
         atexit.register(shutil.rmtree, folder, True)
 
 
+def _in_process_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class VLLMSampler:
     """vLLM offline engine (GPU). Imported lazily: the CPU install has no vllm.
 
@@ -78,6 +84,12 @@ class VLLMSampler:
                  tensor_parallel_size: int = 1, seed: int = 0, engine_args: Mapping[str, Any] | None = None):
         vllm = import_vllm()
         own_ipc_folder()                # after import_vllm: a re-run under the vLLM venv sets its own
+        if _in_process_group():
+            # A process of a multi-process job (torchrun: GRPO rollouts, DPO validation): vLLM's
+            # engine core set up in this process takes over torch.distributed's state, and the
+            # trainer's next collective saw a world of one ("ProcessGroupGloo::allgather: invalid
+            # output tensor list"); in a process of its own it leaves the job's group alone.
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
         self._vllm = vllm
         self.name = f"vllm:{path}"
         self.cfg = cfg

@@ -70,9 +70,11 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
 
     cfg = dpo
     policy_engine = validation_engine(pairs, dpo)
-    backend = engines.get(policy_engine.backend)
-    if backend.loads_saved_weights and backend.prepare:
-        backend.prepare()      # vllm: the job may start over in vLLM's environment
+    vcfg = policy_decoding(evaluate_policy=evaluate_policy, sampling=sampling)
+    decoder = validation_decoder(policy_engine, vcfg, threads, run_seed)
+    prepare = engines.get(policy_engine.backend).prepare if decoder is not None else None
+    if prepare:
+        prepare()      # vllm: the job may start over in vLLM's environment
     seed_everything(seed, threads)
     rows = read_jsonl(pairs_path).records
     if not rows:
@@ -83,8 +85,6 @@ def run_dpo(pairs_path: str | Path, val_problems_path: str | Path, init_model: s
     ds = Dataset.from_list(dpo_rows(rows, tok, sampling=sampling))
     step_pairs = len(rows) if budget is None else dpo_step_pairs(name, len(rows), budget)
     steps = cfg.steps(step_pairs)
-    vcfg = policy_decoding(evaluate_policy=evaluate_policy, sampling=sampling)
-    decoder = validation_decoder(policy_engine, vcfg, threads, run_seed)
     # validation on an engine selects on other numbers than the live model's: its own resume folder
     decoded_by = () if decoder is None else ({"decoded_by": asdict(policy_engine)},)
     resume_dir = resume_dir_for(resume_root, f"dpo-{name}", init_model, pairs_path, val_problems_path,
@@ -179,14 +179,14 @@ def select_on_val(callback_base, vcfg, val_problems, cfg: DpoSettings, seed: int
         if tok is not None:
             tok.save_pretrained(str(candidate))      # an engine reads the tokenizer from the folder
 
-    def keep_if_best(state, acc: float) -> bool:
+    def improves(acc: float) -> bool:
         best = read_json(best_path) if best_path.exists() else None
-        if best is not None and acc <= best["val_avg_at_k"]:
-            return False
+        return best is None or acc > best["val_avg_at_k"]
+
+    def keep_candidate(state, acc: float) -> None:
         shutil.rmtree(resume_dir / "best", ignore_errors=True)
         candidate.rename(resume_dir / "best")
         write_json(best_path, {"step": state.global_step, "val_avg_at_k": acc})
-        return True
 
     class SelectOnVal(callback_base):
 
@@ -206,12 +206,11 @@ def select_on_val(callback_base, vcfg, val_problems, cfg: DpoSettings, seed: int
             state.log_history.append({"step": state.global_step, "val_avg_at_k": acc})
             # every process validates the same weights the same way and reads the best so far
             # (before rank 0 rewrites it: the gather below is a collective); rank 0 keeps the best
-            best = read_json(best_path) if best_path.exists() else None
-            improved = best is None or acc > best["val_avg_at_k"]
+            improved = improves(acc)
             weights = full_state_dict(model) if improved else None    # sharded: gathered by all
             if is_main() and improved:
                 save_candidate(model, None, weights)
-                keep_if_best(state, acc)
+                keep_candidate(state, acc)
             barrier()
 
         def validate_saved(self, state, model, tok):
@@ -222,8 +221,9 @@ def select_on_val(callback_base, vcfg, val_problems, cfg: DpoSettings, seed: int
                 acc = accuracy(engine)
                 del engine
                 gc.collect()
-                write_json(verdict, {"step": state.global_step, "val_avg_at_k": acc,
-                                     "kept": keep_if_best(state, acc)})
+                if improves(acc):
+                    keep_candidate(state, acc)
+                write_json(verdict, {"step": state.global_step, "val_avg_at_k": acc})
             barrier()
             state.log_history.append({"step": state.global_step, "val_avg_at_k": read_json(verdict)["val_avg_at_k"]})
 
